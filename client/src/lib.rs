@@ -1,0 +1,9 @@
+//! poolplane-client: the Rust SDK for poolplane's gRPC control plane.
+
+mod client;
+mod error;
+
+pub use client::PoolplaneClient;
+pub use error::Error;
+/// The generated `poolplane.v1` messages and raw clients.
+pub use poolplane_proto::v1 as proto;

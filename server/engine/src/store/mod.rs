@@ -1,0 +1,116 @@
+//! The control database: its migrations and the stored pool definitions.
+
+use std::time::{Duration, SystemTime};
+
+use bb8::Pool;
+use bb8_postgres::PostgresConnectionManager;
+use tokio_postgres::NoTls;
+
+use crate::Error;
+
+mod embedded {
+    refinery::embed_migrations!("../../migrations");
+}
+
+/// A pool definition as stored in `pool_definitions`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolDefinition {
+    /// The pool's name.
+    pub name: String,
+    /// The pool's database, with its password (redact before showing it).
+    pub database_url: String,
+    /// The explicitly set config fields, as JSON.
+    pub config: serde_json::Value,
+    /// When it was created.
+    pub created_at: SystemTime,
+    /// When it last changed.
+    pub updated_at: SystemTime,
+}
+
+/// A connection pool to the control database, with the schema migrated.
+#[derive(Debug, Clone)]
+pub struct ControlStore {
+    pool: Pool<PostgresConnectionManager<NoTls>>,
+}
+
+impl ControlStore {
+    /// Connects to the control database and applies every pending migration.
+    pub async fn connect(database_url: &str) -> Result<Self, Error> {
+        let config: tokio_postgres::Config =
+            database_url
+                .parse()
+                .map_err(|source| Error::InvalidDatabaseUrl {
+                    url: crate::conninfo::redact(database_url),
+                    source,
+                })?;
+        let manager = PostgresConnectionManager::new(config, NoTls);
+        let pool = Pool::builder()
+            .max_size(4)
+            .connection_timeout(Duration::from_secs(10))
+            .build(manager)
+            .await
+            .map_err(|source| Error::ControlDatabase {
+                context: "connecting",
+                source,
+            })?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the embedded migrations that have not run yet (idempotent).
+    pub async fn migrate(&self) -> Result<(), Error> {
+        let mut conn = self.conn().await?;
+        let report = embedded::migrations::runner()
+            .set_migration_table_name("poolplane_schema_history")
+            .run_async(&mut *conn)
+            .await
+            .map_err(|e| Error::Migration(Box::new(e)))?;
+        for migration in report.applied_migrations() {
+            tracing::info!(
+                version = migration.version(),
+                name = migration.name(),
+                "applied migration"
+            );
+        }
+        Ok(())
+    }
+
+    /// Every stored pool definition, ordered by name.
+    pub async fn list_pool_definitions(&self) -> Result<Vec<PoolDefinition>, Error> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(
+                "SELECT name, database_url, config, created_at, updated_at \
+                 FROM pool_definitions ORDER BY name",
+                &[],
+            )
+            .await
+            .map_err(|source| Error::ControlQuery {
+                context: "listing pool definitions",
+                source,
+            })?;
+        Ok(rows
+            .iter()
+            .map(|row| PoolDefinition {
+                name: row.get(0),
+                database_url: row.get(1),
+                config: row.get(2),
+                created_at: row.get(3),
+                updated_at: row.get(4),
+            })
+            .collect())
+    }
+
+    async fn conn(
+        &self,
+    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, Error> {
+        self.pool.get().await.map_err(|e| match e {
+            bb8::RunError::User(source) => Error::ControlDatabase {
+                context: "connecting",
+                source,
+            },
+            bb8::RunError::TimedOut => Error::ControlDatabaseTimeout,
+        })
+    }
+}

@@ -1,0 +1,7 @@
+//! poolplane-server: the gRPC control plane for named PostgreSQL connection pools.
+
+pub mod app;
+pub mod grpc;
+pub mod telemetry;
+
+pub use app::{Server, ServerConfig, ServerError};
