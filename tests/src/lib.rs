@@ -1,1 +1,13 @@
+//! poolplane's test fixtures: a real PostgreSQL ([`TestPg`]), a real server on an
+//! ephemeral port ([`TestServer`]), the built server binary ([`ServerProcess`]) and the
+//! real grpcurl ([`grpcurl`]).
 
+mod grpcurl;
+mod process;
+mod server;
+mod test_pg;
+
+pub use grpcurl::{Grpcurl, grpcurl};
+pub use process::{ServerProcess, process_alive, wait_until};
+pub use server::TestServer;
+pub use test_pg::{TestDatabase, TestPg};

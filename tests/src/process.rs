@@ -1,0 +1,161 @@
+//! The built `poolplane-server` binary as a child process, and process helpers.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// Whether a process exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the parenthesised command name, which may hold spaces.
+    let state = stat
+        .rfind(')')
+        .and_then(|close| stat[close + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
+}
+
+/// Polls `condition` every 50 ms until it holds; fails naming `what` after `timeout`.
+pub async fn wait_until<F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut condition: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `poolplane-server` process started from the built binary, logging JSON.
+pub struct ServerProcess {
+    child: Child,
+    /// Its gRPC address, read from its start-up log line.
+    pub addr: SocketAddr,
+    /// The start-up log line.
+    pub start_line: serde_json::Value,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServerProcess {
+    /// The binary: POOLPLANE_SERVER_BIN, or `poolplane-server` in the target directory
+    /// this test was built into.
+    pub fn binary() -> anyhow::Result<PathBuf> {
+        if let Ok(path) = std::env::var("POOLPLANE_SERVER_BIN") {
+            return Ok(path.into());
+        }
+        let exe = std::env::current_exe()?;
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .context("test executable has no target directory")?;
+        let binary = profile_dir.join("poolplane-server");
+        if !binary.is_file() {
+            bail!(
+                "{} not found: build it first with `cargo build -p poolplane-server` (the README's test command does)",
+                binary.display()
+            );
+        }
+        Ok(binary)
+    }
+
+    /// Starts the binary with `--listen 127.0.0.1:0 --log-format json` and `args`,
+    /// and waits (up to 60 s) for its start-up line.
+    pub async fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(Self::binary()?)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning poolplane-server")?;
+        let stderr = child.stderr.take().context("no stderr pipe")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let sink = Arc::clone(&lines);
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.lock().expect("log lines lock").push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let started = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = rx.recv().await {
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                    && json["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("poolplane-server started"))
+                {
+                    return Some(json);
+                }
+            }
+            None
+        })
+        .await;
+        let Ok(Some(start_line)) = started else {
+            let log = lines.lock().expect("log lines lock").join("\n");
+            let _ = child.start_kill();
+            bail!("poolplane-server did not start; its log:\n{log}");
+        };
+        let addr = start_line["listen"]
+            .as_str()
+            .context("start line has no listen field")?
+            .parse()?;
+        Ok(Self {
+            child,
+            addr,
+            start_line,
+            lines,
+        })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// Sends it a signal (SIGTERM for a graceful stop, SIGKILL for a crash).
+    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+        kill(Pid::from_raw(self.pid() as i32), signal)?;
+        Ok(())
+    }
+
+    /// Waits for it to exit, at most `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .with_context(|| format!("poolplane-server did not exit within {timeout:?}"))?
+            .context("waiting for poolplane-server")
+    }
+
+    /// Every log line it wrote so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.lines.lock().expect("log lines lock").clone()
+    }
+}

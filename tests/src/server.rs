@@ -1,0 +1,57 @@
+//! `TestServer`: the real server, in-process, on 127.0.0.1:0 over a fresh TestPg
+//! database, with an SDK client. Shut down on drop.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use poolplane_client::PoolplaneClient;
+use poolplane_server::{Server, ServerConfig};
+
+use crate::{TestDatabase, TestPg};
+
+/// A running server for one test.
+pub struct TestServer {
+    server: Option<Server>,
+    /// The gRPC address it listens on.
+    pub addr: SocketAddr,
+    /// An SDK client connected to it.
+    pub client: PoolplaneClient,
+    /// Its control database.
+    pub control: TestDatabase,
+}
+
+impl TestServer {
+    /// Starts a server whose control database is a fresh TestPg database.
+    pub async fn spawn() -> anyhow::Result<Self> {
+        let control = TestPg::database().await?;
+        Self::spawn_on(control).await
+    }
+
+    /// Starts a server on an existing control database (e.g. a restart).
+    pub async fn spawn_on(control: TestDatabase) -> anyhow::Result<Self> {
+        let server = Server::start(ServerConfig {
+            listen: (Ipv4Addr::LOCALHOST, 0).into(),
+            database_url: Some(control.url().to_owned()),
+            data_dir: std::env::temp_dir(),
+            metrics_listen: (Ipv4Addr::LOCALHOST, 0).into(),
+            shutdown_grace: Duration::from_secs(5),
+        })
+        .await?;
+        let addr = server.local_addr();
+        let client = PoolplaneClient::connect(addr.to_string()).await?;
+        Ok(Self {
+            server: Some(server),
+            addr,
+            client,
+            control,
+        })
+    }
+
+    /// Shuts the server down gracefully and waits for it.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,144 @@
+//! The in-process server over a real control database: the SDK, both reflection
+//! versions, health, and the stored definitions it lists.
+
+use poolplane_tests::{TestServer, grpcurl};
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+#[tokio::test]
+async fn fresh_server_lists_no_pools() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    assert!(server.client.list_pools().await?.is_empty());
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn stored_definitions_are_listed_with_the_password_redacted() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let control = server.control.connect().await?;
+    control
+        .batch_execute(
+            "INSERT INTO pool_definitions (name, database_url) VALUES \
+             ('beta', 'host=127.0.0.1 user=app password=hunter2-kv dbname=app'), \
+             ('alpha', 'postgres://app:hunter2-url@127.0.0.1:5432/app')",
+        )
+        .await?;
+    let pools = server.client.list_pools().await?;
+    let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["alpha", "beta"]);
+    assert_eq!(
+        pools[0].database_url,
+        "postgres://app:***@127.0.0.1:5432/app"
+    );
+    assert_eq!(
+        pools[1].database_url,
+        "host=127.0.0.1 user=app password=*** dbname=app"
+    );
+    assert!(
+        pools
+            .iter()
+            .all(|p| p.created_at.is_some() && p.updated_at.is_some())
+    );
+
+    let json = grpcurl(server.addr, &[], &["poolplane.v1.PoolService/ListPools"]).await?;
+    assert!(json.success, "{}", json.stderr);
+    assert!(json.stdout.contains("\"alpha\""), "{}", json.stdout);
+    assert!(!json.stdout.contains("hunter2"), "{}", json.stdout);
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_across_restarts() -> anyhow::Result<()> {
+    let first = TestServer::spawn().await?;
+    let control = first.control.clone();
+    first.shutdown().await?;
+    let second = TestServer::spawn_on(control).await?;
+    let history = second.control.connect().await?;
+    let applied: i64 = history
+        .query_one("SELECT count(*) FROM poolplane_schema_history", &[])
+        .await?
+        .get(0);
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"))?
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count();
+    assert_eq!(
+        applied as usize, files,
+        "each migration applied exactly once"
+    );
+    second.shutdown().await
+}
+
+#[tokio::test]
+async fn grpcurl_lists_describes_and_checks_health() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let list = grpcurl(server.addr, &[], &["list"]).await?;
+    assert!(list.success, "{}", list.stderr);
+    for service in [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "poolplane.v1.PoolService",
+    ] {
+        assert!(
+            list.stdout.lines().any(|l| l == service),
+            "{service} missing:\n{}",
+            list.stdout
+        );
+    }
+    let describe = grpcurl(server.addr, &[], &["describe", "poolplane.v1.PoolService"]).await?;
+    assert!(describe.success, "{}", describe.stderr);
+    assert!(
+        describe.stdout.contains("rpc ListPools"),
+        "{}",
+        describe.stdout
+    );
+
+    let health = grpcurl(server.addr, &[], &["grpc.health.v1.Health/Check"]).await?;
+    assert!(health.success, "{}", health.stderr);
+    assert!(health.stdout.contains("\"SERVING\""), "{}", health.stdout);
+    let pool_service = grpcurl(
+        server.addr,
+        &["-d", r#"{"service":"poolplane.v1.PoolService"}"#],
+        &["grpc.health.v1.Health/Check"],
+    )
+    .await?;
+    assert!(
+        pool_service.stdout.contains("\"SERVING\""),
+        "{}",
+        pool_service.stdout
+    );
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn reflection_v1_lists_every_service() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))?
+        .connect()
+        .await?;
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await?
+        .into_inner();
+    let response = responses.message().await?.expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        anyhow::bail!("unexpected reflection response: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in ["grpc.health.v1.Health", "poolplane.v1.PoolService"] {
+        assert!(
+            names.iter().any(|n| n == service),
+            "{service} missing from {names:?}"
+        );
+    }
+    server.shutdown().await
+}
