@@ -39,4 +39,88 @@ pub enum Error {
     /// The embedded PostgreSQL failed.
     #[error(transparent)]
     EmbeddedPg(#[from] crate::embedded_pg::EmbeddedPgError),
+    /// A pool config broke one or more rules (every violation is listed).
+    #[error(transparent)]
+    InvalidConfig(#[from] crate::config::ConfigErrors),
+    /// No connection became available within acquire_timeout_secs.
+    #[error("timed out after {timeout:?} waiting for a connection{}", .last_connect_error.as_ref().map(|e| format!(" (last connection error: {e})")).unwrap_or_default())]
+    AcquireTimeout {
+        /// The timeout that passed.
+        timeout: std::time::Duration,
+        /// Why the last attempt to open a connection failed, if one did recently
+        /// (passwords redacted).
+        last_connect_error: Option<String>,
+    },
+    /// The pool was closed.
+    #[error("the pool is closed")]
+    PoolClosed,
+    /// The pool's database could not be reached when the pool was created.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The database, password redacted.
+        url: String,
+        /// Why (password redacted).
+        reason: String,
+    },
+    /// PostgreSQL answered a query with an error (see [`Error::sqlstate`]).
+    #[error("{}", describe_pg_error(.0))]
+    Database(#[source] tokio_postgres::Error),
+}
+
+/// Which kind of error, for callers that branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A bad argument: config, URL.
+    InvalidArgument,
+    /// No connection in time.
+    AcquireTimeout,
+    /// The pool is closed.
+    PoolClosed,
+    /// The pool's database is unreachable.
+    Unavailable,
+    /// PostgreSQL reported an error.
+    Database,
+    /// The control database or the embedded PostgreSQL failed.
+    Internal,
+}
+
+impl Error {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidDatabaseUrl { .. } | Error::InvalidConfig(_) => {
+                ErrorKind::InvalidArgument
+            }
+            Error::AcquireTimeout { .. } => ErrorKind::AcquireTimeout,
+            Error::PoolClosed => ErrorKind::PoolClosed,
+            Error::Connect { .. } => ErrorKind::Unavailable,
+            Error::Database(_) => ErrorKind::Database,
+            Error::ControlDatabase { .. }
+            | Error::ControlDatabaseTimeout
+            | Error::ControlQuery { .. }
+            | Error::Migration(_)
+            | Error::EmbeddedPg(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The SQLSTATE of a database error.
+    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            Error::Database(e) => e.code(),
+            _ => None,
+        }
+    }
+}
+
+/// A tokio-postgres error in words: the server's SQLSTATE and message for a
+/// database error (tokio-postgres's own Display says only "db error"), else the
+/// error and its cause.
+pub fn describe_pg_error(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+    }
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    }
 }

@@ -1,11 +1,20 @@
 //! poolplane's engine: advanced PostgreSQL connection pools, their registry and the
 //! control database, embeddable in-process.
 
+pub mod config;
 pub mod conninfo;
 pub mod embedded_pg;
 mod error;
+pub mod events;
+pub mod pool;
 pub mod store;
 
+pub use config::{AdvancedPoolConfig, ConfigErrors, FieldViolation};
 pub use embedded_pg::{EmbeddedPg, EmbeddedPgError, EmbeddedPgOptions};
-pub use error::Error;
+pub use error::{Error, ErrorKind, describe_pg_error};
+pub use events::{PoolEvent, PoolEventKind};
+pub use pool::{
+    AdvancedConnectionPool, HealthStatus, PoolStats, PooledConnection, StatementCacheStats,
+    Transaction,
+};
 pub use store::{ControlStore, PoolDefinition};

@@ -1,0 +1,493 @@
+//! `AdvancedPoolConfig`: every knob of a pool, its defaults and presets, and
+//! `validate()`, which names every field at fault.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The configuration of one [`crate::AdvancedConnectionPool`]. The field names are
+/// the seed document's; durations stay in the seed's `*_secs` (and `*_ms`) units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdvancedPoolConfig {
+    // Pool sizing
+    /// Hard ceiling of open connections (the pool never opens more). >= 1.
+    pub max_connections: u32,
+    /// Connections kept open even when idle; the floor of dynamic sizing.
+    pub min_connections: u32,
+    /// How long `get()` waits for a connection before failing with a timeout.
+    pub acquire_timeout_secs: u64,
+    /// An idle connection above `min_connections` is closed after this long unused.
+    pub idle_timeout_secs: u64,
+    /// A connection is closed (when idle or returned) once this old.
+    pub max_lifetime_secs: u64,
+
+    // Statement caching
+    /// Prepared statements cached per connection (LRU).
+    pub statement_cache_capacity: u32,
+    /// Cache prepared statements; `false` prepares every statement on every call.
+    pub enable_prepared_statements: bool,
+
+    // Health monitoring
+    /// How often the health monitor checks the database.
+    pub health_check_interval_secs: u64,
+    /// How long one health check (connect + validation query) may take.
+    pub health_check_timeout_secs: u64,
+    /// Consecutive failed checks after which the pool is unhealthy.
+    pub max_failed_health_checks: u32,
+
+    // Dynamic scaling
+    /// Move the pool's size between min and max with its load; off: size = max.
+    pub enable_dynamic_sizing: bool,
+    /// Scale up when utilization over the last interval is at least this (0..=1;
+    /// requests waiting for a connection count as utilization above 1).
+    pub load_threshold_high: f64,
+    /// Scale down when utilization over the last interval is at most this.
+    pub load_threshold_low: f64,
+    /// Growth factor of one scale-up step (> 1; at least one connection a step).
+    pub scale_up_factor: f64,
+    /// Shrink factor of one scale-down step (0..1; at least one connection a step).
+    pub scale_down_factor: f64,
+    /// Minimum time between two scaling steps; also the utilization window.
+    pub min_scale_interval_secs: u64,
+
+    // Connection lifecycle
+    /// Run `validation_query` on a checked-out connection that was idle longer than
+    /// `validation_idle_threshold_ms`.
+    pub enable_connection_validation: bool,
+    /// The query that proves a connection (and, for the health monitor, the
+    /// database) works.
+    pub validation_query: String,
+    /// Statements run once on every new connection (e.g. `SET application_name`).
+    /// Without one, connections carry `application_name = poolplane:<pool name>`
+    /// unless the database URL sets its own.
+    pub connection_warmup_queries: Vec<String>,
+    /// Close a connection after `recycle_threshold_queries` queries.
+    pub enable_connection_recycling: bool,
+    /// Queries after which a connection is recycled.
+    pub recycle_threshold_queries: u64,
+
+    // Beyond the seed
+    /// A checkout skips validation when the connection was used less than this
+    /// long ago (as HikariCP's 500 ms bypass window), so a busy pool does not pay a
+    /// round trip per checkout. 0 validates every checkout.
+    pub validation_idle_threshold_ms: u64,
+}
+
+impl Default for AdvancedPoolConfig {
+    /// The seed's custom configuration.
+    fn default() -> Self {
+        Self {
+            max_connections: 100,
+            min_connections: 20,
+            acquire_timeout_secs: 30,
+            idle_timeout_secs: 600,
+            max_lifetime_secs: 3600,
+            statement_cache_capacity: 2000,
+            enable_prepared_statements: true,
+            health_check_interval_secs: 30,
+            health_check_timeout_secs: 5,
+            max_failed_health_checks: 3,
+            enable_dynamic_sizing: true,
+            load_threshold_high: 0.8,
+            load_threshold_low: 0.3,
+            scale_up_factor: 1.2,
+            scale_down_factor: 0.9,
+            min_scale_interval_secs: 60,
+            enable_connection_validation: true,
+            validation_query: "SELECT 1".into(),
+            connection_warmup_queries: Vec::new(),
+            enable_connection_recycling: true,
+            recycle_threshold_queries: 10_000,
+            validation_idle_threshold_ms: 500,
+        }
+    }
+}
+
+/// One invalid field and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field's name, as in `AdvancedPoolConfig`.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub description: String,
+}
+
+impl fmt::Display for FieldViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.description)
+    }
+}
+
+/// Every violation `validate()` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<FieldViolation>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let all: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        write!(f, "invalid pool config: {}", all.join("; "))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl AdvancedPoolConfig {
+    /// The seed's production configuration.
+    pub fn production() -> Self {
+        Self {
+            max_connections: 200,
+            min_connections: 50,
+            acquire_timeout_secs: 10,
+            idle_timeout_secs: 300,
+            max_lifetime_secs: 1800,
+            statement_cache_capacity: 5000,
+            enable_dynamic_sizing: true,
+            load_threshold_high: 0.85,
+            load_threshold_low: 0.25,
+            health_check_interval_secs: 15,
+            ..Self::default()
+        }
+    }
+
+    /// The seed's development configuration.
+    pub fn development() -> Self {
+        Self {
+            max_connections: 20,
+            min_connections: 5,
+            acquire_timeout_secs: 60,
+            idle_timeout_secs: 1200,
+            statement_cache_capacity: 500,
+            enable_dynamic_sizing: false,
+            health_check_interval_secs: 60,
+            ..Self::default()
+        }
+    }
+
+    /// A preset by name: `default`, `production` or `development`.
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "default" => Some(Self::default()),
+            "production" => Some(Self::production()),
+            "development" => Some(Self::development()),
+            _ => None,
+        }
+    }
+
+    /// Checks every rule and returns every violation, each naming its field.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut fail = |field: &'static str, description: String| {
+            errors.push(FieldViolation { field, description });
+        };
+        if self.max_connections < 1 {
+            fail("max_connections", "must be at least 1".into());
+        }
+        if self.min_connections > self.max_connections {
+            fail(
+                "min_connections",
+                format!(
+                    "must not exceed max_connections ({} > {})",
+                    self.min_connections, self.max_connections
+                ),
+            );
+        }
+        for (field, value) in [
+            ("acquire_timeout_secs", self.acquire_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("max_lifetime_secs", self.max_lifetime_secs),
+            (
+                "health_check_interval_secs",
+                self.health_check_interval_secs,
+            ),
+            ("health_check_timeout_secs", self.health_check_timeout_secs),
+            ("min_scale_interval_secs", self.min_scale_interval_secs),
+        ] {
+            if value == 0 {
+                fail(field, "must be greater than 0".into());
+            } else if value > MAX_SECS {
+                fail(field, format!("must be at most {MAX_SECS} (100 years)"));
+            }
+        }
+        if self.health_check_timeout_secs >= self.health_check_interval_secs
+            && self.health_check_timeout_secs > 0
+        {
+            fail(
+                "health_check_timeout_secs",
+                format!(
+                    "must be less than health_check_interval_secs ({} >= {})",
+                    self.health_check_timeout_secs, self.health_check_interval_secs
+                ),
+            );
+        }
+        if self.max_failed_health_checks < 1 {
+            fail("max_failed_health_checks", "must be at least 1".into());
+        }
+        let low_ok = self.load_threshold_low > 0.0 && self.load_threshold_low < 1.0;
+        if !low_ok {
+            fail(
+                "load_threshold_low",
+                format!("must be in (0, 1), got {}", self.load_threshold_low),
+            );
+        }
+        if !(self.load_threshold_high > 0.0 && self.load_threshold_high <= 1.0) {
+            fail(
+                "load_threshold_high",
+                format!("must be in (0, 1], got {}", self.load_threshold_high),
+            );
+        } else if low_ok && self.load_threshold_high <= self.load_threshold_low {
+            fail(
+                "load_threshold_high",
+                format!(
+                    "must be greater than load_threshold_low ({} <= {})",
+                    self.load_threshold_high, self.load_threshold_low
+                ),
+            );
+        }
+        if !(self.scale_up_factor > 1.0 && self.scale_up_factor.is_finite()) {
+            fail(
+                "scale_up_factor",
+                format!("must be greater than 1, got {}", self.scale_up_factor),
+            );
+        }
+        if !(self.scale_down_factor > 0.0 && self.scale_down_factor < 1.0) {
+            fail(
+                "scale_down_factor",
+                format!("must be in (0, 1), got {}", self.scale_down_factor),
+            );
+        }
+        if self.validation_query.trim().is_empty() {
+            fail("validation_query", "must not be empty".into());
+        }
+        if let Some(i) = self
+            .connection_warmup_queries
+            .iter()
+            .position(|q| q.trim().is_empty())
+        {
+            fail("connection_warmup_queries", format!("entry {i} is empty"));
+        }
+        if self.enable_connection_recycling && self.recycle_threshold_queries < 1 {
+            fail(
+                "recycle_threshold_queries",
+                "must be at least 1 when enable_connection_recycling is on".into(),
+            );
+        }
+        if self.enable_prepared_statements && self.statement_cache_capacity < 1 {
+            fail(
+                "statement_cache_capacity",
+                "must be at least 1 when enable_prepared_statements is on".into(),
+            );
+        }
+        if self.validation_idle_threshold_ms > MAX_SECS * 1000 {
+            fail(
+                "validation_idle_threshold_ms",
+                format!("must be at most {}", MAX_SECS * 1000),
+            );
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// `acquire_timeout_secs` as a duration.
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_secs(self.acquire_timeout_secs)
+    }
+
+    /// `idle_timeout_secs` as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// `max_lifetime_secs` as a duration.
+    pub fn max_lifetime(&self) -> Duration {
+        Duration::from_secs(self.max_lifetime_secs)
+    }
+
+    /// `health_check_interval_secs` as a duration.
+    pub fn health_check_interval(&self) -> Duration {
+        Duration::from_secs(self.health_check_interval_secs)
+    }
+
+    /// `health_check_timeout_secs` as a duration.
+    pub fn health_check_timeout(&self) -> Duration {
+        Duration::from_secs(self.health_check_timeout_secs)
+    }
+
+    /// `min_scale_interval_secs` as a duration.
+    pub fn min_scale_interval(&self) -> Duration {
+        Duration::from_secs(self.min_scale_interval_secs)
+    }
+
+    /// The size a pool starts at: min (at least 1) with dynamic sizing, else max.
+    pub fn initial_size(&self) -> u32 {
+        if self.enable_dynamic_sizing {
+            self.min_connections.max(1)
+        } else {
+            self.max_connections
+        }
+    }
+}
+
+/// Upper bound of every `*_secs` field (100 years), so that no duration overflows.
+const MAX_SECS: u64 = 100 * 365 * 86_400;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(config: &AdvancedPoolConfig) -> Vec<&'static str> {
+        match config.validate() {
+            Ok(()) => Vec::new(),
+            Err(ConfigErrors(v)) => v.into_iter().map(|v| v.field).collect(),
+        }
+    }
+
+    #[test]
+    fn presets_are_valid_and_carry_the_seed_values() {
+        for config in [
+            AdvancedPoolConfig::default(),
+            AdvancedPoolConfig::production(),
+            AdvancedPoolConfig::development(),
+        ] {
+            assert_eq!(config.validate(), Ok(()));
+        }
+        let p = AdvancedPoolConfig::production();
+        assert_eq!((p.max_connections, p.min_connections), (200, 50));
+        assert_eq!((p.load_threshold_high, p.load_threshold_low), (0.85, 0.25));
+        let d = AdvancedPoolConfig::development();
+        assert_eq!((d.max_connections, d.min_connections), (20, 5));
+        assert!(!d.enable_dynamic_sizing);
+        assert_eq!(d.initial_size(), 20);
+        assert_eq!(AdvancedPoolConfig::preset("production"), Some(p));
+        assert_eq!(AdvancedPoolConfig::preset("nope"), None);
+    }
+
+    #[test]
+    fn sizes_at_their_boundaries() {
+        let base = AdvancedPoolConfig::default();
+        let c = AdvancedPoolConfig {
+            max_connections: 0,
+            min_connections: 0,
+            ..base.clone()
+        };
+        assert_eq!(fields(&c), ["max_connections"]);
+        let c = AdvancedPoolConfig {
+            max_connections: 1,
+            min_connections: 1,
+            ..base.clone()
+        };
+        assert!(fields(&c).is_empty());
+        let c = AdvancedPoolConfig {
+            max_connections: 5,
+            min_connections: 6,
+            ..base.clone()
+        };
+        assert_eq!(fields(&c), ["min_connections"]);
+        let c = AdvancedPoolConfig {
+            max_connections: 5,
+            min_connections: 5,
+            ..base
+        };
+        assert!(fields(&c).is_empty());
+    }
+
+    #[test]
+    fn thresholds_and_factors_at_their_boundaries() {
+        let base = AdvancedPoolConfig::default();
+        let with = |low: f64, high: f64| AdvancedPoolConfig {
+            load_threshold_low: low,
+            load_threshold_high: high,
+            ..base.clone()
+        };
+        assert!(fields(&with(0.3, 1.0)).is_empty());
+        assert_eq!(fields(&with(0.0, 0.8)), ["load_threshold_low"]);
+        assert_eq!(fields(&with(0.3, 1.01)), ["load_threshold_high"]);
+        assert_eq!(fields(&with(0.5, 0.5)), ["load_threshold_high"]);
+        assert_eq!(fields(&with(f64::NAN, 0.8)), ["load_threshold_low"]);
+        let up = |f: f64| AdvancedPoolConfig {
+            scale_up_factor: f,
+            ..base.clone()
+        };
+        assert_eq!(fields(&up(1.0)), ["scale_up_factor"]);
+        assert!(fields(&up(1.0001)).is_empty());
+        assert_eq!(fields(&up(f64::INFINITY)), ["scale_up_factor"]);
+        let down = |f: f64| AdvancedPoolConfig {
+            scale_down_factor: f,
+            ..base.clone()
+        };
+        assert_eq!(fields(&down(1.0)), ["scale_down_factor"]);
+        assert_eq!(fields(&down(0.0)), ["scale_down_factor"]);
+        assert!(fields(&down(0.5)).is_empty());
+    }
+
+    #[test]
+    fn every_violation_is_reported_at_once() {
+        let config = AdvancedPoolConfig {
+            max_connections: 0,
+            min_connections: 3,
+            acquire_timeout_secs: 0,
+            max_lifetime_secs: 0,
+            health_check_interval_secs: 5,
+            health_check_timeout_secs: 5,
+            max_failed_health_checks: 0,
+            validation_query: "  ".into(),
+            recycle_threshold_queries: 0,
+            statement_cache_capacity: 0,
+            ..AdvancedPoolConfig::default()
+        };
+        assert_eq!(
+            fields(&config),
+            [
+                "max_connections",
+                "min_connections",
+                "acquire_timeout_secs",
+                "max_lifetime_secs",
+                "health_check_timeout_secs",
+                "max_failed_health_checks",
+                "validation_query",
+                "recycle_threshold_queries",
+                "statement_cache_capacity",
+            ]
+        );
+    }
+
+    #[test]
+    fn switched_off_features_relax_their_rules() {
+        let config = AdvancedPoolConfig {
+            enable_connection_recycling: false,
+            recycle_threshold_queries: 0,
+            enable_prepared_statements: false,
+            statement_cache_capacity: 0,
+            ..AdvancedPoolConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn health_timeout_must_be_below_the_interval() {
+        let ok = AdvancedPoolConfig {
+            health_check_interval_secs: 2,
+            health_check_timeout_secs: 1,
+            ..AdvancedPoolConfig::default()
+        };
+        assert!(fields(&ok).is_empty());
+        let bad = AdvancedPoolConfig {
+            health_check_timeout_secs: 2,
+            ..ok
+        };
+        assert_eq!(fields(&bad), ["health_check_timeout_secs"]);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_and_missing_ones_default() {
+        let config: AdvancedPoolConfig =
+            serde_json::from_str(r#"{"max_connections": 7, "min_connections": 2}"#).unwrap();
+        assert_eq!(config.max_connections, 7);
+        assert_eq!(config.statement_cache_capacity, 2000);
+        assert!(serde_json::from_str::<AdvancedPoolConfig>(r#"{"max_conections": 7}"#).is_err());
+    }
+}

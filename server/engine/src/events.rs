@@ -1,0 +1,96 @@
+//! `PoolEvent`: what happened to a pool, broadcast to every subscriber. A subscriber
+//! that falls behind is told how many events it missed (`RecvError::Lagged`); it
+//! never slows the pool.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::pool::ScaleDirection;
+
+/// How many events a subscriber may fall behind before it starts missing some.
+pub const EVENT_BUFFER: usize = 1024;
+
+/// One event of one pool.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolEvent {
+    /// The pool's name.
+    pub pool_name: String,
+    /// When it happened.
+    pub at: SystemTime,
+    /// What happened.
+    pub kind: PoolEventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PoolEventKind {
+    /// A health check failed (the pool may still be healthy).
+    HealthCheckFailed {
+        /// Failures in a row, this one included.
+        consecutive_failures: u32,
+        /// Why it failed (passwords redacted).
+        error: String,
+    },
+    /// max_failed_health_checks checks failed in a row: the pool is unhealthy.
+    BecameUnhealthy {
+        /// Failures in a row.
+        consecutive_failures: u32,
+        /// The last failure (passwords redacted).
+        error: String,
+    },
+    /// A health check succeeded after the pool was unhealthy.
+    Recovered {
+        /// How long the check took, in ms.
+        response_time_ms: f64,
+    },
+    /// The pool's size changed.
+    Scaled {
+        /// Up or down.
+        direction: ScaleDirection,
+        /// Size before.
+        from: u32,
+        /// Size after.
+        to: u32,
+        /// The utilization that prompted it.
+        utilization: f64,
+        /// Why.
+        reason: String,
+    },
+    /// A connection was closed after recycle_threshold_queries queries.
+    ConnectionRecycled {
+        /// The queries it had run.
+        queries: u64,
+    },
+}
+
+/// The sending side a pool keeps.
+#[derive(Debug, Clone)]
+pub(crate) struct EventSender {
+    pool_name: String,
+    sender: broadcast::Sender<PoolEvent>,
+}
+
+impl EventSender {
+    pub fn new(pool_name: String) -> Self {
+        Self {
+            pool_name,
+            sender: broadcast::Sender::new(EVENT_BUFFER),
+        }
+    }
+
+    /// Broadcasts an event (dropped if nobody listens).
+    pub fn send(&self, kind: PoolEventKind) {
+        let _ = self.sender.send(PoolEvent {
+            pool_name: self.pool_name.clone(),
+            at: SystemTime::now(),
+            kind,
+        });
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<PoolEvent> {
+        self.sender.subscribe()
+    }
+}

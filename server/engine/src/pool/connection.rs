@@ -1,0 +1,301 @@
+//! `PooledConnection`: a checked-out connection whose queries go through the
+//! statement cache and the pool's counters; `Transaction` on top of it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement, ToStatement};
+
+use super::manager::PoolManager;
+use super::statement_cache::Lookup;
+use super::stats::Counters;
+use super::{GatePermit, Shared};
+use crate::Error;
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// What to do with a statement.
+#[derive(Clone, Copy)]
+enum Op {
+    Query,
+    QueryOne,
+    QueryOpt,
+    Execute,
+}
+
+/// What it gave.
+enum Out {
+    Rows(Vec<Row>),
+    Row(Row),
+    OptRow(Option<Row>),
+    Count(u64),
+}
+
+async fn call<T>(
+    client: &Client,
+    statement: &T,
+    params: Params<'_>,
+    op: Op,
+) -> Result<Out, tokio_postgres::Error>
+where
+    T: ?Sized + ToStatement + Sync,
+{
+    Ok(match op {
+        Op::Query => Out::Rows(client.query(statement, params).await?),
+        Op::QueryOne => Out::Row(client.query_one(statement, params).await?),
+        Op::QueryOpt => Out::OptRow(client.query_opt(statement, params).await?),
+        Op::Execute => Out::Count(client.execute(statement, params).await?),
+    })
+}
+
+/// Whether the server rejected a cached statement because the schema under it
+/// changed (or it no longer exists): evict and prepare again.
+fn is_stale_statement(error: &tokio_postgres::Error) -> bool {
+    match error.as_db_error() {
+        Some(db) => {
+            (*db.code() == SqlState::FEATURE_NOT_SUPPORTED && db.message().contains("cached plan"))
+                || *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME
+        }
+        None => false,
+    }
+}
+
+/// A connection checked out of an [`super::AdvancedConnectionPool`]. Returned to the
+/// pool on drop (or closed, if it is broken, due for recycling, or surplus).
+pub struct PooledConnection {
+    // Field order matters: the connection goes back before the permit, so that the
+    // next caller through the gate finds it idle.
+    conn: bb8::PooledConnection<'static, PoolManager>,
+    _permit: GatePermit,
+    shared: Arc<Shared>,
+    checked_out_at: Instant,
+}
+
+impl std::fmt::Debug for PooledConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledConnection")
+            .field("pool", &self.shared.name)
+            .field("conn", &*self.conn)
+            .finish()
+    }
+}
+
+impl PooledConnection {
+    pub(crate) fn new(
+        conn: bb8::PooledConnection<'static, PoolManager>,
+        permit: GatePermit,
+        shared: Arc<Shared>,
+    ) -> Self {
+        shared.checked_out.fetch_add(1, Ordering::Relaxed);
+        Self {
+            conn,
+            _permit: permit,
+            shared,
+            checked_out_at: Instant::now(),
+        }
+    }
+
+    /// The underlying tokio-postgres client, for what this type does not wrap.
+    /// Queries run on it bypass the statement cache and the query counters.
+    pub fn client(&self) -> &Client {
+        &self.conn.client
+    }
+
+    /// Queries this connection has run (toward recycle_threshold_queries).
+    pub fn queries_run(&self) -> u64 {
+        self.conn.queries
+    }
+
+    /// The prepared statement for `sql`: from this connection's cache, or prepared
+    /// now (and cached, evicting the least recently used beyond capacity). With
+    /// prepared statements off, prepared and not cached.
+    pub async fn prepare_cached(&mut self, sql: &str) -> Result<Statement, Error> {
+        let counters = &self.shared.counters;
+        if self.shared.cache_capacity() == 0 {
+            return self.conn.client.prepare(sql).await.map_err(Error::Database);
+        }
+        if let Lookup::Hit(statement) = self.conn.cache.get(sql) {
+            Counters::add(&counters.cache_hits, 1);
+            return Ok(statement);
+        }
+        Counters::add(&counters.cache_misses, 1);
+        let statement = self
+            .conn
+            .client
+            .prepare(sql)
+            .await
+            .map_err(Error::Database)?;
+        let evicted = self.conn.cache.insert(sql, statement.clone()) as u64;
+        Counters::add(&counters.cache_evictions, evicted);
+        counters
+            .cached_statements
+            .fetch_add(1 - evicted, Ordering::Relaxed);
+        Ok(statement)
+    }
+
+    fn forget_statement(&mut self, sql: &str) {
+        if self.conn.cache.remove(sql) {
+            self.shared
+                .counters
+                .cached_statements
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn run(
+        &mut self,
+        sql: &str,
+        params: Params<'_>,
+        op: Op,
+        retry: bool,
+    ) -> Result<Out, Error> {
+        self.conn.queries += 1;
+        Counters::add(&self.shared.counters.total_queries, 1);
+        if self.shared.cache_capacity() == 0 {
+            return call(&self.conn.client, sql, params, op)
+                .await
+                .map_err(Error::Database);
+        }
+        let statement = self.prepare_cached(sql).await?;
+        match call(&self.conn.client, &statement, params, op).await {
+            Err(e) if is_stale_statement(&e) => {
+                drop(statement);
+                self.forget_statement(sql);
+                if !retry {
+                    return Err(Error::Database(e));
+                }
+                let statement = self.prepare_cached(sql).await?;
+                call(&self.conn.client, &statement, params, op)
+                    .await
+                    .map_err(Error::Database)
+            }
+            result => result.map_err(Error::Database),
+        }
+    }
+
+    /// Runs `sql` (a cached prepared statement) and returns its rows. A statement
+    /// the server rejects after a schema change is prepared again and retried once.
+    pub async fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
+        match self.run(sql, params, Op::Query, true).await? {
+            Out::Rows(rows) => Ok(rows),
+            _ => unreachable!("Op::Query gives rows"),
+        }
+    }
+
+    /// Runs `sql` and returns its one row (an error if it gives not exactly one).
+    pub async fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
+        match self.run(sql, params, Op::QueryOne, true).await? {
+            Out::Row(row) => Ok(row),
+            _ => unreachable!("Op::QueryOne gives a row"),
+        }
+    }
+
+    /// Runs `sql` and returns its row, if any (an error if more than one).
+    pub async fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
+        match self.run(sql, params, Op::QueryOpt, true).await? {
+            Out::OptRow(row) => Ok(row),
+            _ => unreachable!("Op::QueryOpt gives an optional row"),
+        }
+    }
+
+    /// Runs `sql` and returns how many rows it affected.
+    pub async fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
+        match self.run(sql, params, Op::Execute, true).await? {
+            Out::Count(n) => Ok(n),
+            _ => unreachable!("Op::Execute gives a count"),
+        }
+    }
+
+    /// Runs one or more statements with the simple protocol (no parameters, no
+    /// cache).
+    pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
+        self.conn.queries += 1;
+        Counters::add(&self.shared.counters.total_queries, 1);
+        self.conn
+            .client
+            .batch_execute(sql)
+            .await
+            .map_err(Error::Database)
+    }
+
+    /// Starts a transaction. It rolls back unless committed; one dropped without
+    /// commit or rollback closes the connection (which rolls it back).
+    pub async fn transaction(&mut self) -> Result<Transaction<'_>, Error> {
+        self.batch_execute("BEGIN").await?;
+        Ok(Transaction {
+            conn: self,
+            done: false,
+        })
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        self.conn.last_used = Instant::now();
+        self.shared
+            .counters
+            .use_time
+            .record(self.checked_out_at.elapsed());
+        self.shared.checked_out.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A transaction on a pooled connection. Statements use the cache; a statement
+/// invalidated by a schema change is evicted but not retried (the transaction is
+/// aborted by then), so the caller sees the error and a retry of the transaction
+/// works.
+#[derive(Debug)]
+pub struct Transaction<'a> {
+    conn: &'a mut PooledConnection,
+    done: bool,
+}
+
+impl Transaction<'_> {
+    /// Runs `sql` and returns its rows.
+    pub async fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
+        match self.conn.run(sql, params, Op::Query, false).await? {
+            Out::Rows(rows) => Ok(rows),
+            _ => unreachable!("Op::Query gives rows"),
+        }
+    }
+
+    /// Runs `sql` and returns its one row.
+    pub async fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
+        match self.conn.run(sql, params, Op::QueryOne, false).await? {
+            Out::Row(row) => Ok(row),
+            _ => unreachable!("Op::QueryOne gives a row"),
+        }
+    }
+
+    /// Runs `sql` and returns how many rows it affected.
+    pub async fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
+        match self.conn.run(sql, params, Op::Execute, false).await? {
+            Out::Count(n) => Ok(n),
+            _ => unreachable!("Op::Execute gives a count"),
+        }
+    }
+
+    /// Commits.
+    pub async fn commit(mut self) -> Result<(), Error> {
+        self.done = true;
+        self.conn.batch_execute("COMMIT").await
+    }
+
+    /// Rolls back.
+    pub async fn rollback(mut self) -> Result<(), Error> {
+        self.done = true;
+        self.conn.batch_execute("ROLLBACK").await
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Cannot await a ROLLBACK here: closing the session rolls back.
+            self.conn.conn.broken = true;
+        }
+    }
+}

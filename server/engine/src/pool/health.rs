@@ -1,0 +1,210 @@
+//! Health monitoring: `HealthStatus`, its state machine, and the monitor task. A
+//! check opens its own short connection (never a pooled one), so a saturated pool
+//! is not mistaken for an unhealthy database.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use crate::error::describe_pg_error;
+use crate::events::PoolEventKind;
+
+/// The pool's health (the seed's `get_health_status()`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthStatus {
+    /// False after max_failed_health_checks consecutive failures, until a success.
+    pub is_healthy: bool,
+    /// How long the last check took (connect + validation query), in ms.
+    pub response_time_ms: f64,
+    /// Failed checks in a row.
+    pub consecutive_failures: u32,
+    /// When the last check finished.
+    pub last_check_at: Option<SystemTime>,
+    /// When a check last succeeded.
+    pub last_success_at: Option<SystemTime>,
+    /// Why the last failed check failed (passwords redacted); cleared on success.
+    pub last_error: Option<String>,
+}
+
+impl HealthStatus {
+    pub(crate) fn new(is_healthy: bool, last_error: Option<String>) -> Self {
+        Self {
+            is_healthy,
+            response_time_ms: 0.0,
+            consecutive_failures: u32::from(!is_healthy),
+            last_check_at: None,
+            last_success_at: None,
+            last_error,
+        }
+    }
+}
+
+/// A change of health the monitor reports.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Transition {
+    /// The check failed; the pool is still healthy (or already unhealthy).
+    Failed,
+    /// This failure made the pool unhealthy.
+    BecameUnhealthy,
+    /// This success ended an unhealthy spell.
+    Recovered,
+}
+
+/// Applies one check result to the status: the state machine.
+pub(crate) fn apply(
+    status: &mut HealthStatus,
+    result: Result<Duration, String>,
+    max_failed: u32,
+) -> Option<Transition> {
+    let now = SystemTime::now();
+    status.last_check_at = Some(now);
+    match result {
+        Ok(took) => {
+            status.response_time_ms = took.as_secs_f64() * 1000.0;
+            status.consecutive_failures = 0;
+            status.last_success_at = Some(now);
+            status.last_error = None;
+            let was_unhealthy = !status.is_healthy;
+            status.is_healthy = true;
+            was_unhealthy.then_some(Transition::Recovered)
+        }
+        Err(error) => {
+            status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+            status.last_error = Some(error);
+            if status.is_healthy && status.consecutive_failures >= max_failed {
+                status.is_healthy = false;
+                Some(Transition::BecameUnhealthy)
+            } else {
+                Some(Transition::Failed)
+            }
+        }
+    }
+}
+
+/// One check: connect (own connection), run the validation query, all within the
+/// health timeout.
+async fn check(
+    pg: &tokio_postgres::Config,
+    query: &str,
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    let attempt = async {
+        let (client, connection) = pg.connect(NoTls).await?;
+        let driver = tokio::spawn(connection);
+        let result = client.simple_query(query).await;
+        drop(client);
+        let _ = driver.await;
+        result.map(|_| ())
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(())) => Ok(start.elapsed()),
+        Ok(Err(e)) => Err(describe_pg_error(&e)),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+    }
+}
+
+/// The monitor loop: a check every health_check_interval_secs until cancelled.
+pub(crate) async fn monitor(
+    shared: Arc<Shared>,
+    pg: tokio_postgres::Config,
+    pool: bb8::Pool<super::manager::PoolManager>,
+    token: CancellationToken,
+) {
+    loop {
+        let settings = shared.settings();
+        tokio::select! {
+            biased;
+            () = token.cancelled() => break,
+            () = tokio::time::sleep(settings.health_check_interval()) => {}
+        }
+        let result = check(
+            &pg,
+            &settings.validation_query,
+            settings.health_check_timeout(),
+        )
+        .await
+        .map_err(|e| shared.redact(&e));
+        let error = result.as_ref().err().cloned();
+        let response_time_ms = result
+            .as_ref()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0);
+        let (transition, failures) = {
+            let mut status = shared.health.lock().expect("health lock");
+            let transition = apply(&mut status, result, settings.max_failed_health_checks);
+            (transition, status.consecutive_failures)
+        };
+        match (transition, error) {
+            (Some(Transition::BecameUnhealthy), Some(error)) => {
+                tracing::warn!(pool = %shared.name, failures, %error, "pool became unhealthy");
+                shared.events.send(PoolEventKind::HealthCheckFailed {
+                    consecutive_failures: failures,
+                    error: error.clone(),
+                });
+                shared.events.send(PoolEventKind::BecameUnhealthy {
+                    consecutive_failures: failures,
+                    error,
+                });
+                // Recovery must not hand out connections that died with the database.
+                super::retire_idle(&pool, |conn| conn.broken = true).await;
+            }
+            (Some(Transition::Failed), Some(error)) => {
+                tracing::info!(pool = %shared.name, failures, %error, "health check failed");
+                shared.events.send(PoolEventKind::HealthCheckFailed {
+                    consecutive_failures: failures,
+                    error,
+                });
+            }
+            (Some(Transition::Recovered), _) => {
+                tracing::info!(pool = %shared.name, response_time_ms, "pool recovered");
+                shared
+                    .events
+                    .send(PoolEventKind::Recovered { response_time_ms });
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unhealthy_after_max_failures_and_healthy_on_first_success() {
+        let mut status = HealthStatus::new(true, None);
+        let fail = || Err("down".to_string());
+        assert_eq!(apply(&mut status, fail(), 3), Some(Transition::Failed));
+        assert_eq!(apply(&mut status, fail(), 3), Some(Transition::Failed));
+        assert!(status.is_healthy);
+        assert_eq!(
+            apply(&mut status, fail(), 3),
+            Some(Transition::BecameUnhealthy)
+        );
+        assert!(!status.is_healthy);
+        assert_eq!(apply(&mut status, fail(), 3), Some(Transition::Failed));
+        assert_eq!(status.consecutive_failures, 4);
+        assert_eq!(status.last_error.as_deref(), Some("down"));
+        assert_eq!(
+            apply(&mut status, Ok(Duration::from_millis(2)), 3),
+            Some(Transition::Recovered)
+        );
+        assert!(status.is_healthy && status.last_error.is_none());
+        assert_eq!(status.consecutive_failures, 0);
+        assert_eq!(apply(&mut status, Ok(Duration::from_millis(2)), 3), None);
+    }
+
+    #[test]
+    fn a_single_allowed_failure_flips_at_once() {
+        let mut status = HealthStatus::new(true, None);
+        assert_eq!(
+            apply(&mut status, Err("x".into()), 1),
+            Some(Transition::BecameUnhealthy)
+        );
+    }
+}

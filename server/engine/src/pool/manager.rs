@@ -1,0 +1,144 @@
+//! The bb8 `ManageConnection`: connect + warmup, the connection type with its
+//! statement cache, and retire-on-return (broken, recycled, surplus after a shrink,
+//! pool closed).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+
+use super::Shared;
+use super::statement_cache::StatementCache;
+use super::stats::Counters;
+use crate::events::PoolEventKind;
+
+/// One pooled PostgreSQL connection.
+pub(crate) struct Connection {
+    pub client: tokio_postgres::Client,
+    pub cache: StatementCache,
+    /// Queries run on it (for recycling).
+    pub queries: u64,
+    /// When it was last returned to the pool (or opened).
+    pub last_used: Instant,
+    /// Set when a query showed it is unusable.
+    pub broken: bool,
+    driver: JoinHandle<()>,
+    shared: Arc<Shared>,
+    /// Whether it still counts in `Shared::open` (a retired one no longer does).
+    counted: bool,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("queries", &self.queries)
+            .field("cache", &self.cache)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Dropping the client ends the session (Terminate); the driver task then
+        // finishes by itself. Abort it in case the socket hangs.
+        self.driver.abort();
+        let cached = self.cache.clear() as u64;
+        self.shared
+            .counters
+            .cached_statements
+            .fetch_sub(cached, Ordering::Relaxed);
+        if self.counted {
+            self.shared.open.fetch_sub(1, Ordering::AcqRel);
+        }
+        Counters::add(&self.shared.counters.connections_closed, 1);
+    }
+}
+
+/// Opens connections for one pool.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolManager {
+    pub pg: tokio_postgres::Config,
+    pub shared: Arc<Shared>,
+}
+
+impl PoolManager {
+    async fn open(&self) -> Result<Connection, tokio_postgres::Error> {
+        let (client, connection) = self.pg.connect(NoTls).await?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let warmup = self.shared.settings().connection_warmup_queries.clone();
+        for query in &warmup {
+            if let Err(e) = client.batch_execute(query).await {
+                driver.abort();
+                return Err(e);
+            }
+        }
+        self.shared.open.fetch_add(1, Ordering::AcqRel);
+        Counters::add(&self.shared.counters.connections_created, 1);
+        Ok(Connection {
+            client,
+            cache: StatementCache::new(self.shared.cache_capacity()),
+            queries: 0,
+            last_used: Instant::now(),
+            broken: false,
+            driver,
+            shared: Arc::clone(&self.shared),
+            counted: true,
+        })
+    }
+}
+
+impl bb8::ManageConnection for PoolManager {
+    type Connection = Connection;
+    type Error = tokio_postgres::Error;
+
+    async fn connect(&self) -> Result<Connection, tokio_postgres::Error> {
+        match self.open().await {
+            Ok(conn) => Ok(conn),
+            Err(e) => {
+                self.shared.record_connect_error(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Unused: checkout validation is done by the pool (only for connections idle
+    /// longer than the threshold); bb8's test_on_check_out is off.
+    async fn is_valid(&self, conn: &mut Connection) -> Result<(), tokio_postgres::Error> {
+        let query = self.shared.settings().validation_query.clone();
+        conn.client.simple_query(&query).await.map(|_| ())
+    }
+
+    /// Called when a connection comes back: true closes it.
+    fn has_broken(&self, conn: &mut Connection) -> bool {
+        if conn.broken || conn.client.is_closed() || self.shared.is_closed() {
+            return true;
+        }
+        let recycle_after = self.shared.recycle_threshold.load(Ordering::Relaxed);
+        if recycle_after > 0 && conn.queries >= recycle_after {
+            Counters::add(&self.shared.counters.connections_recycled, 1);
+            self.shared.events.send(PoolEventKind::ConnectionRecycled {
+                queries: conn.queries,
+            });
+            return true;
+        }
+        // Shrink: retire while more are open than the pool's size. The decrement is
+        // claimed atomically so that concurrent returns never retire too many.
+        let target = self.shared.target_size.load(Ordering::Acquire);
+        let retire = self
+            .shared
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open > target).then(|| open - 1)
+            })
+            .is_ok();
+        if retire {
+            conn.counted = false;
+        }
+        retire
+    }
+}

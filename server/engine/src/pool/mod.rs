@@ -1,0 +1,655 @@
+//! `AdvancedConnectionPool`: a bb8 pool built at max_connections behind a resizable
+//! admission gate (the pool's current size), with stats, a statement cache per
+//! connection, health monitoring and dynamic sizing in background tasks it owns.
+
+mod connection;
+pub(crate) mod health;
+pub(crate) mod manager;
+pub mod sizing;
+pub(crate) mod statement_cache;
+pub mod stats;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use connection::{PooledConnection, Transaction};
+pub use health::HealthStatus;
+pub use sizing::{ScaleDirection, ScalingDecision};
+pub use stats::{Histogram, PoolStats, StatementCacheStats};
+
+use crate::error::describe_pg_error;
+use crate::events::{EventSender, PoolEvent, PoolEventKind};
+use crate::{AdvancedPoolConfig, Error, conninfo};
+use manager::{Connection, PoolManager};
+use stats::Counters;
+
+/// How often the maintenance task samples utilization and keeps min_connections.
+const MAINTENANCE_TICK: Duration = Duration::from_millis(100);
+
+/// State shared by the pool, its connections and its tasks.
+pub(crate) struct Shared {
+    name: String,
+    /// For redacting error messages that might quote the URL.
+    conninfo: String,
+    settings: RwLock<Arc<AdvancedPoolConfig>>,
+    /// Hot-path copies of settings (0 = off).
+    recycle_threshold: AtomicU64,
+    cache_capacity: AtomicU32,
+    validation_idle_ms: AtomicU64,
+    /// The pool's current size: the gate's permits (plus pending forgets).
+    target_size: AtomicU32,
+    /// Open connections that still count toward the size.
+    open: AtomicU32,
+    checked_out: AtomicU32,
+    waiting: AtomicU32,
+    /// Permits to forget when they come back (a shrink below what was in use).
+    pending_forget: AtomicU32,
+    gate: Arc<Semaphore>,
+    counters: Counters,
+    health: Mutex<HealthStatus>,
+    last_connect_error: Mutex<Option<(Instant, String)>>,
+    events: EventSender,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn settings(&self) -> Arc<AdvancedPoolConfig> {
+        Arc::clone(&self.settings.read().expect("settings lock"))
+    }
+
+    fn cache_capacity(&self) -> usize {
+        self.cache_capacity.load(Ordering::Relaxed) as usize
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn redact(&self, text: &str) -> String {
+        conninfo::redact_in(text, &self.conninfo)
+    }
+
+    fn record_connect_error(&self, error: &tokio_postgres::Error) {
+        Counters::add(&self.counters.connection_errors, 1);
+        let text = self.redact(&describe_pg_error(error));
+        tracing::debug!(pool = %self.name, error = %text, "opening a connection failed");
+        *self.last_connect_error.lock().expect("connect error lock") = Some((Instant::now(), text));
+    }
+
+    /// The last connect error if it happened within `window`.
+    fn recent_connect_error(&self, window: Duration) -> Option<String> {
+        let last = self.last_connect_error.lock().expect("connect error lock");
+        last.as_ref()
+            .filter(|(at, _)| at.elapsed() <= window)
+            .map(|(_, e)| e.clone())
+    }
+
+    /// Moves the admission gate to `to` permits.
+    fn set_target(&self, to: u32) {
+        let from = self.target_size.swap(to, Ordering::AcqRel);
+        if to > from {
+            let mut grow = to - from;
+            // Un-forget permits first: they are still out with callers.
+            let _ = self
+                .pending_forget
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |pending| {
+                    let cancel = pending.min(grow);
+                    Some(pending - cancel)
+                })
+                .map(|pending| grow -= pending.min(grow));
+            if grow > 0 {
+                self.gate.add_permits(grow as usize);
+            }
+        } else if to < from {
+            let shrink = from - to;
+            let forgotten = self.gate.forget_permits(shrink as usize) as u32;
+            self.pending_forget
+                .fetch_add(shrink - forgotten, Ordering::AcqRel);
+        }
+    }
+
+    fn apply_hot_settings(&self, config: &AdvancedPoolConfig) {
+        let recycle = if config.enable_connection_recycling {
+            config.recycle_threshold_queries
+        } else {
+            0
+        };
+        self.recycle_threshold.store(recycle, Ordering::Relaxed);
+        let cache = if config.enable_prepared_statements {
+            config.statement_cache_capacity
+        } else {
+            0
+        };
+        self.cache_capacity.store(cache, Ordering::Relaxed);
+        let validation = if config.enable_connection_validation {
+            config.validation_idle_threshold_ms
+        } else {
+            u64::MAX
+        };
+        self.validation_idle_ms.store(validation, Ordering::Relaxed);
+    }
+}
+
+/// A permit of the admission gate; given back (or forgotten, after a shrink) on drop.
+pub(crate) struct GatePermit {
+    permit: Option<OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for GatePermit {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            let forget = self
+                .shared
+                .pending_forget
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1))
+                .is_ok();
+            if forget {
+                permit.forget();
+            }
+        }
+    }
+}
+
+/// Counts a caller as waiting while it exists.
+struct Waiting<'a>(&'a AtomicU32);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: &'a AtomicU32) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An advanced PostgreSQL connection pool (the seed's `AdvancedConnectionPool`).
+/// Share it with `Arc`; dropping it (or [`close`](Self::close)) stops its tasks.
+pub struct AdvancedConnectionPool {
+    shared: Arc<Shared>,
+    bb8: bb8::Pool<PoolManager>,
+    token: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for AdvancedConnectionPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdvancedConnectionPool")
+            .field("name", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdvancedConnectionPool {
+    /// Creates a pool named `default` on `database_url` (postgres:// URL or
+    /// key=value conninfo): validates the config, opens min_connections (at least
+    /// one, to prove the database is reachable) and starts the pool's tasks.
+    pub async fn new(database_url: &str, config: AdvancedPoolConfig) -> Result<Self, Error> {
+        Self::named("default", database_url, config).await
+    }
+
+    /// [`new`](Self::new) with a name (used in events, logs and application_name).
+    pub async fn named(
+        name: &str,
+        database_url: &str,
+        config: AdvancedPoolConfig,
+    ) -> Result<Self, Error> {
+        let pg = parse_url(database_url)?;
+        Self::start(name, database_url, pg, config, true).await
+    }
+
+    /// Creates a pool from a tokio-postgres config (checked like `new`).
+    pub async fn from_config(
+        name: &str,
+        pg: tokio_postgres::Config,
+        config: AdvancedPoolConfig,
+    ) -> Result<Self, Error> {
+        Self::start(name, "", pg, config, true).await
+    }
+
+    /// Creates a pool without requiring the database to be up: if it is not, the
+    /// pool starts unhealthy and its tasks keep trying (used when restoring stored
+    /// pools at server start).
+    pub async fn named_unchecked(
+        name: &str,
+        database_url: &str,
+        config: AdvancedPoolConfig,
+    ) -> Result<Self, Error> {
+        let pg = parse_url(database_url)?;
+        Self::start(name, database_url, pg, config, false).await
+    }
+
+    async fn start(
+        name: &str,
+        conninfo: &str,
+        mut pg: tokio_postgres::Config,
+        config: AdvancedPoolConfig,
+        require_connection: bool,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        if pg.get_application_name().is_none() {
+            pg.application_name(format!("poolplane:{name}"));
+        }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(config.acquire_timeout());
+        }
+        let size = config.initial_size();
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            conninfo: conninfo.to_owned(),
+            recycle_threshold: AtomicU64::new(0),
+            cache_capacity: AtomicU32::new(0),
+            validation_idle_ms: AtomicU64::new(0),
+            target_size: AtomicU32::new(size),
+            open: AtomicU32::new(0),
+            checked_out: AtomicU32::new(0),
+            waiting: AtomicU32::new(0),
+            pending_forget: AtomicU32::new(0),
+            gate: Arc::new(Semaphore::new(size as usize)),
+            counters: Counters::default(),
+            health: Mutex::new(HealthStatus::new(true, None)),
+            last_connect_error: Mutex::new(None),
+            events: EventSender::new(name.to_owned()),
+            closed: AtomicBool::new(false),
+            settings: RwLock::new(Arc::new(config.clone())),
+        });
+        shared.apply_hot_settings(&config);
+        let manager = PoolManager {
+            pg: pg.clone(),
+            shared: Arc::clone(&shared),
+        };
+        let reaper_rate = [
+            config.idle_timeout() / 2,
+            config.max_lifetime() / 2,
+            Duration::from_secs(30),
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(Duration::from_secs(30))
+        .max(Duration::from_millis(100));
+        let bb8 = bb8::Pool::builder()
+            .max_size(config.max_connections)
+            .min_idle(None)
+            .test_on_check_out(false)
+            .max_lifetime(Some(config.max_lifetime()))
+            .idle_timeout(Some(config.idle_timeout()))
+            .reaper_rate(reaper_rate)
+            .connection_timeout(config.acquire_timeout())
+            .queue_strategy(bb8::QueueStrategy::Fifo)
+            .error_sink(Box::new(SilentSink))
+            .build_unchecked(manager.clone());
+
+        // Open min_connections now; at least one must work for a checked start.
+        let wanted = config.min_connections.max(u32::from(require_connection));
+        let mut first_error = None;
+        for _ in 0..wanted {
+            match bb8::ManageConnection::connect(&manager).await {
+                Ok(conn) => {
+                    let _ = bb8.add(conn);
+                }
+                Err(e) => {
+                    first_error = Some(shared.redact(&describe_pg_error(&e)));
+                    break;
+                }
+            }
+        }
+        if let Some(reason) = first_error {
+            if require_connection {
+                return Err(Error::Connect {
+                    url: conninfo::redact(conninfo),
+                    reason,
+                });
+            }
+            *shared.health.lock().expect("health lock") = HealthStatus::new(false, Some(reason));
+        }
+
+        let token = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(health::monitor(
+            Arc::clone(&shared),
+            pg,
+            bb8.clone(),
+            token.clone(),
+        ));
+        tasks.spawn(maintain(
+            Arc::clone(&shared),
+            manager,
+            bb8.clone(),
+            token.clone(),
+        ));
+        tasks.close();
+        tracing::debug!(pool = name, size, "pool started");
+        Ok(Self {
+            shared,
+            bb8,
+            token,
+            tasks,
+        })
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The pool's configuration.
+    pub fn config(&self) -> AdvancedPoolConfig {
+        (*self.shared.settings()).clone()
+    }
+
+    /// Checks out a connection: waits at the admission gate (the pool's current
+    /// size), then takes an idle connection or opens one; a connection idle longer
+    /// than validation_idle_threshold_ms is validated first. Fails with
+    /// [`Error::AcquireTimeout`] after acquire_timeout_secs.
+    pub async fn get(&self) -> Result<PooledConnection, Error> {
+        let shared = &self.shared;
+        if shared.is_closed() {
+            return Err(Error::PoolClosed);
+        }
+        let start = Instant::now();
+        let settings = shared.settings();
+        let timeout = settings.acquire_timeout();
+        let permit = {
+            let _waiting = Waiting::new(&shared.waiting);
+            match tokio::time::timeout(timeout, Arc::clone(&shared.gate).acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return Err(Error::PoolClosed),
+                Err(_) => return Err(self.timed_out(timeout)),
+            }
+        };
+        let permit = GatePermit {
+            permit: Some(permit),
+            shared: Arc::clone(shared),
+        };
+        loop {
+            let remaining = timeout.saturating_sub(start.elapsed());
+            let mut conn = match tokio::time::timeout(remaining, self.bb8.get_owned()).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(bb8::RunError::User(e))) => return Err(Error::Database(e)),
+                Ok(Err(bb8::RunError::TimedOut)) | Err(_) => return Err(self.timed_out(timeout)),
+            };
+            if shared.is_closed() {
+                return Err(Error::PoolClosed);
+            }
+            if conn.client.is_closed() {
+                conn.broken = true;
+                continue;
+            }
+            let idle_ms = conn.last_used.elapsed().as_millis() as u64;
+            if idle_ms >= shared.validation_idle_ms.load(Ordering::Relaxed) {
+                let valid = tokio::time::timeout(
+                    settings.health_check_timeout(),
+                    conn.client.simple_query(&settings.validation_query),
+                )
+                .await;
+                if !matches!(valid, Ok(Ok(_))) {
+                    conn.broken = true;
+                    continue;
+                }
+            }
+            let capacity = shared.cache_capacity();
+            if capacity > 0 && capacity != conn.cache.capacity() {
+                let evicted = conn.cache.resize(capacity) as u64;
+                Counters::add(&shared.counters.cache_evictions, evicted);
+                shared
+                    .counters
+                    .cached_statements
+                    .fetch_sub(evicted, Ordering::Relaxed);
+            }
+            shared.counters.acquire_time.record(start.elapsed());
+            Counters::add(&shared.counters.total_acquires, 1);
+            return Ok(PooledConnection::new(conn, permit, Arc::clone(shared)));
+        }
+    }
+
+    fn timed_out(&self, timeout: Duration) -> Error {
+        Counters::add(&self.shared.counters.acquire_timeouts, 1);
+        Error::AcquireTimeout {
+            timeout,
+            last_connect_error: self
+                .shared
+                .recent_connect_error(timeout + Duration::from_secs(1)),
+        }
+    }
+
+    /// Checks out a connection, runs `sql` (cached as a prepared statement) and
+    /// returns the rows.
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        self.get().await?.query(sql, params).await
+    }
+
+    /// Checks out a connection, runs `sql` and returns exactly one row.
+    pub async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
+        self.get().await?.query_one(sql, params).await
+    }
+
+    /// Checks out a connection, runs `sql` and returns the rows it affected.
+    pub async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
+        self.get().await?.execute(sql, params).await
+    }
+
+    /// The seed's `get_pool_stats()`: a snapshot of sizes, latencies and counters.
+    pub async fn get_pool_stats(&self) -> PoolStats {
+        self.pool_stats()
+    }
+
+    /// [`get_pool_stats`](Self::get_pool_stats) without `async`.
+    pub fn pool_stats(&self) -> PoolStats {
+        let shared = &self.shared;
+        let c = &shared.counters;
+        let state = self.bb8.state();
+        let settings = shared.settings();
+        let current_size = shared.target_size.load(Ordering::Acquire);
+        let active = shared.checked_out.load(Ordering::Relaxed);
+        let [p50, p95, p99] = c.acquire_time.quantiles_ms([0.5, 0.95, 0.99]);
+        PoolStats {
+            connections: state.connections,
+            idle_connections: state.idle_connections,
+            active_connections: active,
+            waiting_requests: shared.waiting.load(Ordering::Relaxed),
+            current_size,
+            min_connections: settings.min_connections,
+            max_connections: settings.max_connections,
+            utilization_rate: if current_size == 0 {
+                0.0
+            } else {
+                f64::from(active) / f64::from(current_size)
+            },
+            avg_acquire_time_ms: c.acquire_time.mean_ms(),
+            p50_acquire_time_ms: p50,
+            p95_acquire_time_ms: p95,
+            p99_acquire_time_ms: p99,
+            total_acquires: Counters::get(&c.total_acquires),
+            acquire_timeouts: Counters::get(&c.acquire_timeouts),
+            connection_errors: Counters::get(&c.connection_errors),
+            connections_created: Counters::get(&c.connections_created),
+            connections_closed: Counters::get(&c.connections_closed),
+            connections_recycled: Counters::get(&c.connections_recycled),
+            total_queries: Counters::get(&c.total_queries),
+        }
+    }
+
+    /// The seed's `get_health_status()`.
+    pub async fn get_health_status(&self) -> HealthStatus {
+        self.shared.health.lock().expect("health lock").clone()
+    }
+
+    /// The seed's `get_statement_cache_stats()`.
+    pub async fn get_statement_cache_stats(&self) -> StatementCacheStats {
+        let c = &self.shared.counters;
+        let hits = Counters::get(&c.cache_hits);
+        let misses = Counters::get(&c.cache_misses);
+        StatementCacheStats {
+            hits,
+            misses,
+            hit_rate: if hits + misses == 0 {
+                0.0
+            } else {
+                hits as f64 / (hits + misses) as f64
+            },
+            evictions: Counters::get(&c.cache_evictions),
+            prepared_statements: Counters::get(&c.cached_statements),
+            capacity: self.shared.cache_capacity() as u32,
+        }
+    }
+
+    /// The use-time histogram (how long connections stay checked out).
+    pub fn use_time(&self) -> &Histogram {
+        &self.shared.counters.use_time
+    }
+
+    /// Subscribes to the pool's events. A subscriber that falls more than
+    /// [`crate::events::EVENT_BUFFER`] behind gets `RecvError::Lagged(missed)`.
+    pub fn subscribe(&self) -> broadcast::Receiver<PoolEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Stops the pool's tasks and closes every connection: idle ones now, checked
+    /// out ones when they come back. `get()` then fails with [`Error::PoolClosed`].
+    pub async fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.gate.close();
+        self.token.cancel();
+        self.tasks.wait().await;
+        retire_idle(&self.bb8, |_| {}).await;
+    }
+}
+
+impl Drop for AdvancedConnectionPool {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.gate.close();
+        self.token.cancel();
+    }
+}
+
+fn parse_url(database_url: &str) -> Result<tokio_postgres::Config, Error> {
+    database_url
+        .parse()
+        .map_err(|source| Error::InvalidDatabaseUrl {
+            url: conninfo::redact(database_url),
+            source,
+        })
+}
+
+/// bb8 reports connect errors here; ours are recorded by the manager already.
+#[derive(Debug, Clone, Copy)]
+struct SilentSink;
+
+impl bb8::ErrorSink<tokio_postgres::Error> for SilentSink {
+    fn sink(&self, _error: tokio_postgres::Error) {}
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
+        Box::new(*self)
+    }
+}
+
+/// Takes idle connections out of bb8 one by one, applies `mark` and returns them,
+/// so that `has_broken` closes them (when marked broken, when the pool is closed, or
+/// while more are open than the pool's size). Stops when none is idle.
+pub(crate) async fn retire_idle(pool: &bb8::Pool<PoolManager>, mark: impl Fn(&mut Connection)) {
+    let mut budget = pool.state().idle_connections;
+    while budget > 0 && pool.state().idle_connections > 0 {
+        budget -= 1;
+        match tokio::time::timeout(Duration::from_millis(20), pool.get()).await {
+            Ok(Ok(mut conn)) => mark(&mut conn),
+            _ => break,
+        }
+    }
+}
+
+/// The maintenance task: samples utilization for dynamic sizing and decides once
+/// per min_scale_interval; keeps min_connections open; closes idle connections
+/// beyond the size after a shrink.
+async fn maintain(
+    shared: Arc<Shared>,
+    manager: PoolManager,
+    pool: bb8::Pool<PoolManager>,
+    token: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(MAINTENANCE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut window_sum = 0.0;
+    let mut window_samples = 0u32;
+    let mut window_start = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            () = token.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let settings = shared.settings();
+        let size = shared.target_size.load(Ordering::Acquire).max(1);
+        let busy =
+            shared.checked_out.load(Ordering::Relaxed) + shared.waiting.load(Ordering::Relaxed);
+        window_sum += f64::from(busy) / f64::from(size);
+        window_samples += 1;
+
+        if window_start.elapsed() >= settings.min_scale_interval()
+            || !settings.enable_dynamic_sizing
+        {
+            let utilization = window_sum / f64::from(window_samples.max(1));
+            if let Some(decision) = sizing::decide(size, utilization, &settings) {
+                shared.set_target(decision.to);
+                tracing::info!(
+                    pool = %shared.name, from = decision.from, to = decision.to,
+                    utilization = decision.utilization, reason = %decision.reason, "pool resized"
+                );
+                shared.events.send(PoolEventKind::Scaled {
+                    direction: decision.direction,
+                    from: decision.from,
+                    to: decision.to,
+                    utilization: decision.utilization,
+                    reason: decision.reason,
+                });
+            }
+            window_sum = 0.0;
+            window_samples = 0;
+            window_start = Instant::now();
+        }
+
+        // Surplus idle connections after a shrink.
+        if shared.open.load(Ordering::Acquire) > shared.target_size.load(Ordering::Acquire) {
+            retire_idle(&pool, |_| {}).await;
+        }
+
+        // Keep min_connections open (while the database answers).
+        let healthy = shared.health.lock().expect("health lock").is_healthy;
+        let min = settings
+            .min_connections
+            .min(shared.target_size.load(Ordering::Acquire));
+        while healthy && !token.is_cancelled() && shared.open.load(Ordering::Acquire) < min {
+            match bb8::ManageConnection::connect(&manager).await {
+                Ok(conn) => {
+                    if pool.add(conn).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}

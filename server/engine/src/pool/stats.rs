@@ -1,0 +1,239 @@
+//! Pool counters, a lock-free latency histogram, and the `PoolStats` and
+//! `StatementCacheStats` snapshots.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A point-in-time view of a pool (the seed's `get_pool_stats()`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolStats {
+    /// Open connections (idle + in use).
+    pub connections: u32,
+    /// Open connections not checked out.
+    pub idle_connections: u32,
+    /// Connections checked out by callers.
+    pub active_connections: u32,
+    /// Callers waiting for a connection.
+    pub waiting_requests: u32,
+    /// The pool's current size (the admission limit dynamic sizing moves).
+    pub current_size: u32,
+    /// The configured floor.
+    pub min_connections: u32,
+    /// The configured ceiling.
+    pub max_connections: u32,
+    /// active_connections / current_size.
+    pub utilization_rate: f64,
+    /// Mean time `get()` took, in ms.
+    pub avg_acquire_time_ms: f64,
+    /// Median acquire time, in ms.
+    pub p50_acquire_time_ms: f64,
+    /// 95th percentile acquire time, in ms.
+    pub p95_acquire_time_ms: f64,
+    /// 99th percentile acquire time, in ms.
+    pub p99_acquire_time_ms: f64,
+    /// Successful `get()` calls.
+    pub total_acquires: u64,
+    /// `get()` calls that timed out.
+    pub acquire_timeouts: u64,
+    /// Failed attempts to open a connection.
+    pub connection_errors: u64,
+    /// Connections opened.
+    pub connections_created: u64,
+    /// Connections closed (any reason).
+    pub connections_closed: u64,
+    /// Connections closed because they reached recycle_threshold_queries.
+    pub connections_recycled: u64,
+    /// Queries run through the pool.
+    pub total_queries: u64,
+}
+
+/// The statement cache's counters, summed over the pool's connections.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatementCacheStats {
+    /// Lookups that found a prepared statement.
+    pub hits: u64,
+    /// Lookups that had to prepare.
+    pub misses: u64,
+    /// hits / (hits + misses); 0 before any lookup.
+    pub hit_rate: f64,
+    /// Statements evicted (and closed on the server).
+    pub evictions: u64,
+    /// Statements currently cached, over all open connections.
+    pub prepared_statements: u64,
+    /// The per-connection capacity.
+    pub capacity: u32,
+}
+
+/// The counters a pool keeps. All relaxed atomics: a snapshot is approximate under
+/// concurrent updates, never torn per counter.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub total_acquires: AtomicU64,
+    pub acquire_timeouts: AtomicU64,
+    pub connection_errors: AtomicU64,
+    pub connections_created: AtomicU64,
+    pub connections_closed: AtomicU64,
+    pub connections_recycled: AtomicU64,
+    pub total_queries: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub cache_evictions: AtomicU64,
+    pub cached_statements: AtomicU64,
+    pub acquire_time: Histogram,
+    pub use_time: Histogram,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+const SUB_BUCKETS: usize = 8;
+const BUCKETS: usize = 40 * SUB_BUCKETS;
+
+/// A lock-free log-linear histogram of durations in microseconds: 8 buckets per
+/// power of two (within 9% of the true value), from 1 µs to about 12 days.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+fn bucket_of(micros: u64) -> usize {
+    if micros < SUB_BUCKETS as u64 {
+        return micros as usize;
+    }
+    let power = 63 - micros.leading_zeros() as usize; // >= 3
+    let shift = power - 3;
+    let sub = ((micros >> shift) as usize) & (SUB_BUCKETS - 1);
+    ((power - 2) * SUB_BUCKETS + sub).min(BUCKETS - 1)
+}
+
+/// The midpoint of a bucket, in microseconds.
+fn bucket_value(index: usize) -> f64 {
+    if index < SUB_BUCKETS {
+        return index as f64;
+    }
+    let power = index / SUB_BUCKETS + 2;
+    let sub = index % SUB_BUCKETS;
+    let low = ((SUB_BUCKETS + sub) as u64) << (power - 3);
+    let width = 1u64 << (power - 3);
+    low as f64 + width as f64 / 2.0
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn record(&self, duration: Duration) {
+        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// How many durations were recorded.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The mean, in ms (0 when empty).
+    pub fn mean_ms(&self) -> f64 {
+        let count = self.count();
+        if count == 0 {
+            return 0.0;
+        }
+        self.sum_micros.load(Ordering::Relaxed) as f64 / count as f64 / 1000.0
+    }
+
+    /// The given quantiles (0..=1), in ms, each within one bucket of the truth.
+    pub fn quantiles_ms<const N: usize>(&self, quantiles: [f64; N]) -> [f64; N] {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let mut out = [0.0; N];
+        if total == 0 {
+            return out;
+        }
+        for (slot, q) in out.iter_mut().zip(quantiles) {
+            let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+            let mut seen = 0;
+            for (index, count) in counts.iter().enumerate() {
+                seen += count;
+                if seen >= rank {
+                    *slot = bucket_value(index) / 1000.0;
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_tight() {
+        let mut last = 0;
+        for micros in [
+            0u64,
+            1,
+            7,
+            8,
+            9,
+            15,
+            16,
+            100,
+            1_000,
+            65_535,
+            1_000_000,
+            1 << 40,
+        ] {
+            let b = bucket_of(micros);
+            assert!(b >= last, "{micros}");
+            last = b;
+            if (8..1 << 38).contains(&micros) {
+                let mid = bucket_value(b);
+                assert!(
+                    (mid - micros as f64).abs() <= micros as f64 * 0.07 + 1.0,
+                    "{micros} -> {mid}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn quantiles_follow_the_data() {
+        let h = Histogram::default();
+        for ms in 1..=100u64 {
+            h.record(Duration::from_millis(ms));
+        }
+        let [p50, p95, p99] = h.quantiles_ms([0.5, 0.95, 0.99]);
+        assert!((p50 - 50.0).abs() < 4.0, "{p50}");
+        assert!((p95 - 95.0).abs() < 7.0, "{p95}");
+        assert!((p99 - 99.0).abs() < 7.0, "{p99}");
+        assert!((h.mean_ms() - 50.5).abs() < 0.01);
+        assert_eq!(Histogram::default().quantiles_ms([0.5]), [0.0]);
+    }
+}
