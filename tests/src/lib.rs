@@ -2,12 +2,14 @@
 //! ephemeral port ([`TestServer`]), the built server binary ([`ServerProcess`]) and the
 //! real grpcurl ([`grpcurl`]).
 
+mod fault_proxy;
 mod grpcurl;
 mod process;
 mod server;
 mod test_pg;
 
+pub use fault_proxy::FaultProxy;
 pub use grpcurl::{Grpcurl, grpcurl};
 pub use process::{ServerProcess, process_alive, wait_until};
 pub use server::TestServer;
-pub use test_pg::{TestDatabase, TestPg};
+pub use test_pg::{TestDatabase, TestPg, connect, count_backends, test_config};

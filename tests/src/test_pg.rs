@@ -24,12 +24,30 @@ pub struct TestDatabase {
     /// Its name.
     pub name: String,
     url: String,
+    config: tokio_postgres::Config,
 }
 
 impl TestDatabase {
     /// A postgres:// URL (with password) for it.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The address its server listens on (for a FaultProxy in front of it).
+    pub fn server_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => anyhow::bail!("the test database is not reached over TCP"),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))?
+            .next()
+            .context("no address for the test database")
+    }
+
+    /// A URL for it through another address (e.g. a FaultProxy).
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        render_url_at(&self.config, &self.name, Some(addr))
     }
 
     /// A fresh client connection to it.
@@ -69,7 +87,7 @@ impl TestPg {
     pub async fn url(database: &str) -> anyhow::Result<String> {
         Ok(match Self::cluster().await? {
             Cluster::Embedded(pg) => pg.url(database),
-            Cluster::External(config) => external_url(config, database),
+            Cluster::External(config) => render_url(config, database),
         })
     }
 
@@ -94,11 +112,22 @@ impl TestPg {
             .await
             .with_context(|| format!("creating database {name}"))?;
         let url = Self::url(&name).await?;
-        Ok(TestDatabase { name, url })
+        let config = url.parse().context("parsing the test database URL")?;
+        Ok(TestDatabase { name, url, config })
     }
 }
 
-fn external_url(config: &tokio_postgres::Config, database: &str) -> String {
+fn render_url(config: &tokio_postgres::Config, database: &str) -> String {
+    render_url_at(config, database, None)
+}
+
+/// A postgres:// URL for `database` with `config`'s credentials, at `at` if given,
+/// else at `config`'s first host and port.
+fn render_url_at(
+    config: &tokio_postgres::Config,
+    database: &str,
+    at: Option<std::net::SocketAddr>,
+) -> String {
     let mut url = String::from("postgres://");
     if let Some(user) = config.get_user() {
         url.push_str(user);
@@ -107,6 +136,10 @@ fn external_url(config: &tokio_postgres::Config, database: &str) -> String {
             url.push_str(&String::from_utf8_lossy(password));
         }
         url.push('@');
+    }
+    if let Some(addr) = at {
+        url.push_str(&format!("{}:{}/{database}", addr.ip(), addr.port()));
+        return url;
     }
     let host = config
         .get_hosts()
@@ -119,4 +152,35 @@ fn external_url(config: &tokio_postgres::Config, database: &str) -> String {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     url.push_str(&format!("{host}:{port}/{database}"));
     url
+}
+
+/// Backends of `database` whose application_name is `application_name`, as
+/// pg_stat_activity shows them.
+pub async fn count_backends(
+    client: &tokio_postgres::Client,
+    database: &str,
+    application_name: &str,
+) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
+            &[&database, &application_name],
+        )
+        .await?
+        .get(0))
+}
+
+/// A small pool config for tests: `min`..`max` connections, dynamic sizing off,
+/// 5 s acquire timeout, health checked every 2 s with a 1 s timeout.
+pub fn test_config(min: u32, max: u32) -> poolplane::AdvancedPoolConfig {
+    poolplane::AdvancedPoolConfig {
+        min_connections: min,
+        max_connections: max,
+        acquire_timeout_secs: 5,
+        health_check_interval_secs: 2,
+        health_check_timeout_secs: 1,
+        enable_dynamic_sizing: false,
+        min_scale_interval_secs: 1,
+        ..poolplane::AdvancedPoolConfig::default()
+    }
 }

@@ -1,0 +1,222 @@
+//! AdvancedConnectionPool against the real PostgreSQL: warmup, min_connections,
+//! the size ceiling under load, recycling, exhaustion, close.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use poolplane::{AdvancedConnectionPool, AdvancedPoolConfig, Error, ErrorKind};
+use poolplane_tests::{TestPg, count_backends, test_config, wait_until};
+
+#[tokio::test]
+async fn warmup_runs_on_every_connection_and_min_connections_are_open() -> anyhow::Result<()> {
+    let db = TestPg::database().await?;
+    let config = AdvancedPoolConfig {
+        connection_warmup_queries: vec![
+            "SET application_name = 'warm-pool'".into(),
+            "SET statement_timeout = '17s'".into(),
+        ],
+        ..test_config(3, 5)
+    };
+    let pool = AdvancedConnectionPool::new(db.url(), config).await?;
+    let admin = db.connect().await?;
+    assert_eq!(count_backends(&admin, &db.name, "warm-pool").await?, 3);
+    assert_eq!(pool.get_pool_stats().await.connections, 3);
+
+    let mut conn = pool.get().await?;
+    let timeout: String = conn.query_one("SHOW statement_timeout", &[]).await?.get(0);
+    assert_eq!(timeout, "17s");
+    let name: String = conn.query_one("SHOW application_name", &[]).await?.get(0);
+    assert_eq!(name, "warm-pool");
+    drop(conn);
+    pool.close().await;
+    wait_until(
+        Duration::from_secs(5),
+        "close() ends every backend",
+        || async { count_backends(&admin, &db.name, "warm-pool").await.ok() == Some(0) },
+    )
+    .await?;
+    assert!(matches!(pool.get().await, Err(Error::PoolClosed)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn default_application_name_names_the_pool() -> anyhow::Result<()> {
+    let db = TestPg::database().await?;
+    let pool = AdvancedConnectionPool::named("orders", db.url(), test_config(2, 4)).await?;
+    let admin = db.connect().await?;
+    assert_eq!(
+        count_backends(&admin, &db.name, "poolplane:orders").await?,
+        2
+    );
+    pool.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn backends_never_exceed_max_or_the_current_size_under_load() -> anyhow::Result<()> {
+    let db = TestPg::database().await?;
+    let config = AdvancedPoolConfig {
+        enable_dynamic_sizing: true,
+        scale_up_factor: 1.5,
+        ..test_config(2, 6)
+    };
+    let pool = Arc::new(AdvancedConnectionPool::named("ceiling", db.url(), config).await?);
+    let admin = db.connect().await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut workers = Vec::new();
+    for _ in 0..24 {
+        let pool = Arc::clone(&pool);
+        workers.push(tokio::spawn(async move {
+            let mut done = 0u32;
+            while Instant::now() < deadline {
+                pool.execute("SELECT pg_sleep(0.01)", &[]).await?;
+                done += 1;
+            }
+            anyhow::Ok(done)
+        }));
+    }
+    let mut samples = 0;
+    let mut max_seen = 0;
+    while Instant::now() < deadline {
+        let backends = count_backends(&admin, &db.name, "poolplane:ceiling").await?;
+        let size = pool.pool_stats().current_size;
+        assert!(backends <= 6, "{backends} backends for max_connections 6");
+        assert!(
+            backends <= i64::from(size),
+            "{backends} backends for current_size {size}"
+        );
+        max_seen = max_seen.max(backends);
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut queries = 0;
+    for worker in workers {
+        queries += worker.await??;
+    }
+    assert!(samples > 50, "only {samples} samples");
+    assert!(
+        max_seen >= 4,
+        "load never opened more than {max_seen} backends"
+    );
+    assert!(queries > 100, "only {queries} queries ran");
+    assert_eq!(pool.pool_stats().acquire_timeouts, 0);
+    pool.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn connections_are_recycled_after_the_query_threshold() -> anyhow::Result<()> {
+    let db = TestPg::database().await?;
+    let config = AdvancedPoolConfig {
+        recycle_threshold_queries: 50,
+        ..test_config(1, 1)
+    };
+    let pool = AdvancedConnectionPool::new(db.url(), config).await?;
+    let mut events = pool.subscribe();
+    let first_pid: i32 = pool.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+    for _ in 0..499 {
+        pool.execute("SELECT 1", &[]).await?;
+    }
+    let last_pid: i32 = pool.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+    assert_ne!(first_pid, last_pid);
+    let stats = pool.get_pool_stats().await;
+    assert!(stats.connections_recycled >= 9, "{stats:?}");
+    assert_eq!(stats.total_queries, 501);
+    let recycled = std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|e| {
+            matches!(
+                e.kind,
+                poolplane::PoolEventKind::ConnectionRecycled { queries: 50 }
+            )
+        })
+        .count();
+    assert!(recycled >= 9, "{recycled} recycle events");
+    pool.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn exhausted_pool_times_out_with_the_timeout_kind() -> anyhow::Result<()> {
+    let db = TestPg::database().await?;
+    let config = AdvancedPoolConfig {
+        acquire_timeout_secs: 1,
+        ..test_config(1, 1)
+    };
+    let pool = AdvancedConnectionPool::new(db.url(), config).await?;
+    let held = pool.get().await?;
+    let start = Instant::now();
+    let error = pool.get().await.expect_err("the only connection is held");
+    let waited = start.elapsed();
+    assert_eq!(error.kind(), ErrorKind::AcquireTimeout, "{error}");
+    assert!(
+        waited >= Duration::from_millis(950) && waited < Duration::from_secs(3),
+        "waited {waited:?}"
+    );
+    assert_eq!(pool.get_pool_stats().await.acquire_timeouts, 1);
+    drop(held);
+    pool.get().await?; // usable again
+    pool.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn unreachable_database_is_a_connect_error_without_the_password() -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    drop(listener);
+    let url = format!("postgres://app:sekrit-pw@127.0.0.1:{port}/app");
+    let error = AdvancedConnectionPool::new(&url, test_config(1, 2))
+        .await
+        .expect_err("nothing listens there");
+    assert_eq!(error.kind(), ErrorKind::Unavailable);
+    let text = error.to_string();
+    assert!(text.contains("app:***@"), "{text}");
+    assert!(!text.contains("sekrit-pw"), "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_config_lists_every_field() -> anyhow::Result<()> {
+    let db = TestPg::database().await?;
+    let config = AdvancedPoolConfig {
+        max_connections: 0,
+        scale_up_factor: 0.5,
+        ..test_config(1, 1)
+    };
+    let Err(Error::InvalidConfig(errors)) = AdvancedConnectionPool::new(db.url(), config).await
+    else {
+        anyhow::bail!("an invalid config was accepted");
+    };
+    let fields: Vec<&str> = errors.0.iter().map(|v| v.field).collect();
+    assert_eq!(
+        fields,
+        ["max_connections", "min_connections", "scale_up_factor"]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn transactions_commit_roll_back_and_abandoned_ones_do_not_leak() -> anyhow::Result<()> {
+    let db = TestPg::database().await?;
+    let pool = AdvancedConnectionPool::new(db.url(), test_config(1, 1)).await?;
+    pool.execute("CREATE TABLE t (v int)", &[]).await?;
+    let mut conn = pool.get().await?;
+    let mut tx = conn.transaction().await?;
+    tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+    tx.commit().await?;
+    let mut tx = conn.transaction().await?;
+    tx.execute("INSERT INTO t VALUES (2)", &[]).await?;
+    tx.rollback().await?;
+    {
+        let mut tx = conn.transaction().await?;
+        tx.execute("INSERT INTO t VALUES (3)", &[]).await?;
+    } // dropped without commit
+    drop(conn);
+    let sum: i64 = pool
+        .query_one("SELECT coalesce(sum(v), 0)::int8 FROM t", &[])
+        .await?
+        .get(0);
+    assert_eq!(sum, 1);
+    pool.close().await;
+    Ok(())
+}
