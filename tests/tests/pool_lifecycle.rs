@@ -99,7 +99,12 @@ async fn backends_never_exceed_max_or_the_current_size_under_load() -> anyhow::R
         "load never opened more than {max_seen} backends"
     );
     assert!(queries > 100, "only {queries} queries ran");
-    assert_eq!(pool.pool_stats().acquire_timeouts, 0);
+    let stats = pool.pool_stats();
+    assert_eq!(stats.acquire_timeouts, 0);
+    assert!(
+        stats.connections_created <= 6,
+        "growing to 6 should open 6 connections, not churn: {stats:?}"
+    );
     pool.close().await;
     Ok(())
 }

@@ -324,9 +324,12 @@ impl AdvancedConnectionPool {
 
         let token = CancellationToken::new();
         let tasks = TaskTracker::new();
+        // Health checks are told apart from the pool's own connections.
+        let mut health_pg = pg;
+        health_pg.application_name(format!("poolplane-health:{name}"));
         tasks.spawn(health::monitor(
             Arc::clone(&shared),
-            pg,
+            health_pg,
             bb8.clone(),
             token.clone(),
         ));

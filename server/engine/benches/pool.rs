@@ -1,0 +1,186 @@
+//! poolplane's pool against a raw bb8 pool, on a throwaway embedded PostgreSQL:
+//!
+//! - `checkout_return`: get() and drop of a warm connection, one task;
+//! - `point_select_32_tasks`: a primary-key select from 32 concurrent tasks over 8
+//!   connections, with the statement cache on, and with the SQL prepared on every
+//!   call (poolplane with the cache off, and raw bb8 + tokio-postgres).
+//!
+//! Run: `cargo bench -p poolplane --bench pool`. Results: BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bb8_postgres::PostgresConnectionManager;
+use criterion::{Criterion, criterion_group, criterion_main};
+use poolplane::{AdvancedConnectionPool, AdvancedPoolConfig, EmbeddedPg};
+use tokio::runtime::Runtime;
+use tokio_postgres::NoTls;
+
+const POOL_SIZE: u32 = 8;
+const TASKS: u64 = 32;
+const SELECT: &str = "SELECT v FROM kv WHERE k = $1";
+
+struct Setup {
+    _pg: EmbeddedPg,
+    url: String,
+}
+
+fn setup(rt: &Runtime) -> Setup {
+    rt.block_on(async {
+        let pg = EmbeddedPg::start_temporary().await.expect("embedded PostgreSQL");
+        let url = pg.url("postgres");
+        let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client
+            .batch_execute(
+                "CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL);
+                 INSERT INTO kv SELECT g, md5(g::text) FROM generate_series(1, 10000) g;
+                 ANALYZE kv;",
+            )
+            .await
+            .expect("schema");
+        Setup { _pg: pg, url }
+    })
+}
+
+fn config(cache: bool) -> AdvancedPoolConfig {
+    AdvancedPoolConfig {
+        min_connections: POOL_SIZE,
+        max_connections: POOL_SIZE,
+        enable_dynamic_sizing: false,
+        enable_prepared_statements: cache,
+        enable_connection_recycling: false,
+        ..AdvancedPoolConfig::default()
+    }
+}
+
+async fn raw_bb8(url: &str, test_on_check_out: bool) -> bb8::Pool<PostgresConnectionManager<NoTls>> {
+    let manager = PostgresConnectionManager::new_from_stringlike(url, NoTls).expect("url");
+    bb8::Pool::builder()
+        .max_size(POOL_SIZE)
+        .min_idle(Some(POOL_SIZE))
+        .test_on_check_out(test_on_check_out)
+        .build(manager)
+        .await
+        .expect("bb8 pool")
+}
+
+/// Runs `iters` operations split over TASKS tasks and returns the wall time.
+async fn concurrently<F, Fut>(iters: u64, op: F) -> Duration
+where
+    F: Fn(i32) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let op = op.clone();
+        let n = iters / TASKS + u64::from(t < iters % TASKS);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..n {
+                op(((i * 7919 + t) % 10_000 + 1) as i32).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    start.elapsed()
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let setup = setup(&rt);
+
+    let poolplane = Arc::new(rt.block_on(AdvancedConnectionPool::new(&setup.url, config(true))).expect("pool"));
+    let uncached =
+        Arc::new(rt.block_on(AdvancedConnectionPool::new(&setup.url, config(false))).expect("pool"));
+    let bb8_fast = rt.block_on(raw_bb8(&setup.url, false));
+    let bb8_default = rt.block_on(raw_bb8(&setup.url, true));
+
+    let mut group = c.benchmark_group("checkout_return");
+    group.bench_function("poolplane", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(poolplane.get().await.expect("get"));
+        })
+    });
+    group.bench_function("bb8_no_test_on_check_out", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(bb8_fast.get().await.expect("get"));
+        })
+    });
+    group.bench_function("bb8_defaults", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(bb8_default.get().await.expect("get"));
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("point_select_32_tasks");
+    group.throughput(criterion::Throughput::Elements(1));
+    {
+        let pool = Arc::clone(&poolplane);
+        group.bench_function("poolplane_cached", move |b| {
+            let pool = Arc::clone(&pool);
+            b.to_async(&rt).iter_custom(move |iters| {
+                let pool = Arc::clone(&pool);
+                concurrently(iters, move |k| {
+                    let pool = Arc::clone(&pool);
+                    async move {
+                        black_box(pool.query_one(SELECT, &[&k]).await.expect("select"));
+                    }
+                })
+            })
+        });
+    }
+    {
+        let pool = Arc::clone(&uncached);
+        group.bench_function("poolplane_prepare_every_call", move |b| {
+            let pool = Arc::clone(&pool);
+            b.to_async(&rt).iter_custom(move |iters| {
+                let pool = Arc::clone(&pool);
+                concurrently(iters, move |k| {
+                    let pool = Arc::clone(&pool);
+                    async move {
+                        black_box(pool.query_one(SELECT, &[&k]).await.expect("select"));
+                    }
+                })
+            })
+        });
+    }
+    {
+        let pool = bb8_fast.clone();
+        group.bench_function("bb8_prepare_every_call", move |b| {
+            let pool = pool.clone();
+            b.to_async(&rt).iter_custom(move |iters| {
+                let pool = pool.clone();
+                concurrently(iters, move |k| {
+                    let pool = pool.clone();
+                    async move {
+                        let conn = pool.get().await.expect("get");
+                        black_box(conn.query_one(SELECT, &[&k]).await.expect("select"));
+                    }
+                })
+            })
+        });
+    }
+    group.finish();
+    rt.block_on(async {
+        poolplane.close().await;
+        uncached.close().await;
+    });
+}
+
+criterion_group! {
+    name = pool;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    targets = benches
+}
+criterion_main!(pool);
