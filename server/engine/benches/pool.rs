@@ -21,6 +21,8 @@ const POOL_SIZE: u32 = 8;
 const TASKS: u64 = 32;
 const SELECT: &str = "SELECT v FROM kv WHERE k = $1";
 
+type BoxedSelect = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 struct Setup {
     _pg: EmbeddedPg,
     url: String,
@@ -28,7 +30,9 @@ struct Setup {
 
 fn setup(rt: &Runtime) -> Setup {
     rt.block_on(async {
-        let pg = EmbeddedPg::start_temporary().await.expect("embedded PostgreSQL");
+        let pg = EmbeddedPg::start_temporary()
+            .await
+            .expect("embedded PostgreSQL");
         let url = pg.url("postgres");
         let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
         tokio::spawn(connection);
@@ -55,7 +59,10 @@ fn config(cache: bool) -> AdvancedPoolConfig {
     }
 }
 
-async fn raw_bb8(url: &str, test_on_check_out: bool) -> bb8::Pool<PostgresConnectionManager<NoTls>> {
+async fn raw_bb8(
+    url: &str,
+    test_on_check_out: bool,
+) -> bb8::Pool<PostgresConnectionManager<NoTls>> {
     let manager = PostgresConnectionManager::new_from_stringlike(url, NoTls).expect("url");
     bb8::Pool::builder()
         .max_size(POOL_SIZE)
@@ -96,9 +103,14 @@ fn benches(c: &mut Criterion) {
         .expect("runtime");
     let setup = setup(&rt);
 
-    let poolplane = Arc::new(rt.block_on(AdvancedConnectionPool::new(&setup.url, config(true))).expect("pool"));
-    let uncached =
-        Arc::new(rt.block_on(AdvancedConnectionPool::new(&setup.url, config(false))).expect("pool"));
+    let poolplane = Arc::new(
+        rt.block_on(AdvancedConnectionPool::new(&setup.url, config(true)))
+            .expect("pool"),
+    );
+    let uncached = Arc::new(
+        rt.block_on(AdvancedConnectionPool::new(&setup.url, config(false)))
+            .expect("pool"),
+    );
     let bb8_fast = rt.block_on(raw_bb8(&setup.url, false));
     let bb8_default = rt.block_on(raw_bb8(&setup.url, true));
 
@@ -122,52 +134,45 @@ fn benches(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("point_select_32_tasks");
     group.throughput(criterion::Throughput::Elements(1));
-    {
-        let pool = Arc::clone(&poolplane);
-        group.bench_function("poolplane_cached", move |b| {
-            let pool = Arc::clone(&pool);
-            b.to_async(&rt).iter_custom(move |iters| {
-                let pool = Arc::clone(&pool);
-                concurrently(iters, move |k| {
-                    let pool = Arc::clone(&pool);
-                    async move {
-                        black_box(pool.query_one(SELECT, &[&k]).await.expect("select"));
-                    }
-                })
+    let mut concurrent = |name: &str, op: Arc<dyn Fn(i32) -> BoxedSelect + Send + Sync>| {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let op = Arc::clone(&op);
+                concurrently(iters, move |k| op(k))
             })
         });
-    }
-    {
-        let pool = Arc::clone(&uncached);
-        group.bench_function("poolplane_prepare_every_call", move |b| {
+    };
+    let pool = Arc::clone(&poolplane);
+    concurrent(
+        "poolplane_cached",
+        Arc::new(move |k| {
             let pool = Arc::clone(&pool);
-            b.to_async(&rt).iter_custom(move |iters| {
-                let pool = Arc::clone(&pool);
-                concurrently(iters, move |k| {
-                    let pool = Arc::clone(&pool);
-                    async move {
-                        black_box(pool.query_one(SELECT, &[&k]).await.expect("select"));
-                    }
-                })
+            Box::pin(async move {
+                black_box(pool.query_one(SELECT, &[&k]).await.expect("select"));
             })
-        });
-    }
-    {
-        let pool = bb8_fast.clone();
-        group.bench_function("bb8_prepare_every_call", move |b| {
+        }),
+    );
+    let pool = Arc::clone(&uncached);
+    concurrent(
+        "poolplane_prepare_every_call",
+        Arc::new(move |k| {
+            let pool = Arc::clone(&pool);
+            Box::pin(async move {
+                black_box(pool.query_one(SELECT, &[&k]).await.expect("select"));
+            })
+        }),
+    );
+    let pool = bb8_fast.clone();
+    concurrent(
+        "bb8_prepare_every_call",
+        Arc::new(move |k| {
             let pool = pool.clone();
-            b.to_async(&rt).iter_custom(move |iters| {
-                let pool = pool.clone();
-                concurrently(iters, move |k| {
-                    let pool = pool.clone();
-                    async move {
-                        let conn = pool.get().await.expect("get");
-                        black_box(conn.query_one(SELECT, &[&k]).await.expect("select"));
-                    }
-                })
+            Box::pin(async move {
+                let conn = pool.get().await.expect("get");
+                black_box(conn.query_one(SELECT, &[&k]).await.expect("select"));
             })
-        });
-    }
+        }),
+    );
     group.finish();
     rt.block_on(async {
         poolplane.close().await;
