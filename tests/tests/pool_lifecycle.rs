@@ -225,3 +225,110 @@ async fn transactions_commit_roll_back_and_abandoned_ones_do_not_leak() -> anyho
     pool.close().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn only_connections_idle_past_the_threshold_are_validated() -> anyhow::Result<()> {
+    let db = TestPg::database().await?;
+    let admin = db.connect().await?;
+    admin.batch_execute("CREATE SEQUENCE validations").await?;
+    let config = AdvancedPoolConfig {
+        // A validation query with a visible side effect.
+        validation_query: "SELECT nextval('validations')".into(),
+        validation_idle_threshold_ms: 300,
+        ..test_config(1, 1)
+    };
+    let pool = AdvancedConnectionPool::new(db.url(), config).await?;
+    let validations = || async {
+        let row = admin
+            .query_one("SELECT coalesce(last_value, 0) FROM pg_sequences WHERE sequencename = 'validations'", &[])
+            .await?;
+        anyhow::Ok(row.get::<_, i64>(0))
+    };
+    // Fresh connections are not validated.
+    for _ in 0..20 {
+        pool.execute("SELECT 1", &[]).await?;
+    }
+    assert_eq!(validations().await?, 0, "busy checkouts skip validation");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    pool.execute("SELECT 1", &[]).await?;
+    assert_eq!(
+        validations().await?,
+        1,
+        "an idle connection is validated once"
+    );
+    pool.execute("SELECT 1", &[]).await?;
+    assert_eq!(validations().await?, 1);
+    pool.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_connection_killed_on_the_server_is_replaced_not_handed_out() -> anyhow::Result<()> {
+    let db = TestPg::database().await?;
+    let pool = AdvancedConnectionPool::named("victim", db.url(), test_config(1, 1)).await?;
+    let pid: i32 = pool.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+    let admin = db.connect().await?;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await?;
+    wait_until(Duration::from_secs(5), "the backend is gone", || async {
+        count_backends(&admin, &db.name, "poolplane:victim")
+            .await
+            .ok()
+            == Some(0)
+    })
+    .await?;
+    let new_pid: i32 = pool.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+    assert_ne!(pid, new_pid);
+    pool.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn max_lifetime_and_idle_timeout_close_connections() -> anyhow::Result<()> {
+    let db = TestPg::database().await?;
+    let admin = db.connect().await?;
+    let config = AdvancedPoolConfig {
+        max_lifetime_secs: 1,
+        ..test_config(1, 1)
+    };
+    let aging = AdvancedConnectionPool::named("aging", db.url(), config).await?;
+    let first: i32 = aging
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    wait_until(
+        Duration::from_secs(10),
+        "max_lifetime replaces the connection",
+        || async {
+            match aging.query_one("SELECT pg_backend_pid()", &[]).await {
+                Ok(row) => row.get::<_, i32>(0) != first,
+                Err(_) => false,
+            }
+        },
+    )
+    .await?;
+    aging.close().await;
+
+    let config = AdvancedPoolConfig {
+        idle_timeout_secs: 1,
+        ..test_config(0, 3)
+    };
+    let idle = AdvancedConnectionPool::named("idle", db.url(), config).await?;
+    let held = (idle.get().await?, idle.get().await?, idle.get().await?);
+    drop(held);
+    assert_eq!(count_backends(&admin, &db.name, "poolplane:idle").await?, 3);
+    wait_until(
+        Duration::from_secs(10),
+        "idle connections are closed",
+        || async {
+            count_backends(&admin, &db.name, "poolplane:idle")
+                .await
+                .ok()
+                == Some(0)
+        },
+    )
+    .await?;
+    idle.close().await;
+    Ok(())
+}

@@ -88,13 +88,14 @@ impl PooledConnection {
         conn: bb8::PooledConnection<'static, PoolManager>,
         permit: GatePermit,
         shared: Arc<Shared>,
+        now: Instant,
     ) -> Self {
         shared.checked_out.fetch_add(1, Ordering::Relaxed);
         Self {
             conn,
             _permit: permit,
             shared,
-            checked_out_at: Instant::now(),
+            checked_out_at: now,
         }
     }
 

@@ -186,6 +186,8 @@ impl Drop for Waiting<'_> {
 /// Share it with `Arc`; dropping it (or [`close`](Self::close)) stops its tasks.
 pub struct AdvancedConnectionPool {
     shared: Arc<Shared>,
+    /// bb8's connection_timeout, fixed when bb8 was built.
+    acquire_timeout: Duration,
     bb8: bb8::Pool<PoolManager>,
     token: CancellationToken,
     tasks: TaskTracker,
@@ -343,6 +345,7 @@ impl AdvancedConnectionPool {
         tracing::debug!(pool = name, size, "pool started");
         Ok(Self {
             shared,
+            acquire_timeout: config.acquire_timeout(),
             bb8,
             token,
             tasks,
@@ -369,14 +372,19 @@ impl AdvancedConnectionPool {
             return Err(Error::PoolClosed);
         }
         let start = Instant::now();
-        let settings = shared.settings();
-        let timeout = settings.acquire_timeout();
-        let permit = {
-            let _waiting = Waiting::new(&shared.waiting);
-            match tokio::time::timeout(timeout, Arc::clone(&shared.gate).acquire_owned()).await {
-                Ok(Ok(permit)) => permit,
-                Ok(Err(_)) => return Err(Error::PoolClosed),
-                Err(_) => return Err(self.timed_out(timeout)),
+        let timeout = self.acquire_timeout;
+        // Fast path: a free permit, no timer. Slow path: wait with the timeout.
+        let (permit, waited) = match Arc::clone(&shared.gate).try_acquire_owned() {
+            Ok(permit) => (permit, false),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::PoolClosed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let _waiting = Waiting::new(&shared.waiting);
+                match tokio::time::timeout(timeout, Arc::clone(&shared.gate).acquire_owned()).await
+                {
+                    Ok(Ok(permit)) => (permit, true),
+                    Ok(Err(_)) => return Err(Error::PoolClosed),
+                    Err(_) => return Err(self.timed_out(timeout)),
+                }
             }
         };
         let permit = GatePermit {
@@ -384,11 +392,20 @@ impl AdvancedConnectionPool {
             shared: Arc::clone(shared),
         };
         loop {
-            let remaining = timeout.saturating_sub(start.elapsed());
-            let mut conn = match tokio::time::timeout(remaining, self.bb8.get_owned()).await {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(bb8::RunError::User(e))) => return Err(Error::Database(e)),
-                Ok(Err(bb8::RunError::TimedOut)) | Err(_) => return Err(self.timed_out(timeout)),
+            // bb8 applies acquire_timeout itself; after a wait at the gate only the
+            // rest of it is left.
+            let got = if waited {
+                let remaining = timeout.saturating_sub(start.elapsed());
+                tokio::time::timeout(remaining, self.bb8.get_owned())
+                    .await
+                    .unwrap_or(Err(bb8::RunError::TimedOut))
+            } else {
+                self.bb8.get_owned().await
+            };
+            let mut conn = match got {
+                Ok(conn) => conn,
+                Err(bb8::RunError::User(e)) => return Err(Error::Database(e)),
+                Err(bb8::RunError::TimedOut) => return Err(self.timed_out(timeout)),
             };
             if shared.is_closed() {
                 return Err(Error::PoolClosed);
@@ -397,8 +414,10 @@ impl AdvancedConnectionPool {
                 conn.broken = true;
                 continue;
             }
-            let idle_ms = conn.last_used.elapsed().as_millis() as u64;
+            let now = Instant::now();
+            let idle_ms = now.saturating_duration_since(conn.last_used).as_millis() as u64;
             if idle_ms >= shared.validation_idle_ms.load(Ordering::Relaxed) {
+                let settings = shared.settings();
                 let valid = tokio::time::timeout(
                     settings.health_check_timeout(),
                     conn.client.simple_query(&settings.validation_query),
@@ -418,9 +437,9 @@ impl AdvancedConnectionPool {
                     .cached_statements
                     .fetch_sub(evicted, Ordering::Relaxed);
             }
-            shared.counters.acquire_time.record(start.elapsed());
+            shared.counters.acquire_time.record(now - start);
             Counters::add(&shared.counters.total_acquires, 1);
-            return Ok(PooledConnection::new(conn, permit, Arc::clone(shared)));
+            return Ok(PooledConnection::new(conn, permit, Arc::clone(shared), now));
         }
     }
 
