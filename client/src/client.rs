@@ -1,7 +1,13 @@
 //! `PoolplaneClient`: typed calls over the generated `poolplane.v1` clients.
 
 use poolplane_proto::v1::pool_service_client::PoolServiceClient;
-use poolplane_proto::v1::{ListPoolsRequest, Pool};
+use poolplane_proto::v1::{
+    CreatePoolRequest, DeletePoolRequest, GetHealthStatusRequest, GetPoolRequest,
+    GetPoolStatsRequest, GetStatementCacheStatsRequest, HealthStatus, ListPoolsRequest, Pool,
+    PoolConfig, PoolEvent, PoolStats, StatementCacheStats, UpdatePoolConfigRequest,
+    WatchHealthEventsRequest, WatchPoolStatsRequest,
+};
+use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
@@ -10,6 +16,38 @@ use crate::Error;
 #[derive(Debug, Clone)]
 pub struct PoolplaneClient {
     channel: Channel,
+}
+
+/// A server stream of `T`, already unwrapped from its response message.
+pub struct Watch<M, T> {
+    inner: Streaming<M>,
+    unwrap: fn(M) -> Option<T>,
+}
+
+impl<M, T> std::fmt::Debug for Watch<M, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").finish_non_exhaustive()
+    }
+}
+
+impl<M, T> Watch<M, T> {
+    /// The next item; `None` when the server ends the stream.
+    pub async fn next(&mut self) -> Result<Option<T>, Error> {
+        loop {
+            match self.inner.message().await? {
+                None => return Ok(None),
+                Some(message) => {
+                    if let Some(item) = (self.unwrap)(message) {
+                        return Ok(Some(item));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn present<T>(value: Option<T>, what: &str) -> Result<T, Error> {
+    value.ok_or_else(|| Error::Status(tonic::Status::internal(format!("response without {what}"))))
 }
 
 impl PoolplaneClient {
@@ -37,9 +75,133 @@ impl PoolplaneClient {
         PoolServiceClient::new(self.channel.clone())
     }
 
+    /// Creates a pool; unset config fields take the server's defaults.
+    pub async fn create_pool(
+        &self,
+        name: &str,
+        database_url: &str,
+        config: PoolConfig,
+    ) -> Result<Pool, Error> {
+        let response = self
+            .pool_service()
+            .create_pool(CreatePoolRequest {
+                name: name.to_owned(),
+                database_url: database_url.to_owned(),
+                config: Some(config),
+            })
+            .await?;
+        present(response.into_inner().pool, "pool")
+    }
+
+    /// One pool.
+    pub async fn get_pool(&self, name: &str) -> Result<Pool, Error> {
+        let response = self
+            .pool_service()
+            .get_pool(GetPoolRequest {
+                name: name.to_owned(),
+            })
+            .await?;
+        present(response.into_inner().pool, "pool")
+    }
+
     /// Every pool the server hosts, ordered by name.
     pub async fn list_pools(&self) -> Result<Vec<Pool>, Error> {
         let response = self.pool_service().list_pools(ListPoolsRequest {}).await?;
         Ok(response.into_inner().pools)
+    }
+
+    /// Changes the config fields set in `config`.
+    pub async fn update_pool_config(&self, name: &str, config: PoolConfig) -> Result<Pool, Error> {
+        let response = self
+            .pool_service()
+            .update_pool_config(UpdatePoolConfigRequest {
+                name: name.to_owned(),
+                config: Some(config),
+            })
+            .await?;
+        present(response.into_inner().pool, "pool")
+    }
+
+    /// Deletes a pool (its checked-out connections may finish first).
+    pub async fn delete_pool(&self, name: &str) -> Result<(), Error> {
+        self.pool_service()
+            .delete_pool(DeletePoolRequest {
+                name: name.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A pool's stats snapshot.
+    pub async fn get_pool_stats(&self, pool_name: &str) -> Result<PoolStats, Error> {
+        let response = self
+            .pool_service()
+            .get_pool_stats(GetPoolStatsRequest {
+                pool_name: pool_name.to_owned(),
+            })
+            .await?;
+        present(response.into_inner().stats, "stats")
+    }
+
+    /// A pool's health.
+    pub async fn get_health_status(&self, pool_name: &str) -> Result<HealthStatus, Error> {
+        let response = self
+            .pool_service()
+            .get_health_status(GetHealthStatusRequest {
+                pool_name: pool_name.to_owned(),
+            })
+            .await?;
+        present(response.into_inner().health, "health")
+    }
+
+    /// A pool's statement-cache counters.
+    pub async fn get_statement_cache_stats(
+        &self,
+        pool_name: &str,
+    ) -> Result<StatementCacheStats, Error> {
+        let response = self
+            .pool_service()
+            .get_statement_cache_stats(GetStatementCacheStatsRequest {
+                pool_name: pool_name.to_owned(),
+            })
+            .await?;
+        present(response.into_inner().stats, "stats")
+    }
+
+    /// Stats snapshots of `pool_names` (empty: every pool) every `interval_ms`
+    /// (0: the server's default of 1000).
+    pub async fn watch_pool_stats(
+        &self,
+        pool_names: &[&str],
+        interval_ms: u32,
+    ) -> Result<Watch<poolplane_proto::v1::WatchPoolStatsResponse, PoolStats>, Error> {
+        let response = self
+            .pool_service()
+            .watch_pool_stats(WatchPoolStatsRequest {
+                pool_names: pool_names.iter().map(|n| (*n).to_owned()).collect(),
+                interval_ms,
+            })
+            .await?;
+        Ok(Watch {
+            inner: response.into_inner(),
+            unwrap: |m| m.stats,
+        })
+    }
+
+    /// The current health of `pool_names` (empty: every pool), then every event.
+    pub async fn watch_health_events(
+        &self,
+        pool_names: &[&str],
+    ) -> Result<Watch<poolplane_proto::v1::WatchHealthEventsResponse, PoolEvent>, Error> {
+        let response = self
+            .pool_service()
+            .watch_health_events(WatchHealthEventsRequest {
+                pool_names: pool_names.iter().map(|n| (*n).to_owned()).collect(),
+            })
+            .await?;
+        Ok(Watch {
+            inner: response.into_inner(),
+            unwrap: |m| m.event,
+        })
     }
 }

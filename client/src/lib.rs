@@ -3,7 +3,7 @@
 mod client;
 mod error;
 
-pub use client::PoolplaneClient;
+pub use client::{PoolplaneClient, Watch};
 pub use error::Error;
 /// The generated `poolplane.v1` messages and raw clients.
 pub use poolplane_proto::v1 as proto;

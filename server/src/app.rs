@@ -5,9 +5,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use poolplane::{ControlStore, EmbeddedPg, EmbeddedPgOptions, conninfo};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use poolplane::{
+    ConnectionPoolService, ControlStore, EmbeddedPg, EmbeddedPgOptions, PoolEventKind, conninfo,
+};
 use poolplane_proto::v1::pool_service_server::PoolServiceServer;
 use tokio::net::TcpListener;
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +32,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The Prometheus endpoint's address (served by the telemetry layer).
     pub metrics_listen: SocketAddr,
-    /// How long in-flight calls may run on after a shutdown request.
+    /// How long in-flight calls may run on after a shutdown request; also how long
+    /// a deleted pool's checked-out connections may finish.
     pub shutdown_grace: Duration,
 }
 
@@ -62,6 +69,7 @@ pub struct Server {
     local_addr: SocketAddr,
     control_database: String,
     token: CancellationToken,
+    watchers: Arc<AtomicUsize>,
     task: Option<JoinHandle<Result<(), ServerError>>>,
 }
 
@@ -83,6 +91,8 @@ impl Server {
             }
         };
         let store = ControlStore::connect(&database_url).await?;
+        let registry = Arc::new(ConnectionPoolService::new(store, config.shutdown_grace));
+        let restored = registry.restore().await?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -100,19 +110,24 @@ impl Server {
                 listen = %local_addr,
                 control_database = %control_database,
                 data_dir = %pg.base_dir().display(),
+                pools = restored,
                 "poolplane-server started (embedded control database)"
             ),
             None => tracing::info!(
                 listen = %local_addr,
                 control_database = %control_database,
+                pools = restored,
                 "poolplane-server started"
             ),
         }
 
         let token = CancellationToken::new();
+        let service = PoolService::new(Arc::clone(&registry), token.clone());
+        let watchers = service.watcher_count();
         let task = tokio::spawn(serve(
             listener,
-            store,
+            registry,
+            service,
             embedded,
             token.clone(),
             config.shutdown_grace,
@@ -121,6 +136,7 @@ impl Server {
             local_addr,
             control_database,
             token,
+            watchers,
             task: Some(task),
         })
     }
@@ -128,6 +144,11 @@ impl Server {
     /// The address the gRPC server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Watch streams (WatchPoolStats, WatchHealthEvents) whose task is running.
+    pub fn active_watchers(&self) -> usize {
+        self.watchers.load(Ordering::SeqCst)
     }
 
     /// The control database, password redacted.
@@ -168,7 +189,8 @@ impl Drop for Server {
 
 async fn serve(
     listener: TcpListener,
-    store: ControlStore,
+    registry: Arc<ConnectionPoolService>,
+    service: PoolService,
     embedded: Option<EmbeddedPg>,
     token: CancellationToken,
     grace: Duration,
@@ -177,6 +199,11 @@ async fn serve(
     health_reporter
         .set_serving::<PoolServiceServer<PoolService>>()
         .await;
+    let bridge = tokio::spawn(pool_health_bridge(
+        Arc::clone(&registry),
+        health_reporter.clone(),
+        token.clone(),
+    ));
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
@@ -186,7 +213,7 @@ async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(PoolServiceServer::new(PoolService::new(store.clone())))
+        .add_service(PoolServiceServer::new(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             stop.cancelled().await;
             tracing::info!("shutting down: no new calls accepted");
@@ -208,7 +235,10 @@ async fn serve(
     if let Err(error) = &served {
         tracing::error!(error = %error_chain(error), "gRPC server failed");
     }
-    drop(store);
+    token.cancel();
+    let _ = bridge.await;
+    registry.shutdown().await;
+    tracing::info!("pools closed");
     if let Some(pg) = embedded {
         pg.stop().await;
         tracing::info!("embedded PostgreSQL stopped");
@@ -221,4 +251,75 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(poolplane_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Keeps a grpc.health.v1 entry `pool/<name>` per pool: SERVING while the pool is
+/// healthy, NOT_SERVING while not, removed when the pool is deleted.
+async fn pool_health_bridge(
+    registry: Arc<ConnectionPoolService>,
+    mut reporter: tonic_health::server::HealthReporter,
+    token: CancellationToken,
+) {
+    use tonic_health::ServingStatus;
+    let serving = |healthy: bool| {
+        if healthy {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }
+    };
+    let mut events = registry.subscribe();
+    for info in registry.list_pools() {
+        reporter
+            .set_service_status(format!("pool/{}", info.name), serving(info.is_healthy))
+            .await;
+    }
+    loop {
+        let received = tokio::select! {
+            biased;
+            () = token.cancelled() => break,
+            received = events.recv() => received,
+        };
+        match received {
+            Ok(event) => {
+                let service = format!("pool/{}", event.pool_name);
+                match event.kind {
+                    PoolEventKind::BecameUnhealthy { .. } => {
+                        reporter
+                            .set_service_status(service, ServingStatus::NotServing)
+                            .await;
+                    }
+                    PoolEventKind::Recovered { .. } => {
+                        reporter
+                            .set_service_status(service, ServingStatus::Serving)
+                            .await;
+                    }
+                    PoolEventKind::PoolCreated | PoolEventKind::PoolUpdated { .. } => {
+                        if let Ok(pool) = registry.pool(&event.pool_name) {
+                            reporter
+                                .set_service_status(service, serving(pool.is_healthy()))
+                                .await;
+                        }
+                    }
+                    PoolEventKind::PoolDeleted => reporter.clear_service_status(&service).await,
+                    PoolEventKind::HealthCheckFailed { .. }
+                    | PoolEventKind::Scaled { .. }
+                    | PoolEventKind::ConnectionRecycled { .. } => {}
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                for info in registry.list_pools() {
+                    reporter
+                        .set_service_status(format!("pool/{}", info.name), serving(info.is_healthy))
+                        .await;
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+    for name in registry.pool_names() {
+        reporter
+            .set_service_status(format!("pool/{name}"), ServingStatus::NotServing)
+            .await;
+    }
 }

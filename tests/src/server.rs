@@ -47,6 +47,11 @@ impl TestServer {
         })
     }
 
+    /// Watch streams whose server task is still running.
+    pub fn active_watchers(&self) -> usize {
+        self.server.as_ref().map_or(0, Server::active_watchers)
+    }
+
     /// Shuts the server down gracefully and waits for it.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(server) = self.server.take() {

@@ -40,6 +40,15 @@ pub fn redact_in(text: &str, conninfo: &str) -> String {
     }
 }
 
+/// Checks that `conninfo` parses as a postgres:// URL or key=value conninfo; the
+/// error says why (without the string itself, which may hold a password).
+pub fn check(conninfo: &str) -> Result<(), String> {
+    conninfo
+        .parse::<tokio_postgres::Config>()
+        .map(|_| ())
+        .map_err(|e| format!("is neither a postgres:// URL nor a key=value conninfo ({e})"))
+}
+
 /// The password in `conninfo`, if it has one.
 pub fn password(conninfo: &str) -> Option<String> {
     let config: tokio_postgres::Config = conninfo.parse().ok()?;

@@ -62,6 +62,20 @@ pub enum Error {
         /// Why (password redacted).
         reason: String,
     },
+    /// No pool has this name.
+    #[error("pool `{0}` not found")]
+    PoolNotFound(String),
+    /// A pool with this name exists already.
+    #[error("pool `{0}` already exists")]
+    PoolAlreadyExists(String),
+    /// A pool name that breaks `[a-z0-9][a-z0-9_-]{{0,62}}`.
+    #[error("invalid pool name `{name}`: {reason}")]
+    InvalidPoolName {
+        /// The name as given.
+        name: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// PostgreSQL answered a query with an error (see [`Error::sqlstate`]).
     #[error("{}", describe_pg_error(.0))]
     Database(#[source] tokio_postgres::Error),
@@ -80,6 +94,10 @@ pub enum ErrorKind {
     Unavailable,
     /// PostgreSQL reported an error.
     Database,
+    /// No such pool.
+    NotFound,
+    /// The pool exists already.
+    AlreadyExists,
     /// The control database or the embedded PostgreSQL failed.
     Internal,
 }
@@ -88,9 +106,11 @@ impl Error {
     /// The kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::InvalidDatabaseUrl { .. } | Error::InvalidConfig(_) => {
-                ErrorKind::InvalidArgument
-            }
+            Error::InvalidDatabaseUrl { .. }
+            | Error::InvalidConfig(_)
+            | Error::InvalidPoolName { .. } => ErrorKind::InvalidArgument,
+            Error::PoolNotFound(_) => ErrorKind::NotFound,
+            Error::PoolAlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::AcquireTimeout { .. } => ErrorKind::AcquireTimeout,
             Error::PoolClosed => ErrorKind::PoolClosed,
             Error::Connect { .. } => ErrorKind::Unavailable,

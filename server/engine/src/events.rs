@@ -64,6 +64,15 @@ pub enum PoolEventKind {
         /// The queries it had run.
         queries: u64,
     },
+    /// The pool was created (or restored at start).
+    PoolCreated,
+    /// The pool's config changed.
+    PoolUpdated {
+        /// Whether the pool had to be rebuilt.
+        rebuilt: bool,
+    },
+    /// The pool was deleted.
+    PoolDeleted,
 }
 
 /// The sending side a pool keeps.
@@ -83,14 +92,24 @@ impl EventSender {
 
     /// Broadcasts an event (dropped if nobody listens).
     pub fn send(&self, kind: PoolEventKind) {
-        let _ = self.sender.send(PoolEvent {
-            pool_name: self.pool_name.clone(),
-            at: SystemTime::now(),
-            kind,
-        });
+        let _ = self.sender.send(event(&self.pool_name, kind));
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<PoolEvent> {
         self.sender.subscribe()
+    }
+}
+
+/// A broadcast of events of several pools (the registry's).
+pub(crate) fn channel() -> broadcast::Sender<PoolEvent> {
+    broadcast::Sender::new(EVENT_BUFFER)
+}
+
+/// An event of `pool_name`, now.
+pub(crate) fn event(pool_name: &str, kind: PoolEventKind) -> PoolEvent {
+    PoolEvent {
+        pool_name: pool_name.to_owned(),
+        at: SystemTime::now(),
+        kind,
     }
 }

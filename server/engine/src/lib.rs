@@ -7,6 +7,7 @@ pub mod embedded_pg;
 mod error;
 pub mod events;
 pub mod pool;
+pub mod registry;
 pub mod store;
 
 pub use config::{AdvancedPoolConfig, ConfigErrors, FieldViolation};
@@ -17,4 +18,5 @@ pub use pool::{
     AdvancedConnectionPool, HealthStatus, PoolStats, PooledConnection, StatementCacheStats,
     Transaction,
 };
+pub use registry::{ConnectionPoolService, PoolInfo};
 pub use store::{ControlStore, PoolDefinition};

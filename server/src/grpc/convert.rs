@@ -2,21 +2,222 @@
 
 use std::time::SystemTime;
 
-use poolplane::PoolDefinition;
-use poolplane::conninfo;
+use poolplane::pool::ScaleDirection;
+use poolplane::{
+    AdvancedPoolConfig, HealthStatus, PoolEvent, PoolEventKind, PoolInfo, PoolStats,
+    StatementCacheStats,
+};
 use poolplane_proto::v1;
 
-/// A stored definition as the API shows it: password redacted.
-pub fn pool_from_definition(definition: &PoolDefinition) -> v1::Pool {
-    v1::Pool {
-        name: definition.name.clone(),
-        database_url: conninfo::redact(&definition.database_url),
-        created_at: Some(timestamp(definition.created_at)),
-        updated_at: Some(timestamp(definition.updated_at)),
-    }
-}
+/// A field at fault in a request, and why.
+pub type Violation = (String, String);
 
 /// A `google.protobuf.Timestamp` from a system time.
 pub fn timestamp(time: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(time)
+}
+
+/// A live pool as the API shows it.
+pub fn pool_to_proto(info: &PoolInfo) -> v1::Pool {
+    v1::Pool {
+        name: info.name.clone(),
+        database_url: info.database_url.clone(),
+        created_at: Some(timestamp(info.created_at)),
+        updated_at: Some(timestamp(info.updated_at)),
+        config: Some(config_to_proto(&info.config)),
+        state: if info.is_healthy {
+            v1::PoolState::Healthy
+        } else {
+            v1::PoolState::Unhealthy
+        } as i32,
+    }
+}
+
+/// `base` with the fields set in `patch` (and first the preset, if one is named).
+/// An unknown preset is a violation of `config.preset`.
+pub fn apply_config(
+    base: AdvancedPoolConfig,
+    patch: Option<&v1::PoolConfig>,
+) -> Result<AdvancedPoolConfig, Vec<Violation>> {
+    let Some(p) = patch else {
+        return Ok(base);
+    };
+    let mut c = match &p.preset {
+        Some(name) => AdvancedPoolConfig::preset(name).ok_or_else(|| {
+            vec![(
+                "config.preset".to_owned(),
+                format!("unknown preset `{name}`: use default, production or development"),
+            )]
+        })?,
+        None => base,
+    };
+    macro_rules! set {
+        ($($field:ident),* $(,)?) => {
+            $(if let Some(value) = p.$field.clone() { c.$field = value; })*
+        };
+    }
+    set!(
+        max_connections,
+        min_connections,
+        acquire_timeout_secs,
+        idle_timeout_secs,
+        max_lifetime_secs,
+        statement_cache_capacity,
+        enable_prepared_statements,
+        health_check_interval_secs,
+        health_check_timeout_secs,
+        max_failed_health_checks,
+        enable_dynamic_sizing,
+        load_threshold_high,
+        load_threshold_low,
+        scale_up_factor,
+        scale_down_factor,
+        min_scale_interval_secs,
+        enable_connection_validation,
+        validation_query,
+        enable_connection_recycling,
+        recycle_threshold_queries,
+        validation_idle_threshold_ms,
+    );
+    if let Some(warmup) = &p.connection_warmup_queries {
+        c.connection_warmup_queries = warmup.queries.clone();
+    }
+    Ok(c)
+}
+
+/// Every field of the effective config, set.
+pub fn config_to_proto(c: &AdvancedPoolConfig) -> v1::PoolConfig {
+    v1::PoolConfig {
+        preset: None,
+        max_connections: Some(c.max_connections),
+        min_connections: Some(c.min_connections),
+        acquire_timeout_secs: Some(c.acquire_timeout_secs),
+        idle_timeout_secs: Some(c.idle_timeout_secs),
+        max_lifetime_secs: Some(c.max_lifetime_secs),
+        statement_cache_capacity: Some(c.statement_cache_capacity),
+        enable_prepared_statements: Some(c.enable_prepared_statements),
+        health_check_interval_secs: Some(c.health_check_interval_secs),
+        health_check_timeout_secs: Some(c.health_check_timeout_secs),
+        max_failed_health_checks: Some(c.max_failed_health_checks),
+        enable_dynamic_sizing: Some(c.enable_dynamic_sizing),
+        load_threshold_high: Some(c.load_threshold_high),
+        load_threshold_low: Some(c.load_threshold_low),
+        scale_up_factor: Some(c.scale_up_factor),
+        scale_down_factor: Some(c.scale_down_factor),
+        min_scale_interval_secs: Some(c.min_scale_interval_secs),
+        enable_connection_validation: Some(c.enable_connection_validation),
+        validation_query: Some(c.validation_query.clone()),
+        connection_warmup_queries: Some(v1::WarmupQueries {
+            queries: c.connection_warmup_queries.clone(),
+        }),
+        enable_connection_recycling: Some(c.enable_connection_recycling),
+        recycle_threshold_queries: Some(c.recycle_threshold_queries),
+        validation_idle_threshold_ms: Some(c.validation_idle_threshold_ms),
+    }
+}
+
+/// A stats snapshot of `pool_name`, taken now.
+pub fn stats_to_proto(pool_name: &str, s: &PoolStats) -> v1::PoolStats {
+    v1::PoolStats {
+        pool_name: pool_name.to_owned(),
+        taken_at: Some(timestamp(SystemTime::now())),
+        connections: s.connections,
+        idle_connections: s.idle_connections,
+        active_connections: s.active_connections,
+        waiting_requests: s.waiting_requests,
+        current_size: s.current_size,
+        min_connections: s.min_connections,
+        max_connections: s.max_connections,
+        utilization_rate: s.utilization_rate,
+        avg_acquire_time_ms: s.avg_acquire_time_ms,
+        p50_acquire_time_ms: s.p50_acquire_time_ms,
+        p95_acquire_time_ms: s.p95_acquire_time_ms,
+        p99_acquire_time_ms: s.p99_acquire_time_ms,
+        total_acquires: s.total_acquires,
+        acquire_timeouts: s.acquire_timeouts,
+        connection_errors: s.connection_errors,
+        connections_created: s.connections_created,
+        connections_closed: s.connections_closed,
+        connections_recycled: s.connections_recycled,
+        total_queries: s.total_queries,
+    }
+}
+
+/// The health of `pool_name`.
+pub fn health_to_proto(pool_name: &str, h: &HealthStatus) -> v1::HealthStatus {
+    v1::HealthStatus {
+        pool_name: pool_name.to_owned(),
+        is_healthy: h.is_healthy,
+        response_time_ms: h.response_time_ms,
+        consecutive_failures: h.consecutive_failures,
+        last_check_at: h.last_check_at.map(timestamp),
+        last_success_at: h.last_success_at.map(timestamp),
+        last_error: h.last_error.clone().unwrap_or_default(),
+    }
+}
+
+/// The statement-cache counters of `pool_name`.
+pub fn cache_stats_to_proto(pool_name: &str, s: &StatementCacheStats) -> v1::StatementCacheStats {
+    v1::StatementCacheStats {
+        pool_name: pool_name.to_owned(),
+        hits: s.hits,
+        misses: s.misses,
+        hit_rate: s.hit_rate,
+        evictions: s.evictions,
+        prepared_statements: s.prepared_statements,
+        capacity: s.capacity,
+    }
+}
+
+/// An engine event as the API shows it.
+pub fn event_to_proto(event: &PoolEvent) -> v1::PoolEvent {
+    use v1::pool_event::Kind;
+    let kind = match &event.kind {
+        PoolEventKind::HealthCheckFailed {
+            consecutive_failures,
+            error,
+        } => Kind::HealthCheckFailed(v1::HealthCheckFailed {
+            consecutive_failures: *consecutive_failures,
+            error: error.clone(),
+        }),
+        PoolEventKind::BecameUnhealthy {
+            consecutive_failures,
+            error,
+        } => Kind::BecameUnhealthy(v1::BecameUnhealthy {
+            consecutive_failures: *consecutive_failures,
+            error: error.clone(),
+        }),
+        PoolEventKind::Recovered { response_time_ms } => Kind::Recovered(v1::Recovered {
+            response_time_ms: *response_time_ms,
+        }),
+        PoolEventKind::Scaled {
+            direction,
+            from,
+            to,
+            utilization,
+            reason,
+        } => Kind::Scaled(v1::Scaled {
+            direction: match direction {
+                ScaleDirection::Up => v1::ScaleDirection::Up,
+                ScaleDirection::Down => v1::ScaleDirection::Down,
+            } as i32,
+            from: *from,
+            to: *to,
+            utilization: *utilization,
+            reason: reason.clone(),
+        }),
+        PoolEventKind::ConnectionRecycled { queries } => {
+            Kind::ConnectionRecycled(v1::ConnectionRecycled { queries: *queries })
+        }
+        PoolEventKind::PoolCreated => Kind::PoolCreated(v1::PoolCreated {}),
+        PoolEventKind::PoolUpdated { rebuilt } => {
+            Kind::PoolUpdated(v1::PoolUpdated { rebuilt: *rebuilt })
+        }
+        PoolEventKind::PoolDeleted => Kind::PoolDeleted(v1::PoolDeleted {}),
+    };
+    v1::PoolEvent {
+        pool_name: event.pool_name.clone(),
+        at: Some(timestamp(event.at)),
+        kind: Some(kind),
+    }
 }

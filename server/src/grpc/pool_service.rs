@@ -1,41 +1,383 @@
 //! `poolplane.v1.PoolService`: validate and convert, call the engine, map the result.
 
-use poolplane::ControlStore;
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use poolplane::{AdvancedPoolConfig, ConnectionPoolService, PoolEventKind};
 use poolplane_proto::v1::pool_service_server;
-use poolplane_proto::v1::{ListPoolsRequest, ListPoolsResponse};
+use poolplane_proto::v1::{self as pb};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::{convert, status};
 
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Snapshots or events a watcher may have queued before it skips (stats) or waits
+/// (events; the broadcast then reports what it missed).
+const WATCH_BUFFER: usize = 16;
+
 /// The tonic implementation of `poolplane.v1.PoolService`.
 #[derive(Debug, Clone)]
 pub struct PoolService {
-    store: ControlStore,
+    registry: Arc<ConnectionPoolService>,
+    shutdown: CancellationToken,
+    watchers: Arc<AtomicUsize>,
+}
+
+/// Counts a running watch task while it exists.
+struct WatcherGuard(Arc<AtomicUsize>);
+
+impl WatcherGuard {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl PoolService {
-    /// A service over the control database.
-    pub fn new(store: ControlStore) -> Self {
-        Self { store }
+    /// A service over the registry; watch streams end when `shutdown` is cancelled.
+    pub fn new(registry: Arc<ConnectionPoolService>, shutdown: CancellationToken) -> Self {
+        Self {
+            registry,
+            shutdown,
+            watchers: Arc::new(AtomicUsize::new(0)),
+        }
     }
+
+    /// Watch streams whose server task is running.
+    pub fn watcher_count(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.watchers)
+    }
+
+    /// The explicitly named pools, each of which must exist.
+    fn selection(&self, names: &[String]) -> Result<BTreeSet<String>, Status> {
+        for name in names {
+            self.registry.pool(name).map_err(status::from_engine)?;
+        }
+        Ok(names.iter().cloned().collect())
+    }
+}
+
+fn required(name: &str, field: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(status::bad_request(vec![(
+            field.into(),
+            "must not be empty".into(),
+        )]));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
 impl pool_service_server::PoolService for PoolService {
-    async fn list_pools(
+    async fn create_pool(
         &self,
-        _request: Request<ListPoolsRequest>,
-    ) -> Result<Response<ListPoolsResponse>, Status> {
-        let definitions = self
-            .store
-            .list_pool_definitions()
+        request: Request<pb::CreatePoolRequest>,
+    ) -> Result<Response<pb::CreatePoolResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Vec::new();
+        if let Err(e) = poolplane::registry::validate_pool_name(&request.name) {
+            violations.push(("name".to_owned(), e.to_string()));
+        }
+        if request.database_url.is_empty() {
+            violations.push(("database_url".to_owned(), "must not be empty".to_owned()));
+        } else if let Err(why) = poolplane::conninfo::check(&request.database_url) {
+            violations.push(("database_url".to_owned(), why));
+        }
+        let config =
+            match convert::apply_config(AdvancedPoolConfig::default(), request.config.as_ref()) {
+                Ok(config) => {
+                    if let Err(errors) = config.validate() {
+                        violations.extend(
+                            errors
+                                .0
+                                .into_iter()
+                                .map(|v| (format!("config.{}", v.field), v.description)),
+                        );
+                    }
+                    config
+                }
+                Err(more) => {
+                    violations.extend(more);
+                    AdvancedPoolConfig::default()
+                }
+            };
+        if !violations.is_empty() {
+            return Err(status::bad_request(violations));
+        }
+        self.registry
+            .create_pool(request.name.clone(), &request.database_url, config)
             .await
             .map_err(status::from_engine)?;
-        Ok(Response::new(ListPoolsResponse {
-            pools: definitions
+        let info = self
+            .registry
+            .pool_info(&request.name)
+            .map_err(status::from_engine)?;
+        Ok(Response::new(pb::CreatePoolResponse {
+            pool: Some(convert::pool_to_proto(&info)),
+        }))
+    }
+
+    async fn get_pool(
+        &self,
+        request: Request<pb::GetPoolRequest>,
+    ) -> Result<Response<pb::GetPoolResponse>, Status> {
+        let name = request.into_inner().name;
+        required(&name, "name")?;
+        let info = self
+            .registry
+            .pool_info(&name)
+            .map_err(status::from_engine)?;
+        Ok(Response::new(pb::GetPoolResponse {
+            pool: Some(convert::pool_to_proto(&info)),
+        }))
+    }
+
+    async fn list_pools(
+        &self,
+        _request: Request<pb::ListPoolsRequest>,
+    ) -> Result<Response<pb::ListPoolsResponse>, Status> {
+        Ok(Response::new(pb::ListPoolsResponse {
+            pools: self
+                .registry
+                .list_pools()
                 .iter()
-                .map(convert::pool_from_definition)
+                .map(convert::pool_to_proto)
                 .collect(),
         }))
+    }
+
+    async fn update_pool_config(
+        &self,
+        request: Request<pb::UpdatePoolConfigRequest>,
+    ) -> Result<Response<pb::UpdatePoolConfigResponse>, Status> {
+        let request = request.into_inner();
+        required(&request.name, "name")?;
+        let current = self
+            .registry
+            .pool_info(&request.name)
+            .map_err(status::from_engine)?
+            .config;
+        let config =
+            convert::apply_config(current, request.config.as_ref()).map_err(status::bad_request)?;
+        let info = self
+            .registry
+            .update_pool_config(&request.name, config)
+            .await
+            .map_err(status::from_engine)?;
+        Ok(Response::new(pb::UpdatePoolConfigResponse {
+            pool: Some(convert::pool_to_proto(&info)),
+        }))
+    }
+
+    async fn delete_pool(
+        &self,
+        request: Request<pb::DeletePoolRequest>,
+    ) -> Result<Response<pb::DeletePoolResponse>, Status> {
+        let name = request.into_inner().name;
+        required(&name, "name")?;
+        self.registry
+            .delete_pool(&name)
+            .await
+            .map_err(status::from_engine)?;
+        Ok(Response::new(pb::DeletePoolResponse {}))
+    }
+
+    async fn get_pool_stats(
+        &self,
+        request: Request<pb::GetPoolStatsRequest>,
+    ) -> Result<Response<pb::GetPoolStatsResponse>, Status> {
+        let name = request.into_inner().pool_name;
+        required(&name, "pool_name")?;
+        let pool = self.registry.pool(&name).map_err(status::from_engine)?;
+        Ok(Response::new(pb::GetPoolStatsResponse {
+            stats: Some(convert::stats_to_proto(&name, &pool.get_pool_stats().await)),
+        }))
+    }
+
+    async fn get_health_status(
+        &self,
+        request: Request<pb::GetHealthStatusRequest>,
+    ) -> Result<Response<pb::GetHealthStatusResponse>, Status> {
+        let name = request.into_inner().pool_name;
+        required(&name, "pool_name")?;
+        let pool = self.registry.pool(&name).map_err(status::from_engine)?;
+        Ok(Response::new(pb::GetHealthStatusResponse {
+            health: Some(convert::health_to_proto(
+                &name,
+                &pool.get_health_status().await,
+            )),
+        }))
+    }
+
+    async fn get_statement_cache_stats(
+        &self,
+        request: Request<pb::GetStatementCacheStatsRequest>,
+    ) -> Result<Response<pb::GetStatementCacheStatsResponse>, Status> {
+        let name = request.into_inner().pool_name;
+        required(&name, "pool_name")?;
+        let pool = self.registry.pool(&name).map_err(status::from_engine)?;
+        Ok(Response::new(pb::GetStatementCacheStatsResponse {
+            stats: Some(convert::cache_stats_to_proto(
+                &name,
+                &pool.get_statement_cache_stats().await,
+            )),
+        }))
+    }
+
+    type WatchPoolStatsStream = ResponseStream<pb::WatchPoolStatsResponse>;
+
+    async fn watch_pool_stats(
+        &self,
+        request: Request<pb::WatchPoolStatsRequest>,
+    ) -> Result<Response<Self::WatchPoolStatsStream>, Status> {
+        let request = request.into_inner();
+        let interval_ms = match request.interval_ms {
+            0 => 1000,
+            ms if ms < 100 => {
+                return Err(status::bad_request(vec![(
+                    "interval_ms".into(),
+                    format!("must be at least 100, got {ms}"),
+                )]));
+            }
+            ms => ms,
+        };
+        let named = self.selection(&request.pool_names)?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let registry = Arc::clone(&self.registry);
+        let shutdown = self.shutdown.clone();
+        let guard = WatcherGuard::new(&self.watchers);
+        tokio::spawn(async move {
+            let _guard = guard;
+            let mut tick = tokio::time::interval(Duration::from_millis(u64::from(interval_ms)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    () = tx.closed() => break,
+                    _ = tick.tick() => {}
+                }
+                let names = if named.is_empty() {
+                    registry.pool_names()
+                } else {
+                    named.iter().cloned().collect()
+                };
+                let mut live = 0;
+                for name in names {
+                    let Ok(pool) = registry.pool(&name) else {
+                        continue;
+                    };
+                    live += 1;
+                    let stats = convert::stats_to_proto(&name, &pool.pool_stats());
+                    match tx.try_send(Ok(pb::WatchPoolStatsResponse { stats: Some(stats) })) {
+                        // A slow reader skips this snapshot.
+                        Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                }
+                if !named.is_empty() && live == 0 {
+                    break; // every watched pool was deleted
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type WatchHealthEventsStream = ResponseStream<pb::WatchHealthEventsResponse>;
+
+    async fn watch_health_events(
+        &self,
+        request: Request<pb::WatchHealthEventsRequest>,
+    ) -> Result<Response<Self::WatchHealthEventsStream>, Status> {
+        let named = self.selection(&request.into_inner().pool_names)?;
+        // Subscribe before reading the current health, so nothing falls between.
+        let mut events = self.registry.subscribe();
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let registry = Arc::clone(&self.registry);
+        let shutdown = self.shutdown.clone();
+        let guard = WatcherGuard::new(&self.watchers);
+        tokio::spawn(async move {
+            let _guard = guard;
+            let wanted = |name: &str| named.is_empty() || named.contains(name);
+            let mut watching: BTreeSet<String> = registry
+                .pool_names()
+                .into_iter()
+                .filter(|n| wanted(n))
+                .collect();
+            for name in &watching {
+                let Ok(pool) = registry.pool(name) else {
+                    continue;
+                };
+                let health = convert::health_to_proto(name, &pool.get_health_status().await);
+                let event = pb::PoolEvent {
+                    pool_name: name.clone(),
+                    at: Some(convert::timestamp(std::time::SystemTime::now())),
+                    kind: Some(pb::pool_event::Kind::CurrentHealth(health)),
+                };
+                if tx
+                    .send(Ok(pb::WatchHealthEventsResponse { event: Some(event) }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            loop {
+                let received = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    () = tx.closed() => break,
+                    received = events.recv() => received,
+                };
+                let event = match received {
+                    Ok(event) if wanted(&event.pool_name) => {
+                        match event.kind {
+                            PoolEventKind::PoolCreated => {
+                                watching.insert(event.pool_name.clone());
+                            }
+                            PoolEventKind::PoolDeleted => {
+                                watching.remove(&event.pool_name);
+                            }
+                            _ => {}
+                        }
+                        convert::event_to_proto(&event)
+                    }
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => pb::PoolEvent {
+                        pool_name: String::new(),
+                        at: Some(convert::timestamp(std::time::SystemTime::now())),
+                        kind: Some(pb::pool_event::Kind::MissedEvents(pb::MissedEvents {
+                            count: missed,
+                        })),
+                    },
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                if tx
+                    .send(Ok(pb::WatchHealthEventsResponse { event: Some(event) }))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                if !named.is_empty() && watching.is_empty() {
+                    break; // every watched pool was deleted
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

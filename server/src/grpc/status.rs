@@ -1,15 +1,45 @@
 //! The one place engine errors become gRPC statuses.
 
 use poolplane::Error;
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
+use super::convert::Violation;
 use crate::telemetry::error_chain;
+
+/// INVALID_ARGUMENT with a google.rpc.BadRequest naming every field at fault.
+pub fn bad_request(violations: Vec<Violation>) -> Status {
+    let message = violations
+        .iter()
+        .map(|(field, description)| format!("{field}: {description}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let details = ErrorDetails::with_bad_request(
+        violations
+            .into_iter()
+            .map(|(field, description)| FieldViolation::new(field, description))
+            .collect::<Vec<_>>(),
+    );
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
 
 /// Maps an engine error to a status. Every variant is decided here (no `_` arm);
 /// internal errors are logged with their whole chain and answered briefly.
 pub fn from_engine(error: Error) -> Status {
     match &error {
-        Error::InvalidDatabaseUrl { .. } => Status::invalid_argument(error.to_string()),
+        Error::InvalidDatabaseUrl { .. } => {
+            bad_request(vec![("database_url".into(), error.to_string())])
+        }
+        Error::InvalidConfig(errors) => bad_request(
+            errors
+                .0
+                .iter()
+                .map(|v| (format!("config.{}", v.field), v.description.clone()))
+                .collect(),
+        ),
+        Error::InvalidPoolName { .. } => bad_request(vec![("name".into(), error.to_string())]),
+        Error::PoolNotFound(_) => Status::not_found(error.to_string()),
+        Error::PoolAlreadyExists(_) => Status::already_exists(error.to_string()),
         Error::ControlDatabase { .. } | Error::ControlDatabaseTimeout => {
             tracing::warn!(error = %error_chain(&error), "control database unavailable");
             Status::unavailable("control database unavailable")
@@ -18,7 +48,6 @@ pub fn from_engine(error: Error) -> Status {
             tracing::error!(error = %error_chain(&error), "internal error");
             Status::internal("internal error; see the server log")
         }
-        Error::InvalidConfig(_) => Status::invalid_argument(error.to_string()),
         Error::AcquireTimeout { .. } => Status::resource_exhausted(error.to_string()),
         Error::PoolClosed => Status::failed_precondition(error.to_string()),
         Error::Connect { .. } => Status::unavailable(error.to_string()),

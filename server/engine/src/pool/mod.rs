@@ -549,6 +549,56 @@ impl AdvancedConnectionPool {
         self.shared.events.subscribe()
     }
 
+    /// Whether the pool's database passes its health checks.
+    pub fn is_healthy(&self) -> bool {
+        self.shared.health.lock().expect("health lock").is_healthy
+    }
+
+    /// Whether `config` can be applied to this pool live; if not (the ceiling, the
+    /// acquire timeout, idle timeout or max lifetime change: bb8 fixes them at
+    /// build), the pool must be rebuilt.
+    pub fn can_apply_live(&self, config: &AdvancedPoolConfig) -> bool {
+        let current = self.shared.settings();
+        current.max_connections == config.max_connections
+            && current.acquire_timeout_secs == config.acquire_timeout_secs
+            && current.idle_timeout_secs == config.idle_timeout_secs
+            && current.max_lifetime_secs == config.max_lifetime_secs
+    }
+
+    /// Applies `config` live: sizes, thresholds, intervals, cache capacity, health
+    /// and lifecycle settings take effect at once (cache capacity at each
+    /// connection's next checkout, warmup queries on new connections). Fails if it
+    /// is invalid or [`can_apply_live`](Self::can_apply_live) says no.
+    pub fn apply_config(&self, config: AdvancedPoolConfig) -> Result<(), Error> {
+        config.validate()?;
+        if !self.can_apply_live(&config) {
+            return Err(Error::InvalidConfig(crate::ConfigErrors(vec![
+                crate::FieldViolation {
+                    field: "max_connections",
+                    description: "max_connections, acquire_timeout_secs, idle_timeout_secs and                                   max_lifetime_secs need a rebuilt pool"
+                        .into(),
+                },
+            ])));
+        }
+        self.shared.apply_hot_settings(&config);
+        *self.shared.settings.write().expect("settings lock") = Arc::new(config);
+        // The maintenance task brings the size into the new [min, max] at its next
+        // tick; with dynamic sizing switched off it moves it to max.
+        Ok(())
+    }
+
+    /// Closes gracefully: new checkouts fail at once, checked-out connections may
+    /// finish for up to `grace`, then everything is closed.
+    pub async fn close_gracefully(&self, grace: Duration) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.gate.close();
+        let deadline = Instant::now() + grace;
+        while self.shared.checked_out.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.close().await;
+    }
+
     /// Stops the pool's tasks and closes every connection: idle ones now, checked
     /// out ones when they come back. `get()` then fails with [`Error::PoolClosed`].
     pub async fn close(&self) {
@@ -630,7 +680,11 @@ async fn maintain(
         window_sum += f64::from(busy) / f64::from(size);
         window_samples += 1;
 
-        if window_start.elapsed() >= settings.min_scale_interval()
+        // A size outside [min, max] (after a config change) is corrected at once.
+        let out_of_range =
+            size < settings.min_connections.max(1) || size > settings.max_connections;
+        if out_of_range
+            || window_start.elapsed() >= settings.min_scale_interval()
             || !settings.enable_dynamic_sizing
         {
             let utilization = window_sum / f64::from(window_samples.max(1));

@@ -90,16 +90,71 @@ impl ControlStore {
                 context: "listing pool definitions",
                 source,
             })?;
-        Ok(rows
-            .iter()
-            .map(|row| PoolDefinition {
-                name: row.get(0),
-                database_url: row.get(1),
-                config: row.get(2),
-                created_at: row.get(3),
-                updated_at: row.get(4),
-            })
-            .collect())
+        Ok(rows.iter().map(definition).collect())
+    }
+
+    /// Stores a new definition; fails with [`Error::PoolAlreadyExists`] if the name
+    /// is taken. Returns the stored row (with its timestamps).
+    pub async fn insert_pool_definition(
+        &self,
+        name: &str,
+        database_url: &str,
+        config: &serde_json::Value,
+    ) -> Result<PoolDefinition, Error> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_one(
+                "INSERT INTO pool_definitions (name, database_url, config) VALUES ($1, $2, $3) \
+                 RETURNING name, database_url, config, created_at, updated_at",
+                &[&name, &database_url, config],
+            )
+            .await
+            .map_err(|source| {
+                if source.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                    Error::PoolAlreadyExists(name.to_owned())
+                } else {
+                    Error::ControlQuery {
+                        context: "storing a pool definition",
+                        source,
+                    }
+                }
+            })?;
+        Ok(definition(&row))
+    }
+
+    /// Replaces a stored definition's config; returns the row.
+    pub async fn update_pool_config(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+    ) -> Result<PoolDefinition, Error> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_opt(
+                "UPDATE pool_definitions SET config = $2, updated_at = now() WHERE name = $1 \
+                 RETURNING name, database_url, config, created_at, updated_at",
+                &[&name, config],
+            )
+            .await
+            .map_err(|source| Error::ControlQuery {
+                context: "updating a pool definition",
+                source,
+            })?
+            .ok_or_else(|| Error::PoolNotFound(name.to_owned()))?;
+        Ok(definition(&row))
+    }
+
+    /// Removes a stored definition; false if there was none.
+    pub async fn delete_pool_definition(&self, name: &str) -> Result<bool, Error> {
+        let conn = self.conn().await?;
+        let deleted = conn
+            .execute("DELETE FROM pool_definitions WHERE name = $1", &[&name])
+            .await
+            .map_err(|source| Error::ControlQuery {
+                context: "deleting a pool definition",
+                source,
+            })?;
+        Ok(deleted == 1)
     }
 
     async fn conn(
@@ -112,5 +167,15 @@ impl ControlStore {
             },
             bb8::RunError::TimedOut => Error::ControlDatabaseTimeout,
         })
+    }
+}
+
+fn definition(row: &tokio_postgres::Row) -> PoolDefinition {
+    PoolDefinition {
+        name: row.get(0),
+        database_url: row.get(1),
+        config: row.get(2),
+        created_at: row.get(3),
+        updated_at: row.get(4),
     }
 }

@@ -1,0 +1,411 @@
+//! `ConnectionPoolService`: the named pools of a server, kept in step with their
+//! stored definitions, and one broadcast of every pool's events.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Mutex, broadcast};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::events::{self, PoolEvent, PoolEventKind};
+use crate::{AdvancedConnectionPool, AdvancedPoolConfig, ControlStore, Error, conninfo};
+
+/// What the registry knows of one pool.
+#[derive(Debug, Clone)]
+pub struct PoolInfo {
+    /// The pool's name.
+    pub name: String,
+    /// Its database, password redacted.
+    pub database_url: String,
+    /// Its effective config.
+    pub config: AdvancedPoolConfig,
+    /// When it was created.
+    pub created_at: SystemTime,
+    /// When its definition last changed.
+    pub updated_at: SystemTime,
+    /// Whether its database passes health checks.
+    pub is_healthy: bool,
+}
+
+struct Entry {
+    pool: Arc<AdvancedConnectionPool>,
+    database_url: String,
+    created_at: SystemTime,
+    updated_at: SystemTime,
+    /// Stops the task forwarding this pool's events.
+    forwarder: CancellationToken,
+}
+
+/// The registry of named pools (the seed's `ConnectionPoolService`). Every change
+/// goes to the control database and the registry together: a change the database
+/// refuses leaves the registry as it was.
+pub struct ConnectionPoolService {
+    store: ControlStore,
+    pools: RwLock<BTreeMap<String, Entry>>,
+    /// Serializes create / update / delete.
+    changes: Mutex<()>,
+    events: broadcast::Sender<PoolEvent>,
+    token: CancellationToken,
+    tasks: TaskTracker,
+    close_grace: Duration,
+}
+
+impl std::fmt::Debug for ConnectionPoolService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionPoolService")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a pool name against `[a-z0-9][a-z0-9_-]{0,62}`.
+pub fn validate_pool_name(name: &str) -> Result<(), Error> {
+    let invalid = |reason| Error::InvalidPoolName {
+        name: name.chars().take(80).collect(),
+        reason,
+    };
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Err(invalid("must not be empty")),
+        Some(c) if !(c.is_ascii_lowercase() || c.is_ascii_digit()) => {
+            return Err(invalid("must start with a lowercase letter or a digit"));
+        }
+        Some(_) => {}
+    }
+    if name.len() > 63 {
+        return Err(invalid("must be at most 63 characters"));
+    }
+    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') {
+        return Err(invalid(
+            "may hold only lowercase letters, digits, '_' and '-'",
+        ));
+    }
+    Ok(())
+}
+
+impl ConnectionPoolService {
+    /// A registry over the control database. `close_grace`: how long a deleted or
+    /// replaced pool's checked-out connections may finish.
+    pub fn new(store: ControlStore, close_grace: Duration) -> Self {
+        Self {
+            store,
+            pools: RwLock::new(BTreeMap::new()),
+            changes: Mutex::new(()),
+            events: events::channel(),
+            token: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            close_grace,
+        }
+    }
+
+    /// Recreates every stored pool. A pool whose database is down starts unhealthy
+    /// and keeps retrying; one whose stored definition no longer parses is skipped
+    /// and logged. Returns how many pools were restored.
+    pub async fn restore(&self) -> Result<usize, Error> {
+        let _change = self.changes.lock().await;
+        let mut restored = 0;
+        for definition in self.store.list_pool_definitions().await? {
+            let config: AdvancedPoolConfig = match serde_json::from_value(definition.config.clone())
+            {
+                Ok(config) => config,
+                Err(error) => {
+                    tracing::error!(pool = %definition.name, %error, "stored config does not parse; pool skipped");
+                    continue;
+                }
+            };
+            match AdvancedConnectionPool::named_unchecked(
+                &definition.name,
+                &definition.database_url,
+                config,
+            )
+            .await
+            {
+                Ok(pool) => {
+                    if !pool.is_healthy() {
+                        tracing::warn!(pool = %definition.name, "restored pool's database is unreachable; retrying");
+                    }
+                    self.insert(
+                        &definition.name,
+                        Entry {
+                            pool: Arc::new(pool),
+                            database_url: definition.database_url,
+                            created_at: definition.created_at,
+                            updated_at: definition.updated_at,
+                            forwarder: self.token.child_token(),
+                        },
+                    );
+                    restored += 1;
+                }
+                Err(error) => {
+                    tracing::error!(pool = %definition.name, %error, "stored pool cannot be restored; skipped");
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Creates a pool (the seed's `create_pool`): validates, connects (at least one
+    /// connection must open), stores the definition, then registers it.
+    pub async fn create_pool(
+        &self,
+        name: String,
+        database_url: &str,
+        config: AdvancedPoolConfig,
+    ) -> Result<Arc<AdvancedConnectionPool>, Error> {
+        validate_pool_name(&name)?;
+        config.validate()?;
+        let _change = self.changes.lock().await;
+        if self.pools.read().expect("pools lock").contains_key(&name) {
+            return Err(Error::PoolAlreadyExists(name));
+        }
+        let pool =
+            Arc::new(AdvancedConnectionPool::named(&name, database_url, config.clone()).await?);
+        let stored = match self
+            .store
+            .insert_pool_definition(&name, database_url, &config_json(&config))
+            .await
+        {
+            Ok(stored) => stored,
+            Err(error) => {
+                pool.close().await;
+                return Err(error);
+            }
+        };
+        self.insert(
+            &name,
+            Entry {
+                pool: Arc::clone(&pool),
+                database_url: database_url.to_owned(),
+                created_at: stored.created_at,
+                updated_at: stored.updated_at,
+                forwarder: self.token.child_token(),
+            },
+        );
+        tracing::info!(pool = %name, database = %conninfo::redact(database_url), "pool created");
+        Ok(pool)
+    }
+
+    fn insert(&self, name: &str, entry: Entry) {
+        self.spawn_forwarder(&entry.pool, entry.forwarder.clone());
+        self.pools
+            .write()
+            .expect("pools lock")
+            .insert(name.to_owned(), entry);
+        let _ = self
+            .events
+            .send(events::event(name, PoolEventKind::PoolCreated));
+    }
+
+    /// Forwards a pool's events to the registry's broadcast until `stop`.
+    fn spawn_forwarder(&self, pool: &AdvancedConnectionPool, stop: CancellationToken) {
+        let mut from = pool.subscribe();
+        let to = self.events.clone();
+        self.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    received = from.recv() => match received {
+                        Ok(event) => { let _ = to.send(event); }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                }
+            }
+        });
+    }
+
+    /// The pool named `name` (the seed's `get_pool`).
+    pub async fn get_pool(&self, name: &str) -> Option<Arc<AdvancedConnectionPool>> {
+        self.pool(name).ok()
+    }
+
+    /// The pool named `name`, or [`Error::PoolNotFound`].
+    pub fn pool(&self, name: &str) -> Result<Arc<AdvancedConnectionPool>, Error> {
+        self.pools
+            .read()
+            .expect("pools lock")
+            .get(name)
+            .map(|entry| Arc::clone(&entry.pool))
+            .ok_or_else(|| Error::PoolNotFound(name.to_owned()))
+    }
+
+    /// What the registry knows of `name`.
+    pub fn pool_info(&self, name: &str) -> Result<PoolInfo, Error> {
+        let pools = self.pools.read().expect("pools lock");
+        let entry = pools
+            .get(name)
+            .ok_or_else(|| Error::PoolNotFound(name.to_owned()))?;
+        Ok(info(name, entry))
+    }
+
+    /// Every pool, ordered by name.
+    pub fn list_pools(&self) -> Vec<PoolInfo> {
+        self.pools
+            .read()
+            .expect("pools lock")
+            .iter()
+            .map(|(name, entry)| info(name, entry))
+            .collect()
+    }
+
+    /// The names of every pool, ordered.
+    pub fn pool_names(&self) -> Vec<String> {
+        self.pools
+            .read()
+            .expect("pools lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Replaces a pool's config: live when the pool allows it, else by building a
+    /// new pool, swapping it in and closing the old one gracefully. The stored
+    /// definition changes with it. Invalid: nothing changes.
+    pub async fn update_pool_config(
+        &self,
+        name: &str,
+        config: AdvancedPoolConfig,
+    ) -> Result<PoolInfo, Error> {
+        config.validate()?;
+        let _change = self.changes.lock().await;
+        let (pool, database_url) = {
+            let pools = self.pools.read().expect("pools lock");
+            let entry = pools
+                .get(name)
+                .ok_or_else(|| Error::PoolNotFound(name.to_owned()))?;
+            (Arc::clone(&entry.pool), entry.database_url.clone())
+        };
+        let rebuilt = !pool.can_apply_live(&config);
+        let replacement = if rebuilt {
+            Some(Arc::new(
+                AdvancedConnectionPool::named(name, &database_url, config.clone()).await?,
+            ))
+        } else {
+            None
+        };
+        let stored = match self
+            .store
+            .update_pool_config(name, &config_json(&config))
+            .await
+        {
+            Ok(stored) => stored,
+            Err(error) => {
+                if let Some(new) = replacement {
+                    new.close().await;
+                }
+                return Err(error);
+            }
+        };
+        match replacement {
+            None => pool.apply_config(config)?,
+            Some(new) => {
+                let forwarder = self.token.child_token();
+                self.spawn_forwarder(&new, forwarder.clone());
+                let old = {
+                    let mut pools = self.pools.write().expect("pools lock");
+                    let entry = pools.get_mut(name).expect("held under the change lock");
+                    entry.forwarder.cancel();
+                    entry.forwarder = forwarder;
+                    std::mem::replace(&mut entry.pool, new)
+                };
+                let grace = self.close_grace;
+                self.tasks
+                    .spawn(async move { old.close_gracefully(grace).await });
+            }
+        }
+        {
+            let mut pools = self.pools.write().expect("pools lock");
+            if let Some(entry) = pools.get_mut(name) {
+                entry.updated_at = stored.updated_at;
+            }
+        }
+        let _ = self
+            .events
+            .send(events::event(name, PoolEventKind::PoolUpdated { rebuilt }));
+        tracing::info!(pool = %name, rebuilt, "pool config updated");
+        self.pool_info(name)
+    }
+
+    /// Deletes a pool: removes its definition, stops new checkouts, lets checked-out
+    /// connections finish within the grace period and closes everything.
+    pub async fn delete_pool(&self, name: &str) -> Result<(), Error> {
+        let _change = self.changes.lock().await;
+        if !self.pools.read().expect("pools lock").contains_key(name) {
+            return Err(Error::PoolNotFound(name.to_owned()));
+        }
+        self.store.delete_pool_definition(name).await?;
+        let entry = self
+            .pools
+            .write()
+            .expect("pools lock")
+            .remove(name)
+            .expect("held under the change lock");
+        entry.forwarder.cancel();
+        let _ = self
+            .events
+            .send(events::event(name, PoolEventKind::PoolDeleted));
+        entry.pool.close_gracefully(self.close_grace).await;
+        tracing::info!(pool = %name, "pool deleted");
+        Ok(())
+    }
+
+    /// Every pool's events (and pools being created, updated, deleted). A
+    /// subscriber that falls behind gets `RecvError::Lagged(missed)`.
+    pub fn subscribe(&self) -> broadcast::Receiver<PoolEvent> {
+        self.events.subscribe()
+    }
+
+    /// Closes every pool and stops the registry's tasks.
+    pub async fn shutdown(&self) {
+        let entries: Vec<Entry> = std::mem::take(&mut *self.pools.write().expect("pools lock"))
+            .into_values()
+            .collect();
+        self.token.cancel();
+        for entry in &entries {
+            entry.pool.close_gracefully(self.close_grace).await;
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+fn info(name: &str, entry: &Entry) -> PoolInfo {
+    PoolInfo {
+        name: name.to_owned(),
+        database_url: conninfo::redact(&entry.database_url),
+        config: entry.pool.config(),
+        created_at: entry.created_at,
+        updated_at: entry.updated_at,
+        is_healthy: entry.pool.is_healthy(),
+    }
+}
+
+fn config_json(config: &AdvancedPoolConfig) -> serde_json::Value {
+    serde_json::to_value(config).expect("AdvancedPoolConfig serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_pool_name;
+
+    #[test]
+    fn pool_names_at_their_boundaries() {
+        for ok in ["a", "0", "primary", "cache_2", "a-b", &"a".repeat(63)] {
+            assert!(validate_pool_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "_a",
+            "-a",
+            "A",
+            "prim ary",
+            "pool/x",
+            "é",
+            &"a".repeat(64),
+        ] {
+            assert!(validate_pool_name(bad).is_err(), "{bad}");
+        }
+    }
+}
