@@ -14,7 +14,11 @@ pub enum LogFormat {
 
 /// Installs the global tracing subscriber (RUST_LOG, default `info`).
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        // tokio-postgres logs queries and their parameters at debug level, and the
+        // control database stores pool URLs with their passwords: never below info.
+        .add_directive("tokio_postgres=info".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

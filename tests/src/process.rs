@@ -83,11 +83,16 @@ impl ServerProcess {
     /// Starts the binary with `--listen 127.0.0.1:0 --log-format json` and `args`,
     /// and waits (up to 60 s) for its start-up line.
     pub async fn start(args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_log(args, "info").await
+    }
+
+    /// [`start`](Self::start) with RUST_LOG set to `log_filter`.
+    pub async fn start_with_log(args: &[&str], log_filter: &str) -> anyhow::Result<Self> {
         let mut child = Command::new(Self::binary()?)
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(["--log-format", "json"])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

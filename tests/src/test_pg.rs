@@ -73,10 +73,14 @@ impl TestPg {
                     Ok(url) => Ok(Cluster::External(
                         url.parse().context("parsing POOLPLANE_TEST_DATABASE_URL")?,
                     )),
+                    // Room for every test of a binary running its pools at once.
                     Err(_) => Ok(Cluster::Embedded(
-                        EmbeddedPg::start_temporary()
-                            .await
-                            .context("starting the embedded PostgreSQL")?,
+                        EmbeddedPg::start(poolplane::EmbeddedPgOptions {
+                            data_dir: None,
+                            settings: vec![("max_connections".into(), "400".into())],
+                        })
+                        .await
+                        .context("starting the embedded PostgreSQL")?,
                     )),
                 }
             })
