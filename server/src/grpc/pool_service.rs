@@ -62,6 +62,18 @@ impl PoolService {
         Arc::clone(&self.watchers)
     }
 
+    /// The pool named in a request's `pool_name`.
+    fn pool(&self, pool_name: &str) -> Result<Arc<poolplane::AdvancedConnectionPool>, Status> {
+        required(pool_name, "pool_name")?;
+        self.registry.pool(pool_name).map_err(status::from_engine)
+    }
+
+    /// The `Pool` message of a pool.
+    fn pool_message(&self, name: &str) -> Result<Option<pb::Pool>, Status> {
+        let info = self.registry.pool_info(name).map_err(status::from_engine)?;
+        Ok(Some(convert::pool_to_proto(&info)))
+    }
+
     /// The explicitly named pools, each of which must exist.
     fn selection(&self, names: &[String]) -> Result<BTreeSet<String>, Status> {
         for name in names {
@@ -122,12 +134,8 @@ impl pool_service_server::PoolService for PoolService {
             .create_pool(request.name.clone(), &request.database_url, config)
             .await
             .map_err(status::from_engine)?;
-        let info = self
-            .registry
-            .pool_info(&request.name)
-            .map_err(status::from_engine)?;
         Ok(Response::new(pb::CreatePoolResponse {
-            pool: Some(convert::pool_to_proto(&info)),
+            pool: self.pool_message(&request.name)?,
         }))
     }
 
@@ -137,12 +145,8 @@ impl pool_service_server::PoolService for PoolService {
     ) -> Result<Response<pb::GetPoolResponse>, Status> {
         let name = request.into_inner().name;
         required(&name, "name")?;
-        let info = self
-            .registry
-            .pool_info(&name)
-            .map_err(status::from_engine)?;
         Ok(Response::new(pb::GetPoolResponse {
-            pool: Some(convert::pool_to_proto(&info)),
+            pool: self.pool_message(&name)?,
         }))
     }
 
@@ -201,8 +205,7 @@ impl pool_service_server::PoolService for PoolService {
         request: Request<pb::GetPoolStatsRequest>,
     ) -> Result<Response<pb::GetPoolStatsResponse>, Status> {
         let name = request.into_inner().pool_name;
-        required(&name, "pool_name")?;
-        let pool = self.registry.pool(&name).map_err(status::from_engine)?;
+        let pool = self.pool(&name)?;
         Ok(Response::new(pb::GetPoolStatsResponse {
             stats: Some(convert::stats_to_proto(&name, &pool.get_pool_stats().await)),
         }))
@@ -213,8 +216,7 @@ impl pool_service_server::PoolService for PoolService {
         request: Request<pb::GetHealthStatusRequest>,
     ) -> Result<Response<pb::GetHealthStatusResponse>, Status> {
         let name = request.into_inner().pool_name;
-        required(&name, "pool_name")?;
-        let pool = self.registry.pool(&name).map_err(status::from_engine)?;
+        let pool = self.pool(&name)?;
         Ok(Response::new(pb::GetHealthStatusResponse {
             health: Some(convert::health_to_proto(
                 &name,
@@ -228,8 +230,7 @@ impl pool_service_server::PoolService for PoolService {
         request: Request<pb::GetStatementCacheStatsRequest>,
     ) -> Result<Response<pb::GetStatementCacheStatsResponse>, Status> {
         let name = request.into_inner().pool_name;
-        required(&name, "pool_name")?;
-        let pool = self.registry.pool(&name).map_err(status::from_engine)?;
+        let pool = self.pool(&name)?;
         Ok(Response::new(pb::GetStatementCacheStatsResponse {
             stats: Some(convert::cache_stats_to_proto(
                 &name,
