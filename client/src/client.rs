@@ -2,10 +2,11 @@
 
 use poolplane_proto::v1::pool_service_client::PoolServiceClient;
 use poolplane_proto::v1::{
-    CreatePoolRequest, DeletePoolRequest, GetHealthStatusRequest, GetPoolRequest,
-    GetPoolStatsRequest, GetStatementCacheStatsRequest, HealthStatus, ListPoolsRequest, Pool,
-    PoolConfig, PoolEvent, PoolStats, StatementCacheStats, UpdatePoolConfigRequest,
-    WatchHealthEventsRequest, WatchPoolStatsRequest,
+    CreatePoolRequest, DeletePoolRequest, GetHealthStatusRequest, GetMetricsHistoryRequest,
+    GetPerformanceSummaryRequest, GetPoolRequest, GetPoolStatsRequest,
+    GetStatementCacheStatsRequest, HealthStatus, ListPoolsRequest, ListScalingEventsRequest,
+    MetricsPoint, PerformanceSummary, Pool, PoolConfig, PoolEvent, PoolStats, ScalingEventRecord,
+    StatementCacheStats, UpdatePoolConfigRequest, WatchHealthEventsRequest, WatchPoolStatsRequest,
 };
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
@@ -203,5 +204,57 @@ impl PoolplaneClient {
             inner: response.into_inner(),
             unwrap: |m| m.event,
         })
+    }
+
+    /// A pool's performance now and over its last hour, with its recent scaling
+    /// events (the seed's get_pool_performance_summary).
+    pub async fn get_performance_summary(
+        &self,
+        pool_name: &str,
+    ) -> Result<PerformanceSummary, Error> {
+        let response = self
+            .pool_service()
+            .get_performance_summary(GetPerformanceSummaryRequest {
+                pool_name: pool_name.to_owned(),
+            })
+            .await?;
+        present(response.into_inner().summary, "summary")
+    }
+
+    /// A pool's recorded metrics between `from` and `to` (defaults: the last hour),
+    /// in at most `max_points` points (0: the server's default of 100).
+    pub async fn get_metrics_history(
+        &self,
+        pool_name: &str,
+        from: Option<std::time::SystemTime>,
+        to: Option<std::time::SystemTime>,
+        max_points: u32,
+    ) -> Result<Vec<MetricsPoint>, Error> {
+        let response = self
+            .pool_service()
+            .get_metrics_history(GetMetricsHistoryRequest {
+                pool_name: pool_name.to_owned(),
+                from: from.map(Into::into),
+                to: to.map(Into::into),
+                max_points,
+            })
+            .await?;
+        Ok(response.into_inner().points)
+    }
+
+    /// A pool's recorded scaling decisions, newest first (`limit` 0: 20).
+    pub async fn list_scaling_events(
+        &self,
+        pool_name: &str,
+        limit: u32,
+    ) -> Result<Vec<ScalingEventRecord>, Error> {
+        let response = self
+            .pool_service()
+            .list_scaling_events(ListScalingEventsRequest {
+                pool_name: pool_name.to_owned(),
+                limit,
+            })
+            .await?;
+        Ok(response.into_inner().events)
     }
 }

@@ -3,13 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use poolplane::{
-    ConnectionPoolService, ControlStore, EmbeddedPg, EmbeddedPgOptions, PoolEventKind, conninfo,
+    ConnectionPoolService, ControlStore, EmbeddedPg, EmbeddedPgOptions, MetricsRecorder,
+    PoolEventKind, RecorderOptions, RecorderStatus, conninfo,
 };
 use poolplane_proto::v1::pool_service_server::PoolServiceServer;
 use tokio::net::TcpListener;
@@ -32,6 +32,12 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The Prometheus endpoint's address (served by the telemetry layer).
     pub metrics_listen: SocketAddr,
+    /// How often every pool's stats are recorded in the history.
+    pub metrics_interval: Duration,
+    /// How long the history is kept.
+    pub metrics_retention: Duration,
+    /// History rows kept in memory while the control database is unavailable.
+    pub metrics_buffer_rows: usize,
     /// How long in-flight calls may run on after a shutdown request; also how long
     /// a deleted pool's checked-out connections may finish.
     pub shutdown_grace: Duration,
@@ -70,6 +76,8 @@ pub struct Server {
     control_database: String,
     token: CancellationToken,
     watchers: Arc<AtomicUsize>,
+    registry: Arc<ConnectionPoolService>,
+    recorder: Arc<RecorderStatus>,
     task: Option<JoinHandle<Result<(), ServerError>>>,
 }
 
@@ -91,8 +99,21 @@ impl Server {
             }
         };
         let store = ControlStore::connect(&database_url).await?;
-        let registry = Arc::new(ConnectionPoolService::new(store, config.shutdown_grace));
+        let registry = Arc::new(ConnectionPoolService::new(
+            store.clone(),
+            config.shutdown_grace,
+        ));
         let restored = registry.restore().await?;
+        let recorder = MetricsRecorder::start(
+            store,
+            Arc::clone(&registry),
+            RecorderOptions {
+                interval: config.metrics_interval,
+                retention: config.metrics_retention,
+                buffer_rows: config.metrics_buffer_rows,
+            },
+        );
+        let recorder_status = Arc::clone(recorder.status());
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -126,7 +147,8 @@ impl Server {
         let watchers = service.watcher_count();
         let task = tokio::spawn(serve(
             listener,
-            registry,
+            Arc::clone(&registry),
+            recorder,
             service,
             embedded,
             token.clone(),
@@ -137,6 +159,8 @@ impl Server {
             control_database,
             token,
             watchers,
+            registry,
+            recorder: recorder_status,
             task: Some(task),
         })
     }
@@ -149,6 +173,16 @@ impl Server {
     /// Watch streams (WatchPoolStats, WatchHealthEvents) whose task is running.
     pub fn active_watchers(&self) -> usize {
         self.watchers.load(Ordering::SeqCst)
+    }
+
+    /// The registry of pools (for in-process use and tests).
+    pub fn registry(&self) -> &Arc<ConnectionPoolService> {
+        &self.registry
+    }
+
+    /// The metrics recorder's counters.
+    pub fn recorder_status(&self) -> &Arc<RecorderStatus> {
+        &self.recorder
     }
 
     /// The control database, password redacted.
@@ -190,6 +224,7 @@ impl Drop for Server {
 async fn serve(
     listener: TcpListener,
     registry: Arc<ConnectionPoolService>,
+    recorder: MetricsRecorder,
     service: PoolService,
     embedded: Option<EmbeddedPg>,
     token: CancellationToken,
@@ -201,6 +236,11 @@ async fn serve(
         .await;
     let bridge = tokio::spawn(pool_health_bridge(
         Arc::clone(&registry),
+        health_reporter.clone(),
+        token.clone(),
+    ));
+    let store_bridge = tokio::spawn(metrics_store_health(
+        recorder.store_up(),
         health_reporter.clone(),
         token.clone(),
     ));
@@ -237,6 +277,9 @@ async fn serve(
     }
     token.cancel();
     let _ = bridge.await;
+    let _ = store_bridge.await;
+    recorder.shutdown().await;
+    tracing::info!("metrics flushed");
     registry.shutdown().await;
     tracing::info!("pools closed");
     if let Some(pg) = embedded {
@@ -303,6 +346,7 @@ async fn pool_health_bridge(
                     }
                     PoolEventKind::PoolDeleted => reporter.clear_service_status(&service).await,
                     PoolEventKind::HealthCheckFailed { .. }
+                    | PoolEventKind::HealthCheckSucceeded { .. }
                     | PoolEventKind::Scaled { .. }
                     | PoolEventKind::ConnectionRecycled { .. } => {}
                 }
@@ -321,5 +365,34 @@ async fn pool_health_bridge(
         reporter
             .set_service_status(format!("pool/{name}"), ServingStatus::NotServing)
             .await;
+    }
+}
+
+/// The health service's name for the metrics store (the control database as the
+/// recorder sees it).
+pub const METRICS_STORE_SERVICE: &str = "poolplane.v1.MetricsStore";
+
+/// Keeps `poolplane.v1.MetricsStore` in grpc.health.v1: SERVING while the recorder
+/// can write the control database, NOT_SERVING during an outage.
+async fn metrics_store_health(
+    mut up: tokio::sync::watch::Receiver<bool>,
+    reporter: tonic_health::server::HealthReporter,
+    token: CancellationToken,
+) {
+    use tonic_health::ServingStatus;
+    loop {
+        let status = if *up.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter
+            .set_service_status(METRICS_STORE_SERVICE, status)
+            .await;
+        tokio::select! {
+            biased;
+            () = token.cancelled() => break,
+            changed = up.changed() => if changed.is_err() { break },
+        }
     }
 }

@@ -40,6 +40,20 @@ struct Flags {
     #[arg(long, env = "POOLPLANE_LOG_FORMAT", value_enum, default_value_t = Format::Text)]
     log_format: Format,
 
+    /// How often every pool's stats are recorded in the control database (with a
+    /// unit: 1s, 10s, 1m).
+    #[arg(long, env = "POOLPLANE_METRICS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    metrics_interval: Duration,
+
+    /// How long the metrics history is kept (with a unit: 12h, 7d).
+    #[arg(long, env = "POOLPLANE_METRICS_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    metrics_retention: Duration,
+
+    /// History rows kept in memory while the control database is unavailable;
+    /// beyond it the oldest are dropped (and counted).
+    #[arg(long, env = "POOLPLANE_METRICS_BUFFER", default_value_t = 100_000)]
+    metrics_buffer: usize,
+
     /// How long in-flight calls may run on after SIGTERM/SIGINT (with a unit: 500ms,
     /// 5s, 1m).
     #[arg(long, env = "POOLPLANE_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
@@ -102,6 +116,9 @@ async fn main() -> anyhow::Result<()> {
         database_url: flags.database_url,
         data_dir,
         metrics_listen: flags.metrics_listen,
+        metrics_interval: flags.metrics_interval,
+        metrics_retention: flags.metrics_retention,
+        metrics_buffer_rows: flags.metrics_buffer,
         shutdown_grace: flags.shutdown_grace,
     })
     .await

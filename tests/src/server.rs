@@ -29,14 +29,27 @@ impl TestServer {
 
     /// Starts a server on an existing control database (e.g. a restart).
     pub async fn spawn_on(control: TestDatabase) -> anyhow::Result<Self> {
-        let server = Server::start(ServerConfig {
+        Self::spawn_with(control, |_| {}).await
+    }
+
+    /// Starts a server on `control` with its config adjusted by `configure`
+    /// (e.g. a short metrics interval, or the control database behind a proxy).
+    pub async fn spawn_with(
+        control: TestDatabase,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> anyhow::Result<Self> {
+        let mut config = ServerConfig {
             listen: (Ipv4Addr::LOCALHOST, 0).into(),
             database_url: Some(control.url().to_owned()),
             data_dir: std::env::temp_dir(),
             metrics_listen: (Ipv4Addr::LOCALHOST, 0).into(),
+            metrics_interval: Duration::from_secs(10),
+            metrics_retention: Duration::from_secs(7 * 86_400),
+            metrics_buffer_rows: 100_000,
             shutdown_grace: Duration::from_secs(5),
-        })
-        .await?;
+        };
+        configure(&mut config);
+        let server = Server::start(config).await?;
         let addr = server.local_addr();
         let client = PoolplaneClient::connect(addr.to_string()).await?;
         Ok(Self {
@@ -45,6 +58,11 @@ impl TestServer {
             client,
             control,
         })
+    }
+
+    /// The running server (its registry, its recorder's counters).
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("running until shutdown")
     }
 
     /// Watch streams whose server task is still running.

@@ -27,6 +27,11 @@ pub struct PoolEvent {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PoolEventKind {
+    /// A health check succeeded (recorded in the history; not shown to watchers).
+    HealthCheckSucceeded {
+        /// How long the check took, in ms.
+        response_time_ms: f64,
+    },
     /// A health check failed (the pool may still be healthy).
     HealthCheckFailed {
         /// Failures in a row, this one included.

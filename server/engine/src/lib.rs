@@ -18,5 +18,7 @@ pub use pool::{
     AdvancedConnectionPool, HealthStatus, PoolStats, PooledConnection, StatementCacheStats,
     Transaction,
 };
-pub use registry::{ConnectionPoolService, PoolInfo};
+pub use registry::{ConnectionPoolService, PerformanceSummary, PoolInfo};
+pub use store::history::{HourSummary, MetricsPoint, ScalingRecord};
+pub use store::recorder::{MetricsRecorder, RecorderOptions, RecorderStatus};
 pub use store::{ControlStore, PoolDefinition};

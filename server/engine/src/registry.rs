@@ -10,7 +10,30 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::events::{self, PoolEvent, PoolEventKind};
-use crate::{AdvancedConnectionPool, AdvancedPoolConfig, ControlStore, Error, conninfo};
+use crate::store::history::{HourSummary, ScalingRecord};
+use crate::{AdvancedConnectionPool, AdvancedPoolConfig, ControlStore, Error, PoolStats, conninfo};
+
+/// Scaling events a performance summary carries.
+const RECENT_SCALING_EVENTS: u32 = 10;
+
+/// A pool's performance now and over its last recorded hour (the seed's
+/// `get_pool_performance_summary`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerformanceSummary {
+    /// The pool.
+    pub pool_name: String,
+    /// The live stats.
+    pub current: PoolStats,
+    /// Current utilization (active / size).
+    pub utilization_rate: f64,
+    /// The last hour from the pool_performance_summary view; `None` before the
+    /// first sample was recorded.
+    pub last_hour: Option<HourSummary>,
+    /// The statement cache's hit rate.
+    pub cache_hit_rate: f64,
+    /// The latest scaling decisions, newest first.
+    pub recent_scaling_events: Vec<ScalingRecord>,
+}
 
 /// What the registry knows of one pool.
 #[derive(Debug, Clone)]
@@ -349,6 +372,33 @@ impl ConnectionPoolService {
         entry.pool.close_gracefully(self.close_grace).await;
         tracing::info!(pool = %name, "pool deleted");
         Ok(())
+    }
+
+    /// The control database.
+    pub fn store(&self) -> &ControlStore {
+        &self.store
+    }
+
+    /// The seed's `get_pool_performance_summary`: live stats, the last hour from
+    /// the history, the cache hit rate and the recent scaling events.
+    pub async fn get_pool_performance_summary(
+        &self,
+        name: &str,
+    ) -> Result<PerformanceSummary, Error> {
+        let pool = self.pool(name)?;
+        let current = pool.get_pool_stats().await;
+        let cache = pool.get_statement_cache_stats().await;
+        Ok(PerformanceSummary {
+            pool_name: name.to_owned(),
+            utilization_rate: current.utilization_rate,
+            current,
+            last_hour: self.store.hour_summary(name).await?,
+            cache_hit_rate: cache.hit_rate,
+            recent_scaling_events: self
+                .store
+                .scaling_events(name, RECENT_SCALING_EVENTS)
+                .await?,
+        })
     }
 
     /// Every pool's events (and pools being created, updated, deleted). A

@@ -4,8 +4,8 @@ use std::time::SystemTime;
 
 use poolplane::pool::ScaleDirection;
 use poolplane::{
-    AdvancedPoolConfig, HealthStatus, PoolEvent, PoolEventKind, PoolInfo, PoolStats,
-    StatementCacheStats,
+    AdvancedPoolConfig, HealthStatus, MetricsPoint, PerformanceSummary, PoolEvent, PoolEventKind,
+    PoolInfo, PoolStats, ScalingRecord, StatementCacheStats,
 };
 use poolplane_proto::v1;
 
@@ -169,10 +169,12 @@ pub fn cache_stats_to_proto(pool_name: &str, s: &StatementCacheStats) -> v1::Sta
     }
 }
 
-/// An engine event as the API shows it.
-pub fn event_to_proto(event: &PoolEvent) -> v1::PoolEvent {
+/// An engine event as the API shows it; `None` for events only the history
+/// records (successful health checks).
+pub fn event_to_proto(event: &PoolEvent) -> Option<v1::PoolEvent> {
     use v1::pool_event::Kind;
     let kind = match &event.kind {
+        PoolEventKind::HealthCheckSucceeded { .. } => return None,
         PoolEventKind::HealthCheckFailed {
             consecutive_failures,
             error,
@@ -215,9 +217,73 @@ pub fn event_to_proto(event: &PoolEvent) -> v1::PoolEvent {
         }
         PoolEventKind::PoolDeleted => Kind::PoolDeleted(v1::PoolDeleted {}),
     };
-    v1::PoolEvent {
+    Some(v1::PoolEvent {
         pool_name: event.pool_name.clone(),
         at: Some(timestamp(event.at)),
         kind: Some(kind),
+    })
+}
+
+fn direction(direction: &str) -> v1::ScaleDirection {
+    match direction {
+        "up" => v1::ScaleDirection::Up,
+        "down" => v1::ScaleDirection::Down,
+        _ => v1::ScaleDirection::Unspecified,
     }
+}
+
+/// A recorded scaling decision.
+pub fn scaling_record_to_proto(r: &ScalingRecord) -> v1::ScalingEventRecord {
+    v1::ScalingEventRecord {
+        pool_name: r.pool_name.clone(),
+        at: Some(timestamp(r.at)),
+        direction: direction(&r.direction) as i32,
+        from: u32::try_from(r.from).unwrap_or(0),
+        to: u32::try_from(r.to).unwrap_or(0),
+        utilization: r.utilization,
+        reason: r.reason.clone(),
+    }
+}
+
+/// A performance summary.
+pub fn summary_to_proto(s: &PerformanceSummary) -> v1::PerformanceSummary {
+    let hour = s.last_hour.as_ref();
+    v1::PerformanceSummary {
+        pool_name: s.pool_name.clone(),
+        current: Some(stats_to_proto(&s.pool_name, &s.current)),
+        utilization_rate: s.utilization_rate,
+        avg_utilization_1h: hour.map_or(0.0, |h| h.avg_utilization),
+        max_utilization_1h: hour.map_or(0.0, |h| h.max_utilization),
+        avg_acquire_time_ms_1h: hour.map_or(0.0, |h| h.avg_acquire_time_ms),
+        acquire_timeouts_1h: hour.map_or(0, |h| h.acquire_timeouts),
+        connection_errors_1h: hour.map_or(0, |h| h.connection_errors),
+        samples_1h: hour.map_or(0, |h| h.samples),
+        cache_hit_rate: s.cache_hit_rate,
+        recent_scaling_events: s
+            .recent_scaling_events
+            .iter()
+            .map(scaling_record_to_proto)
+            .collect(),
+    }
+}
+
+/// One point of a metrics series.
+pub fn point_to_proto(p: &MetricsPoint) -> v1::MetricsPoint {
+    v1::MetricsPoint {
+        at: Some(timestamp(p.at)),
+        samples: p.samples,
+        avg_utilization: p.avg_utilization,
+        max_utilization: p.max_utilization,
+        avg_acquire_time_ms: p.avg_acquire_time_ms,
+        max_p95_acquire_time_ms: p.max_p95_acquire_time_ms,
+        avg_connections: p.avg_connections,
+        max_waiting_requests: p.max_waiting_requests,
+        queries: p.queries,
+    }
+}
+
+/// A system time from a `google.protobuf.Timestamp` (a violation of `field` if it
+/// is out of range).
+pub fn system_time(ts: &prost_types::Timestamp, field: &str) -> Result<SystemTime, Violation> {
+    SystemTime::try_from(*ts).map_err(|e| (field.to_owned(), format!("invalid timestamp: {e}")))
 }

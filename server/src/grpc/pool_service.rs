@@ -19,6 +19,11 @@ use super::{convert, status};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Metrics history points one call may ask for.
+const MAX_POINTS: u32 = 10_000;
+/// Scaling events one call may ask for.
+const MAX_SCALING_EVENTS: u32 = 1_000;
+
 /// Snapshots or events a watcher may have queued before it skips (stats) or waits
 /// (events; the broadcast then reports what it missed).
 const WATCH_BUFFER: usize = 16;
@@ -355,7 +360,10 @@ impl pool_service_server::PoolService for PoolService {
                             }
                             _ => {}
                         }
-                        convert::event_to_proto(&event)
+                        match convert::event_to_proto(&event) {
+                            Some(event) => event,
+                            None => continue,
+                        }
                     }
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(missed)) => pb::PoolEvent {
@@ -380,5 +388,98 @@ impl pool_service_server::PoolService for PoolService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_performance_summary(
+        &self,
+        request: Request<pb::GetPerformanceSummaryRequest>,
+    ) -> Result<Response<pb::GetPerformanceSummaryResponse>, Status> {
+        let name = request.into_inner().pool_name;
+        required(&name, "pool_name")?;
+        let summary = self
+            .registry
+            .get_pool_performance_summary(&name)
+            .await
+            .map_err(status::from_engine)?;
+        Ok(Response::new(pb::GetPerformanceSummaryResponse {
+            summary: Some(convert::summary_to_proto(&summary)),
+        }))
+    }
+
+    async fn get_metrics_history(
+        &self,
+        request: Request<pb::GetMetricsHistoryRequest>,
+    ) -> Result<Response<pb::GetMetricsHistoryResponse>, Status> {
+        let request = request.into_inner();
+        required(&request.pool_name, "pool_name")?;
+        let mut violations = Vec::new();
+        let to = match &request.to {
+            Some(ts) => convert::system_time(ts, "to")
+                .map_err(|v| violations.push(v))
+                .ok(),
+            None => Some(std::time::SystemTime::now()),
+        };
+        let from = match (&request.from, to) {
+            (Some(ts), _) => convert::system_time(ts, "from")
+                .map_err(|v| violations.push(v))
+                .ok(),
+            (None, Some(to)) => to.checked_sub(Duration::from_secs(3600)),
+            (None, None) => None,
+        };
+        if let (Some(from), Some(to)) = (from, to)
+            && from >= to
+        {
+            violations.push(("from".into(), "must be before `to`".into()));
+        }
+        let max_points = match request.max_points {
+            0 => 100,
+            n if n > MAX_POINTS => {
+                violations.push(("max_points".into(), format!("must be at most {MAX_POINTS}")));
+                n
+            }
+            n => n,
+        };
+        let (Some(from), Some(to), true) = (from, to, violations.is_empty()) else {
+            return Err(status::bad_request(violations));
+        };
+        let points = self
+            .registry
+            .store()
+            .metrics_history(&request.pool_name, from, to, max_points)
+            .await
+            .map_err(status::from_engine)?;
+        Ok(Response::new(pb::GetMetricsHistoryResponse {
+            points: points.iter().map(convert::point_to_proto).collect(),
+        }))
+    }
+
+    async fn list_scaling_events(
+        &self,
+        request: Request<pb::ListScalingEventsRequest>,
+    ) -> Result<Response<pb::ListScalingEventsResponse>, Status> {
+        let request = request.into_inner();
+        required(&request.pool_name, "pool_name")?;
+        let limit = match request.limit {
+            0 => 20,
+            n if n > MAX_SCALING_EVENTS => {
+                return Err(status::bad_request(vec![(
+                    "limit".into(),
+                    format!("must be at most {MAX_SCALING_EVENTS}"),
+                )]));
+            }
+            n => n,
+        };
+        let events = self
+            .registry
+            .store()
+            .scaling_events(&request.pool_name, limit)
+            .await
+            .map_err(status::from_engine)?;
+        Ok(Response::new(pb::ListScalingEventsResponse {
+            events: events
+                .iter()
+                .map(convert::scaling_record_to_proto)
+                .collect(),
+        }))
     }
 }

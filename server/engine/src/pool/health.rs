@@ -166,6 +166,11 @@ pub(crate) async fn monitor(
                     .events
                     .send(PoolEventKind::Recovered { response_time_ms });
             }
+            (None, None) => {
+                shared
+                    .events
+                    .send(PoolEventKind::HealthCheckSucceeded { response_time_ms });
+            }
             _ => {}
         }
     }

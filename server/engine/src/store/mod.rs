@@ -1,4 +1,8 @@
-//! The control database: its migrations and the stored pool definitions.
+//! The control database: its migrations, the stored pool definitions, and (in its
+//! submodules) the metrics history and its recorder.
+
+pub mod history;
+pub mod recorder;
 
 use std::time::{Duration, SystemTime};
 
@@ -157,7 +161,7 @@ impl ControlStore {
         Ok(deleted == 1)
     }
 
-    async fn conn(
+    pub(crate) async fn conn(
         &self,
     ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, Error> {
         self.pool.get().await.map_err(|e| match e {
