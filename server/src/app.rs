@@ -61,6 +61,15 @@ pub enum ServerError {
     /// The reflection service could not be built from the descriptor sets.
     #[error("building the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The Prometheus endpoint's address could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The gRPC transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -73,6 +82,7 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct Server {
     local_addr: SocketAddr,
+    metrics_addr: SocketAddr,
     control_database: String,
     token: CancellationToken,
     watchers: Arc<AtomicUsize>,
@@ -125,10 +135,19 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let metrics_error = |source| ServerError::MetricsBind {
+            addr: config.metrics_listen,
+            source,
+        };
+        let metrics_listener = crate::prometheus::bind(config.metrics_listen)
+            .await
+            .map_err(metrics_error)?;
+        let metrics_addr = metrics_listener.local_addr().map_err(metrics_error)?;
         let control_database = conninfo::redact(&database_url);
         match &embedded {
             Some(pg) => tracing::info!(
                 listen = %local_addr,
+                metrics = %metrics_addr,
                 control_database = %control_database,
                 data_dir = %pg.base_dir().display(),
                 pools = restored,
@@ -136,6 +155,7 @@ impl Server {
             ),
             None => tracing::info!(
                 listen = %local_addr,
+                metrics = %metrics_addr,
                 control_database = %control_database,
                 pools = restored,
                 "poolplane-server started"
@@ -143,12 +163,19 @@ impl Server {
         }
 
         let token = CancellationToken::new();
+        let metrics_task = tokio::spawn(crate::prometheus::serve(
+            metrics_listener,
+            Arc::clone(&registry),
+            Arc::clone(&recorder_status),
+            token.clone(),
+        ));
         let service = PoolService::new(Arc::clone(&registry), token.clone());
         let watchers = service.watcher_count();
         let task = tokio::spawn(serve(
             listener,
             Arc::clone(&registry),
             recorder,
+            metrics_task,
             service,
             embedded,
             token.clone(),
@@ -156,6 +183,7 @@ impl Server {
         ));
         Ok(Self {
             local_addr,
+            metrics_addr,
             control_database,
             token,
             watchers,
@@ -173,6 +201,11 @@ impl Server {
     /// Watch streams (WatchPoolStats, WatchHealthEvents) whose task is running.
     pub fn active_watchers(&self) -> usize {
         self.watchers.load(Ordering::SeqCst)
+    }
+
+    /// The address of the Prometheus endpoint (`GET /metrics`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// The registry of pools (for in-process use and tests).
@@ -225,6 +258,7 @@ async fn serve(
     listener: TcpListener,
     registry: Arc<ConnectionPoolService>,
     recorder: MetricsRecorder,
+    metrics_task: JoinHandle<std::io::Result<()>>,
     service: PoolService,
     embedded: Option<EmbeddedPg>,
     token: CancellationToken,
@@ -278,6 +312,7 @@ async fn serve(
     token.cancel();
     let _ = bridge.await;
     let _ = store_bridge.await;
+    let _ = metrics_task.await;
     recorder.shutdown().await;
     tracing::info!("metrics flushed");
     registry.shutdown().await;

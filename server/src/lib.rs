@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod grpc;
+pub mod prometheus;
 pub mod telemetry;
 
 pub use app::{Server, ServerConfig, ServerError};

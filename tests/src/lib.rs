@@ -4,12 +4,14 @@
 
 mod fault_proxy;
 mod grpcurl;
+mod http;
 mod process;
 mod server;
 mod test_pg;
 
 pub use fault_proxy::FaultProxy;
 pub use grpcurl::{Grpcurl, grpcurl};
+pub use http::{http_get, metric_value};
 pub use process::{ServerProcess, process_alive, wait_until};
 pub use server::TestServer;
 pub use test_pg::{TestDatabase, TestPg, connect, count_backends, test_config};

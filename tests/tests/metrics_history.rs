@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use poolplane_client::proto::PoolConfig;
-use poolplane_tests::{FaultProxy, TestPg, TestServer, wait_until};
+use poolplane_tests::{FaultProxy, TestPg, TestServer, http_get, metric_value, wait_until};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -169,6 +169,17 @@ async fn a_control_database_outage_loses_no_sample_and_fails_no_query() -> anyho
     )
     .await?;
     let outage = Instant::now();
+    let metrics = server.server().metrics_addr();
+    wait_until(
+        Duration::from_secs(5),
+        "the outage shows in /metrics",
+        || async {
+            let text = http_get(metrics, "/metrics").await.unwrap_or_default();
+            metric_value(&text, "poolplane_metrics_store_up") == Some(0.0)
+                && metric_value(&text, "poolplane_metrics_buffered_rows").unwrap_or(0.0) > 0.0
+        },
+    )
+    .await?;
     while outage.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -179,6 +190,17 @@ async fn a_control_database_outage_loses_no_sample_and_fails_no_query() -> anyho
         store_status().await == SERVING && recorder.buffered.load(Ordering::Relaxed) == 0
     })
     .await?;
+    let text = http_get(metrics, "/metrics").await?;
+    assert_eq!(
+        metric_value(&text, "poolplane_metrics_store_up"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "poolplane_metrics_dropped_rows_total"),
+        Some(0.0),
+        "{text}"
+    );
     stop.store(true, Ordering::Relaxed);
     for task in load {
         task.await?;

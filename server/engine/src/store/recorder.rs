@@ -425,3 +425,52 @@ async fn prune(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(n: u32) -> MetricRow {
+        MetricRow::Scaling {
+            pool_name: format!("p{n}"),
+            at: SystemTime::now(),
+            direction: ScaleDirection::Up,
+            from: n,
+            to: n + 1,
+            utilization: 1.0,
+            reason: String::new(),
+        }
+    }
+
+    fn names(rows: &[MetricRow]) -> Vec<String> {
+        rows.iter()
+            .map(|r| match r {
+                MetricRow::Scaling { pool_name, .. } => pool_name.clone(),
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_buffer_keeps_the_newest_rows_within_its_bound_and_counts_the_rest() {
+        let status = Arc::new(RecorderStatus::default());
+        let buffer = Buffer {
+            rows: Mutex::new(VecDeque::new()),
+            bound: 3,
+            ready: Notify::new(),
+            status: Arc::clone(&status),
+        };
+        for n in 0..5 {
+            buffer.push(row(n));
+        }
+        assert_eq!(status.dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(status.buffered.load(Ordering::Relaxed), 3);
+        let batch = buffer.take(2);
+        assert_eq!(names(&batch), ["p2", "p3"]);
+        buffer.push(row(5));
+        buffer.put_back(batch); // a failed write: back in front, within the bound
+        assert_eq!(status.dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(names(&buffer.take(10)), ["p3", "p4", "p5"]);
+        assert_eq!(status.buffered.load(Ordering::Relaxed), 0);
+    }
+}
