@@ -172,12 +172,14 @@ impl Server {
         let service = PoolService::new(Arc::clone(&registry), token.clone());
         let watchers = service.watcher_count();
         let task = tokio::spawn(serve(
-            listener,
-            Arc::clone(&registry),
-            recorder,
-            metrics_task,
-            service,
-            embedded,
+            Parts {
+                listener,
+                registry: Arc::clone(&registry),
+                recorder,
+                metrics_task,
+                service,
+                embedded,
+            },
             token.clone(),
             config.shutdown_grace,
         ));
@@ -254,16 +256,25 @@ impl Drop for Server {
     }
 }
 
-async fn serve(
+/// What the serving task owns and stops, in order, when the server shuts down.
+struct Parts {
     listener: TcpListener,
     registry: Arc<ConnectionPoolService>,
     recorder: MetricsRecorder,
     metrics_task: JoinHandle<std::io::Result<()>>,
     service: PoolService,
     embedded: Option<EmbeddedPg>,
-    token: CancellationToken,
-    grace: Duration,
-) -> Result<(), ServerError> {
+}
+
+async fn serve(parts: Parts, token: CancellationToken, grace: Duration) -> Result<(), ServerError> {
+    let Parts {
+        listener,
+        registry,
+        recorder,
+        metrics_task,
+        service,
+        embedded,
+    } = parts;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<PoolServiceServer<PoolService>>()
