@@ -5,7 +5,8 @@ use poolplane_proto::v1::{
     CreatePoolRequest, DeletePoolRequest, GetHealthStatusRequest, GetMetricsHistoryRequest,
     GetPerformanceSummaryRequest, GetPoolRequest, GetPoolStatsRequest,
     GetStatementCacheStatsRequest, HealthStatus, ListPoolsRequest, ListScalingEventsRequest,
-    MetricsPoint, PerformanceSummary, Pool, PoolConfig, PoolEvent, PoolStats, ScalingEventRecord,
+    MetricsPoint, OptimizationReport, OptimizePoolsRequest, PerformanceSummary, Pool, PoolConfig,
+    PoolEvent, PoolStats, RunLoadTestRequest, RunLoadTestResponse, ScalingEventRecord,
     StatementCacheStats, UpdatePoolConfigRequest, WatchHealthEventsRequest, WatchPoolStatsRequest,
 };
 use tonic::Streaming;
@@ -256,5 +257,38 @@ impl PoolplaneClient {
             })
             .await?;
         Ok(response.into_inner().events)
+    }
+
+    /// Starts a load test; the stream yields progress about once a second, then
+    /// the result. Dropping the stream cancels the test.
+    pub async fn run_load_test(
+        &self,
+        request: RunLoadTestRequest,
+    ) -> Result<
+        Watch<RunLoadTestResponse, poolplane_proto::v1::run_load_test_response::Update>,
+        Error,
+    > {
+        let response = self.pool_service().run_load_test(request).await?;
+        Ok(Watch {
+            inner: response.into_inner(),
+            unwrap: |m| m.update,
+        })
+    }
+
+    /// Recommendations for `pool_names` (empty: all); with `apply`, the numeric ones
+    /// are made.
+    pub async fn optimize_pools(
+        &self,
+        pool_names: &[&str],
+        apply: bool,
+    ) -> Result<OptimizationReport, Error> {
+        let response = self
+            .pool_service()
+            .optimize_pools(OptimizePoolsRequest {
+                pool_names: pool_names.iter().map(|n| (*n).to_owned()).collect(),
+                apply,
+            })
+            .await?;
+        present(response.into_inner().report, "report")
     }
 }

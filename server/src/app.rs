@@ -38,6 +38,10 @@ pub struct ServerConfig {
     pub metrics_retention: Duration,
     /// History rows kept in memory while the control database is unavailable.
     pub metrics_buffer_rows: usize,
+    /// The caps on load tests.
+    pub load_test_limits: crate::grpc::pool_service::LoadTestLimits,
+    /// Connections the optimizer leaves free on each PostgreSQL server.
+    pub connection_reserve: u32,
     /// How long in-flight calls may run on after a shutdown request; also how long
     /// a deleted pool's checked-out connections may finish.
     pub shutdown_grace: Duration,
@@ -169,7 +173,11 @@ impl Server {
             Arc::clone(&recorder_status),
             token.clone(),
         ));
-        let service = PoolService::new(Arc::clone(&registry), token.clone());
+        let service = PoolService::new(
+            Arc::clone(&registry),
+            token.clone(),
+            config.load_test_limits,
+        );
         let watchers = service.watcher_count();
         let task = tokio::spawn(serve(
             Parts {

@@ -54,6 +54,23 @@ struct Flags {
     #[arg(long, env = "POOLPLANE_METRICS_BUFFER", default_value_t = 100_000)]
     metrics_buffer: usize,
 
+    /// Most requests in flight a RunLoadTest may ask for.
+    #[arg(
+        long,
+        env = "POOLPLANE_MAX_LOAD_TEST_CONCURRENCY",
+        default_value_t = 512
+    )]
+    max_load_test_concurrency: u32,
+
+    /// Longest RunLoadTest, warm-up included (with a unit: 600s, 10m).
+    #[arg(long, env = "POOLPLANE_MAX_LOAD_TEST_DURATION", default_value = "600s", value_parser = parse_duration)]
+    max_load_test_duration: Duration,
+
+    /// Connections the optimizer leaves free on each PostgreSQL server, besides
+    /// superuser_reserved_connections, when it grows pools.
+    #[arg(long, env = "POOLPLANE_CONNECTION_RESERVE", default_value_t = 5)]
+    connection_reserve: u32,
+
     /// How long in-flight calls may run on after SIGTERM/SIGINT (with a unit: 500ms,
     /// 5s, 1m).
     #[arg(long, env = "POOLPLANE_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
@@ -119,6 +136,11 @@ async fn main() -> anyhow::Result<()> {
         metrics_interval: flags.metrics_interval,
         metrics_retention: flags.metrics_retention,
         metrics_buffer_rows: flags.metrics_buffer,
+        load_test_limits: poolplane_server::grpc::pool_service::LoadTestLimits {
+            max_concurrency: flags.max_load_test_concurrency,
+            max_duration: flags.max_load_test_duration,
+        },
+        connection_reserve: flags.connection_reserve,
         shutdown_grace: flags.shutdown_grace,
     })
     .await

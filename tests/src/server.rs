@@ -46,6 +46,8 @@ impl TestServer {
             metrics_interval: Duration::from_secs(10),
             metrics_retention: Duration::from_secs(7 * 86_400),
             metrics_buffer_rows: 100_000,
+            load_test_limits: Default::default(),
+            connection_reserve: 5,
             shutdown_grace: Duration::from_secs(5),
         };
         configure(&mut config);

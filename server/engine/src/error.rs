@@ -76,6 +76,9 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A load test is already running on this pool.
+    #[error("a load test is already running on pool `{0}`")]
+    LoadTestRunning(String),
     /// PostgreSQL answered a query with an error (see [`Error::sqlstate`]).
     #[error("{}", describe_pg_error(.0))]
     Database(#[source] tokio_postgres::Error),
@@ -98,6 +101,8 @@ pub enum ErrorKind {
     NotFound,
     /// The pool exists already.
     AlreadyExists,
+    /// The pool is busy with something that runs one at a time.
+    Busy,
     /// The control database or the embedded PostgreSQL failed.
     Internal,
 }
@@ -110,6 +115,7 @@ impl Error {
             | Error::InvalidConfig(_)
             | Error::InvalidPoolName { .. } => ErrorKind::InvalidArgument,
             Error::PoolNotFound(_) => ErrorKind::NotFound,
+            Error::LoadTestRunning(_) => ErrorKind::Busy,
             Error::PoolAlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::AcquireTimeout { .. } => ErrorKind::AcquireTimeout,
             Error::PoolClosed => ErrorKind::PoolClosed,

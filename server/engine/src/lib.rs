@@ -6,6 +6,8 @@ pub mod conninfo;
 pub mod embedded_pg;
 mod error;
 pub mod events;
+pub mod loadtest;
+pub mod optimizer;
 pub mod pool;
 pub mod registry;
 pub mod store;
@@ -14,6 +16,8 @@ pub use config::{AdvancedPoolConfig, ConfigErrors, FieldViolation};
 pub use embedded_pg::{EmbeddedPg, EmbeddedPgError, EmbeddedPgOptions};
 pub use error::{Error, ErrorKind, describe_pg_error};
 pub use events::{PoolEvent, PoolEventKind};
+pub use loadtest::{Grade, LoadTestOptions, LoadTestProgress, LoadTestResults, PoolLoadTester};
+pub use optimizer::{OptimizationReport, PoolOptimization, Recommendation, Severity};
 pub use pool::{
     AdvancedConnectionPool, HealthStatus, PoolStats, PooledConnection, StatementCacheStats,
     Transaction,

@@ -1,7 +1,7 @@
 //! `ConnectionPoolService`: the named pools of a server, kept in step with their
 //! stored definitions, and one broadcast of every pool's events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -73,6 +73,26 @@ pub struct ConnectionPoolService {
     token: CancellationToken,
     tasks: TaskTracker,
     close_grace: Duration,
+    /// Connections left free on each PostgreSQL server when the optimizer grows
+    /// pools (besides superuser_reserved_connections).
+    pub(crate) connection_reserve: u32,
+    pub(crate) last_load_tests: std::sync::Mutex<HashMap<String, crate::LoadTestResults>>,
+    running_load_tests: std::sync::Mutex<HashSet<String>>,
+}
+
+/// Marks a pool's load test as running until dropped.
+struct RunningLoadTest<'a> {
+    running: &'a std::sync::Mutex<HashSet<String>>,
+    name: String,
+}
+
+impl Drop for RunningLoadTest<'_> {
+    fn drop(&mut self) {
+        self.running
+            .lock()
+            .expect("load tests lock")
+            .remove(&self.name);
+    }
 }
 
 impl std::fmt::Debug for ConnectionPoolService {
@@ -119,7 +139,68 @@ impl ConnectionPoolService {
             token: CancellationToken::new(),
             tasks: TaskTracker::new(),
             close_grace,
+            connection_reserve: 5,
+            last_load_tests: std::sync::Mutex::new(HashMap::new()),
+            running_load_tests: std::sync::Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Sets how many connections the optimizer leaves free on each server (default 5).
+    pub fn with_connection_reserve(mut self, reserve: u32) -> Self {
+        self.connection_reserve = reserve;
+        self
+    }
+
+    /// Runs a load test on a pool (one at a time per pool: a second one fails with
+    /// [`Error::LoadTestRunning`]). A test that finishes (is not cancelled) is kept
+    /// as the pool's last test for the optimizer and stored in
+    /// pool_load_test_results.
+    pub async fn run_load_test(
+        &self,
+        name: &str,
+        options: crate::LoadTestOptions,
+        progress: Option<tokio::sync::mpsc::Sender<crate::LoadTestProgress>>,
+        cancel: CancellationToken,
+    ) -> Result<crate::LoadTestResults, Error> {
+        let pool = self.pool(name)?;
+        if !self
+            .running_load_tests
+            .lock()
+            .expect("load tests lock")
+            .insert(name.to_owned())
+        {
+            return Err(Error::LoadTestRunning(name.to_owned()));
+        }
+        let _running = RunningLoadTest {
+            running: &self.running_load_tests,
+            name: name.to_owned(),
+        };
+        let results = crate::PoolLoadTester::new(pool)
+            .run(options, progress, cancel.clone())
+            .await?;
+        if !cancel.is_cancelled() {
+            tracing::info!(
+                pool = %name, grade = results.grade.letter(), rps = results.requests_per_second,
+                p95_ms = results.p95_response_time_ms, "load test finished"
+            );
+            self.last_load_tests
+                .lock()
+                .expect("load tests lock")
+                .insert(name.to_owned(), results.clone());
+            if let Err(error) = self.store.insert_load_test(&results).await {
+                tracing::warn!(pool = %name, %error, "load test result not stored");
+            }
+        }
+        Ok(results)
+    }
+
+    /// The database URL of a pool (with its password: for the engine's own use).
+    pub(crate) fn database_url(&self, name: &str) -> Option<String> {
+        self.pools
+            .read()
+            .expect("pools lock")
+            .get(name)
+            .map(|entry| entry.database_url.clone())
     }
 
     /// Recreates every stored pool. A pool whose database is down starts unhealthy

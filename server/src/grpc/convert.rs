@@ -4,8 +4,9 @@ use std::time::SystemTime;
 
 use poolplane::pool::ScaleDirection;
 use poolplane::{
-    AdvancedPoolConfig, HealthStatus, MetricsPoint, PerformanceSummary, PoolEvent, PoolEventKind,
-    PoolInfo, PoolStats, ScalingRecord, StatementCacheStats,
+    AdvancedPoolConfig, Grade, HealthStatus, LoadTestProgress, LoadTestResults, MetricsPoint,
+    OptimizationReport, PerformanceSummary, PoolEvent, PoolEventKind, PoolInfo, PoolStats,
+    ScalingRecord, Severity, StatementCacheStats,
 };
 use poolplane_proto::v1;
 
@@ -286,4 +287,81 @@ pub fn point_to_proto(p: &MetricsPoint) -> v1::MetricsPoint {
 /// is out of range).
 pub fn system_time(ts: &prost_types::Timestamp, field: &str) -> Result<SystemTime, Violation> {
     SystemTime::try_from(*ts).map_err(|e| (field.to_owned(), format!("invalid timestamp: {e}")))
+}
+
+/// A load test's progress.
+pub fn progress_to_proto(p: &LoadTestProgress) -> v1::LoadTestProgress {
+    v1::LoadTestProgress {
+        elapsed_secs: p.elapsed.as_secs_f64(),
+        requests: p.requests,
+        current_rps: p.current_rps,
+        errors: p.errors,
+        p95_ms: p.p95_ms,
+        utilization: p.utilization,
+    }
+}
+
+/// A load test's result.
+pub fn load_test_to_proto(r: &LoadTestResults) -> v1::LoadTestResult {
+    v1::LoadTestResult {
+        pool_name: r.pool_name.clone(),
+        concurrency: r.concurrency,
+        query: r.query.clone(),
+        target_rps: r.target_rps,
+        total_requests: r.total_requests,
+        successful_requests: r.successful_requests,
+        failed_requests: r.failed_requests,
+        error_rate: r.error_rate,
+        requests_per_second: r.requests_per_second,
+        avg_response_time_ms: r.avg_response_time_ms,
+        p50_response_time_ms: r.p50_response_time_ms,
+        p95_response_time_ms: r.p95_response_time_ms,
+        p99_response_time_ms: r.p99_response_time_ms,
+        max_response_time_ms: r.max_response_time_ms,
+        avg_utilization: r.avg_utilization,
+        peak_utilization: r.peak_utilization,
+        grade: match r.grade {
+            Grade::A => v1::Grade::A,
+            Grade::B => v1::Grade::B,
+            Grade::C => v1::Grade::C,
+            Grade::D => v1::Grade::D,
+            Grade::F => v1::Grade::F,
+        } as i32,
+        started_at: Some(timestamp(r.started_at)),
+        duration_secs: r.duration.as_secs_f64(),
+    }
+}
+
+/// The optimizer's report.
+pub fn report_to_proto(r: &OptimizationReport) -> v1::OptimizationReport {
+    v1::OptimizationReport {
+        total_pools: u32::try_from(r.total_pools).unwrap_or(u32::MAX),
+        optimized_pools: u32::try_from(r.optimized_pools).unwrap_or(u32::MAX),
+        optimizations: r
+            .optimizations
+            .iter()
+            .map(|o| v1::PoolOptimization {
+                pool_name: o.pool_name.clone(),
+                current_utilization: o.current_utilization,
+                recommendations: o
+                    .recommendations
+                    .iter()
+                    .map(|rec| v1::Recommendation {
+                        parameter: rec.parameter.clone(),
+                        current_value: rec.current_value.clone(),
+                        suggested_value: rec.suggested_value.clone(),
+                        reason: rec.reason.clone(),
+                        severity: match rec.severity {
+                            Severity::Info => v1::Severity::Info,
+                            Severity::Warning => v1::Severity::Warning,
+                            Severity::Critical => v1::Severity::Critical,
+                        } as i32,
+                        sentence: rec.sentence.clone(),
+                        applicable: rec.applicable,
+                    })
+                    .collect(),
+                applied_changes: o.applied_changes.clone(),
+            })
+            .collect(),
+    }
 }

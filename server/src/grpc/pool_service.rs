@@ -34,6 +34,25 @@ pub struct PoolService {
     registry: Arc<ConnectionPoolService>,
     shutdown: CancellationToken,
     watchers: Arc<AtomicUsize>,
+    limits: LoadTestLimits,
+}
+
+/// The server's caps on load tests.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadTestLimits {
+    /// Most requests in flight one test may ask for.
+    pub max_concurrency: u32,
+    /// Longest test (measured part plus warm-up).
+    pub max_duration: Duration,
+}
+
+impl Default for LoadTestLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 512,
+            max_duration: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Counts a running watch task while it exists.
@@ -54,11 +73,16 @@ impl Drop for WatcherGuard {
 
 impl PoolService {
     /// A service over the registry; watch streams end when `shutdown` is cancelled.
-    pub fn new(registry: Arc<ConnectionPoolService>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        registry: Arc<ConnectionPoolService>,
+        shutdown: CancellationToken,
+        limits: LoadTestLimits,
+    ) -> Self {
         Self {
             registry,
             shutdown,
             watchers: Arc::new(AtomicUsize::new(0)),
+            limits,
         }
     }
 
@@ -482,4 +506,150 @@ impl pool_service_server::PoolService for PoolService {
                 .collect(),
         }))
     }
+
+    type RunLoadTestStream = ResponseStream<pb::RunLoadTestResponse>;
+
+    async fn run_load_test(
+        &self,
+        request: Request<pb::RunLoadTestRequest>,
+    ) -> Result<Response<Self::RunLoadTestStream>, Status> {
+        let r = request.into_inner();
+        required(&r.pool_name, "pool_name")?;
+        self.registry
+            .pool(&r.pool_name)
+            .map_err(status::from_engine)?;
+        let limits = self.limits;
+        let concurrency = if r.concurrency == 0 { 8 } else { r.concurrency };
+        let duration = Duration::from_secs(u64::from(if r.duration_secs == 0 {
+            10
+        } else {
+            r.duration_secs
+        }));
+        let warmup = Duration::from_secs(u64::from(r.warmup_secs));
+        let mut violations = Vec::new();
+        if concurrency > limits.max_concurrency {
+            violations.push((
+                "concurrency".to_owned(),
+                format!(
+                    "must be at most {} (the server's cap)",
+                    limits.max_concurrency
+                ),
+            ));
+        }
+        if duration + warmup > limits.max_duration {
+            violations.push((
+                "duration_secs".to_owned(),
+                format!(
+                    "with warmup_secs must be at most {} s (the server's cap)",
+                    limits.max_duration.as_secs()
+                ),
+            ));
+        }
+        if let Some(rps) = r.target_rps
+            && !(rps > 0.0 && rps.is_finite())
+        {
+            violations.push(("target_rps".to_owned(), "must be positive".to_owned()));
+        }
+        if !violations.is_empty() {
+            return Err(status::bad_request(violations));
+        }
+        let options = poolplane::LoadTestOptions {
+            concurrency,
+            duration,
+            query: Some(r.query).filter(|q| !q.trim().is_empty()),
+            warmup,
+            target_rps: r.target_rps,
+        };
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let (progress_tx, mut progress_rx) = mpsc::channel(WATCH_BUFFER);
+        // Cancelled when the caller goes away or the server shuts down.
+        let cancel = self.shutdown.child_token();
+        let registry = Arc::clone(&self.registry);
+        let name = r.pool_name.clone();
+        // Start before answering, so that a second test on the pool is refused.
+        let test = {
+            let cancel = cancel.clone();
+            let registry = Arc::clone(&registry);
+            async move {
+                registry
+                    .run_load_test(&name, options, Some(progress_tx), cancel)
+                    .await
+            }
+        };
+        let mut test = Box::pin(test);
+        // Poll once: the test registers itself as running (or fails) before its first await.
+        let first = futures_poll_once(&mut test).await;
+        if let Some(Err(e)) = first {
+            return Err(status::from_engine(e));
+        }
+        let guard = WatcherGuard::new(&self.watchers);
+        tokio::spawn(async move {
+            let _guard = guard;
+            let mut done = first;
+            loop {
+                if let Some(result) = done.take() {
+                    let message = match result {
+                        Ok(results) => Ok(pb::RunLoadTestResponse {
+                            update: Some(pb::run_load_test_response::Update::Result(
+                                convert::load_test_to_proto(&results),
+                            )),
+                        }),
+                        Err(e) => Err(status::from_engine(e)),
+                    };
+                    // Progress still queued goes first.
+                    while let Ok(p) = progress_rx.try_recv() {
+                        let _ = tx.try_send(Ok(progress_message(&p)));
+                    }
+                    let _ = tx.send(message).await;
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    () = tx.closed() => {
+                        cancel.cancel();
+                        let _ = (&mut test).await;
+                        break;
+                    }
+                    result = &mut test => done = Some(result),
+                    Some(p) = progress_rx.recv() => {
+                        // A slow reader skips progress messages.
+                        let _ = tx.try_send(Ok(progress_message(&p)));
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn optimize_pools(
+        &self,
+        request: Request<pb::OptimizePoolsRequest>,
+    ) -> Result<Response<pb::OptimizePoolsResponse>, Status> {
+        let r = request.into_inner();
+        let report = self
+            .registry
+            .optimize_pools(&r.pool_names, r.apply)
+            .await
+            .map_err(status::from_engine)?;
+        Ok(Response::new(pb::OptimizePoolsResponse {
+            report: Some(convert::report_to_proto(&report)),
+        }))
+    }
+}
+
+fn progress_message(p: &poolplane::LoadTestProgress) -> pb::RunLoadTestResponse {
+    pb::RunLoadTestResponse {
+        update: Some(pb::run_load_test_response::Update::Progress(
+            convert::progress_to_proto(p),
+        )),
+    }
+}
+
+/// Polls a future once: `Some(output)` if it finished, `None` if it is pending.
+async fn futures_poll_once<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match std::pin::Pin::new(&mut *future).poll(cx) {
+        std::task::Poll::Ready(output) => std::task::Poll::Ready(Some(output)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }

@@ -389,4 +389,81 @@ impl ControlStore {
             })
             .collect())
     }
+
+    /// Stores a finished load test in pool_load_test_results.
+    pub async fn insert_load_test(&self, r: &crate::LoadTestResults) -> Result<(), Error> {
+        let conn = self.conn().await?;
+        conn.execute(
+            "INSERT INTO pool_load_test_results (pool_name, recorded_at, started_at, duration_ms, \
+             concurrency, query, target_rps, total_requests, successful_requests, failed_requests, \
+             error_rate, requests_per_second, avg_response_time_ms, p50_response_time_ms, \
+             p95_response_time_ms, p99_response_time_ms, max_response_time_ms, avg_utilization, \
+             peak_utilization, grade) \
+             VALUES ($1, now(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+            &[
+                &r.pool_name,
+                &r.started_at,
+                &big(u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX)),
+                &int(r.concurrency),
+                &r.query,
+                &r.target_rps,
+                &big(r.total_requests),
+                &big(r.successful_requests),
+                &big(r.failed_requests),
+                &r.error_rate,
+                &r.requests_per_second,
+                &r.avg_response_time_ms,
+                &r.p50_response_time_ms,
+                &r.p95_response_time_ms,
+                &r.p99_response_time_ms,
+                &r.max_response_time_ms,
+                &r.avg_utilization,
+                &r.peak_utilization,
+                &r.grade.letter(),
+            ],
+        )
+        .await
+        .map_err(query_error("storing a load test"))?;
+        Ok(())
+    }
+
+    /// The pool's recorded stats since `since`, summarized for the optimizer, and
+    /// how many of its health checks failed in that time.
+    pub async fn stats_window(
+        &self,
+        pool_name: &str,
+        since: SystemTime,
+    ) -> Result<(crate::optimizer::StatsWindow, u64), Error> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_one(
+                "SELECT coalesce(avg(utilization_rate), 0), coalesce(max(utilization_rate), 0), \
+                        coalesce(max(active_connections + waiting_requests), 0)::int8, \
+                        coalesce(max(total_acquires) - min(total_acquires), 0)::int8, \
+                        coalesce(max(acquire_timeouts) - min(acquire_timeouts), 0)::int8, \
+                        coalesce(max(connections_created) - min(connections_created), 0)::int8, \
+                        coalesce(max(connections_recycled) - min(connections_recycled), 0)::int8, \
+                        coalesce(avg(avg_acquire_time_ms), 0), \
+                        (SELECT count(*) FROM connection_health_status \
+                          WHERE pool_name = $1 AND recorded_at >= $2 AND consecutive_failures > 0) \
+                 FROM connection_pool_metrics WHERE pool_name = $1 AND recorded_at >= $2",
+                &[&pool_name, &since],
+            )
+            .await
+            .map_err(query_error("reading the optimizer's window"))?;
+        let unsigned = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+        Ok((
+            crate::optimizer::StatsWindow {
+                avg_utilization: row.get(0),
+                peak_utilization: row.get(1),
+                peak_demand: u32::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+                acquires: unsigned(3),
+                acquire_timeouts: unsigned(4),
+                connections_created: unsigned(5),
+                connections_recycled: unsigned(6),
+                avg_acquire_time_ms: row.get(7),
+            },
+            unsigned(8),
+        ))
+    }
 }

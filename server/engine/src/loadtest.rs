@@ -1,0 +1,468 @@
+//! `PoolLoadTester`: drives a pool with concurrent requests (closed loop, or open
+//! loop at a target rate so that queueing is not hidden), times each request from
+//! before checkout to after its result in an HDR histogram, and grades the run A–F.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{AdvancedConnectionPool, Error};
+
+/// The seed's performance grade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Grade {
+    /// < 1% errors, p95 < 50 ms, peak utilization < 80%.
+    A,
+    /// < 5% errors, p95 < 100 ms, peak utilization < 90%.
+    B,
+    /// < 10% errors, p95 < 200 ms, peak utilization < 95%.
+    C,
+    /// < 20% errors, p95 < 500 ms.
+    D,
+    /// Above every threshold.
+    F,
+}
+
+impl Grade {
+    /// The letter.
+    pub fn letter(self) -> &'static str {
+        match self {
+            Grade::A => "A",
+            Grade::B => "B",
+            Grade::C => "C",
+            Grade::D => "D",
+            Grade::F => "F",
+        }
+    }
+}
+
+/// Grades a run exactly by the seed's table: `error_rate` and `peak_utilization`
+/// as fractions, `p95_ms` the 95th percentile response time.
+pub fn grade(error_rate: f64, p95_ms: f64, peak_utilization: f64) -> Grade {
+    if error_rate < 0.01 && p95_ms < 50.0 && peak_utilization < 0.80 {
+        Grade::A
+    } else if error_rate < 0.05 && p95_ms < 100.0 && peak_utilization < 0.90 {
+        Grade::B
+    } else if error_rate < 0.10 && p95_ms < 200.0 && peak_utilization < 0.95 {
+        Grade::C
+    } else if error_rate < 0.20 && p95_ms < 500.0 {
+        Grade::D
+    } else {
+        Grade::F
+    }
+}
+
+/// How to run a load test.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadTestOptions {
+    /// Requests in flight at once (closed loop: workers; open loop: the cap).
+    pub concurrency: u32,
+    /// How long to measure.
+    pub duration: Duration,
+    /// The statement to run; `None`: the pool's validation query.
+    pub query: Option<String>,
+    /// Run (unmeasured) this long first.
+    pub warmup: Duration,
+    /// Open loop at this many requests per second; `None`: closed loop.
+    pub target_rps: Option<f64>,
+}
+
+/// A load test's state, once a second while it runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoadTestProgress {
+    /// Time measured so far.
+    pub elapsed: Duration,
+    /// Requests finished so far.
+    pub requests: u64,
+    /// Requests per second over the last second.
+    pub current_rps: f64,
+    /// Failed requests so far.
+    pub errors: u64,
+    /// 95th percentile response time so far, in ms.
+    pub p95_ms: f64,
+    /// The pool's utilization now.
+    pub utilization: f64,
+}
+
+/// What a load test measured (the seed's results, plus its parameters).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoadTestResults {
+    /// The pool.
+    pub pool_name: String,
+    /// Requests in flight at once.
+    pub concurrency: u32,
+    /// The statement run.
+    pub query: String,
+    /// The open-loop rate, if any.
+    pub target_rps: Option<f64>,
+    /// Requests finished.
+    pub total_requests: u64,
+    /// Requests that succeeded.
+    pub successful_requests: u64,
+    /// Requests that failed.
+    pub failed_requests: u64,
+    /// failed / total.
+    pub error_rate: f64,
+    /// Finished requests per second.
+    pub requests_per_second: f64,
+    /// Mean response time, ms.
+    pub avg_response_time_ms: f64,
+    /// Median response time, ms.
+    pub p50_response_time_ms: f64,
+    /// 95th percentile response time, ms.
+    pub p95_response_time_ms: f64,
+    /// 99th percentile response time, ms.
+    pub p99_response_time_ms: f64,
+    /// Slowest response, ms.
+    pub max_response_time_ms: f64,
+    /// Mean pool utilization during the test.
+    pub avg_utilization: f64,
+    /// Highest pool utilization during the test.
+    pub peak_utilization: f64,
+    /// The grade.
+    pub grade: Grade,
+    /// When measuring began.
+    pub started_at: SystemTime,
+    /// How long it measured.
+    pub duration: Duration,
+}
+
+/// What the workers share.
+struct Tally {
+    histogram: Mutex<Histogram<u64>>,
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            histogram: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+            ),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, took: Duration, ok: bool) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.histogram
+            .lock()
+            .expect("histogram lock")
+            .saturating_record(micros);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn p95_ms(&self) -> f64 {
+        let h = self.histogram.lock().expect("histogram lock");
+        if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(0.95) as f64 / 1000.0
+        }
+    }
+}
+
+/// Runs load tests against one pool (the seed's `PoolLoadTester`).
+#[derive(Debug, Clone)]
+pub struct PoolLoadTester {
+    pool: Arc<AdvancedConnectionPool>,
+}
+
+impl PoolLoadTester {
+    /// A tester for `pool`.
+    pub fn new(pool: Arc<AdvancedConnectionPool>) -> Self {
+        Self { pool }
+    }
+
+    /// The seed's call: `concurrency` closed-loop workers running the pool's
+    /// validation query for `duration_secs`.
+    pub async fn run_load_test(
+        &self,
+        concurrency: u32,
+        duration_secs: u64,
+    ) -> Result<LoadTestResults, Error> {
+        let options = LoadTestOptions {
+            concurrency,
+            duration: Duration::from_secs(duration_secs),
+            query: None,
+            warmup: Duration::ZERO,
+            target_rps: None,
+        };
+        self.run(options, None, CancellationToken::new()).await
+    }
+
+    /// Runs a test; sends progress once a second to `progress` (if given, without
+    /// waiting on a slow receiver) and stops early when `cancel` is cancelled
+    /// (within a second: workers stop between requests).
+    pub async fn run(
+        &self,
+        options: LoadTestOptions,
+        progress: Option<mpsc::Sender<LoadTestProgress>>,
+        cancel: CancellationToken,
+    ) -> Result<LoadTestResults, Error> {
+        if options.concurrency == 0 {
+            return Err(invalid("concurrency", "must be at least 1"));
+        }
+        if options.duration.is_zero() {
+            return Err(invalid("duration_secs", "must be at least 1"));
+        }
+        if let Some(rps) = options.target_rps
+            && !(rps > 0.0 && rps.is_finite())
+        {
+            return Err(invalid("target_rps", "must be positive"));
+        }
+        let query = options
+            .query
+            .clone()
+            .filter(|q| !q.trim().is_empty())
+            .unwrap_or_else(|| self.pool.config().validation_query);
+
+        if !options.warmup.is_zero() {
+            let warmup = Arc::new(Tally::new());
+            self.drive(&options, &query, options.warmup, &warmup, &cancel)
+                .await;
+        }
+
+        let tally = Arc::new(Tally::new());
+        let started_at = SystemTime::now();
+        let start = Instant::now();
+        let stop_sampling = cancel.child_token();
+        let sampler = tokio::spawn(sample(
+            Arc::clone(&self.pool),
+            Arc::clone(&tally),
+            start,
+            progress,
+            stop_sampling.clone(),
+        ));
+        self.drive(&options, &query, options.duration, &tally, &cancel)
+            .await;
+        let duration = start.elapsed();
+        stop_sampling.cancel();
+        let (avg_utilization, peak_utilization) = sampler.await.unwrap_or((0.0, 0.0));
+
+        let h = tally.histogram.lock().expect("histogram lock").clone();
+        let total = tally.requests.load(Ordering::Relaxed);
+        let failed = tally.errors.load(Ordering::Relaxed);
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        let error_rate = if total == 0 {
+            0.0
+        } else {
+            failed as f64 / total as f64
+        };
+        let p95 = if h.is_empty() {
+            0.0
+        } else {
+            ms(h.value_at_quantile(0.95))
+        };
+        Ok(LoadTestResults {
+            pool_name: self.pool.name().to_owned(),
+            concurrency: options.concurrency,
+            query,
+            target_rps: options.target_rps,
+            total_requests: total,
+            successful_requests: total - failed,
+            failed_requests: failed,
+            error_rate,
+            requests_per_second: total as f64 / duration.as_secs_f64().max(1e-9),
+            avg_response_time_ms: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
+            p50_response_time_ms: if h.is_empty() {
+                0.0
+            } else {
+                ms(h.value_at_quantile(0.5))
+            },
+            p95_response_time_ms: p95,
+            p99_response_time_ms: if h.is_empty() {
+                0.0
+            } else {
+                ms(h.value_at_quantile(0.99))
+            },
+            max_response_time_ms: if h.is_empty() { 0.0 } else { ms(h.max()) },
+            avg_utilization,
+            peak_utilization,
+            grade: grade(error_rate, p95, peak_utilization),
+            started_at,
+            duration,
+        })
+    }
+
+    /// Issues requests for `length` (closed or open loop) until done or cancelled.
+    async fn drive(
+        &self,
+        options: &LoadTestOptions,
+        query: &str,
+        length: Duration,
+        tally: &Arc<Tally>,
+        cancel: &CancellationToken,
+    ) {
+        let deadline = Instant::now() + length;
+        let workers = TaskTracker::new();
+        match options.target_rps {
+            None => {
+                for _ in 0..options.concurrency {
+                    let (pool, tally, cancel, query) = (
+                        Arc::clone(&self.pool),
+                        Arc::clone(tally),
+                        cancel.clone(),
+                        query.to_owned(),
+                    );
+                    workers.spawn(async move {
+                        while Instant::now() < deadline && !cancel.is_cancelled() {
+                            let begin = Instant::now();
+                            let ok = request(&pool, &query, &cancel).await;
+                            if let Some(ok) = ok {
+                                tally.record(begin.elapsed(), ok);
+                            }
+                        }
+                    });
+                }
+            }
+            Some(rps) => {
+                // Open loop: request i is due at start + i / rps and is timed from
+                // then, however long it waited for a free slot.
+                let slots = Arc::new(Semaphore::new(options.concurrency as usize));
+                let start = Instant::now();
+                let mut i = 0u64;
+                loop {
+                    let due = start + Duration::from_secs_f64(i as f64 / rps);
+                    if due >= deadline {
+                        break;
+                    }
+                    tokio::select! {
+                        biased;
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep_until(due.into()) => {}
+                    }
+                    let slot = tokio::select! {
+                        biased;
+                        () = cancel.cancelled() => break,
+                        slot = Arc::clone(&slots).acquire_owned() => slot.expect("never closed"),
+                    };
+                    let (pool, tally, cancel, query) = (
+                        Arc::clone(&self.pool),
+                        Arc::clone(tally),
+                        cancel.clone(),
+                        query.to_owned(),
+                    );
+                    workers.spawn(async move {
+                        let _slot = slot;
+                        if let Some(ok) = request(&pool, &query, &cancel).await {
+                            tally.record(due.elapsed(), ok);
+                        }
+                    });
+                    i += 1;
+                }
+            }
+        }
+        workers.close();
+        workers.wait().await;
+    }
+}
+
+/// One request; `None` if it was cut short by cancellation.
+async fn request(
+    pool: &AdvancedConnectionPool,
+    query: &str,
+    cancel: &CancellationToken,
+) -> Option<bool> {
+    let work = async {
+        let mut conn = pool.get().await?;
+        conn.execute(query, &[]).await
+    };
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => None,
+        result = work => Some(result.is_ok()),
+    }
+}
+
+/// Samples utilization every 100 ms and reports progress every second; returns the
+/// mean and peak utilization.
+async fn sample(
+    pool: Arc<AdvancedConnectionPool>,
+    tally: Arc<Tally>,
+    start: Instant,
+    progress: Option<mpsc::Sender<LoadTestProgress>>,
+    stop: CancellationToken,
+) -> (f64, f64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let (mut sum, mut samples, mut peak) = (0.0, 0u32, 0.0f64);
+    let mut last_report = (Instant::now(), 0u64);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let utilization = pool.pool_stats().utilization_rate;
+        sum += utilization;
+        samples += 1;
+        peak = peak.max(utilization);
+        if let Some(progress) = &progress
+            && last_report.0.elapsed() >= Duration::from_secs(1)
+        {
+            let requests = tally.requests.load(Ordering::Relaxed);
+            let rate = (requests - last_report.1) as f64 / last_report.0.elapsed().as_secs_f64();
+            last_report = (Instant::now(), requests);
+            let _ = progress.try_send(LoadTestProgress {
+                elapsed: start.elapsed(),
+                requests,
+                current_rps: rate,
+                errors: tally.errors.load(Ordering::Relaxed),
+                p95_ms: tally.p95_ms(),
+                utilization,
+            });
+        }
+    }
+    if samples == 0 {
+        let u = pool.pool_stats().utilization_rate;
+        return (u, u);
+    }
+    (sum / f64::from(samples), peak)
+}
+
+fn invalid(field: &'static str, description: &str) -> Error {
+    Error::InvalidConfig(crate::ConfigErrors(vec![crate::FieldViolation {
+        field,
+        description: description.to_owned(),
+    }]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Grade, grade};
+
+    #[test]
+    fn grades_follow_the_seed_table_at_every_boundary() {
+        assert_eq!(grade(0.0, 0.0, 0.0), Grade::A);
+        assert_eq!(grade(0.0099, 49.99, 0.7999), Grade::A);
+        // Each A threshold reached alone drops to B.
+        assert_eq!(grade(0.01, 10.0, 0.1), Grade::B);
+        assert_eq!(grade(0.0, 50.0, 0.1), Grade::B);
+        assert_eq!(grade(0.0, 10.0, 0.80), Grade::B);
+        assert_eq!(grade(0.0499, 99.99, 0.8999), Grade::B);
+        assert_eq!(grade(0.05, 10.0, 0.1), Grade::C);
+        assert_eq!(grade(0.0, 100.0, 0.1), Grade::C);
+        assert_eq!(grade(0.0, 10.0, 0.90), Grade::C);
+        assert_eq!(grade(0.0999, 199.99, 0.9499), Grade::C);
+        // D ignores utilization.
+        assert_eq!(grade(0.10, 10.0, 0.1), Grade::D);
+        assert_eq!(grade(0.0, 200.0, 0.1), Grade::D);
+        assert_eq!(grade(0.0, 10.0, 0.95), Grade::D);
+        assert_eq!(grade(0.0, 10.0, 1.0), Grade::D);
+        assert_eq!(grade(0.1999, 499.99, 1.0), Grade::D);
+        assert_eq!(grade(0.20, 10.0, 0.1), Grade::F);
+        assert_eq!(grade(0.0, 500.0, 0.1), Grade::F);
+        assert_eq!(grade(1.0, 10_000.0, 1.0), Grade::F);
+    }
+}

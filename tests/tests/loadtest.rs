@@ -1,0 +1,279 @@
+//! RunLoadTest and OptimizePools end to end: grading on this machine, the stored
+//! results, the optimizer growing a starved pool within the server's connection
+//! budget, progress once a second, and cancellation.
+
+use std::time::{Duration, Instant};
+
+use poolplane::{EmbeddedPg, EmbeddedPgOptions};
+use poolplane_client::PoolplaneClient;
+use poolplane_client::proto::run_load_test_response::Update;
+use poolplane_client::proto::{Grade, LoadTestResult, PoolConfig, RunLoadTestRequest};
+use poolplane_tests::{TestPg, TestServer, wait_until};
+use tonic::Code;
+
+fn fixed(min: u32, max: u32) -> PoolConfig {
+    PoolConfig {
+        min_connections: Some(min),
+        max_connections: Some(max),
+        enable_dynamic_sizing: Some(false),
+        health_check_interval_secs: Some(2),
+        health_check_timeout_secs: Some(1),
+        ..PoolConfig::default()
+    }
+}
+
+fn test(pool: &str, concurrency: u32, secs: u32, query: &str) -> RunLoadTestRequest {
+    RunLoadTestRequest {
+        pool_name: pool.into(),
+        concurrency,
+        duration_secs: secs,
+        query: query.into(),
+        warmup_secs: 0,
+        target_rps: None,
+    }
+}
+
+/// Runs a test to its end; returns the progress count and the result.
+async fn run(
+    client: &PoolplaneClient,
+    request: RunLoadTestRequest,
+) -> anyhow::Result<(usize, LoadTestResult)> {
+    let mut stream = client.run_load_test(request).await?;
+    let mut progress = 0;
+    while let Some(update) = stream.next().await? {
+        match update {
+            Update::Progress(_) => progress += 1,
+            Update::Result(result) => return Ok((progress, result)),
+        }
+    }
+    anyhow::bail!("the stream ended without a result")
+}
+
+#[tokio::test]
+async fn an_idle_pool_grades_a_and_the_result_is_stored() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let db = TestPg::database().await?;
+    server
+        .client
+        .create_pool("idle", db.url(), fixed(10, 20))
+        .await?;
+    let (progress, result) = run(&server.client, test("idle", 8, 5, "")).await?;
+    eprintln!(
+        "idle: grade {} rps {:.0} p95 {:.2} ms peak {:.2}",
+        result.grade,
+        result.requests_per_second,
+        result.p95_response_time_ms,
+        result.peak_utilization
+    );
+    assert_eq!(result.grade, Grade::A as i32, "{result:?}");
+    assert!(progress >= 3, "{progress} progress messages in 5 s");
+    assert_eq!(result.query, "SELECT 1", "the validation query by default");
+    assert!(
+        result.total_requests > 1000 && result.failed_requests == 0,
+        "{result:?}"
+    );
+    assert!(result.p50_response_time_ms <= result.p95_response_time_ms);
+    assert!(result.p95_response_time_ms <= result.max_response_time_ms);
+    assert!(result.peak_utilization <= 8.0 / 20.0 + 1e-9 && result.peak_utilization > 0.0);
+    let sql = server.control.connect().await?;
+    let row = sql
+        .query_one(
+            "SELECT grade, concurrency, total_requests FROM pool_load_test_results WHERE pool_name = 'idle'",
+            &[],
+        )
+        .await?;
+    assert_eq!(row.get::<_, String>(0), "A");
+    assert_eq!(row.get::<_, i32>(1), 8);
+    assert_eq!(row.get::<_, i64>(2) as u64, result.total_requests);
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn a_starved_pool_is_grown_by_the_optimizer_and_grades_better() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let db = TestPg::database().await?;
+    let client = &server.client;
+    client.create_pool("starved", db.url(), fixed(1, 2)).await?;
+    let query = "SELECT pg_sleep(0.02)";
+    let (_, before) = run(client, test("starved", 32, 3, query)).await?;
+    assert!(before.grade >= Grade::C as i32, "{before:?}");
+
+    let advice = client.optimize_pools(&["starved"], false).await?;
+    let grow = advice.optimizations[0]
+        .recommendations
+        .iter()
+        .find(|r| r.parameter == "max_connections" && r.applicable)
+        .expect("raise max_connections");
+    assert_eq!(grow.sentence, "Increase max_connections");
+    let suggested: u32 = grow.suggested_value.parse()?;
+    assert!(suggested > 2);
+    assert_eq!(
+        client
+            .get_pool("starved")
+            .await?
+            .config
+            .and_then(|c| c.max_connections),
+        Some(2)
+    );
+
+    let report = client.optimize_pools(&["starved"], true).await?;
+    assert_eq!((report.total_pools, report.optimized_pools), (1, 1));
+    assert!(report.optimizations[0].applied_changes[0].starts_with("max_connections: 2 -> "));
+    let pool = client.get_pool("starved").await?;
+    assert_eq!(pool.config.and_then(|c| c.max_connections), Some(suggested));
+    let sql = server.control.connect().await?;
+    let stored: serde_json::Value = sql
+        .query_one(
+            "SELECT config FROM pool_definitions WHERE name = 'starved'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(stored["max_connections"], suggested);
+
+    let (_, after) = run(client, test("starved", 32, 3, query)).await?;
+    eprintln!(
+        "starved: grade {} p95 {:.1} ms peak {:.2} -> max {suggested}: grade {} p95 {:.1} ms peak {:.2}",
+        before.grade,
+        before.p95_response_time_ms,
+        before.peak_utilization,
+        after.grade,
+        after.p95_response_time_ms,
+        after.peak_utilization
+    );
+    assert!(
+        after.grade < before.grade,
+        "{:?} -> {:?}",
+        before.grade,
+        after.grade
+    );
+    assert!(after.p95_response_time_ms < before.p95_response_time_ms);
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn the_optimizer_keeps_pools_within_the_servers_budget() -> anyhow::Result<()> {
+    let small = EmbeddedPg::start(EmbeddedPgOptions {
+        data_dir: None,
+        settings: vec![("max_connections".into(), "20".into())],
+    })
+    .await?;
+    let server = TestServer::spawn().await?;
+    let client = &server.client;
+    for name in ["one", "two"] {
+        client
+            .create_pool(name, &small.url("postgres"), fixed(1, 3))
+            .await?;
+        run(client, test(name, 16, 2, "SELECT pg_sleep(0.01)")).await?;
+    }
+    let report = client.optimize_pools(&[], true).await?;
+    assert_eq!(report.total_pools, 2);
+    let mut total = 0;
+    for name in ["one", "two"] {
+        total += client
+            .get_pool(name)
+            .await?
+            .config
+            .and_then(|c| c.max_connections)
+            .unwrap_or(0);
+    }
+    // 20 - 3 superuser_reserved_connections - 5 reserve.
+    eprintln!(
+        "budget: pools hold {total} of 12; reasons: {:?}",
+        report
+            .optimizations
+            .iter()
+            .map(|o| &o.applied_changes)
+            .collect::<Vec<_>>()
+    );
+    assert!(total <= 12, "pools hold {total} > 12 connections");
+    assert!(total > 6, "the budget's room was used: {total}");
+    let reasons: Vec<&str> = report
+        .optimizations
+        .iter()
+        .flat_map(|o| &o.recommendations)
+        .filter(|r| r.parameter == "max_connections")
+        .map(|r| r.reason.as_str())
+        .collect();
+    assert!(reasons.iter().all(|r| r.contains("capped")), "{reasons:?}");
+    server.shutdown().await?;
+    small.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn progress_comes_every_second_and_cancelling_stops_the_test() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let db = TestPg::database().await?;
+    let client = &server.client;
+    client.create_pool("long", db.url(), fixed(1, 4)).await?;
+
+    for (concurrency, secs, field) in [(513, 5, "concurrency"), (4, 601, "duration_secs")] {
+        let error = client
+            .run_load_test(test("long", concurrency, secs, ""))
+            .await
+            .unwrap_err();
+        let status = error.status().expect("a status");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(field), "{status:?}");
+    }
+
+    let mut stream = client
+        .run_load_test(test("long", 4, 30, "SELECT pg_sleep(0.05)"))
+        .await?;
+    let second = client
+        .run_load_test(test("long", 1, 1, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        second.status().map(tonic::Status::code),
+        Some(Code::FailedPrecondition)
+    );
+
+    let mut arrivals = Vec::new();
+    while arrivals.len() < 4 {
+        match stream.next().await? {
+            Some(Update::Progress(p)) => {
+                arrivals.push(Instant::now());
+                assert!(p.requests > 0 || arrivals.len() == 1);
+            }
+            other => anyhow::bail!("expected progress, got {other:?}"),
+        }
+    }
+    for pair in arrivals.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap > Duration::from_millis(700) && gap < Duration::from_millis(1500),
+            "{gap:?}"
+        );
+    }
+    drop(stream);
+    let admin = db.connect().await?;
+    let cancelled = Instant::now();
+    wait_until(
+        Duration::from_secs(2),
+        "pg_stat_activity goes quiet",
+        || async {
+            admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'poolplane:long' \
+                 AND state = 'active'",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .ok()
+            == Some(0)
+        },
+    )
+    .await?;
+    assert!(cancelled.elapsed() < Duration::from_secs(2));
+    // The pool is free for the next test.
+    wait_until(
+        Duration::from_secs(2),
+        "the next test may start",
+        || async { client.run_load_test(test("long", 1, 1, "")).await.is_ok() },
+    )
+    .await?;
+    server.shutdown().await
+}
