@@ -89,6 +89,28 @@ async fn an_idle_pool_grades_a_and_the_result_is_stored() -> anyhow::Result<()> 
 }
 
 #[tokio::test]
+async fn an_open_loop_test_keeps_its_rate() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let db = TestPg::database().await?;
+    server
+        .client
+        .create_pool("paced", db.url(), fixed(2, 4))
+        .await?;
+    let request = RunLoadTestRequest {
+        target_rps: Some(200.0),
+        ..test("paced", 4, 2, "")
+    };
+    let (_, result) = run(&server.client, request).await?;
+    assert_eq!(result.target_rps, Some(200.0));
+    assert!(
+        (360..=410).contains(&result.total_requests),
+        "200 rps for 2 s gave {} requests",
+        result.total_requests
+    );
+    server.shutdown().await
+}
+
+#[tokio::test]
 async fn a_starved_pool_is_grown_by_the_optimizer_and_grades_better() -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let db = TestPg::database().await?;

@@ -307,22 +307,19 @@ impl PoolLoadTester {
     ) {
         let deadline = Instant::now() + length;
         let workers = TaskTracker::new();
+        let job = Job {
+            pool: Arc::clone(&self.pool),
+            tally: Arc::clone(tally),
+            cancel: cancel.clone(),
+            query: query.into(),
+        };
         match options.target_rps {
             None => {
                 for _ in 0..options.concurrency {
-                    let (pool, tally, cancel, query) = (
-                        Arc::clone(&self.pool),
-                        Arc::clone(tally),
-                        cancel.clone(),
-                        query.to_owned(),
-                    );
+                    let job = job.clone();
                     workers.spawn(async move {
-                        while Instant::now() < deadline && !cancel.is_cancelled() {
-                            let begin = Instant::now();
-                            let ok = request(&pool, &query, &cancel).await;
-                            if let Some(ok) = ok {
-                                tally.record(begin.elapsed(), ok);
-                            }
+                        while Instant::now() < deadline && !job.cancel.is_cancelled() {
+                            job.once(Instant::now()).await;
                         }
                     });
                 }
@@ -348,17 +345,10 @@ impl PoolLoadTester {
                         () = cancel.cancelled() => break,
                         slot = Arc::clone(&slots).acquire_owned() => slot.expect("never closed"),
                     };
-                    let (pool, tally, cancel, query) = (
-                        Arc::clone(&self.pool),
-                        Arc::clone(tally),
-                        cancel.clone(),
-                        query.to_owned(),
-                    );
+                    let job = job.clone();
                     workers.spawn(async move {
                         let _slot = slot;
-                        if let Some(ok) = request(&pool, &query, &cancel).await {
-                            tally.record(due.elapsed(), ok);
-                        }
+                        job.once(due).await;
                     });
                     i += 1;
                 }
@@ -369,20 +359,28 @@ impl PoolLoadTester {
     }
 }
 
-/// One request; `None` if it was cut short by cancellation.
-async fn request(
-    pool: &AdvancedConnectionPool,
-    query: &str,
-    cancel: &CancellationToken,
-) -> Option<bool> {
-    let work = async {
-        let mut conn = pool.get().await?;
-        conn.execute(query, &[]).await
-    };
-    tokio::select! {
-        biased;
-        () = cancel.cancelled() => None,
-        result = work => Some(result.is_ok()),
+/// What every request of a test needs.
+#[derive(Clone)]
+struct Job {
+    pool: Arc<AdvancedConnectionPool>,
+    tally: Arc<Tally>,
+    cancel: CancellationToken,
+    query: Arc<str>,
+}
+
+impl Job {
+    /// One request (checkout, statement, return), timed from `from`; not recorded
+    /// if the test was cancelled meanwhile.
+    async fn once(&self, from: Instant) {
+        let work = async {
+            let mut conn = self.pool.get().await?;
+            conn.execute(&self.query, &[]).await
+        };
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => {}
+            result = work => self.tally.record(from.elapsed(), result.is_ok()),
+        }
     }
 }
 
