@@ -42,3 +42,20 @@ pub fn metric_value(exposition: &str, name: &str) -> Option<f64> {
             .flatten()
     })
 }
+
+/// The value of sample `name` whose labels include every pair of `labels`.
+pub fn labelled_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (label_text, value) = rest.split_once("} ")?;
+        labels
+            .iter()
+            .all(|(k, v)| {
+                label_text
+                    .split(',')
+                    .any(|pair| pair == format!("{k}=\"{v}\""))
+            })
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
+}

@@ -11,7 +11,7 @@ mod test_pg;
 
 pub use fault_proxy::FaultProxy;
 pub use grpcurl::{Grpcurl, grpcurl};
-pub use http::{http_get, metric_value};
+pub use http::{http_get, labelled_value, metric_value};
 pub use process::{ServerProcess, process_alive, wait_until};
 pub use server::TestServer;
 pub use test_pg::{TestDatabase, TestPg, connect, count_backends, test_config};

@@ -379,7 +379,10 @@ impl Job {
         tokio::select! {
             biased;
             () = self.cancel.cancelled() => {}
-            result = work => self.tally.record(from.elapsed(), result.is_ok()),
+            result = work => {
+                self.tally.record(from.elapsed(), result.is_ok());
+                self.pool.count_load_test_request();
+            }
         }
     }
 }

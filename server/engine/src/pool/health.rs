@@ -122,6 +122,7 @@ pub(crate) async fn monitor(
             () = token.cancelled() => break,
             () = tokio::time::sleep(settings.health_check_interval()) => {}
         }
+        let started = std::time::Instant::now();
         let result = check(
             &pg,
             &settings.validation_query,
@@ -129,6 +130,7 @@ pub(crate) async fn monitor(
         )
         .await
         .map_err(|e| shared.redact(&e));
+        shared.counters.health_check_time.record(started.elapsed());
         let error = result.as_ref().err().cloned();
         let response_time_ms = result
             .as_ref()

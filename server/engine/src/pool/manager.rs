@@ -66,6 +66,7 @@ pub(crate) struct PoolManager {
 
 impl PoolManager {
     async fn open(&self) -> Result<Connection, tokio_postgres::Error> {
+        let started = Instant::now();
         let (client, connection) = self.pg.connect(NoTls).await?;
         let driver = tokio::spawn(async move {
             let _ = connection.await;
@@ -79,6 +80,7 @@ impl PoolManager {
         }
         self.shared.open.fetch_add(1, Ordering::AcqRel);
         Counters::add(&self.shared.counters.connections_created, 1);
+        self.shared.counters.create_time.record(started.elapsed());
         Ok(Connection {
             client,
             cache: StatementCache::new(self.shared.cache_capacity()),

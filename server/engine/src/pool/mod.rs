@@ -145,6 +145,25 @@ impl Shared {
     }
 }
 
+/// Histograms (seconds) and counters of a pool, for telemetry.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolTelemetry<'a> {
+    /// Time to check out a connection (`db.client.connection.wait_time`).
+    pub acquire_time: &'a Histogram,
+    /// Time a connection stays checked out (`db.client.connection.use_time`).
+    pub use_time: &'a Histogram,
+    /// Time to open a connection, warmup included (`db.client.connection.create_time`).
+    pub create_time: &'a Histogram,
+    /// Time of one statement (`db.client.operation.duration`).
+    pub operation_time: &'a Histogram,
+    /// Time of one health check.
+    pub health_check_time: &'a Histogram,
+    /// Scaling decisions taken.
+    pub scaling_events: u64,
+    /// Requests made by load tests.
+    pub load_test_requests: u64,
+}
+
 /// A permit of the admission gate; given back (or forgotten, after a shrink) on drop.
 pub(crate) struct GatePermit {
     permit: Option<OwnedSemaphorePermit>,
@@ -521,6 +540,11 @@ impl AdvancedConnectionPool {
 
     /// The seed's `get_statement_cache_stats()`.
     pub async fn get_statement_cache_stats(&self) -> StatementCacheStats {
+        self.statement_cache_stats()
+    }
+
+    /// [`get_statement_cache_stats`](Self::get_statement_cache_stats) without `async`.
+    pub fn statement_cache_stats(&self) -> StatementCacheStats {
         let c = &self.shared.counters;
         let hits = Counters::get(&c.cache_hits);
         let misses = Counters::get(&c.cache_misses);
@@ -538,9 +562,23 @@ impl AdvancedConnectionPool {
         }
     }
 
-    /// The use-time histogram (how long connections stay checked out).
-    pub fn use_time(&self) -> &Histogram {
-        &self.shared.counters.use_time
+    /// The pool's telemetry: histograms and counters beyond [`PoolStats`].
+    pub fn telemetry(&self) -> PoolTelemetry<'_> {
+        let c = &self.shared.counters;
+        PoolTelemetry {
+            acquire_time: &c.acquire_time,
+            use_time: &c.use_time,
+            create_time: &c.create_time,
+            operation_time: &c.operation_time,
+            health_check_time: &c.health_check_time,
+            scaling_events: Counters::get(&c.scaling_events),
+            load_test_requests: Counters::get(&c.load_test_requests),
+        }
+    }
+
+    /// Counts a request a load test made (for telemetry).
+    pub fn count_load_test_request(&self) {
+        Counters::add(&self.shared.counters.load_test_requests, 1);
     }
 
     /// Subscribes to the pool's events. A subscriber that falls more than
@@ -690,6 +728,7 @@ async fn maintain(
             let utilization = window_sum / f64::from(window_samples.max(1));
             if let Some(decision) = sizing::decide(size, utilization, &settings) {
                 shared.set_target(decision.to);
+                Counters::add(&shared.counters.scaling_events, 1);
                 tracing::info!(
                     pool = %shared.name, from = decision.from, to = decision.to,
                     utilization = decision.utilization, reason = %decision.reason, "pool resized"

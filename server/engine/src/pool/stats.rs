@@ -83,6 +83,11 @@ pub(crate) struct Counters {
     pub cached_statements: AtomicU64,
     pub acquire_time: Histogram,
     pub use_time: Histogram,
+    pub create_time: Histogram,
+    pub operation_time: Histogram,
+    pub health_check_time: Histogram,
+    pub scaling_events: AtomicU64,
+    pub load_test_requests: AtomicU64,
 }
 
 impl Counters {
@@ -160,6 +165,32 @@ impl Histogram {
             return 0.0;
         }
         self.sum_micros.load(Ordering::Relaxed) as f64 / count as f64 / 1000.0
+    }
+
+    /// The sum of everything recorded, in seconds.
+    pub fn sum_secs(&self) -> f64 {
+        self.sum_micros.load(Ordering::Relaxed) as f64 / 1_000_000.0
+    }
+
+    /// Counts per bucket of `bounds` (upper bounds in seconds, ascending; a last
+    /// bucket to +Inf is added): not cumulative, each recorded value in the first
+    /// bucket whose bound is at least its bucket's midpoint.
+    pub fn buckets(&self, bounds: &[f64]) -> Vec<(f64, u64)> {
+        let mut out: Vec<(f64, u64)> = bounds.iter().map(|b| (*b, 0)).collect();
+        out.push((f64::INFINITY, 0));
+        for (index, bucket) in self.buckets.iter().enumerate() {
+            let n = bucket.load(Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            let secs = bucket_value(index) / 1_000_000.0;
+            let slot = out
+                .iter()
+                .position(|(b, _)| secs <= *b)
+                .unwrap_or(out.len() - 1);
+            out[slot].1 += n;
+        }
+        out
     }
 
     /// The given quantiles (0..=1), in ms, each within one bucket of the truth.
