@@ -303,6 +303,7 @@ async fn serve(parts: Parts, token: CancellationToken, grace: Duration) -> Resul
     let stop = token.clone();
     let reporter = health_reporter.clone();
     let server = tonic::transport::Server::builder()
+        .layer(crate::grpc::trace::RpcTraceLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

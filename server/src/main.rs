@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -120,10 +121,13 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
-    telemetry::init_logging(match flags.log_format {
+    let telemetry = telemetry::init(match flags.log_format {
         Format::Text => LogFormat::Text,
         Format::Json => LogFormat::Json,
     });
+    if !telemetry.otlp() {
+        tracing::info!("OTLP export off (no OTEL_EXPORTER_OTLP_*ENDPOINT set): no exporter runs");
+    }
     let data_dir = match flags.data_dir {
         Some(dir) => dir,
         None => default_data_dir()?,
@@ -149,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let stop = server.shutdown_token();
+    let stop_metrics = server.shutdown_token();
     tokio::spawn(async move {
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
@@ -156,7 +161,13 @@ async fn main() -> anyhow::Result<()> {
         }
         stop.cancel();
     });
-    server.wait().await?;
+    let otlp_metrics = telemetry.register_pool_metrics(Arc::clone(server.registry()), stop_metrics);
+    let served = server.wait().await;
+    if let Some(task) = otlp_metrics {
+        let _ = task.await;
+    }
+    telemetry.shutdown().await;
+    served?;
     Ok(())
 }
 

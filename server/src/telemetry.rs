@@ -1,6 +1,22 @@
-//! Logging: tracing to stderr as text or JSON, filtered by RUST_LOG.
+//! Telemetry: logs through tracing (text or JSON, RUST_LOG), and — when the
+//! standard OTEL_EXPORTER_OTLP_*ENDPOINT variables say so — traces and metrics over
+//! OTLP/gRPC. Off, no exporter, provider or task exists.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Meter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use poolplane::ConnectionPoolService;
+use poolplane::pool::Histogram;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -12,19 +28,362 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber (RUST_LOG, default `info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
+/// The attribute naming a pool, as the database semantic conventions say.
+pub const POOL_NAME: &str = "db.client.connection.pool.name";
+
+/// The OTLP providers, when export is on. Shut down (flushed) on shutdown.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    tracer: Option<SdkTracerProvider>,
+    meter: Option<SdkMeterProvider>,
+}
+
+/// Whether the environment asks for OTLP export.
+pub fn otlp_requested() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    !disabled
+        && (set("OTEL_EXPORTER_OTLP_ENDPOINT")
+            || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            || set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
+}
+
+fn log_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info"))
         // tokio-postgres logs queries and their parameters at debug level, and the
         // control database stores pool URLs with their passwords: never below info.
-        .add_directive("tokio_postgres=info".parse().expect("a valid directive"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        .add_directive("tokio_postgres=info".parse().expect("a valid directive"))
+}
+
+/// Installs the global tracing subscriber (RUST_LOG, default `info`) and, if the
+/// environment asks for it, the OTLP trace and metric pipelines. Must run inside
+/// the Tokio runtime.
+pub fn init(format: LogFormat) -> Telemetry {
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(log_filter())
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .with_filter(log_filter())
+            .boxed(),
+    };
+    if !otlp_requested() {
+        tracing_subscriber::registry().with(fmt).init();
+        return Telemetry::default();
+    }
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var("OTEL_SERVICE_NAME").is_err() {
+        resource = resource.with_service_name("poolplane-server");
+    }
+    let resource = resource.build();
+    let tracer = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .map(|exporter| {
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource.clone())
+                .build()
+        });
+    let meter = opentelemetry_otlp::MetricExporter::builder()
+        .with_tonic()
+        .build()
+        .map(|exporter| {
+            SdkMeterProvider::builder()
+                .with_periodic_exporter(exporter)
+                .with_resource(resource)
+                .build()
+        });
+    let otel = tracer.as_ref().ok().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("poolplane"))
+            // RPCs at info, the engine's checkout and query spans at debug.
+            .with_filter(EnvFilter::new(
+                "info,poolplane=debug,poolplane_server=debug,tokio_postgres=off",
+            ))
+    });
+    tracing_subscriber::registry().with(fmt).with(otel).init();
+    match (&tracer, &meter) {
+        (Ok(_), Ok(_)) => tracing::info!("OTLP export on: traces and metrics"),
+        (t, m) => tracing::warn!(
+            traces = ?t.as_ref().err(), metrics = ?m.as_ref().err(),
+            "OTLP export requested but an exporter could not be built"
+        ),
+    }
+    if let Ok(meter) = &meter {
+        opentelemetry::global::set_meter_provider(meter.clone());
+    }
+    Telemetry {
+        tracer: tracer.ok(),
+        meter: meter.ok(),
+    }
+}
+
+/// Installs logging only (tests and tools).
+pub fn init_logging(format: LogFormat) {
+    let _ = init(format);
+}
+
+impl Telemetry {
+    /// Whether OTLP export is on.
+    pub fn otlp(&self) -> bool {
+        self.tracer.is_some() || self.meter.is_some()
+    }
+
+    /// Registers the pool metrics on the OTLP meter (if export is on) and starts
+    /// the task that replays the engine's latency histograms into it; the task
+    /// ends with `token`.
+    pub fn register_pool_metrics(
+        &self,
+        registry: Arc<ConnectionPoolService>,
+        token: CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let provider = self.meter.as_ref()?;
+        let meter = opentelemetry::metrics::MeterProvider::meter(provider, "poolplane");
+        register_observables(&meter, &registry);
+        Some(tokio::spawn(replay_histograms(meter, registry, token)))
+    }
+
+    /// Flushes and shuts the exporters down (blocking calls, off the runtime).
+    pub async fn shutdown(self) {
+        let Self { tracer, meter } = self;
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(tracer) = tracer {
+                let _ = tracer.shutdown();
+            }
+            if let Some(meter) = meter {
+                let _ = meter.shutdown();
+            }
+        })
+        .await;
+    }
+}
+
+/// Every pool with its name attribute, for a callback.
+fn each_pool(
+    registry: &ConnectionPoolService,
+    mut f: impl FnMut(&poolplane::AdvancedConnectionPool, KeyValue),
+) {
+    for name in registry.pool_names() {
+        if let Ok(pool) = registry.pool(&name) {
+            f(&pool, KeyValue::new(POOL_NAME, name));
+        }
+    }
+}
+
+fn register_observables(meter: &Meter, registry: &Arc<ConnectionPoolService>) {
+    let r = Arc::clone(registry);
+    meter
+        .i64_observable_up_down_counter("db.client.connection.count")
+        .with_description("Connections open, by state")
+        .with_unit("{connection}")
+        .with_callback(move |o| {
+            each_pool(&r, |pool, name| {
+                let s = pool.pool_stats();
+                let used = s.active_connections.min(s.connections);
+                for (state, value) in [("idle", s.connections - used), ("used", used)] {
+                    o.observe(
+                        i64::from(value),
+                        &[
+                            name.clone(),
+                            KeyValue::new("db.client.connection.state", state),
+                        ],
+                    );
+                }
+            });
+        })
+        .build();
+    type Read = fn(&poolplane::AdvancedConnectionPool) -> i64;
+    let up_down: [(&'static str, &'static str, &'static str, Read); 4] = [
+        (
+            "db.client.connection.idle.max",
+            "The most idle connections allowed",
+            "{connection}",
+            |p| i64::from(p.pool_stats().max_connections),
+        ),
+        (
+            "db.client.connection.idle.min",
+            "The fewest idle connections kept",
+            "{connection}",
+            |p| i64::from(p.pool_stats().min_connections),
+        ),
+        (
+            "db.client.connection.max",
+            "The most open connections allowed",
+            "{connection}",
+            |p| i64::from(p.pool_stats().max_connections),
+        ),
+        (
+            "db.client.connection.pending_requests",
+            "Callers waiting for a connection",
+            "{request}",
+            |p| i64::from(p.pool_stats().waiting_requests),
+        ),
+    ];
+    for (name, description, unit, read) in up_down {
+        let r = Arc::clone(registry);
+        meter
+            .i64_observable_up_down_counter(name)
+            .with_description(description)
+            .with_unit(unit)
+            .with_callback(move |o| each_pool(&r, |pool, attr| o.observe(read(pool), &[attr])))
+            .build();
+    }
+    let gauges: [(&'static str, &'static str, &'static str, Read); 2] = [
+        (
+            "poolplane.connection_pool.size",
+            "The pool's current (target) size",
+            "{connection}",
+            |p| i64::from(p.pool_stats().current_size),
+        ),
+        (
+            "poolplane.connection_pool.health",
+            "1 while the pool's database passes health checks",
+            "1",
+            |p| i64::from(p.is_healthy()),
+        ),
+    ];
+    for (name, description, unit, read) in gauges {
+        let r = Arc::clone(registry);
+        meter
+            .i64_observable_gauge(name)
+            .with_description(description)
+            .with_unit(unit)
+            .with_callback(move |o| each_pool(&r, |pool, attr| o.observe(read(pool), &[attr])))
+            .build();
+    }
+    type Count = fn(&poolplane::AdvancedConnectionPool) -> u64;
+    let counters: [(&'static str, &'static str, &'static str, Count); 6] = [
+        (
+            "db.client.connection.timeouts",
+            "Checkouts that timed out",
+            "{timeout}",
+            |p| p.pool_stats().acquire_timeouts,
+        ),
+        (
+            "poolplane.statement_cache.hits",
+            "Statement cache hits",
+            "{hit}",
+            |p| p.statement_cache_stats().hits,
+        ),
+        (
+            "poolplane.statement_cache.misses",
+            "Statement cache misses",
+            "{miss}",
+            |p| p.statement_cache_stats().misses,
+        ),
+        (
+            "poolplane.statement_cache.evictions",
+            "Statements evicted",
+            "{eviction}",
+            |p| p.statement_cache_stats().evictions,
+        ),
+        (
+            "poolplane.scaling.events",
+            "Scaling decisions taken",
+            "{event}",
+            |p| p.telemetry().scaling_events,
+        ),
+        (
+            "poolplane.load_test.requests",
+            "Requests made by load tests",
+            "{request}",
+            |p| p.telemetry().load_test_requests,
+        ),
+    ];
+    for (name, description, unit, read) in counters {
+        let r = Arc::clone(registry);
+        meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_unit(unit)
+            .with_callback(move |o| each_pool(&r, |pool, attr| o.observe(read(pool), &[attr])))
+            .build();
+    }
+}
+
+type Pick = fn(&poolplane::AdvancedConnectionPool) -> &Histogram;
+
+/// The engine keeps its own lock-free latency histograms; once a second the new
+/// observations in each bucket are recorded into the OTLP histograms (at the
+/// bucket's midpoint, within 9%), so the hot path never calls into OpenTelemetry.
+async fn replay_histograms(
+    meter: Meter,
+    registry: Arc<ConnectionPoolService>,
+    token: CancellationToken,
+) {
+    let histograms: [(&'static str, &'static str, Pick); 5] = [
+        (
+            "db.client.connection.create_time",
+            "Time to open a connection",
+            |p| p.telemetry().create_time,
+        ),
+        (
+            "db.client.connection.wait_time",
+            "Time to obtain a connection from the pool",
+            |p| p.telemetry().acquire_time,
+        ),
+        (
+            "db.client.connection.use_time",
+            "Time a connection is checked out",
+            |p| p.telemetry().use_time,
+        ),
+        (
+            "db.client.operation.duration",
+            "Duration of database statements",
+            |p| p.telemetry().operation_time,
+        ),
+        (
+            "poolplane.health_check.duration",
+            "Duration of health checks",
+            |p| p.telemetry().health_check_time,
+        ),
+    ];
+    let instruments: Vec<_> = histograms
+        .iter()
+        .map(|(name, description, _)| {
+            meter
+                .f64_histogram(*name)
+                .with_description(*description)
+                .with_unit("s")
+                .build()
+        })
+        .collect();
+    let mut seen: std::collections::HashMap<(String, usize), Vec<u64>> =
+        std::collections::HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            biased;
+            () = token.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        for name in registry.pool_names() {
+            let Ok(pool) = registry.pool(&name) else {
+                continue;
+            };
+            let attrs = [KeyValue::new(POOL_NAME, name.clone())];
+            for (i, (_, _, pick)) in histograms.iter().enumerate() {
+                let now = pick(&pool).counts();
+                let before = seen
+                    .entry((name.clone(), i))
+                    .or_insert_with(|| vec![0; now.len()]);
+                for (bucket, (n, b)) in now.iter().zip(before.iter()).enumerate() {
+                    for _ in 0..n.saturating_sub(*b) {
+                        instruments[i].record(Histogram::bucket_secs(bucket), &attrs);
+                    }
+                }
+                *before = now;
+            }
+        }
     }
 }
 

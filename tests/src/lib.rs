@@ -5,6 +5,7 @@
 mod fault_proxy;
 mod grpcurl;
 mod http;
+mod otlp;
 mod process;
 mod server;
 mod test_pg;
@@ -12,6 +13,7 @@ mod test_pg;
 pub use fault_proxy::FaultProxy;
 pub use grpcurl::{Grpcurl, grpcurl};
 pub use http::{http_get, labelled_value, metric_value};
+pub use otlp::OtlpCollector;
 pub use process::{ServerProcess, process_alive, wait_until};
 pub use server::TestServer;
 pub use test_pg::{TestDatabase, TestPg, connect, count_backends, test_config};

@@ -88,11 +88,22 @@ impl ServerProcess {
 
     /// [`start`](Self::start) with RUST_LOG set to `log_filter`.
     pub async fn start_with_log(args: &[&str], log_filter: &str) -> anyhow::Result<Self> {
+        Self::start_with(args, log_filter, &[]).await
+    }
+
+    /// [`start`](Self::start) with RUST_LOG set to `log_filter` and `envs` added to
+    /// its environment.
+    pub async fn start_with(
+        args: &[&str],
+        log_filter: &str,
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(Self::binary()?)
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(["--log-format", "json"])
             .args(args)
             .env("RUST_LOG", log_filter)
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -211,6 +211,22 @@ impl PoolLoadTester {
         progress: Option<mpsc::Sender<LoadTestProgress>>,
         cancel: CancellationToken,
     ) -> Result<LoadTestResults, Error> {
+        let span = tracing::info_span!(
+            "load_test",
+            db.system.name = "postgresql",
+            db.client.connection.pool.name = %self.pool.name(),
+            concurrency = options.concurrency,
+            duration_secs = options.duration.as_secs(),
+        );
+        tracing::Instrument::instrument(self.run_inner(options, progress, cancel), span).await
+    }
+
+    async fn run_inner(
+        &self,
+        options: LoadTestOptions,
+        progress: Option<mpsc::Sender<LoadTestProgress>>,
+        cancel: CancellationToken,
+    ) -> Result<LoadTestResults, Error> {
         if options.concurrency == 0 {
             return Err(invalid("concurrency", "must be at least 1"));
         }

@@ -4,5 +4,6 @@
 pub mod convert;
 pub mod pool_service;
 pub mod status;
+pub mod trace;
 
 pub use pool_service::PoolService;

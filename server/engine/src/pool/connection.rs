@@ -153,6 +153,28 @@ impl PooledConnection {
         op: Op,
         retry: bool,
     ) -> Result<Out, Error> {
+        let started = Instant::now();
+        let span = tracing::debug_span!(
+            "db.query",
+            db.system.name = "postgresql",
+            db.client.connection.pool.name = %self.shared.name,
+        );
+        let result =
+            tracing::Instrument::instrument(self.run_untimed(sql, params, op, retry), span).await;
+        self.shared
+            .counters
+            .operation_time
+            .record(started.elapsed());
+        result
+    }
+
+    async fn run_untimed(
+        &mut self,
+        sql: &str,
+        params: Params<'_>,
+        op: Op,
+        retry: bool,
+    ) -> Result<Out, Error> {
         self.conn.queries += 1;
         Counters::add(&self.shared.counters.total_queries, 1);
         if self.shared.cache_capacity() == 0 {

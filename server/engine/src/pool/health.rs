@@ -123,10 +123,18 @@ pub(crate) async fn monitor(
             () = tokio::time::sleep(settings.health_check_interval()) => {}
         }
         let started = std::time::Instant::now();
-        let result = check(
-            &pg,
-            &settings.validation_query,
-            settings.health_check_timeout(),
+        let span = tracing::info_span!(
+            "health_check",
+            db.system.name = "postgresql",
+            db.client.connection.pool.name = %shared.name,
+        );
+        let result = tracing::Instrument::instrument(
+            check(
+                &pg,
+                &settings.validation_query,
+                settings.health_check_timeout(),
+            ),
+            span,
         )
         .await
         .map_err(|e| shared.redact(&e));

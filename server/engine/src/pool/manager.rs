@@ -99,7 +99,12 @@ impl bb8::ManageConnection for PoolManager {
     type Error = tokio_postgres::Error;
 
     async fn connect(&self) -> Result<Connection, tokio_postgres::Error> {
-        match self.open().await {
+        let span = tracing::debug_span!(
+            "db.connection.create",
+            db.system.name = "postgresql",
+            db.client.connection.pool.name = %self.shared.name,
+        );
+        match tracing::Instrument::instrument(self.open(), span).await {
             Ok(conn) => Ok(conn),
             Err(e) => {
                 self.shared.record_connect_error(&e);

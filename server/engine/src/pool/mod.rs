@@ -386,6 +386,15 @@ impl AdvancedConnectionPool {
     /// than validation_idle_threshold_ms is validated first. Fails with
     /// [`Error::AcquireTimeout`] after acquire_timeout_secs.
     pub async fn get(&self) -> Result<PooledConnection, Error> {
+        let span = tracing::debug_span!(
+            "db.checkout",
+            db.system.name = "postgresql",
+            db.client.connection.pool.name = %self.shared.name,
+        );
+        tracing::Instrument::instrument(self.checkout(), span).await
+    }
+
+    async fn checkout(&self) -> Result<PooledConnection, Error> {
         let shared = &self.shared;
         if shared.is_closed() {
             return Err(Error::PoolClosed);
@@ -727,6 +736,14 @@ async fn maintain(
         {
             let utilization = window_sum / f64::from(window_samples.max(1));
             if let Some(decision) = sizing::decide(size, utilization, &settings) {
+                let _span = tracing::info_span!(
+                    "scaling_decision",
+                    db.system.name = "postgresql",
+                    db.client.connection.pool.name = %shared.name,
+                    from = decision.from,
+                    to = decision.to,
+                )
+                .entered();
                 shared.set_target(decision.to);
                 Counters::add(&shared.counters.scaling_events, 1);
                 tracing::info!(

@@ -167,6 +167,19 @@ impl Histogram {
         self.sum_micros.load(Ordering::Relaxed) as f64 / count as f64 / 1000.0
     }
 
+    /// The count of every bucket, in bucket order (see [`Histogram::bucket_secs`]).
+    pub fn counts(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The midpoint of bucket `index`, in seconds.
+    pub fn bucket_secs(index: usize) -> f64 {
+        bucket_value(index) / 1_000_000.0
+    }
+
     /// The sum of everything recorded, in seconds.
     pub fn sum_secs(&self) -> f64 {
         self.sum_micros.load(Ordering::Relaxed) as f64 / 1_000_000.0
