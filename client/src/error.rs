@@ -28,6 +28,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// The fields a request got wrong (from the status's google.rpc.BadRequest), as
+    /// (field, description) pairs; empty for other errors.
+    pub fn field_violations(&self) -> Vec<(String, String)> {
+        use tonic_types::StatusExt as _;
+        self.status()
+            .and_then(|s| s.get_details_bad_request())
+            .map(|b| {
+                b.field_violations
+                    .into_iter()
+                    .map(|v| (v.field, v.description))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The gRPC status, when the server answered with one.
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {

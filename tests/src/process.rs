@@ -48,6 +48,24 @@ where
     }
 }
 
+/// A binary of this workspace in the target directory this test was built into
+/// (the README's test command builds them all first).
+pub fn built_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("test executable has no target directory")?;
+    let binary = profile_dir.join(name);
+    if !binary.is_file() {
+        bail!(
+            "{} not found: build it first with `cargo build --workspace --bins` (the README's test command does)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
 /// A `poolplane-server` process started from the built binary, logging JSON.
 pub struct ServerProcess {
     child: Child,
@@ -65,19 +83,7 @@ impl ServerProcess {
         if let Ok(path) = std::env::var("POOLPLANE_SERVER_BIN") {
             return Ok(path.into());
         }
-        let exe = std::env::current_exe()?;
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .context("test executable has no target directory")?;
-        let binary = profile_dir.join("poolplane-server");
-        if !binary.is_file() {
-            bail!(
-                "{} not found: build it first with `cargo build -p poolplane-server` (the README's test command does)",
-                binary.display()
-            );
-        }
-        Ok(binary)
+        built_binary("poolplane-server")
     }
 
     /// Starts the binary with `--listen 127.0.0.1:0 --log-format json` and `args`,

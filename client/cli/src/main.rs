@@ -1,13 +1,26 @@
 //! `poolctl`: the command line for a poolplane server.
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+mod output;
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use poolplane_client::PoolplaneClient;
+use poolplane_client::proto::run_load_test_response::Update;
+use poolplane_client::proto::{PoolConfig, RunLoadTestRequest, WarmupQueries};
+
+use output::{Format, Printer};
 
 /// Command line for poolplane's gRPC control plane.
 #[derive(Debug, Parser)]
-#[command(name = "poolctl", version, about)]
-struct Flags {
+#[command(
+    name = "poolctl",
+    version,
+    about,
+    after_help = "Examples:\n  poolctl pools create primary --url postgres://app:pw@127.0.0.1/app --preset production --max 40\n  poolctl pools list --output json\n  poolctl stats primary --watch\n  poolctl loadtest primary -c 50 -d 60\n  poolctl optimize --apply"
+)]
+struct Cli {
     /// The server's gRPC address.
     #[arg(
         long,
@@ -17,29 +30,405 @@ struct Flags {
     )]
     server: String,
 
+    /// Output: human tables or stable JSON.
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// List the server's pools.
+    /// Create, list, inspect, change and delete pools.
+    #[command(subcommand)]
+    Pools(PoolsCommand),
+    /// A pool's stats (all pools without NAME); --watch follows them.
+    Stats {
+        /// The pool.
+        name: Option<String>,
+        /// Keep printing a snapshot every second.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// A pool's health (all pools without NAME); --watch follows its events.
+    Health {
+        /// The pool.
+        name: Option<String>,
+        /// Keep printing health events.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Follow health and scaling events.
+    Events {
+        /// Only this pool (repeatable).
+        #[arg(long = "pool")]
+        pools: Vec<String>,
+    },
+    /// Load-test a pool: live progress, then the graded summary.
+    #[command(after_help = "Example:\n  poolctl loadtest primary -c 50 -d 60 --query 'SELECT 1'")]
+    Loadtest {
+        /// The pool.
+        name: String,
+        /// Requests in flight at once.
+        #[arg(short = 'c', long, default_value_t = 8)]
+        concurrency: u32,
+        /// Seconds to measure.
+        #[arg(short = 'd', long, default_value_t = 10)]
+        duration: u32,
+        /// The statement (default: the pool's validation query).
+        #[arg(long)]
+        query: Option<String>,
+        /// Seconds of unmeasured warm-up.
+        #[arg(long, default_value_t = 0)]
+        warmup: u32,
+        /// Open loop at this many requests per second.
+        #[arg(long)]
+        rps: Option<f64>,
+    },
+    /// Recommendations for every pool (or --pool ones); --apply makes them.
+    Optimize {
+        /// Only this pool (repeatable).
+        #[arg(long = "pool")]
+        pools: Vec<String>,
+        /// Make the numeric changes.
+        #[arg(long)]
+        apply: bool,
+    },
+    /// A pool's recorded metrics.
+    History {
+        /// The pool.
+        name: String,
+        /// How far back, with a unit (30m, 1h, 7d).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        since: Duration,
+        /// At most this many points.
+        #[arg(long, default_value_t = 20)]
+        points: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolsCommand {
+    /// Create a pool.
+    #[command(
+        after_help = "Example:\n  poolctl pools create primary --url postgres://app:pw@127.0.0.1/app --min 2 --max 20"
+    )]
+    Create {
+        /// The pool's name.
+        name: String,
+        /// Its database (postgres:// URL or key=value conninfo).
+        #[arg(long)]
+        url: String,
+        #[command(flatten)]
+        config: Box<ConfigArgs>,
+    },
+    /// List every pool.
     List,
+    /// Show one pool.
+    Get {
+        /// The pool.
+        name: String,
+    },
+    /// Change the given config fields.
+    Update {
+        /// The pool.
+        name: String,
+        #[command(flatten)]
+        config: Box<ConfigArgs>,
+    },
+    /// Delete a pool.
+    Delete {
+        /// The pool.
+        name: String,
+    },
+}
+
+/// Every AdvancedPoolConfig field as a flag; unset flags leave the field alone.
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// Start from a preset: default, production or development.
+    #[arg(long)]
+    preset: Option<String>,
+    /// max_connections.
+    #[arg(long = "max")]
+    max_connections: Option<u32>,
+    /// min_connections.
+    #[arg(long = "min")]
+    min_connections: Option<u32>,
+    /// acquire_timeout_secs.
+    #[arg(long)]
+    acquire_timeout_secs: Option<u64>,
+    /// idle_timeout_secs.
+    #[arg(long)]
+    idle_timeout_secs: Option<u64>,
+    /// max_lifetime_secs.
+    #[arg(long)]
+    max_lifetime_secs: Option<u64>,
+    /// statement_cache_capacity.
+    #[arg(long)]
+    statement_cache_capacity: Option<u32>,
+    /// enable_prepared_statements (true/false).
+    #[arg(long)]
+    enable_prepared_statements: Option<bool>,
+    /// health_check_interval_secs.
+    #[arg(long)]
+    health_check_interval_secs: Option<u64>,
+    /// health_check_timeout_secs.
+    #[arg(long)]
+    health_check_timeout_secs: Option<u64>,
+    /// max_failed_health_checks.
+    #[arg(long)]
+    max_failed_health_checks: Option<u32>,
+    /// enable_dynamic_sizing (true/false).
+    #[arg(long)]
+    enable_dynamic_sizing: Option<bool>,
+    /// load_threshold_high.
+    #[arg(long)]
+    load_threshold_high: Option<f64>,
+    /// load_threshold_low.
+    #[arg(long)]
+    load_threshold_low: Option<f64>,
+    /// scale_up_factor.
+    #[arg(long)]
+    scale_up_factor: Option<f64>,
+    /// scale_down_factor.
+    #[arg(long)]
+    scale_down_factor: Option<f64>,
+    /// min_scale_interval_secs.
+    #[arg(long)]
+    min_scale_interval_secs: Option<u64>,
+    /// enable_connection_validation (true/false).
+    #[arg(long)]
+    enable_connection_validation: Option<bool>,
+    /// validation_query.
+    #[arg(long)]
+    validation_query: Option<String>,
+    /// A connection warmup query (repeatable; replaces the list).
+    #[arg(long = "warmup-query")]
+    warmup_queries: Vec<String>,
+    /// enable_connection_recycling (true/false).
+    #[arg(long)]
+    enable_connection_recycling: Option<bool>,
+    /// recycle_threshold_queries.
+    #[arg(long)]
+    recycle_threshold_queries: Option<u64>,
+    /// validation_idle_threshold_ms.
+    #[arg(long)]
+    validation_idle_threshold_ms: Option<u64>,
+}
+
+impl ConfigArgs {
+    fn into_proto(self: Box<Self>) -> PoolConfig {
+        PoolConfig {
+            preset: self.preset,
+            max_connections: self.max_connections,
+            min_connections: self.min_connections,
+            acquire_timeout_secs: self.acquire_timeout_secs,
+            idle_timeout_secs: self.idle_timeout_secs,
+            max_lifetime_secs: self.max_lifetime_secs,
+            statement_cache_capacity: self.statement_cache_capacity,
+            enable_prepared_statements: self.enable_prepared_statements,
+            health_check_interval_secs: self.health_check_interval_secs,
+            health_check_timeout_secs: self.health_check_timeout_secs,
+            max_failed_health_checks: self.max_failed_health_checks,
+            enable_dynamic_sizing: self.enable_dynamic_sizing,
+            load_threshold_high: self.load_threshold_high,
+            load_threshold_low: self.load_threshold_low,
+            scale_up_factor: self.scale_up_factor,
+            scale_down_factor: self.scale_down_factor,
+            min_scale_interval_secs: self.min_scale_interval_secs,
+            enable_connection_validation: self.enable_connection_validation,
+            validation_query: self.validation_query,
+            connection_warmup_queries: (!self.warmup_queries.is_empty()).then_some(WarmupQueries {
+                queries: self.warmup_queries,
+            }),
+            enable_connection_recycling: self.enable_connection_recycling,
+            recycle_threshold_queries: self.recycle_threshold_queries,
+            validation_idle_threshold_ms: self.validation_idle_threshold_ms,
+        }
+    }
+}
+
+/// A duration with a unit: `ms`, `s`, `m`, `h` or `d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` has no unit: write e.g. 30m, 1h, 7d"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number and a unit"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        other => return Err(format!("unknown unit `{other}`: use ms, s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let flags = Flags::parse();
-    let client = PoolplaneClient::connect(&flags.server)
-        .await
-        .with_context(|| format!("connecting to {}", flags.server))?;
-    match flags.command {
-        Command::List => {
-            let pools = client.list_pools().await?;
-            println!("{:<24} DATABASE", "NAME");
-            for pool in pools {
-                println!("{:<24} {}", pool.name, pool.database_url);
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let printer = Printer::new(match cli.output {
+        Output::Table => Format::Table,
+        Output::Json => Format::Json,
+    });
+    match run(cli, &printer).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", describe(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line: the server's message and any field violations.
+fn describe(error: &anyhow::Error) -> String {
+    match error.downcast_ref::<poolplane_client::Error>() {
+        Some(e) => {
+            let violations = e.field_violations();
+            match (e.status(), violations.is_empty()) {
+                (Some(status), true) => format!("{:?}: {}", status.code(), status.message()),
+                (Some(status), false) => format!(
+                    "{:?}: {}",
+                    status.code(),
+                    violations
+                        .iter()
+                        .map(|(f, d)| format!("{f}: {d}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                (None, _) => e.to_string(),
             }
+        }
+        None => format!("{error:#}"),
+    }
+}
+
+async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
+    let client = PoolplaneClient::connect(&cli.server).await?;
+    match cli.command {
+        Command::Pools(PoolsCommand::Create { name, url, config }) => {
+            out.pool(&client.create_pool(&name, &url, config.into_proto()).await?);
+        }
+        Command::Pools(PoolsCommand::List) => out.pools(&client.list_pools().await?),
+        Command::Pools(PoolsCommand::Get { name }) => out.pool(&client.get_pool(&name).await?),
+        Command::Pools(PoolsCommand::Update { name, config }) => {
+            out.pool(
+                &client
+                    .update_pool_config(&name, config.into_proto())
+                    .await?,
+            );
+        }
+        Command::Pools(PoolsCommand::Delete { name }) => {
+            client.delete_pool(&name).await?;
+            out.done(&format!("pool {name} deleted"));
+        }
+        Command::Stats { name, watch: false } => {
+            let names = match name {
+                Some(name) => vec![name],
+                None => client
+                    .list_pools()
+                    .await?
+                    .into_iter()
+                    .map(|p| p.name)
+                    .collect(),
+            };
+            let mut all = Vec::new();
+            for name in names {
+                all.push(client.get_pool_stats(&name).await?);
+            }
+            out.stats(&all);
+        }
+        Command::Stats { name, watch: true } => {
+            let names: Vec<&str> = name.iter().map(String::as_str).collect();
+            let mut watch = client.watch_pool_stats(&names, 1000).await?;
+            while let Some(stats) = watch.next().await? {
+                out.stats(&[stats]);
+            }
+        }
+        Command::Health { name, watch: false } => {
+            let names = match name {
+                Some(name) => vec![name],
+                None => client
+                    .list_pools()
+                    .await?
+                    .into_iter()
+                    .map(|p| p.name)
+                    .collect(),
+            };
+            let mut all = Vec::new();
+            for name in names {
+                all.push(client.get_health_status(&name).await?);
+            }
+            out.health(&all);
+        }
+        Command::Health { name, watch: true } => {
+            let names: Vec<&str> = name.iter().map(String::as_str).collect();
+            let mut watch = client.watch_health_events(&names).await?;
+            while let Some(event) = watch.next().await? {
+                out.event(&event);
+            }
+        }
+        Command::Events { pools } => {
+            let names: Vec<&str> = pools.iter().map(String::as_str).collect();
+            let mut watch = client.watch_health_events(&names).await?;
+            while let Some(event) = watch.next().await? {
+                out.event(&event);
+            }
+        }
+        Command::Loadtest {
+            name,
+            concurrency,
+            duration,
+            query,
+            warmup,
+            rps,
+        } => {
+            let mut stream = client
+                .run_load_test(RunLoadTestRequest {
+                    pool_name: name,
+                    concurrency,
+                    duration_secs: duration,
+                    query: query.unwrap_or_default(),
+                    warmup_secs: warmup,
+                    target_rps: rps,
+                })
+                .await?;
+            while let Some(update) = stream.next().await? {
+                match update {
+                    Update::Progress(p) => out.progress(&p, duration),
+                    Update::Result(result) => {
+                        out.end_progress();
+                        out.load_test(&result);
+                    }
+                }
+            }
+        }
+        Command::Optimize { pools, apply } => {
+            let names: Vec<&str> = pools.iter().map(String::as_str).collect();
+            out.report(&client.optimize_pools(&names, apply).await?);
+        }
+        Command::History {
+            name,
+            since,
+            points,
+        } => {
+            let to = SystemTime::now();
+            let history = client
+                .get_metrics_history(&name, Some(to - since), Some(to), points)
+                .await?;
+            out.history(&history);
         }
     }
     Ok(())

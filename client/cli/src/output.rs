@@ -1,0 +1,443 @@
+//! What poolctl prints: human tables by default, or one stable JSON document per
+//! answer (one per line for streams) with `--output json`.
+
+use std::io::{IsTerminal, Write};
+
+use poolplane_client::proto::{
+    Grade, HealthStatus, LoadTestProgress, LoadTestResult, MetricsPoint, OptimizationReport, Pool,
+    PoolConfig, PoolEvent, PoolState, PoolStats, pool_event::Kind,
+};
+use serde_json::{Value, json};
+
+/// Table or JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Human tables.
+    Table,
+    /// Stable JSON.
+    Json,
+}
+
+/// Prints answers in the chosen format.
+#[derive(Debug)]
+pub struct Printer {
+    format: Format,
+}
+
+fn time(ts: Option<&prost_types::Timestamp>) -> Value {
+    ts.map_or(Value::Null, |t| {
+        let secs = t.seconds as f64 + f64::from(t.nanos) / 1e9;
+        json!(secs)
+    })
+}
+
+fn config_json(c: &PoolConfig) -> Value {
+    json!({
+        "max_connections": c.max_connections,
+        "min_connections": c.min_connections,
+        "acquire_timeout_secs": c.acquire_timeout_secs,
+        "idle_timeout_secs": c.idle_timeout_secs,
+        "max_lifetime_secs": c.max_lifetime_secs,
+        "statement_cache_capacity": c.statement_cache_capacity,
+        "enable_prepared_statements": c.enable_prepared_statements,
+        "health_check_interval_secs": c.health_check_interval_secs,
+        "health_check_timeout_secs": c.health_check_timeout_secs,
+        "max_failed_health_checks": c.max_failed_health_checks,
+        "enable_dynamic_sizing": c.enable_dynamic_sizing,
+        "load_threshold_high": c.load_threshold_high,
+        "load_threshold_low": c.load_threshold_low,
+        "scale_up_factor": c.scale_up_factor,
+        "scale_down_factor": c.scale_down_factor,
+        "min_scale_interval_secs": c.min_scale_interval_secs,
+        "enable_connection_validation": c.enable_connection_validation,
+        "validation_query": c.validation_query,
+        "connection_warmup_queries": c.connection_warmup_queries.as_ref().map(|w| &w.queries),
+        "enable_connection_recycling": c.enable_connection_recycling,
+        "recycle_threshold_queries": c.recycle_threshold_queries,
+        "validation_idle_threshold_ms": c.validation_idle_threshold_ms,
+    })
+}
+
+fn state(p: &Pool) -> &'static str {
+    match PoolState::try_from(p.state) {
+        Ok(PoolState::Healthy) => "healthy",
+        Ok(PoolState::Unhealthy) => "unhealthy",
+        _ => "unknown",
+    }
+}
+
+fn pool_json(p: &Pool) -> Value {
+    json!({
+        "name": p.name,
+        "database_url": p.database_url,
+        "state": state(p),
+        "created_at": time(p.created_at.as_ref()),
+        "updated_at": time(p.updated_at.as_ref()),
+        "config": p.config.as_ref().map(config_json),
+    })
+}
+
+fn stats_json(s: &PoolStats) -> Value {
+    json!({
+        "pool_name": s.pool_name,
+        "connections": s.connections,
+        "idle_connections": s.idle_connections,
+        "active_connections": s.active_connections,
+        "waiting_requests": s.waiting_requests,
+        "current_size": s.current_size,
+        "min_connections": s.min_connections,
+        "max_connections": s.max_connections,
+        "utilization_rate": s.utilization_rate,
+        "avg_acquire_time_ms": s.avg_acquire_time_ms,
+        "p50_acquire_time_ms": s.p50_acquire_time_ms,
+        "p95_acquire_time_ms": s.p95_acquire_time_ms,
+        "p99_acquire_time_ms": s.p99_acquire_time_ms,
+        "total_acquires": s.total_acquires,
+        "acquire_timeouts": s.acquire_timeouts,
+        "connection_errors": s.connection_errors,
+        "connections_created": s.connections_created,
+        "connections_closed": s.connections_closed,
+        "connections_recycled": s.connections_recycled,
+        "total_queries": s.total_queries,
+    })
+}
+
+fn health_json(h: &HealthStatus) -> Value {
+    json!({
+        "pool_name": h.pool_name,
+        "is_healthy": h.is_healthy,
+        "response_time_ms": h.response_time_ms,
+        "consecutive_failures": h.consecutive_failures,
+        "last_check_at": time(h.last_check_at.as_ref()),
+        "last_success_at": time(h.last_success_at.as_ref()),
+        "last_error": (!h.last_error.is_empty()).then_some(&h.last_error),
+    })
+}
+
+fn grade(g: i32) -> &'static str {
+    match Grade::try_from(g) {
+        Ok(Grade::A) => "A",
+        Ok(Grade::B) => "B",
+        Ok(Grade::C) => "C",
+        Ok(Grade::D) => "D",
+        Ok(Grade::F) => "F",
+        _ => "?",
+    }
+}
+
+fn event_text(e: &PoolEvent) -> (String, Value) {
+    let (kind, detail) = match &e.kind {
+        Some(Kind::CurrentHealth(h)) => ("current_health", health_json(h)),
+        Some(Kind::HealthCheckFailed(f)) => (
+            "health_check_failed",
+            json!({"consecutive_failures": f.consecutive_failures, "error": f.error}),
+        ),
+        Some(Kind::BecameUnhealthy(u)) => (
+            "became_unhealthy",
+            json!({"consecutive_failures": u.consecutive_failures, "error": u.error}),
+        ),
+        Some(Kind::Recovered(r)) => ("recovered", json!({"response_time_ms": r.response_time_ms})),
+        Some(Kind::Scaled(s)) => (
+            "scaled",
+            json!({"from": s.from, "to": s.to, "utilization": s.utilization, "reason": s.reason}),
+        ),
+        Some(Kind::ConnectionRecycled(c)) => ("connection_recycled", json!({"queries": c.queries})),
+        Some(Kind::PoolCreated(_)) => ("pool_created", json!({})),
+        Some(Kind::PoolUpdated(u)) => ("pool_updated", json!({"rebuilt": u.rebuilt})),
+        Some(Kind::PoolDeleted(_)) => ("pool_deleted", json!({})),
+        Some(Kind::MissedEvents(m)) => ("missed_events", json!({"count": m.count})),
+        None => ("unknown", json!({})),
+    };
+    (kind.to_owned(), detail)
+}
+
+impl Printer {
+    pub fn new(format: Format) -> Self {
+        Self { format }
+    }
+
+    fn json(&self, value: &Value) {
+        println!("{value}");
+    }
+
+    pub fn done(&self, message: &str) {
+        match self.format {
+            Format::Json => self.json(&json!({"ok": true, "message": message})),
+            Format::Table => println!("{message}"),
+        }
+    }
+
+    pub fn pool(&self, p: &Pool) {
+        match self.format {
+            Format::Json => self.json(&pool_json(p)),
+            Format::Table => {
+                println!("name:      {}", p.name);
+                println!("database:  {}", p.database_url);
+                println!("state:     {}", state(p));
+                if let Some(c) = &p.config {
+                    println!(
+                        "size:      min {} / max {}",
+                        c.min_connections.unwrap_or(0),
+                        c.max_connections.unwrap_or(0)
+                    );
+                    println!(
+                        "config:    {}",
+                        serde_json::to_string(&config_json(c)).unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn pools(&self, pools: &[Pool]) {
+        match self.format {
+            Format::Json => self.json(&Value::Array(pools.iter().map(pool_json).collect())),
+            Format::Table => {
+                println!(
+                    "{:<20} {:<10} {:>5} {:>5}  DATABASE",
+                    "NAME", "STATE", "MIN", "MAX"
+                );
+                for p in pools {
+                    let c = p.config.clone().unwrap_or_default();
+                    println!(
+                        "{:<20} {:<10} {:>5} {:>5}  {}",
+                        p.name,
+                        state(p),
+                        c.min_connections.unwrap_or(0),
+                        c.max_connections.unwrap_or(0),
+                        p.database_url
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn stats(&self, all: &[PoolStats]) {
+        match self.format {
+            Format::Json => {
+                for s in all {
+                    self.json(&stats_json(s));
+                }
+            }
+            Format::Table => {
+                println!(
+                    "{:<20} {:>6} {:>5} {:>5} {:>5} {:>5} {:>6} {:>9} {:>9}",
+                    "POOL", "UTIL", "USED", "IDLE", "WAIT", "SIZE", "MAX", "P95 ms", "TIMEOUTS"
+                );
+                for s in all {
+                    println!(
+                        "{:<20} {:>5.0}% {:>5} {:>5} {:>5} {:>5} {:>6} {:>9.2} {:>9}",
+                        s.pool_name,
+                        s.utilization_rate * 100.0,
+                        s.active_connections,
+                        s.idle_connections,
+                        s.waiting_requests,
+                        s.current_size,
+                        s.max_connections,
+                        s.p95_acquire_time_ms,
+                        s.acquire_timeouts
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn health(&self, all: &[HealthStatus]) {
+        match self.format {
+            Format::Json => {
+                for h in all {
+                    self.json(&health_json(h));
+                }
+            }
+            Format::Table => {
+                println!(
+                    "{:<20} {:<10} {:>10} {:>9}  LAST ERROR",
+                    "POOL", "HEALTH", "RESP ms", "FAILURES"
+                );
+                for h in all {
+                    println!(
+                        "{:<20} {:<10} {:>10.2} {:>9}  {}",
+                        h.pool_name,
+                        if h.is_healthy { "healthy" } else { "UNHEALTHY" },
+                        h.response_time_ms,
+                        h.consecutive_failures,
+                        h.last_error
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn event(&self, e: &PoolEvent) {
+        let (kind, detail) = event_text(e);
+        match self.format {
+            Format::Json => self.json(&json!({
+                "pool_name": e.pool_name, "at": time(e.at.as_ref()), "kind": kind, "detail": detail
+            })),
+            Format::Table => println!("{:<20} {:<20} {}", e.pool_name, kind, detail),
+        }
+    }
+
+    pub fn progress(&self, p: &LoadTestProgress, duration_secs: u32) {
+        if self.format == Format::Json || !std::io::stderr().is_terminal() {
+            if self.format == Format::Table {
+                eprintln!(
+                    "{:>5.1}s  {:>8} requests  {:>8.0} req/s  {} errors  p95 {:.2} ms  util {:.0}%",
+                    p.elapsed_secs,
+                    p.requests,
+                    p.current_rps,
+                    p.errors,
+                    p.p95_ms,
+                    p.utilization * 100.0
+                );
+            }
+            return;
+        }
+        let width: u32 = 30;
+        let done = ((p.elapsed_secs / f64::from(duration_secs.max(1))) * f64::from(width)).round()
+            as usize;
+        let bar: String = (0..width as usize)
+            .map(|i| if i < done { '#' } else { '-' })
+            .collect();
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\r[{bar}] {:>4.0}/{duration_secs}s  {:>8.0} req/s  errors {}  p95 {:.2} ms ",
+            p.elapsed_secs, p.current_rps, p.errors, p.p95_ms
+        );
+        let _ = err.flush();
+    }
+
+    pub fn end_progress(&self) {
+        if self.format == Format::Table && std::io::stderr().is_terminal() {
+            eprintln!();
+        }
+    }
+
+    pub fn load_test(&self, r: &LoadTestResult) {
+        match self.format {
+            Format::Json => self.json(&json!({
+                "pool_name": r.pool_name,
+                "grade": grade(r.grade),
+                "concurrency": r.concurrency,
+                "query": r.query,
+                "target_rps": r.target_rps,
+                "total_requests": r.total_requests,
+                "successful_requests": r.successful_requests,
+                "failed_requests": r.failed_requests,
+                "error_rate": r.error_rate,
+                "requests_per_second": r.requests_per_second,
+                "avg_response_time_ms": r.avg_response_time_ms,
+                "p50_response_time_ms": r.p50_response_time_ms,
+                "p95_response_time_ms": r.p95_response_time_ms,
+                "p99_response_time_ms": r.p99_response_time_ms,
+                "max_response_time_ms": r.max_response_time_ms,
+                "avg_utilization": r.avg_utilization,
+                "peak_utilization": r.peak_utilization,
+                "started_at": time(r.started_at.as_ref()),
+                "duration_secs": r.duration_secs,
+            })),
+            Format::Table => {
+                println!("Grade: {}", grade(r.grade));
+                println!("Total requests: {}", r.total_requests);
+                println!("Error rate: {:.2}%", r.error_rate * 100.0);
+                println!("Requests per second: {:.0}", r.requests_per_second);
+                println!(
+                    "Response time ms: avg {:.2}  p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}",
+                    r.avg_response_time_ms,
+                    r.p50_response_time_ms,
+                    r.p95_response_time_ms,
+                    r.p99_response_time_ms,
+                    r.max_response_time_ms
+                );
+                println!(
+                    "Utilization: avg {:.0}%  peak {:.0}%",
+                    r.avg_utilization * 100.0,
+                    r.peak_utilization * 100.0
+                );
+            }
+        }
+    }
+
+    pub fn report(&self, r: &OptimizationReport) {
+        match self.format {
+            Format::Json => self.json(&json!({
+                "total_pools": r.total_pools,
+                "optimized_pools": r.optimized_pools,
+                "optimizations": r.optimizations.iter().map(|o| json!({
+                    "pool_name": o.pool_name,
+                    "current_utilization": o.current_utilization,
+                    "applied_changes": o.applied_changes,
+                    "recommendations": o.recommendations.iter().map(|rec| json!({
+                        "parameter": rec.parameter,
+                        "current_value": rec.current_value,
+                        "suggested_value": rec.suggested_value,
+                        "reason": rec.reason,
+                        "severity": rec.severity,
+                        "sentence": rec.sentence,
+                        "applicable": rec.applicable,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })),
+            Format::Table => {
+                println!("Optimized {}/{} pools", r.optimized_pools, r.total_pools);
+                for o in &r.optimizations {
+                    println!(
+                        "Pool '{}': {:.2}% utilization",
+                        o.pool_name,
+                        o.current_utilization * 100.0
+                    );
+                    for rec in &o.recommendations {
+                        println!(
+                            "  - {} ({} -> {}): {}",
+                            rec.sentence, rec.current_value, rec.suggested_value, rec.reason
+                        );
+                    }
+                    for change in &o.applied_changes {
+                        println!("  applied: {change}");
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn history(&self, points: &[MetricsPoint]) {
+        match self.format {
+            Format::Json => self.json(&Value::Array(
+                points
+                    .iter()
+                    .map(|p| {
+                        json!({
+                            "at": time(p.at.as_ref()),
+                            "samples": p.samples,
+                            "avg_utilization": p.avg_utilization,
+                            "max_utilization": p.max_utilization,
+                            "avg_acquire_time_ms": p.avg_acquire_time_ms,
+                            "max_p95_acquire_time_ms": p.max_p95_acquire_time_ms,
+                            "avg_connections": p.avg_connections,
+                            "max_waiting_requests": p.max_waiting_requests,
+                            "queries": p.queries,
+                        })
+                    })
+                    .collect(),
+            )),
+            Format::Table => {
+                println!(
+                    "{:>14} {:>8} {:>8} {:>8} {:>10} {:>10}",
+                    "AT (unix s)", "SAMPLES", "UTIL", "PEAK", "ACQ ms", "QUERIES"
+                );
+                for p in points {
+                    println!(
+                        "{:>14} {:>8} {:>7.0}% {:>7.0}% {:>10.2} {:>10}",
+                        p.at.as_ref().map_or(0, |t| t.seconds),
+                        p.samples,
+                        p.avg_utilization * 100.0,
+                        p.max_utilization * 100.0,
+                        p.avg_acquire_time_ms,
+                        p.queries
+                    );
+                }
+            }
+        }
+    }
+}
