@@ -11,6 +11,9 @@ use poolplane_client::proto::{Grade, LoadTestResult, PoolConfig, RunLoadTestRequ
 use poolplane_tests::{TestPg, TestServer, wait_until};
 use tonic::Code;
 
+/// Load tests measure this machine: run them one at a time, not against each other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn fixed(min: u32, max: u32) -> PoolConfig {
     PoolConfig {
         min_connections: Some(min),
@@ -51,6 +54,7 @@ async fn run(
 
 #[tokio::test]
 async fn an_idle_pool_grades_a_and_the_result_is_stored() -> anyhow::Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let server = TestServer::spawn().await?;
     let db = TestPg::database().await?;
     server
@@ -90,6 +94,7 @@ async fn an_idle_pool_grades_a_and_the_result_is_stored() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn an_open_loop_test_keeps_its_rate() -> anyhow::Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let server = TestServer::spawn().await?;
     let db = TestPg::database().await?;
     server
@@ -112,12 +117,18 @@ async fn an_open_loop_test_keeps_its_rate() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_starved_pool_is_grown_by_the_optimizer_and_grades_better() -> anyhow::Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let server = TestServer::spawn().await?;
     let db = TestPg::database().await?;
     let client = &server.client;
     client.create_pool("starved", db.url(), fixed(1, 2)).await?;
     let query = "SELECT pg_sleep(0.02)";
-    let (_, before) = run(client, test("starved", 32, 3, query)).await?;
+    // A second of warm-up opens the connections before measuring starts.
+    let warm = |r: RunLoadTestRequest| RunLoadTestRequest {
+        warmup_secs: 1,
+        ..r
+    };
+    let (_, before) = run(client, warm(test("starved", 32, 3, query))).await?;
     assert!(before.grade >= Grade::C as i32, "{before:?}");
 
     let advice = client.optimize_pools(&["starved"], false).await?;
@@ -153,7 +164,7 @@ async fn a_starved_pool_is_grown_by_the_optimizer_and_grades_better() -> anyhow:
         .get(0);
     assert_eq!(stored["max_connections"], suggested);
 
-    let (_, after) = run(client, test("starved", 32, 3, query)).await?;
+    let (_, after) = run(client, warm(test("starved", 32, 3, query))).await?;
     eprintln!(
         "starved: grade {} p95 {:.1} ms peak {:.2} -> max {suggested}: grade {} p95 {:.1} ms peak {:.2}",
         before.grade,
@@ -175,6 +186,7 @@ async fn a_starved_pool_is_grown_by_the_optimizer_and_grades_better() -> anyhow:
 
 #[tokio::test]
 async fn the_optimizer_keeps_pools_within_the_servers_budget() -> anyhow::Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let small = EmbeddedPg::start(EmbeddedPgOptions {
         data_dir: None,
         settings: vec![("max_connections".into(), "20".into())],
@@ -225,6 +237,7 @@ async fn the_optimizer_keeps_pools_within_the_servers_budget() -> anyhow::Result
 
 #[tokio::test]
 async fn progress_comes_every_second_and_cancelling_stops_the_test() -> anyhow::Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let server = TestServer::spawn().await?;
     let db = TestPg::database().await?;
     let client = &server.client;
