@@ -246,8 +246,11 @@ async fn a_control_database_outage_loses_no_sample_and_fails_no_query() -> anyho
 #[tokio::test]
 async fn retention_removes_old_rows_and_keeps_new_ones() -> anyhow::Result<()> {
     let control = TestPg::database().await?;
+    // A first server creates the schema; the rows go in once it has stopped, so
+    // that only the second server's retention can touch them.
     let first = TestServer::spawn_on(control.clone()).await?;
     let sql = first.control.connect().await?;
+    first.shutdown().await?;
     for age in ["8 days", "1 hour"] {
         sql.batch_execute(&format!(
             "INSERT INTO connection_pool_metrics (pool_name, recorded_at, connections, idle_connections, \
@@ -266,7 +269,6 @@ async fn retention_removes_old_rows_and_keeps_new_ones() -> anyhow::Result<()> {
         ))
         .await?;
     }
-    first.shutdown().await?;
     let count = |age_filter: &'static str| {
         let sql = &sql;
         async move {
