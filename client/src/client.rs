@@ -9,6 +9,8 @@ use poolplane_proto::v1::{
     PoolEvent, PoolStats, RunLoadTestRequest, RunLoadTestResponse, ScalingEventRecord,
     StatementCacheStats, UpdatePoolConfigRequest, WatchHealthEventsRequest, WatchPoolStatsRequest,
 };
+use std::time::Duration;
+
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
@@ -18,6 +20,90 @@ use crate::Error;
 #[derive(Debug, Clone)]
 pub struct PoolplaneClient {
     channel: Channel,
+    options: Options,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Options {
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    request_timeout: Option<Duration>,
+    retries: u32,
+}
+
+/// Configures a [`PoolplaneClient`] before connecting.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    server: String,
+    connect_timeout: Duration,
+    options: Options,
+    token_error: Option<String>,
+}
+
+impl ClientBuilder {
+    /// How long connecting may take (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// A deadline for every call (streams excepted; default none).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.options.request_timeout = Some(timeout);
+        self
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call.
+    pub fn bearer_token(mut self, token: &str) -> Self {
+        match format!("Bearer {token}").parse() {
+            Ok(value) => self.options.token = Some(value),
+            Err(_) => {
+                self.token_error = Some("the bearer token is not valid ASCII metadata".into())
+            }
+        }
+        self
+    }
+
+    /// Retries idempotent calls (reads) up to `retries` times on UNAVAILABLE, with
+    /// jittered exponential backoff from 100 ms (default 0).
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.options.retries = retries;
+        self
+    }
+
+    /// Connects.
+    pub async fn connect(self) -> Result<PoolplaneClient, Error> {
+        let server = self.server.as_str();
+        let uri = if server.contains("://") {
+            server.to_owned()
+        } else {
+            format!("http://{server}")
+        };
+        if let Some(reason) = self.token_error {
+            return Err(Error::Status(tonic::Status::invalid_argument(reason)));
+        }
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|source| Error::InvalidEndpoint {
+                endpoint: server.to_owned(),
+                source,
+            })?
+            .connect_timeout(self.connect_timeout);
+        let channel = endpoint.connect().await.map_err(|source| Error::Connect {
+            endpoint: server.to_owned(),
+            source,
+        })?;
+        Ok(PoolplaneClient {
+            channel,
+            options: self.options,
+        })
+    }
+}
+
+/// A small pseudo-random jitter in [0, 1) from the clock (no RNG dependency).
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos % 1000) / 1000.0
 }
 
 /// A server stream of `T`, already unwrapped from its response message.
@@ -29,6 +115,17 @@ pub struct Watch<M, T> {
 impl<M, T> std::fmt::Debug for Watch<M, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Watch").finish_non_exhaustive()
+    }
+}
+
+impl<M: Send + 'static, T: Send + 'static> Watch<M, T> {
+    /// The watch as a `Stream` of items.
+    pub fn into_stream(self) -> impl tokio_stream::Stream<Item = Result<T, Error>> + Send {
+        let Watch { inner, unwrap } = self;
+        tokio_stream::StreamExt::filter_map(inner, move |message| match message {
+            Ok(message) => unwrap(message).map(Ok),
+            Err(status) => Some(Err(Error::Status(status))),
+        })
     }
 }
 
@@ -55,21 +152,53 @@ fn present<T>(value: Option<T>, what: &str) -> Result<T, Error> {
 impl PoolplaneClient {
     /// Connects to a server: `127.0.0.1:50051`, `http://127.0.0.1:50051` or any URI.
     pub async fn connect(server: impl AsRef<str>) -> Result<Self, Error> {
-        let server = server.as_ref();
-        let uri = if server.contains("://") {
-            server.to_owned()
-        } else {
-            format!("http://{server}")
-        };
-        let endpoint = Endpoint::from_shared(uri).map_err(|source| Error::InvalidEndpoint {
-            endpoint: server.to_owned(),
-            source,
-        })?;
-        let channel = endpoint.connect().await.map_err(|source| Error::Connect {
-            endpoint: server.to_owned(),
-            source,
-        })?;
-        Ok(Self { channel })
+        Self::builder(server).connect().await
+    }
+
+    /// A builder for a client with a token, timeouts or retries.
+    pub fn builder(server: impl AsRef<str>) -> ClientBuilder {
+        ClientBuilder {
+            server: server.as_ref().to_owned(),
+            connect_timeout: Duration::from_secs(10),
+            options: Options::default(),
+            token_error: None,
+        }
+    }
+
+    /// A request carrying the client's token and deadline.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.options.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        if let Some(timeout) = self.options.request_timeout {
+            request.set_timeout(timeout);
+        }
+        request
+    }
+
+    /// Runs an idempotent call, retrying on UNAVAILABLE as configured.
+    async fn idempotent<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match call().await {
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && attempt < self.options.retries =>
+                {
+                    let backoff = 0.1 * 2f64.powi(attempt as i32) * (0.5 + jitter());
+                    tokio::time::sleep(Duration::from_secs_f64(backoff.min(5.0))).await;
+                    attempt += 1;
+                }
+                result => return result.map_err(Error::Status),
+            }
+        }
     }
 
     /// The raw generated client, for calls the SDK does not wrap.
@@ -86,11 +215,11 @@ impl PoolplaneClient {
     ) -> Result<Pool, Error> {
         let response = self
             .pool_service()
-            .create_pool(CreatePoolRequest {
+            .create_pool(self.request(CreatePoolRequest {
                 name: name.to_owned(),
                 database_url: database_url.to_owned(),
                 config: Some(config),
-            })
+            }))
             .await?;
         present(response.into_inner().pool, "pool")
     }
@@ -98,9 +227,12 @@ impl PoolplaneClient {
     /// One pool.
     pub async fn get_pool(&self, name: &str) -> Result<Pool, Error> {
         let response = self
-            .pool_service()
-            .get_pool(GetPoolRequest {
-                name: name.to_owned(),
+            .idempotent(|| {
+                let mut service = self.pool_service();
+                let request = self.request(GetPoolRequest {
+                    name: name.to_owned(),
+                });
+                async move { service.get_pool(request).await }
             })
             .await?;
         present(response.into_inner().pool, "pool")
@@ -108,7 +240,13 @@ impl PoolplaneClient {
 
     /// Every pool the server hosts, ordered by name.
     pub async fn list_pools(&self) -> Result<Vec<Pool>, Error> {
-        let response = self.pool_service().list_pools(ListPoolsRequest {}).await?;
+        let response = self
+            .idempotent(|| {
+                let mut service = self.pool_service();
+                let request = self.request(ListPoolsRequest {});
+                async move { service.list_pools(request).await }
+            })
+            .await?;
         Ok(response.into_inner().pools)
     }
 
@@ -116,10 +254,10 @@ impl PoolplaneClient {
     pub async fn update_pool_config(&self, name: &str, config: PoolConfig) -> Result<Pool, Error> {
         let response = self
             .pool_service()
-            .update_pool_config(UpdatePoolConfigRequest {
+            .update_pool_config(self.request(UpdatePoolConfigRequest {
                 name: name.to_owned(),
                 config: Some(config),
-            })
+            }))
             .await?;
         present(response.into_inner().pool, "pool")
     }
@@ -127,9 +265,9 @@ impl PoolplaneClient {
     /// Deletes a pool (its checked-out connections may finish first).
     pub async fn delete_pool(&self, name: &str) -> Result<(), Error> {
         self.pool_service()
-            .delete_pool(DeletePoolRequest {
+            .delete_pool(self.request(DeletePoolRequest {
                 name: name.to_owned(),
-            })
+            }))
             .await?;
         Ok(())
     }
@@ -137,9 +275,12 @@ impl PoolplaneClient {
     /// A pool's stats snapshot.
     pub async fn get_pool_stats(&self, pool_name: &str) -> Result<PoolStats, Error> {
         let response = self
-            .pool_service()
-            .get_pool_stats(GetPoolStatsRequest {
-                pool_name: pool_name.to_owned(),
+            .idempotent(|| {
+                let mut service = self.pool_service();
+                let request = self.request(GetPoolStatsRequest {
+                    pool_name: pool_name.to_owned(),
+                });
+                async move { service.get_pool_stats(request).await }
             })
             .await?;
         present(response.into_inner().stats, "stats")
@@ -148,9 +289,12 @@ impl PoolplaneClient {
     /// A pool's health.
     pub async fn get_health_status(&self, pool_name: &str) -> Result<HealthStatus, Error> {
         let response = self
-            .pool_service()
-            .get_health_status(GetHealthStatusRequest {
-                pool_name: pool_name.to_owned(),
+            .idempotent(|| {
+                let mut service = self.pool_service();
+                let request = self.request(GetHealthStatusRequest {
+                    pool_name: pool_name.to_owned(),
+                });
+                async move { service.get_health_status(request).await }
             })
             .await?;
         present(response.into_inner().health, "health")
@@ -162,9 +306,12 @@ impl PoolplaneClient {
         pool_name: &str,
     ) -> Result<StatementCacheStats, Error> {
         let response = self
-            .pool_service()
-            .get_statement_cache_stats(GetStatementCacheStatsRequest {
-                pool_name: pool_name.to_owned(),
+            .idempotent(|| {
+                let mut service = self.pool_service();
+                let request = self.request(GetStatementCacheStatsRequest {
+                    pool_name: pool_name.to_owned(),
+                });
+                async move { service.get_statement_cache_stats(request).await }
             })
             .await?;
         present(response.into_inner().stats, "stats")
@@ -179,10 +326,10 @@ impl PoolplaneClient {
     ) -> Result<Watch<poolplane_proto::v1::WatchPoolStatsResponse, PoolStats>, Error> {
         let response = self
             .pool_service()
-            .watch_pool_stats(WatchPoolStatsRequest {
+            .watch_pool_stats(self.request(WatchPoolStatsRequest {
                 pool_names: pool_names.iter().map(|n| (*n).to_owned()).collect(),
                 interval_ms,
-            })
+            }))
             .await?;
         Ok(Watch {
             inner: response.into_inner(),
@@ -197,9 +344,9 @@ impl PoolplaneClient {
     ) -> Result<Watch<poolplane_proto::v1::WatchHealthEventsResponse, PoolEvent>, Error> {
         let response = self
             .pool_service()
-            .watch_health_events(WatchHealthEventsRequest {
+            .watch_health_events(self.request(WatchHealthEventsRequest {
                 pool_names: pool_names.iter().map(|n| (*n).to_owned()).collect(),
-            })
+            }))
             .await?;
         Ok(Watch {
             inner: response.into_inner(),
@@ -214,9 +361,12 @@ impl PoolplaneClient {
         pool_name: &str,
     ) -> Result<PerformanceSummary, Error> {
         let response = self
-            .pool_service()
-            .get_performance_summary(GetPerformanceSummaryRequest {
-                pool_name: pool_name.to_owned(),
+            .idempotent(|| {
+                let mut service = self.pool_service();
+                let request = self.request(GetPerformanceSummaryRequest {
+                    pool_name: pool_name.to_owned(),
+                });
+                async move { service.get_performance_summary(request).await }
             })
             .await?;
         present(response.into_inner().summary, "summary")
@@ -232,12 +382,15 @@ impl PoolplaneClient {
         max_points: u32,
     ) -> Result<Vec<MetricsPoint>, Error> {
         let response = self
-            .pool_service()
-            .get_metrics_history(GetMetricsHistoryRequest {
-                pool_name: pool_name.to_owned(),
-                from: from.map(Into::into),
-                to: to.map(Into::into),
-                max_points,
+            .idempotent(|| {
+                let mut service = self.pool_service();
+                let request = self.request(GetMetricsHistoryRequest {
+                    pool_name: pool_name.to_owned(),
+                    from: from.map(Into::into),
+                    to: to.map(Into::into),
+                    max_points,
+                });
+                async move { service.get_metrics_history(request).await }
             })
             .await?;
         Ok(response.into_inner().points)
@@ -250,10 +403,13 @@ impl PoolplaneClient {
         limit: u32,
     ) -> Result<Vec<ScalingEventRecord>, Error> {
         let response = self
-            .pool_service()
-            .list_scaling_events(ListScalingEventsRequest {
-                pool_name: pool_name.to_owned(),
-                limit,
+            .idempotent(|| {
+                let mut service = self.pool_service();
+                let request = self.request(ListScalingEventsRequest {
+                    pool_name: pool_name.to_owned(),
+                    limit,
+                });
+                async move { service.list_scaling_events(request).await }
             })
             .await?;
         Ok(response.into_inner().events)
@@ -268,7 +424,10 @@ impl PoolplaneClient {
         Watch<RunLoadTestResponse, poolplane_proto::v1::run_load_test_response::Update>,
         Error,
     > {
-        let response = self.pool_service().run_load_test(request).await?;
+        let response = self
+            .pool_service()
+            .run_load_test(self.request(request))
+            .await?;
         Ok(Watch {
             inner: response.into_inner(),
             unwrap: |m| m.update,
@@ -284,11 +443,113 @@ impl PoolplaneClient {
     ) -> Result<OptimizationReport, Error> {
         let response = self
             .pool_service()
-            .optimize_pools(OptimizePoolsRequest {
+            .optimize_pools(self.request(OptimizePoolsRequest {
                 pool_names: pool_names.iter().map(|n| (*n).to_owned()).collect(),
                 apply,
-            })
+            }))
             .await?;
         present(response.into_inner().report, "report")
     }
+
+    /// [`watch_pool_stats`](Self::watch_pool_stats) that survives a server restart:
+    /// when the stream breaks (UNAVAILABLE, a transport error, or the server ending
+    /// it while shutting down) it reconnects with backoff and watches again. Ends
+    /// on any other error, or when the returned stream is dropped.
+    pub fn watch_pool_stats_resuming(
+        &self,
+        pool_names: &[&str],
+        interval_ms: u32,
+    ) -> impl tokio_stream::Stream<Item = Result<PoolStats, Error>> + Send + 'static {
+        let names: Vec<String> = pool_names.iter().map(|n| (*n).to_owned()).collect();
+        let client = self.clone();
+        resuming(move || {
+            let client = client.clone();
+            let names = names.clone();
+            async move {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                client.watch_pool_stats(&names, interval_ms).await
+            }
+        })
+    }
+
+    /// [`watch_health_events`](Self::watch_health_events) that survives a server
+    /// restart (each reconnection starts again with the pools' current health).
+    pub fn watch_health_events_resuming(
+        &self,
+        pool_names: &[&str],
+    ) -> impl tokio_stream::Stream<Item = Result<PoolEvent, Error>> + Send + 'static {
+        let names: Vec<String> = pool_names.iter().map(|n| (*n).to_owned()).collect();
+        let client = self.clone();
+        resuming(move || {
+            let client = client.clone();
+            let names = names.clone();
+            async move {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                client.watch_health_events(&names).await
+            }
+        })
+    }
+}
+
+/// Whether a broken watch is worth re-opening.
+fn resumable(error: &Error) -> bool {
+    match error {
+        Error::Status(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Internal
+                | tonic::Code::Cancelled
+        ),
+        Error::Connect { .. } => true,
+        Error::InvalidEndpoint { .. } => false,
+    }
+}
+
+/// Re-opens a watch with `open` whenever it breaks resumably; forwards its items.
+fn resuming<M, T, F, Fut>(
+    open: F,
+) -> impl tokio_stream::Stream<Item = Result<T, Error>> + Send + 'static
+where
+    M: Send + 'static,
+    T: Send + 'static,
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Watch<M, T>, Error>> + Send,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let broke = match open().await {
+                Ok(mut watch) => loop {
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        next = watch.next() => match next {
+                            Ok(Some(item)) => {
+                                backoff = Duration::from_millis(100);
+                                if tx.send(Ok(item)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => break None, // the server ended it (e.g. shutting down)
+                            Err(error) => break Some(error),
+                        },
+                    }
+                },
+                Err(error) => Some(error),
+            };
+            if let Some(error) = broke
+                && !resumable(&error)
+            {
+                let _ = tx.send(Err(error)).await;
+                return;
+            }
+            tokio::select! {
+                () = tx.closed() => return,
+                () = tokio::time::sleep(backoff.mul_f64(0.5 + jitter())) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

@@ -1,9 +1,11 @@
 //! poolplane-client: the Rust SDK for poolplane's gRPC control plane.
 
 mod client;
+mod config;
 mod error;
 
 pub use client::{PoolplaneClient, Watch};
+pub use config::PoolConfigBuilder;
 pub use error::Error;
 /// The generated `poolplane.v1` messages and raw clients.
 pub use poolplane_proto::v1 as proto;
