@@ -51,8 +51,8 @@ buf lint
 say "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-say "cargo build (binaries the end-to-end tests run)"
-cargo build --workspace --bins
+say "cargo build (binaries and examples the end-to-end tests run)"
+cargo build --workspace --bins --examples
 
 say "cargo test"
 log=$(mktemp)

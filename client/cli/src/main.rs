@@ -30,6 +30,10 @@ struct Cli {
     )]
     server: String,
 
+    /// A bearer token sent with every call.
+    #[arg(long, env = "POOLPLANE_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+
     /// Output: human tables or stable JSON.
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
@@ -316,7 +320,11 @@ fn describe(error: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
-    let client = PoolplaneClient::connect(&cli.server).await?;
+    let mut builder = PoolplaneClient::builder(&cli.server).retries(3);
+    if let Some(token) = &cli.token {
+        builder = builder.bearer_token(token);
+    }
+    let client = builder.connect().await?;
     match cli.command {
         Command::Pools(PoolsCommand::Create { name, url, config }) => {
             out.pool(&client.create_pool(&name, &url, config.into_proto()).await?);

@@ -1,0 +1,48 @@
+//! Every SDK example program runs against a real server and database.
+
+use poolplane_tests::{TestPg, TestServer, built_binary};
+
+async fn run_example(
+    name: &str,
+    server: &TestServer,
+    database_url: &str,
+) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(built_binary(&format!("examples/{name}"))?)
+        .arg(server.addr.to_string())
+        .arg(database_url)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    anyhow::ensure!(
+        output.status.success(),
+        "example {name} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(stdout)
+}
+
+#[tokio::test]
+async fn every_example_runs() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let db = TestPg::database().await?;
+
+    let out = run_example("pool_service", &server, db.url()).await?;
+    assert!(out.contains("created primary and cache"), "{out}");
+    assert!(out.contains("Pool utilization:"), "{out}");
+
+    let out = run_example("monitoring", &server, db.url()).await?;
+    for line in [
+        "Utilization:",
+        "Pool healthy: true",
+        "Cache hit rate:",
+        "Total requests:",
+        "Optimized ",
+    ] {
+        assert!(out.contains(line), "missing `{line}` in:\n{out}");
+    }
+    assert!(
+        server.client.list_pools().await?.is_empty(),
+        "the examples clean up"
+    );
+    server.shutdown().await
+}
