@@ -1,6 +1,7 @@
 //! `poolctl`: the command line for a poolplane server.
 
 mod output;
+mod top;
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -105,6 +106,8 @@ enum Command {
         #[arg(long)]
         apply: bool,
     },
+    /// A live full-screen view of every pool and the latest events (q quits).
+    Top,
     /// A pool's recorded metrics.
     History {
         /// The pool.
@@ -427,6 +430,7 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
             let names: Vec<&str> = pools.iter().map(String::as_str).collect();
             out.report(&client.optimize_pools(&names, apply).await?);
         }
+        Command::Top => top::run(client, cli.server.clone()).await?,
         Command::History {
             name,
             since,

@@ -1,0 +1,362 @@
+//! `poolctl top`: a live full-screen view of every pool (utilization bar, size,
+//! waiting, acquire p95, cache hit rate, health) and the latest events, fed by
+//! WatchPoolStats and WatchHealthEvents (both resuming across server restarts).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use poolplane_client::PoolplaneClient;
+use poolplane_client::proto::pool_event::Kind;
+use poolplane_client::proto::{PoolEvent, PoolStats};
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::Line;
+use ratatui::widgets::{Block, List, ListItem, Row, Table};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+
+/// Events kept on screen.
+const EVENTS_SHOWN: usize = 8;
+
+/// What the screen shows.
+#[derive(Debug, Default)]
+pub struct TopState {
+    /// The latest snapshot of each pool.
+    pub stats: BTreeMap<String, PoolStats>,
+    /// Each pool's health.
+    pub healthy: BTreeMap<String, bool>,
+    /// Each pool's statement-cache hit rate.
+    pub hit_rate: BTreeMap<String, f64>,
+    /// The latest events, newest first.
+    pub events: VecDeque<String>,
+    /// The server, for the title.
+    pub server: String,
+}
+
+impl TopState {
+    fn event(&mut self, event: &PoolEvent) {
+        let text = match &event.kind {
+            Some(Kind::CurrentHealth(h)) => {
+                self.healthy.insert(event.pool_name.clone(), h.is_healthy);
+                return;
+            }
+            Some(Kind::HealthCheckFailed(f)) => format!(
+                "health check failed ({}): {}",
+                f.consecutive_failures, f.error
+            ),
+            Some(Kind::BecameUnhealthy(u)) => {
+                self.healthy.insert(event.pool_name.clone(), false);
+                format!(
+                    "UNHEALTHY after {} failures: {}",
+                    u.consecutive_failures, u.error
+                )
+            }
+            Some(Kind::Recovered(r)) => {
+                self.healthy.insert(event.pool_name.clone(), true);
+                format!("recovered ({:.1} ms)", r.response_time_ms)
+            }
+            Some(Kind::Scaled(s)) => format!("scaled {} -> {}: {}", s.from, s.to, s.reason),
+            Some(Kind::ConnectionRecycled(c)) => {
+                format!("connection recycled after {} queries", c.queries)
+            }
+            Some(Kind::PoolCreated(_)) => {
+                self.healthy.entry(event.pool_name.clone()).or_insert(true);
+                "created".into()
+            }
+            Some(Kind::PoolUpdated(u)) => format!(
+                "config updated{}",
+                if u.rebuilt { " (rebuilt)" } else { "" }
+            ),
+            Some(Kind::PoolDeleted(_)) => {
+                self.stats.remove(&event.pool_name);
+                self.healthy.remove(&event.pool_name);
+                "deleted".into()
+            }
+            Some(Kind::MissedEvents(m)) => format!("missed {} events", m.count),
+            None => return,
+        };
+        self.events
+            .push_front(format!("{:<16} {text}", event.pool_name));
+        self.events.truncate(EVENTS_SHOWN);
+    }
+}
+
+/// A text bar of `width` cells for a fraction in 0..=1.
+fn bar(fraction: f64, width: usize) -> String {
+    let filled = (fraction.clamp(0.0, 1.0) * width as f64).round() as usize;
+    format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
+}
+
+/// Draws the screen.
+pub fn render(frame: &mut Frame<'_>, state: &TopState) {
+    let [pools_area, events_area, help_area] = Layout::vertical([
+        Constraint::Min(4),
+        Constraint::Length(EVENTS_SHOWN as u16 + 2),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+
+    let header = Row::new([
+        "POOL",
+        "UTILIZATION",
+        "SIZE",
+        "CUR",
+        "MAX",
+        "WAIT",
+        "ACQ p95",
+        "CACHE HIT",
+        "HEALTH",
+    ])
+    .style(Style::default().add_modifier(Modifier::BOLD));
+    let rows = state.stats.values().map(|s| {
+        let healthy = state.healthy.get(&s.pool_name).copied().unwrap_or(true);
+        let hit = state
+            .hit_rate
+            .get(&s.pool_name)
+            .map_or("-".to_owned(), |h| format!("{:.1}%", h * 100.0));
+        Row::new(vec![
+            s.pool_name.clone(),
+            format!(
+                "{} {:>3.0}%",
+                bar(s.utilization_rate, 10),
+                s.utilization_rate * 100.0
+            ),
+            s.connections.to_string(),
+            s.current_size.to_string(),
+            s.max_connections.to_string(),
+            s.waiting_requests.to_string(),
+            format!("{:.2} ms", s.p95_acquire_time_ms),
+            hit,
+            if healthy {
+                "healthy".into()
+            } else {
+                "UNHEALTHY".into()
+            },
+        ])
+        .style(if healthy {
+            Style::default()
+        } else {
+            Style::default().fg(Color::Red)
+        })
+    });
+    let widths = [
+        Constraint::Length(16),
+        Constraint::Length(16),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(5),
+        Constraint::Length(10),
+        Constraint::Length(10),
+        Constraint::Length(10),
+    ];
+    let title = format!(
+        " poolplane top — {} — {} pools ",
+        state.server,
+        state.stats.len()
+    );
+    frame.render_widget(
+        Table::new(rows, widths)
+            .header(header)
+            .block(Block::bordered().title(title)),
+        pools_area,
+    );
+    let events: Vec<ListItem<'_>> = state
+        .events
+        .iter()
+        .map(|e| ListItem::new(e.as_str()))
+        .collect();
+    frame.render_widget(
+        List::new(events).block(Block::bordered().title(" events ")),
+        events_area,
+    );
+    frame.render_widget(Line::from(" q: quit"), help_area);
+}
+
+enum Update {
+    Stats(PoolStats),
+    Event(PoolEvent),
+    HitRate(String, f64),
+    Key,
+}
+
+/// Runs the live view until `q`, Esc or Ctrl-C.
+pub async fn run(client: PoolplaneClient, server: String) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel(256);
+    let stats_tx = tx.clone();
+    let stats = client.watch_pool_stats_resuming(&[], 1000);
+    tokio::spawn(async move {
+        tokio::pin!(stats);
+        while let Some(Ok(s)) = stats.next().await {
+            if stats_tx.send(Update::Stats(s)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let events_tx = tx.clone();
+    let events = client.watch_health_events_resuming(&[]);
+    tokio::spawn(async move {
+        tokio::pin!(events);
+        while let Some(Ok(e)) = events.next().await {
+            if events_tx.send(Update::Event(e)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let cache_tx = tx.clone();
+    let cache_client = client.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Ok(pools) = cache_client.list_pools().await {
+                for pool in pools {
+                    if let Ok(c) = cache_client.get_statement_cache_stats(&pool.name).await
+                        && cache_tx
+                            .send(Update::HitRate(pool.name, c.hit_rate))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+    // Keys are read on a thread of their own (crossterm blocks).
+    std::thread::spawn(move || {
+        use ratatui::crossterm::event::{self, Event, KeyCode, KeyModifiers};
+        loop {
+            match event::read() {
+                Ok(Event::Key(key))
+                    if key.code == KeyCode::Char('q')
+                        || key.code == KeyCode::Esc
+                        || (key.code == KeyCode::Char('c')
+                            && key.modifiers.contains(KeyModifiers::CONTROL)) =>
+                {
+                    let _ = tx.blocking_send(Update::Key);
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+
+    let mut terminal = ratatui::init();
+    let mut state = TopState {
+        server,
+        ..TopState::default()
+    };
+    let result = loop {
+        if let Err(e) = terminal.draw(|frame| render(frame, &state)) {
+            break Err(e.into());
+        }
+        match rx.recv().await {
+            Some(Update::Stats(s)) => {
+                state.stats.insert(s.pool_name.clone(), s);
+            }
+            Some(Update::Event(e)) => state.event(&e),
+            Some(Update::HitRate(name, rate)) => {
+                state.hit_rate.insert(name, rate);
+            }
+            Some(Update::Key) | None => break Ok(()),
+        }
+    };
+    ratatui::restore();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use poolplane_client::proto::{BecameUnhealthy, Scaled};
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+
+    fn stats(name: &str, active: u32, size: u32) -> PoolStats {
+        PoolStats {
+            pool_name: name.into(),
+            connections: size,
+            active_connections: active,
+            current_size: size,
+            max_connections: 20,
+            waiting_requests: 3,
+            utilization_rate: f64::from(active) / f64::from(size),
+            p95_acquire_time_ms: 1.25,
+            ..PoolStats::default()
+        }
+    }
+
+    #[test]
+    fn the_frame_shows_every_pool_and_the_latest_events() {
+        let mut state = TopState {
+            server: "127.0.0.1:50051".into(),
+            ..TopState::default()
+        };
+        state
+            .stats
+            .insert("primary".into(), stats("primary", 5, 10));
+        state.stats.insert("cache".into(), stats("cache", 1, 4));
+        state.hit_rate.insert("primary".into(), 0.991);
+        state.event(&PoolEvent {
+            pool_name: "primary".into(),
+            at: None,
+            kind: Some(Kind::Scaled(Scaled {
+                direction: 1,
+                from: 8,
+                to: 10,
+                utilization: 0.9,
+                reason: "utilization 90% >= load_threshold_high 80%".into(),
+            })),
+        });
+        state.event(&PoolEvent {
+            pool_name: "cache".into(),
+            at: None,
+            kind: Some(Kind::BecameUnhealthy(BecameUnhealthy {
+                consecutive_failures: 3,
+                error: "connection refused".into(),
+            })),
+        });
+        let mut terminal = Terminal::new(TestBackend::new(110, 20)).unwrap();
+        terminal.draw(|frame| render(frame, &state)).unwrap();
+        let buffer = terminal.backend().buffer();
+        let screen: String = (0..buffer.area.height)
+            .map(|y| {
+                (0..buffer.area.width)
+                    .map(|x| buffer[(x, y)].symbol().to_owned())
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            screen.contains("poolplane top — 127.0.0.1:50051 — 2 pools"),
+            "{screen}"
+        );
+        let primary = screen
+            .lines()
+            .find(|l| l.contains("primary") && l.contains('%'))
+            .unwrap();
+        assert!(primary.contains("█████░░░░░  50%"), "{primary}");
+        assert!(
+            primary.contains("99.1%") && primary.contains("1.25 ms") && primary.contains("healthy")
+        );
+        let cache = screen
+            .lines()
+            .find(|l| l.contains("cache") && l.contains('%'))
+            .unwrap();
+        assert!(
+            cache.contains("UNHEALTHY") && cache.contains("  25%"),
+            "{cache}"
+        );
+        let first_event = screen
+            .lines()
+            .position(|l| l.contains("UNHEALTHY after 3 failures"))
+            .unwrap();
+        let second_event = screen
+            .lines()
+            .position(|l| l.contains("scaled 8 -> 10"))
+            .unwrap();
+        assert!(first_event < second_event, "newest event first:\n{screen}");
+    }
+}
