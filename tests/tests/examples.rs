@@ -46,3 +46,40 @@ async fn every_example_runs() -> anyhow::Result<()> {
     );
     server.shutdown().await
 }
+
+async fn run_engine_example(name: &str, database_url: &str) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(built_binary(&format!("examples/{name}"))?)
+        .arg(database_url)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    anyhow::ensure!(
+        output.status.success(),
+        "example {name} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(stdout)
+}
+
+#[tokio::test]
+async fn every_engine_example_runs() -> anyhow::Result<()> {
+    let db = TestPg::database().await?;
+    let out = run_engine_example("creating_pools", db.url()).await?;
+    for line in [
+        "SELECT 1 as test -> 1",
+        "Pool healthy: true",
+        "production: max 200 min 50",
+    ] {
+        assert!(out.contains(line), "missing `{line}` in:\n{out}");
+    }
+    let out = run_engine_example("service_integration", db.url()).await?;
+    for line in [
+        "Total requests:",
+        "Grade:",
+        "Pool utilization:",
+        "Optimized ",
+    ] {
+        assert!(out.contains(line), "missing `{line}` in:\n{out}");
+    }
+    Ok(())
+}

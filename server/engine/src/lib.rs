@@ -25,4 +25,4 @@ pub use pool::{
 pub use registry::{ConnectionPoolService, PerformanceSummary, PoolInfo};
 pub use store::history::{HourSummary, MetricsPoint, ScalingRecord};
 pub use store::recorder::{MetricsRecorder, RecorderOptions, RecorderStatus};
-pub use store::{ControlStore, PoolDefinition};
+pub use store::{ControlStore, PoolDefinition, establish_connection};

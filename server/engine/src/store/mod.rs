@@ -16,6 +16,12 @@ mod embedded {
     refinery::embed_migrations!("../../migrations");
 }
 
+/// The seed's `establish_connection`: connects to the control database (applying
+/// its migrations), ready for [`crate::ConnectionPoolService::new`].
+pub async fn establish_connection(database_url: &str) -> Result<ControlStore, Error> {
+    ControlStore::connect(database_url).await
+}
+
 /// A pool definition as stored in `pool_definitions`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolDefinition {
