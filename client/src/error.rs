@@ -43,6 +43,16 @@ impl Error {
             .unwrap_or_default()
     }
 
+    /// The PostgreSQL SQLSTATE behind the error (from the status's
+    /// google.rpc.ErrorInfo in the `postgresql` domain), e.g. `3D000`.
+    pub fn sqlstate(&self) -> Option<String> {
+        use tonic_types::StatusExt as _;
+        self.status()
+            .and_then(|s| s.get_details_error_info())
+            .filter(|info| info.domain == "postgresql")
+            .map(|info| info.reason)
+    }
+
     /// The gRPC status, when the server answered with one.
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {

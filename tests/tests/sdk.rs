@@ -101,3 +101,38 @@ fn the_config_builder_mirrors_the_pool_config() {
     );
     assert_eq!(config.min_connections, None, "unset: the preset's value");
 }
+
+#[tokio::test]
+async fn errors_expose_field_violations_and_the_sqlstate() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let db = TestPg::database().await?;
+    let missing_database = db.url().replace(&db.name, "no_such_database");
+    let error = server
+        .client
+        .create_pool("ghost", &missing_database, PoolConfigBuilder::new().build())
+        .await
+        .expect_err("the database does not exist");
+    assert_eq!(
+        error.status().map(tonic::Status::code),
+        Some(tonic::Code::Unavailable)
+    );
+    assert_eq!(error.sqlstate().as_deref(), Some("3D000"), "{error}");
+
+    let bad = PoolConfigBuilder::new().max_connections(0).build();
+    let error = server
+        .client
+        .create_pool("Bad", db.url(), bad)
+        .await
+        .expect_err("invalid");
+    let fields: Vec<String> = error
+        .field_violations()
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
+    assert_eq!(
+        fields,
+        ["name", "config.max_connections", "config.min_connections"]
+    );
+    assert_eq!(error.sqlstate(), None);
+    server.shutdown().await
+}

@@ -61,6 +61,9 @@ pub enum Error {
         url: String,
         /// Why (password redacted).
         reason: String,
+        /// The server's SQLSTATE, when PostgreSQL itself refused (e.g. 3D000 for a
+        /// database that does not exist, 28P01 for a wrong password).
+        sqlstate: Option<String>,
     },
     /// No pool has this name.
     #[error("pool `{0}` not found")]
@@ -129,10 +132,11 @@ impl Error {
         }
     }
 
-    /// The SQLSTATE of a database error.
-    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+    /// The SQLSTATE of a database error, or of PostgreSQL refusing a connection.
+    pub fn sqlstate(&self) -> Option<&str> {
         match self {
-            Error::Database(e) => e.code(),
+            Error::Database(e) => e.code().map(tokio_postgres::error::SqlState::code),
+            Error::Connect { sqlstate, .. } => sqlstate.as_deref(),
             _ => None,
         }
     }

@@ -23,6 +23,26 @@ pub fn bad_request(violations: Vec<Violation>) -> Status {
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
+/// The error domain of PostgreSQL's SQLSTATEs in google.rpc.ErrorInfo.
+pub const SQLSTATE_DOMAIN: &str = "postgresql";
+
+/// A status carrying the error's SQLSTATE (if any) as a google.rpc.ErrorInfo with
+/// reason = the SQLSTATE and domain = `postgresql`.
+fn with_sqlstate(code: Code, error: &Error) -> Status {
+    match error.sqlstate() {
+        Some(sqlstate) => Status::with_error_details(
+            code,
+            error.to_string(),
+            ErrorDetails::with_error_info(
+                sqlstate,
+                SQLSTATE_DOMAIN,
+                std::collections::HashMap::new(),
+            ),
+        ),
+        None => Status::new(code, error.to_string()),
+    }
+}
+
 /// Maps an engine error to a status. Every variant is decided here (no `_` arm);
 /// internal errors are logged with their whole chain and answered briefly.
 pub fn from_engine(error: Error) -> Status {
@@ -51,16 +71,15 @@ pub fn from_engine(error: Error) -> Status {
         }
         Error::AcquireTimeout { .. } => Status::resource_exhausted(error.to_string()),
         Error::PoolClosed => Status::failed_precondition(error.to_string()),
-        Error::Connect { .. } => Status::unavailable(error.to_string()),
+        Error::Connect { .. } => with_sqlstate(Code::Unavailable, &error),
         Error::Database(_) => {
-            let class = error.sqlstate().map(|s| &s.code()[..2]);
-            let message = error.to_string();
-            match class {
-                Some("08" | "57") => Status::unavailable(message),
-                Some("40") => Status::aborted(message),
-                Some("22" | "42") => Status::invalid_argument(message),
-                _ => Status::failed_precondition(message),
-            }
+            let code = match error.sqlstate().map(|s| &s[..2]) {
+                Some("08" | "57") => Code::Unavailable,
+                Some("40") => Code::Aborted,
+                Some("22" | "42") => Code::InvalidArgument,
+                _ => Code::FailedPrecondition,
+            };
+            with_sqlstate(code, &error)
         }
     }
 }

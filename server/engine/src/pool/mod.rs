@@ -328,16 +328,20 @@ impl AdvancedConnectionPool {
                     let _ = bb8.add(conn);
                 }
                 Err(e) => {
-                    first_error = Some(shared.redact(&describe_pg_error(&e)));
+                    first_error = Some((
+                        shared.redact(&describe_pg_error(&e)),
+                        e.code().map(|code| code.code().to_owned()),
+                    ));
                     break;
                 }
             }
         }
-        if let Some(reason) = first_error {
+        if let Some((reason, sqlstate)) = first_error {
             if require_connection {
                 return Err(Error::Connect {
                     url: conninfo::redact(conninfo),
                     reason,
+                    sqlstate,
                 });
             }
             *shared.health.lock().expect("health lock") = HealthStatus::new(false, Some(reason));
