@@ -37,6 +37,9 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     options: Options,
     token_error: Option<String>,
+    tls_ca: Option<Vec<u8>>,
+    tls_ca_error: Option<String>,
+    tls_domain: Option<String>,
 }
 
 impl ClientBuilder {
@@ -63,6 +66,29 @@ impl ClientBuilder {
         self
     }
 
+    /// Connects over TLS, trusting the PEM CA certificate(s) in `path`.
+    pub fn tls_ca_file(mut self, path: impl AsRef<std::path::Path>) -> Self {
+        match std::fs::read(path.as_ref()) {
+            Ok(pem) => self.tls_ca = Some(pem),
+            Err(e) => {
+                self.tls_ca_error = Some(format!("reading {}: {e}", path.as_ref().display()));
+            }
+        }
+        self
+    }
+
+    /// Connects over TLS, trusting these PEM CA certificate(s).
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca = Some(pem.into());
+        self
+    }
+
+    /// The name the server's certificate must carry (default: the host).
+    pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
+        self.tls_domain = Some(domain.into());
+        self
+    }
+
     /// Retries idempotent calls (reads) up to `retries` times on UNAVAILABLE, with
     /// jittered exponential backoff from 100 ms (default 0).
     pub fn retries(mut self, retries: u32) -> Self {
@@ -73,20 +99,34 @@ impl ClientBuilder {
     /// Connects.
     pub async fn connect(self) -> Result<PoolplaneClient, Error> {
         let server = self.server.as_str();
+        let tls = self.tls_ca.is_some() || self.tls_domain.is_some();
         let uri = if server.contains("://") {
             server.to_owned()
+        } else if tls {
+            format!("https://{server}")
         } else {
             format!("http://{server}")
         };
-        if let Some(reason) = self.token_error {
+        if let Some(reason) = self.token_error.or(self.tls_ca_error) {
             return Err(Error::Status(tonic::Status::invalid_argument(reason)));
         }
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|source| Error::InvalidEndpoint {
-                endpoint: server.to_owned(),
-                source,
-            })?
+        let invalid = |source| Error::InvalidEndpoint {
+            endpoint: server.to_owned(),
+            source,
+        };
+        let mut endpoint = Endpoint::from_shared(uri)
+            .map_err(invalid)?
             .connect_timeout(self.connect_timeout);
+        if tls {
+            let mut config = tonic::transport::ClientTlsConfig::new();
+            if let Some(pem) = self.tls_ca {
+                config = config.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
+            if let Some(domain) = self.tls_domain {
+                config = config.domain_name(domain);
+            }
+            endpoint = endpoint.tls_config(config).map_err(invalid)?;
+        }
         let channel = endpoint.connect().await.map_err(|source| Error::Connect {
             endpoint: server.to_owned(),
             source,
@@ -162,6 +202,9 @@ impl PoolplaneClient {
             connect_timeout: Duration::from_secs(10),
             options: Options::default(),
             token_error: None,
+            tls_ca: None,
+            tls_ca_error: None,
+            tls_domain: None,
         }
     }
 

@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub metrics_retention: Duration,
     /// History rows kept in memory while the control database is unavailable.
     pub metrics_buffer_rows: usize,
+    /// Serve gRPC over TLS with this certificate chain and key (PEM files).
+    pub tls: Option<TlsFiles>,
     /// The caps on load tests.
     pub load_test_limits: crate::grpc::pool_service::LoadTestLimits,
     /// Connections the optimizer leaves free on each PostgreSQL server.
@@ -45,6 +47,15 @@ pub struct ServerConfig {
     /// How long in-flight calls may run on after a shutdown request; also how long
     /// a deleted pool's checked-out connections may finish.
     pub shutdown_grace: Duration,
+}
+
+/// A TLS certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -70,6 +81,15 @@ pub enum ServerError {
     MetricsBind {
         /// The address.
         addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key could not be read.
+    #[error("reading {path}: {source}")]
+    Tls {
+        /// The file.
+        path: PathBuf,
         /// The cause.
         #[source]
         source: std::io::Error,
@@ -112,6 +132,20 @@ impl Server {
                 (Some(pg), url)
             }
         };
+        let tls = match &config.tls {
+            Some(files) => {
+                let read = |path: &PathBuf| {
+                    std::fs::read(path).map_err(|source| ServerError::Tls {
+                        path: path.clone(),
+                        source,
+                    })
+                };
+                Some(tonic::transport::ServerTlsConfig::new().identity(
+                    tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?),
+                ))
+            }
+            None => None,
+        };
         let store = ControlStore::connect(&database_url).await?;
         let registry = Arc::new(ConnectionPoolService::new(
             store.clone(),
@@ -151,6 +185,7 @@ impl Server {
         match &embedded {
             Some(pg) => tracing::info!(
                 listen = %local_addr,
+                tls = tls.is_some(),
                 metrics = %metrics_addr,
                 control_database = %control_database,
                 data_dir = %pg.base_dir().display(),
@@ -159,6 +194,7 @@ impl Server {
             ),
             None => tracing::info!(
                 listen = %local_addr,
+                tls = tls.is_some(),
                 metrics = %metrics_addr,
                 control_database = %control_database,
                 pools = restored,
@@ -187,6 +223,7 @@ impl Server {
                 metrics_task,
                 service,
                 embedded,
+                tls,
             },
             token.clone(),
             config.shutdown_grace,
@@ -272,6 +309,7 @@ struct Parts {
     metrics_task: JoinHandle<std::io::Result<()>>,
     service: PoolService,
     embedded: Option<EmbeddedPg>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 async fn serve(parts: Parts, token: CancellationToken, grace: Duration) -> Result<(), ServerError> {
@@ -282,6 +320,7 @@ async fn serve(parts: Parts, token: CancellationToken, grace: Duration) -> Resul
         metrics_task,
         service,
         embedded,
+        tls,
     } = parts;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -302,7 +341,11 @@ async fn serve(parts: Parts, token: CancellationToken, grace: Duration) -> Resul
 
     let stop = token.clone();
     let reporter = health_reporter.clone();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .layer(crate::grpc::trace::RpcTraceLayer)
         .add_service(health_service)
         .add_service(reflection_v1)

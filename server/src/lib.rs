@@ -5,4 +5,4 @@ pub mod grpc;
 pub mod prometheus;
 pub mod telemetry;
 
-pub use app::{Server, ServerConfig, ServerError};
+pub use app::{Server, ServerConfig, ServerError, TlsFiles};

@@ -29,6 +29,14 @@ struct Flags {
     #[arg(long, env = "POOLPLANE_DATA_DIR")]
     data_dir: Option<PathBuf>,
 
+    /// Serve gRPC over TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "POOLPLANE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "POOLPLANE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
     /// Prometheus endpoint address.
     #[arg(
         long,
@@ -145,6 +153,10 @@ async fn main() -> anyhow::Result<()> {
             max_duration: flags.max_load_test_duration,
         },
         connection_reserve: flags.connection_reserve,
+        tls: flags
+            .tls_cert
+            .zip(flags.tls_key)
+            .map(|(cert, key)| poolplane_server::TlsFiles { cert, key }),
         shutdown_grace: flags.shutdown_grace,
     })
     .await

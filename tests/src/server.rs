@@ -38,18 +38,7 @@ impl TestServer {
         control: TestDatabase,
         configure: impl FnOnce(&mut ServerConfig),
     ) -> anyhow::Result<Self> {
-        let mut config = ServerConfig {
-            listen: (Ipv4Addr::LOCALHOST, 0).into(),
-            database_url: Some(control.url().to_owned()),
-            data_dir: std::env::temp_dir(),
-            metrics_listen: (Ipv4Addr::LOCALHOST, 0).into(),
-            metrics_interval: Duration::from_secs(10),
-            metrics_retention: Duration::from_secs(7 * 86_400),
-            metrics_buffer_rows: 100_000,
-            load_test_limits: Default::default(),
-            connection_reserve: 5,
-            shutdown_grace: Duration::from_secs(5),
-        };
+        let mut config = Self::config(&control);
         configure(&mut config);
         let server = Server::start(config).await?;
         let addr = server.local_addr();
@@ -60,6 +49,24 @@ impl TestServer {
             client,
             control,
         })
+    }
+
+    /// The configuration TestServer starts with: loopback port 0, `control` as the
+    /// control database.
+    pub fn config(control: &TestDatabase) -> ServerConfig {
+        ServerConfig {
+            listen: (Ipv4Addr::LOCALHOST, 0).into(),
+            database_url: Some(control.url().to_owned()),
+            data_dir: std::env::temp_dir(),
+            metrics_listen: (Ipv4Addr::LOCALHOST, 0).into(),
+            metrics_interval: Duration::from_secs(10),
+            metrics_retention: Duration::from_secs(7 * 86_400),
+            metrics_buffer_rows: 100_000,
+            load_test_limits: Default::default(),
+            connection_reserve: 5,
+            tls: None,
+            shutdown_grace: Duration::from_secs(5),
+        }
     }
 
     /// The running server (its registry, its recorder's counters).

@@ -136,3 +136,55 @@ async fn errors_expose_field_violations_and_the_sqlstate() -> anyhow::Result<()>
     assert_eq!(error.sqlstate(), None);
     server.shutdown().await
 }
+
+#[tokio::test]
+async fn tls_with_a_private_ca_for_the_sdk_and_poolctl() -> anyhow::Result<()> {
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, issued.cert.pem())?;
+    std::fs::write(&key, issued.signing_key.serialize_pem())?;
+    let control = TestPg::database().await?;
+    let mut config = TestServer::config(&control);
+    config.tls = Some(poolplane_server::TlsFiles {
+        cert: cert.clone(),
+        key,
+    });
+    let server = poolplane_server::Server::start(config).await?;
+    let addr = server.local_addr().to_string();
+
+    let client = PoolplaneClient::builder(&addr)
+        .tls_ca_file(&cert)
+        .tls_domain("localhost")
+        .connect()
+        .await?;
+    assert!(client.list_pools().await?.is_empty());
+
+    // Plaintext does not get through, nor does TLS without trusting the CA.
+    let plain = async { PoolplaneClient::connect(&addr).await?.list_pools().await };
+    assert!(plain.await.is_err());
+    let untrusted = async {
+        PoolplaneClient::builder(&addr)
+            .tls_domain("localhost")
+            .connect()
+            .await?
+            .list_pools()
+            .await
+    };
+    assert!(untrusted.await.is_err());
+
+    let poolctl = tokio::process::Command::new(poolplane_tests::built_binary("poolctl")?)
+        .args(["--server", &addr, "--tls-domain", "localhost", "--tls-ca"])
+        .arg(&cert)
+        .args(["pools", "list", "--output", "json"])
+        .output()
+        .await?;
+    assert!(
+        poolctl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&poolctl.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&poolctl.stdout).trim(), "[]");
+    server.shutdown().await?;
+    Ok(())
+}

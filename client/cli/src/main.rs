@@ -35,6 +35,14 @@ struct Cli {
     #[arg(long, env = "POOLPLANE_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 
+    /// Connect over TLS, trusting this PEM CA certificate.
+    #[arg(long, env = "POOLPLANE_TLS_CA", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+
+    /// The name the server's certificate carries (default: the host).
+    #[arg(long, env = "POOLPLANE_TLS_DOMAIN", global = true)]
+    tls_domain: Option<String>,
+
     /// Output: human tables or stable JSON.
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
@@ -326,6 +334,12 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
     let mut builder = PoolplaneClient::builder(&cli.server).retries(3);
     if let Some(token) = &cli.token {
         builder = builder.bearer_token(token);
+    }
+    if let Some(ca) = &cli.tls_ca {
+        builder = builder.tls_ca_file(ca);
+    }
+    if let Some(domain) = &cli.tls_domain {
+        builder = builder.tls_domain(domain);
     }
     let client = builder.connect().await?;
     match cli.command {
