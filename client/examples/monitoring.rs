@@ -1,10 +1,7 @@
-//! The seed's "Real-time Pool Statistics", "Load Testing" and "Automatic
-//! Optimization", over gRPC.
+//! The seed's "Real-time Pool Statistics", over gRPC.
 //!
 //! Run: `cargo run -p poolplane-client --example monitoring -- SERVER DATABASE_URL`
 
-use poolplane_client::proto::RunLoadTestRequest;
-use poolplane_client::proto::run_load_test_response::Update;
 use poolplane_client::{PoolConfigBuilder, PoolplaneClient};
 
 #[tokio::main]
@@ -35,41 +32,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cache_stats = client.get_statement_cache_stats("monitored").await?;
     println!("Cache hit rate: {:.2}%", cache_stats.hit_rate * 100.0);
 
-    // Run a load test: 5 concurrent requests for 2 seconds.
-    let mut test = client
-        .run_load_test(RunLoadTestRequest {
-            pool_name: "monitored".into(),
-            concurrency: 5,
-            duration_secs: 2,
-            query: String::new(),
-            warmup_secs: 0,
-            target_rps: None,
-        })
-        .await?;
-    while let Some(update) = test.next().await? {
-        if let Update::Result(results) = update {
-            println!("Total requests: {}", results.total_requests);
-            println!("Error rate: {:.2}%", results.error_rate * 100.0);
-            println!("Requests per second: {}", results.requests_per_second);
-        }
-    }
-
-    // Run optimization on all pools.
-    let report = client.optimize_pools(&[], false).await?;
-    println!(
-        "Optimized {}/{} pools",
-        report.optimized_pools, report.total_pools
-    );
-    for optimization in report.optimizations {
-        println!(
-            "Pool '{}': {:.2}% utilization",
-            optimization.pool_name,
-            optimization.current_utilization * 100.0
-        );
-        for recommendation in optimization.recommendations {
-            println!("  - {}", recommendation.sentence);
-        }
-    }
     client.delete_pool("monitored").await?;
     Ok(())
 }

@@ -1,4 +1,5 @@
 //! poolplane-client: the Rust SDK for poolplane's gRPC control plane.
+#![warn(missing_docs)]
 
 mod client;
 mod config;

@@ -33,10 +33,28 @@ async fn every_example_runs() -> anyhow::Result<()> {
     let out = run_example("monitoring", &server, db.url()).await?;
     for line in [
         "Utilization:",
+        "Average acquire time:",
         "Pool healthy: true",
+        "Response time:",
         "Cache hit rate:",
+    ] {
+        assert!(out.contains(line), "missing `{line}` in:\n{out}");
+    }
+    let out = run_example("load_testing", &server, db.url()).await?;
+    for line in [
         "Total requests:",
-        "Optimized ",
+        "Error rate: 0.00%",
+        "Requests per second:",
+        "Grade:",
+    ] {
+        assert!(out.contains(line), "missing `{line}` in:\n{out}");
+    }
+    let out = run_example("optimization", &server, db.url()).await?;
+    for line in [
+        "Optimized 1/1 pools",
+        "Pool 'starved'",
+        "Increase max_connections",
+        "applied: max_connections: 2 -> ",
     ] {
         assert!(out.contains(line), "missing `{line}` in:\n{out}");
     }
