@@ -2,14 +2,10 @@
 
 use poolplane_tests::{TestPg, TestServer, built_binary};
 
-async fn run_example(
-    name: &str,
-    server: &TestServer,
-    database_url: &str,
-) -> anyhow::Result<String> {
+/// Runs a built example with `args`; returns its output if it succeeded.
+async fn run_example(name: &str, args: &[&str]) -> anyhow::Result<String> {
     let output = tokio::process::Command::new(built_binary(&format!("examples/{name}"))?)
-        .arg(server.addr.to_string())
-        .arg(database_url)
+        .args(args)
         .output()
         .await?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -25,12 +21,13 @@ async fn run_example(
 async fn every_example_runs() -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
     let db = TestPg::database().await?;
+    let addr = server.addr.to_string();
 
-    let out = run_example("pool_service", &server, db.url()).await?;
+    let out = run_example("pool_service", &[&addr, db.url()]).await?;
     assert!(out.contains("created primary and cache"), "{out}");
     assert!(out.contains("Pool utilization:"), "{out}");
 
-    let out = run_example("monitoring", &server, db.url()).await?;
+    let out = run_example("monitoring", &[&addr, db.url()]).await?;
     for line in [
         "Utilization:",
         "Average acquire time:",
@@ -40,7 +37,7 @@ async fn every_example_runs() -> anyhow::Result<()> {
     ] {
         assert!(out.contains(line), "missing `{line}` in:\n{out}");
     }
-    let out = run_example("load_testing", &server, db.url()).await?;
+    let out = run_example("load_testing", &[&addr, db.url()]).await?;
     for line in [
         "Total requests:",
         "Error rate: 0.00%",
@@ -49,7 +46,7 @@ async fn every_example_runs() -> anyhow::Result<()> {
     ] {
         assert!(out.contains(line), "missing `{line}` in:\n{out}");
     }
-    let out = run_example("optimization", &server, db.url()).await?;
+    let out = run_example("optimization", &[&addr, db.url()]).await?;
     for line in [
         "Optimized 1/1 pools",
         "Pool 'starved'",
@@ -65,24 +62,10 @@ async fn every_example_runs() -> anyhow::Result<()> {
     server.shutdown().await
 }
 
-async fn run_engine_example(name: &str, database_url: &str) -> anyhow::Result<String> {
-    let output = tokio::process::Command::new(built_binary(&format!("examples/{name}"))?)
-        .arg(database_url)
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    anyhow::ensure!(
-        output.status.success(),
-        "example {name} failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(stdout)
-}
-
 #[tokio::test]
 async fn every_engine_example_runs() -> anyhow::Result<()> {
     let db = TestPg::database().await?;
-    let out = run_engine_example("creating_pools", db.url()).await?;
+    let out = run_example("creating_pools", &[db.url()]).await?;
     for line in [
         "SELECT 1 as test -> 1",
         "Pool healthy: true",
@@ -90,7 +73,7 @@ async fn every_engine_example_runs() -> anyhow::Result<()> {
     ] {
         assert!(out.contains(line), "missing `{line}` in:\n{out}");
     }
-    let out = run_engine_example("service_integration", db.url()).await?;
+    let out = run_example("service_integration", &[db.url()]).await?;
     for line in [
         "Total requests:",
         "Grade:",

@@ -330,6 +330,22 @@ fn describe(error: &anyhow::Error) -> String {
     }
 }
 
+/// `name`, or every pool's name when none is given.
+async fn named_or_all(
+    client: &PoolplaneClient,
+    name: Option<String>,
+) -> anyhow::Result<Vec<String>> {
+    Ok(match name {
+        Some(name) => vec![name],
+        None => client
+            .list_pools()
+            .await?
+            .into_iter()
+            .map(|p| p.name)
+            .collect(),
+    })
+}
+
 async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
     let mut builder = PoolplaneClient::builder(&cli.server).retries(3);
     if let Some(token) = &cli.token {
@@ -360,15 +376,7 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
             out.done(&format!("pool {name} deleted"));
         }
         Command::Stats { name, watch: false } => {
-            let names = match name {
-                Some(name) => vec![name],
-                None => client
-                    .list_pools()
-                    .await?
-                    .into_iter()
-                    .map(|p| p.name)
-                    .collect(),
-            };
+            let names = named_or_all(&client, name).await?;
             let mut all = Vec::new();
             for name in names {
                 all.push(client.get_pool_stats(&name).await?);
@@ -383,15 +391,7 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
             }
         }
         Command::Health { name, watch: false } => {
-            let names = match name {
-                Some(name) => vec![name],
-                None => client
-                    .list_pools()
-                    .await?
-                    .into_iter()
-                    .map(|p| p.name)
-                    .collect(),
-            };
+            let names = named_or_all(&client, name).await?;
             let mut all = Vec::new();
             for name in names {
                 all.push(client.get_health_status(&name).await?);
