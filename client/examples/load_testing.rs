@@ -29,6 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             query: String::new(),
             warmup_secs: 0,
             target_rps: None,
+            read_write: false,
         })
         .await?;
     while let Some(update) = test.next().await? {

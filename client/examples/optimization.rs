@@ -30,6 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             query: "SELECT pg_sleep(0.01)".into(),
             warmup_secs: 0,
             target_rps: None,
+            read_write: false,
         })
         .await?;
     while test.next().await?.is_some() {}

@@ -40,6 +40,7 @@ pub struct ClientBuilder {
     tls_ca: Option<Vec<u8>>,
     tls_ca_error: Option<String>,
     tls_domain: Option<String>,
+    tls_identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl ClientBuilder {
@@ -83,6 +84,33 @@ impl ClientBuilder {
         self
     }
 
+    /// Presents this PEM client certificate (chain) and private key: for a server
+    /// that requires mutual TLS. Implies TLS.
+    pub fn tls_client_identity_pem(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls_identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// [`tls_client_identity_pem`](Self::tls_client_identity_pem) from files.
+    pub fn tls_client_identity_files(
+        mut self,
+        cert: impl AsRef<std::path::Path>,
+        key: impl AsRef<std::path::Path>,
+    ) -> Self {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))
+        };
+        match (read(cert.as_ref()), read(key.as_ref())) {
+            (Ok(cert), Ok(key)) => self.tls_identity = Some((cert, key)),
+            (Err(e), _) | (_, Err(e)) => self.tls_ca_error = Some(e),
+        }
+        self
+    }
+
     /// The name the server's certificate must carry (default: the host).
     pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
         self.tls_domain = Some(domain.into());
@@ -99,7 +127,13 @@ impl ClientBuilder {
     /// Connects.
     pub async fn connect(self) -> Result<PoolplaneClient, Error> {
         let server = self.server.as_str();
-        let tls = self.tls_ca.is_some() || self.tls_domain.is_some();
+        let tls = self.tls_ca.is_some() || self.tls_domain.is_some() || self.tls_identity.is_some();
+        if tls && server.to_ascii_lowercase().starts_with("http://") {
+            return Err(Error::Status(tonic::Status::invalid_argument(format!(
+                "{server} is a plaintext (http://) address but TLS options are set: use https:// \
+                 or no scheme"
+            ))));
+        }
         let uri = if server.contains("://") {
             server.to_owned()
         } else if tls {
@@ -124,6 +158,9 @@ impl ClientBuilder {
             }
             if let Some(domain) = self.tls_domain {
                 config = config.domain_name(domain);
+            }
+            if let Some((cert, key)) = self.tls_identity {
+                config = config.identity(tonic::transport::Identity::from_pem(cert, key));
             }
             endpoint = endpoint.tls_config(config).map_err(invalid)?;
         }
@@ -205,6 +242,7 @@ impl PoolplaneClient {
             tls_ca: None,
             tls_ca_error: None,
             tls_domain: None,
+            tls_identity: None,
         }
     }
 

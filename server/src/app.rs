@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use poolplane::{
     ConnectionPoolService, ControlStore, EmbeddedPg, EmbeddedPgOptions, MetricsRecorder,
-    PoolEventKind, RecorderOptions, RecorderStatus, conninfo,
+    PoolEventKind, RecorderOptions, RecorderStatus, SecretsKey, TargetAllowlist, conninfo,
 };
 use poolplane_proto::v1::pool_service_server::PoolServiceServer;
 use tokio::net::TcpListener;
@@ -19,6 +19,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::grpc::PoolService;
+use crate::grpc::auth::{AuthLayer, Authenticator, Role};
+use crate::grpc::limits::{ServerLimits, StreamSlots};
 use crate::telemetry::error_chain;
 
 /// What the server needs to start.
@@ -47,15 +49,101 @@ pub struct ServerConfig {
     /// How long in-flight calls may run on after a shutdown request; also how long
     /// a deleted pool's checked-out connections may finish.
     pub shutdown_grace: Duration,
+    /// Bearer tokens and their roles (`TOKEN ROLE` lines), re-read on SIGHUP.
+    /// `None`: no authentication, which is allowed only on a loopback address,
+    /// with mutual TLS, or with `insecure_no_auth`.
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Accept every caller as admin on a non-loopback address.
+    pub insecure_no_auth: bool,
+    /// The key that seals stored passwords. `None`: `secrets.key` in `data_dir`,
+    /// created (mode 0600) if missing.
+    pub secrets_key_file: Option<PathBuf>,
+    /// The targets pools may connect to (host names, IPs, CIDR blocks, optional
+    /// `:port`, socket directories). `None`: every TCP host, no Unix socket.
+    pub allowed_db_hosts: Option<Vec<String>>,
+    /// Most pools the server holds.
+    pub max_pools: usize,
+    /// Bounds on watch streams and HTTP/2 connections.
+    pub limits: ServerLimits,
 }
 
-/// A TLS certificate chain and its private key, as PEM files.
+impl ServerConfig {
+    /// Every setting out of range, as `flag: why` (the server refuses to start).
+    pub fn violations(&self) -> Vec<String> {
+        let mut out = self.limits.violations();
+        let mut range = |flag: &str, value: Duration, min: Duration, max: Duration| {
+            if !(min..=max).contains(&value) {
+                out.push(format!(
+                    "{flag}: must be between {min:?} and {max:?}, got {value:?}"
+                ));
+            }
+        };
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        range(
+            "--metrics-interval",
+            self.metrics_interval,
+            ms(100),
+            s(3600),
+        );
+        range(
+            "--metrics-retention",
+            self.metrics_retention,
+            s(60).max(self.metrics_interval),
+            s(10 * 365 * 86_400),
+        );
+        range("--shutdown-grace", self.shutdown_grace, ms(0), s(3600));
+        range(
+            "--max-load-test-duration",
+            self.load_test_limits.max_duration,
+            s(1),
+            s(86_400),
+        );
+        if !(1..=10_000_000).contains(&self.metrics_buffer_rows) {
+            out.push("--metrics-buffer: must be between 1 and 10000000".to_owned());
+        }
+        if !(1..=100_000).contains(&self.load_test_limits.max_concurrency) {
+            out.push("--max-load-test-concurrency: must be between 1 and 100000".to_owned());
+        }
+        if !(1..=100_000).contains(&self.max_pools) {
+            out.push("--max-pools: must be between 1 and 100000".to_owned());
+        }
+        if self.connection_reserve > poolplane::config::MAX_CONNECTIONS {
+            out.push(format!(
+                "--connection-reserve: must be at most {}",
+                poolplane::config::MAX_CONNECTIONS
+            ));
+        }
+        out
+    }
+
+    /// Why the server must not start as configured: a non-loopback address with no
+    /// authentication (no tokens, no mutual TLS) and no `insecure_no_auth`.
+    pub fn exposure_refusal(&self) -> Option<String> {
+        let authenticated = self.auth_tokens_file.is_some()
+            || self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        (!authenticated && !self.insecure_no_auth && !self.listen.ip().is_loopback()).then(|| {
+            format!(
+                "refusing to listen on {} without authentication: give --auth-tokens-file (or \
+                 --tls-client-ca), listen on a loopback address, or pass --insecure-no-auth",
+                self.listen
+            )
+        })
+    }
+}
+
+/// A TLS certificate chain and its private key, as PEM files, and optionally the
+/// CA that client certificates must be signed by (mutual TLS).
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     /// The certificate chain.
     pub cert: PathBuf,
     /// The private key.
     pub key: PathBuf,
+    /// Require a client certificate signed by this CA (PEM).
+    pub client_ca: Option<PathBuf>,
+    /// With a client CA and no tokens file: the role of every verified client.
+    pub client_role: Role,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -100,6 +188,10 @@ pub enum ServerError {
     /// The serving task panicked or was aborted.
     #[error("server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A setting is out of range, or the server would be exposed without
+    /// authentication.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A running server. Dropping it cancels it; [`Server::shutdown`] also waits.
@@ -119,6 +211,35 @@ impl Server {
     /// Opens the control database (starting the embedded one if no URL is given),
     /// applies migrations, binds the listen address and starts serving.
     pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
+        let violations = config.violations();
+        if !violations.is_empty() {
+            return Err(ServerError::Config(violations.join("; ")));
+        }
+        if let Some(refusal) = config.exposure_refusal() {
+            return Err(ServerError::Config(refusal));
+        }
+        let auth = Arc::new(match (&config.auth_tokens_file, &config.tls) {
+            (Some(path), _) => Authenticator::tokens_file(path).map_err(ServerError::Config)?,
+            (
+                None,
+                Some(TlsFiles {
+                    client_ca: Some(_),
+                    client_role,
+                    ..
+                }),
+            ) => Authenticator::client_certificates(*client_role),
+            (None, _) => Authenticator::open(),
+        });
+        let allowlist = match &config.allowed_db_hosts {
+            Some(entries) => TargetAllowlist::parse(entries)
+                .map_err(|e| ServerError::Config(format!("--allowed-db-hosts: {e}")))?,
+            None => TargetAllowlist::unset(),
+        };
+        let secrets_key = match &config.secrets_key_file {
+            Some(path) => SecretsKey::load(path),
+            None => SecretsKey::load_or_create(&config.data_dir.join("secrets.key")),
+        }
+        .map_err(poolplane::Error::from)?;
         let (embedded, database_url) = match &config.database_url {
             Some(url) => (None, url.clone()),
             None => {
@@ -140,17 +261,23 @@ impl Server {
                         source,
                     })
                 };
-                Some(tonic::transport::ServerTlsConfig::new().identity(
+                let mut tls = tonic::transport::ServerTlsConfig::new().identity(
                     tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?),
-                ))
+                );
+                if let Some(ca) = &files.client_ca {
+                    tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+                }
+                Some(tls)
             }
             None => None,
         };
-        let store = ControlStore::connect(&database_url).await?;
-        let registry = Arc::new(ConnectionPoolService::new(
-            store.clone(),
-            config.shutdown_grace,
-        ));
+        let store = ControlStore::connect(&database_url, secrets_key).await?;
+        let registry = Arc::new(
+            ConnectionPoolService::new(store.clone(), config.shutdown_grace)
+                .with_allowlist(allowlist)
+                .with_max_pools(config.max_pools)
+                .with_connection_reserve(config.connection_reserve),
+        );
         let restored = registry.restore().await?;
         let recorder = MetricsRecorder::start(
             store,
@@ -182,6 +309,18 @@ impl Server {
             .map_err(metrics_error)?;
         let metrics_addr = metrics_listener.local_addr().map_err(metrics_error)?;
         let control_database = conninfo::redact(&database_url);
+        if !registry.allowlist().is_set() {
+            tracing::info!(
+                "no --allowed-db-hosts: pools may connect to every TCP host (Unix sockets refused)"
+            );
+        }
+        tracing::info!(
+            authentication = if auth.enforced() { "required" } else { "off (every caller is admin)" },
+            mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            allowed_db_hosts = %registry.allowlist(),
+            secrets_key_id = %store_key_id(&registry),
+            "access control"
+        );
         match &embedded {
             Some(pg) => tracing::info!(
                 listen = %local_addr,
@@ -213,7 +352,9 @@ impl Server {
             Arc::clone(&registry),
             token.clone(),
             config.load_test_limits,
+            StreamSlots::new(&config.limits),
         );
+        let reloader = tokio::spawn(reload_tokens_on_sighup(Arc::clone(&auth), token.clone()));
         let watchers = service.watcher_count();
         let task = tokio::spawn(serve(
             Parts {
@@ -224,6 +365,9 @@ impl Server {
                 service,
                 embedded,
                 tls,
+                auth,
+                limits: config.limits,
+                reloader,
             },
             token.clone(),
             config.shutdown_grace,
@@ -310,6 +454,9 @@ struct Parts {
     service: PoolService,
     embedded: Option<EmbeddedPg>,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    auth: Arc<Authenticator>,
+    limits: ServerLimits,
+    reloader: JoinHandle<()>,
 }
 
 async fn serve(parts: Parts, token: CancellationToken, grace: Duration) -> Result<(), ServerError> {
@@ -321,6 +468,9 @@ async fn serve(parts: Parts, token: CancellationToken, grace: Duration) -> Resul
         service,
         embedded,
         tls,
+        auth,
+        limits,
+        reloader,
     } = parts;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -341,12 +491,20 @@ async fn serve(parts: Parts, token: CancellationToken, grace: Duration) -> Resul
 
     let stop = token.clone();
     let reporter = health_reporter.clone();
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .tcp_keepalive(Some(limits.http2_keepalive_interval));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
     let server = builder
-        .layer(crate::grpc::trace::RpcTraceLayer)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(crate::grpc::trace::RpcTraceLayer)
+                .layer(AuthLayer::new(auth)),
+        )
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -373,6 +531,7 @@ async fn serve(parts: Parts, token: CancellationToken, grace: Duration) -> Resul
         tracing::error!(error = %error_chain(error), "gRPC server failed");
     }
     token.cancel();
+    let _ = reloader.await;
     let _ = bridge.await;
     let _ = store_bridge.await;
     let _ = metrics_task.await;
@@ -386,6 +545,36 @@ async fn serve(parts: Parts, token: CancellationToken, grace: Duration) -> Resul
     }
     tracing::info!("poolplane-server stopped");
     served
+}
+
+fn store_key_id(registry: &ConnectionPoolService) -> String {
+    registry.store().secrets_key_id()
+}
+
+/// Re-reads the tokens file on every SIGHUP until `token` is cancelled; a file
+/// that does not parse keeps the tokens in force, and the log says why.
+async fn reload_tokens_on_sighup(auth: Arc<Authenticator>, token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGHUP: the tokens file is read only at start");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            () = token.cancelled() => break,
+            received = hangups.recv() => if received.is_none() { break },
+        }
+        match auth.reload() {
+            Ok(count) => tracing::info!(tokens = count, "SIGHUP: tokens file reloaded"),
+            Err(error) => {
+                tracing::warn!(%error, "SIGHUP: tokens file not reloaded; the previous tokens stay in force")
+            }
+        }
+    }
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use poolplane_server::grpc::auth::Role;
+use poolplane_server::grpc::limits::ServerLimits;
 use poolplane_server::telemetry::{self, LogFormat};
 use poolplane_server::{Server, ServerConfig};
 
@@ -36,6 +38,64 @@ struct Flags {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "POOLPLANE_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: require a client certificate signed by this PEM CA.
+    #[arg(long, env = "POOLPLANE_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// With --tls-client-ca and no --auth-tokens-file: the role of every client
+    /// with a verified certificate (viewer, operator or admin).
+    #[arg(long, env = "POOLPLANE_TLS_CLIENT_ROLE", default_value = "admin", value_parser = parse_role)]
+    tls_client_role: Role,
+
+    /// Bearer tokens: one `TOKEN ROLE` pair per line (role: viewer, operator,
+    /// admin; a token may be written sha256:<hex>; # comments). Re-read on SIGHUP.
+    #[arg(long, env = "POOLPLANE_AUTH_TOKENS_FILE")]
+    auth_tokens_file: Option<PathBuf>,
+
+    /// Serve a non-loopback --listen address without authentication (every caller
+    /// is admin).
+    #[arg(long, env = "POOLPLANE_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+
+    /// The key that seals stored database passwords (64 hex characters). Default:
+    /// secrets.key in --data-dir, created if missing.
+    #[arg(long, env = "POOLPLANE_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
+
+    /// The database targets pools may connect to, comma-separated: host names
+    /// (`*.example.com` for a domain), IPs, CIDR blocks, each with an optional
+    /// `:port`, and Unix-socket directories. Unset: every TCP host, no socket.
+    #[arg(long, env = "POOLPLANE_ALLOWED_DB_HOSTS", value_delimiter = ',')]
+    allowed_db_hosts: Option<Vec<String>>,
+
+    /// Most pools the server holds.
+    #[arg(long, env = "POOLPLANE_MAX_POOLS", default_value_t = 1000)]
+    max_pools: usize,
+
+    /// Watch streams open at once, in total.
+    #[arg(long, env = "POOLPLANE_MAX_WATCH_STREAMS", default_value_t = 1024)]
+    max_watch_streams: usize,
+
+    /// Watch streams open at once on one client connection.
+    #[arg(
+        long,
+        env = "POOLPLANE_MAX_WATCH_STREAMS_PER_CONNECTION",
+        default_value_t = 32
+    )]
+    max_watch_streams_per_connection: usize,
+
+    /// Calls in flight at once on one client connection (HTTP/2 streams).
+    #[arg(long, env = "POOLPLANE_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    max_concurrent_streams: u32,
+
+    /// How often idle client connections are pinged (HTTP/2 keepalive).
+    #[arg(long, env = "POOLPLANE_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    http2_keepalive_interval: Duration,
+
+    /// How long a keepalive ping may go unanswered before the connection closes.
+    #[arg(long, env = "POOLPLANE_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    http2_keepalive_timeout: Duration,
 
     /// Prometheus endpoint address.
     #[arg(
@@ -117,13 +177,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
 }
 
-fn default_data_dir() -> anyhow::Result<PathBuf> {
-    if nix::unistd::geteuid().is_root() {
-        return Ok(PathBuf::from("/var/lib/poolplane"));
-    }
-    Ok(dirs::data_dir()
-        .context("no user data directory (set HOME or --data-dir)")?
-        .join("poolplane"))
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text).ok_or_else(|| format!("`{text}`: use viewer, operator or admin"))
 }
 
 #[tokio::main]
@@ -136,10 +191,7 @@ async fn main() -> anyhow::Result<()> {
     if !telemetry.otlp() {
         tracing::info!("OTLP export off (no OTEL_EXPORTER_OTLP_*ENDPOINT set): no exporter runs");
     }
-    let data_dir = match flags.data_dir {
-        Some(dir) => dir,
-        None => default_data_dir()?,
-    };
+    let data_dir = flags.data_dir.unwrap_or_else(poolplane::default_data_dir);
     let server = Server::start(ServerConfig {
         listen: flags.listen,
         database_url: flags.database_url,
@@ -156,11 +208,38 @@ async fn main() -> anyhow::Result<()> {
         tls: flags
             .tls_cert
             .zip(flags.tls_key)
-            .map(|(cert, key)| poolplane_server::TlsFiles { cert, key }),
+            .map(|(cert, key)| poolplane_server::TlsFiles {
+                cert,
+                key,
+                client_ca: flags.tls_client_ca,
+                client_role: flags.tls_client_role,
+            }),
         shutdown_grace: flags.shutdown_grace,
+        auth_tokens_file: flags.auth_tokens_file,
+        insecure_no_auth: flags.insecure_no_auth,
+        secrets_key_file: flags.secrets_key_file,
+        allowed_db_hosts: flags.allowed_db_hosts,
+        max_pools: flags.max_pools,
+        limits: ServerLimits {
+            max_watch_streams: flags.max_watch_streams,
+            max_watch_streams_per_connection: flags.max_watch_streams_per_connection,
+            max_concurrent_streams: flags.max_concurrent_streams,
+            http2_keepalive_interval: flags.http2_keepalive_interval,
+            http2_keepalive_timeout: flags.http2_keepalive_timeout,
+        },
     })
-    .await
-    .context("poolplane-server could not start")?;
+    .await;
+    let server = match server {
+        Ok(server) => server,
+        Err(error) => {
+            // One line, on stderr, whatever the log format.
+            eprintln!(
+                "poolplane-server could not start: {}",
+                telemetry::error_chain(&error)
+            );
+            std::process::exit(2);
+        }
+    };
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -15,5 +15,5 @@ pub use grpcurl::{Grpcurl, grpcurl};
 pub use http::{http_get, labelled_value, metric_value};
 pub use otlp::OtlpCollector;
 pub use process::{ServerProcess, built_binary, process_alive, wait_until};
-pub use server::TestServer;
+pub use server::{TestServer, test_secrets_key_file};
 pub use test_pg::{TestDatabase, TestPg, connect, count_backends, test_config};

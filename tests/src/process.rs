@@ -104,7 +104,12 @@ impl ServerProcess {
         log_filter: &str,
         envs: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let mut child = Command::new(Self::binary()?)
+        let mut command = Command::new(Self::binary()?);
+        // Without a data directory of its own, the shared test key.
+        if !args.contains(&"--data-dir") {
+            command.env("POOLPLANE_SECRETS_KEY_FILE", crate::test_secrets_key_file());
+        }
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(["--log-format", "json"])
             .args(args)

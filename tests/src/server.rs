@@ -9,6 +9,14 @@ use poolplane_server::{Server, ServerConfig};
 
 use crate::{TestDatabase, TestPg};
 
+/// The secrets key the test servers of this machine share (created on first use),
+/// so that a server restarted on a control database can unseal its passwords.
+pub fn test_secrets_key_file() -> std::path::PathBuf {
+    let path = std::env::temp_dir().join("poolplane-test-secrets.key");
+    poolplane::SecretsKey::load_or_create(&path).expect("the test secrets key file");
+    path
+}
+
 /// A running server for one test.
 pub struct TestServer {
     server: Option<Server>,
@@ -66,6 +74,12 @@ impl TestServer {
             connection_reserve: 5,
             tls: None,
             shutdown_grace: Duration::from_secs(5),
+            auth_tokens_file: None,
+            insecure_no_auth: false,
+            secrets_key_file: Some(test_secrets_key_file()),
+            allowed_db_hosts: None,
+            max_pools: 1000,
+            limits: Default::default(),
         }
     }
 

@@ -33,6 +33,7 @@ fn test(pool: &str, concurrency: u32, secs: u32, query: &str) -> RunLoadTestRequ
         query: query.into(),
         warmup_secs: 0,
         target_rps: None,
+        read_write: false,
     }
 }
 

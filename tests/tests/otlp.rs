@@ -84,6 +84,7 @@ async fn metrics_and_the_callers_trace_arrive_at_the_collector() -> anyhow::Resu
             query: String::new(),
             warmup_secs: 0,
             target_rps: None,
+            read_write: false,
         })
         .await?;
     while test.next().await?.is_some() {}

@@ -149,6 +149,8 @@ async fn tls_with_a_private_ca_for_the_sdk_and_poolctl() -> anyhow::Result<()> {
     config.tls = Some(poolplane_server::TlsFiles {
         cert: cert.clone(),
         key,
+        client_ca: None,
+        client_role: poolplane_server::grpc::auth::Role::Admin,
     });
     let server = poolplane_server::Server::start(config).await?;
     let addr = server.local_addr().to_string();

@@ -43,6 +43,14 @@ struct Cli {
     #[arg(long, env = "POOLPLANE_TLS_DOMAIN", global = true)]
     tls_domain: Option<String>,
 
+    /// Mutual TLS: present this PEM client certificate (with --tls-key).
+    #[arg(long, env = "POOLPLANE_TLS_CERT", global = true, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "POOLPLANE_TLS_KEY", global = true, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+
     /// Output: human tables or stable JSON.
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
@@ -104,6 +112,10 @@ enum Command {
         /// Open loop at this many requests per second.
         #[arg(long)]
         rps: Option<f64>,
+        /// Let the query write (admin only; otherwise it runs read-only and is
+        /// rolled back).
+        #[arg(long)]
+        read_write: bool,
     },
     /// Recommendations for every pool (or --pool ones); --apply makes them.
     Optimize {
@@ -357,6 +369,9 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
     if let Some(domain) = &cli.tls_domain {
         builder = builder.tls_domain(domain);
     }
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        builder = builder.tls_client_identity_files(cert, key);
+    }
     let client = builder.connect().await?;
     match cli.command {
         Command::Pools(PoolsCommand::Create { name, url, config }) => {
@@ -419,6 +434,7 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
             query,
             warmup,
             rps,
+            read_write,
         } => {
             let mut stream = client
                 .run_load_test(RunLoadTestRequest {
@@ -428,6 +444,7 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
                     query: query.unwrap_or_default(),
                     warmup_secs: warmup,
                     target_rps: rps,
+                    read_write,
                 })
                 .await?;
             while let Some(update) = stream.next().await? {

@@ -183,6 +183,11 @@ impl AdvancedPoolConfig {
         };
         if self.max_connections < 1 {
             fail("max_connections", "must be at least 1".into());
+        } else if self.max_connections > MAX_CONNECTIONS {
+            fail(
+                "max_connections",
+                format!("must be at most {MAX_CONNECTIONS}"),
+            );
         }
         if self.min_connections > self.max_connections {
             fail(
@@ -245,10 +250,13 @@ impl AdvancedPoolConfig {
                 ),
             );
         }
-        if !(self.scale_up_factor > 1.0 && self.scale_up_factor.is_finite()) {
+        if !(self.scale_up_factor > 1.0 && self.scale_up_factor <= MAX_SCALE_UP_FACTOR) {
             fail(
                 "scale_up_factor",
-                format!("must be greater than 1, got {}", self.scale_up_factor),
+                format!(
+                    "must be greater than 1 and at most {MAX_SCALE_UP_FACTOR}, got {}",
+                    self.scale_up_factor
+                ),
             );
         }
         if !(self.scale_down_factor > 0.0 && self.scale_down_factor < 1.0) {
@@ -259,6 +267,17 @@ impl AdvancedPoolConfig {
         }
         if self.validation_query.trim().is_empty() {
             fail("validation_query", "must not be empty".into());
+        } else if self.validation_query.len() > MAX_SQL_LEN {
+            fail(
+                "validation_query",
+                format!("must be at most {MAX_SQL_LEN} bytes"),
+            );
+        }
+        if self.connection_warmup_queries.len() > MAX_WARMUP_QUERIES {
+            fail(
+                "connection_warmup_queries",
+                format!("must hold at most {MAX_WARMUP_QUERIES} queries"),
+            );
         }
         if let Some(i) = self
             .connection_warmup_queries
@@ -266,6 +285,22 @@ impl AdvancedPoolConfig {
             .position(|q| q.trim().is_empty())
         {
             fail("connection_warmup_queries", format!("entry {i} is empty"));
+        }
+        if let Some(i) = self
+            .connection_warmup_queries
+            .iter()
+            .position(|q| q.len() > MAX_SQL_LEN)
+        {
+            fail(
+                "connection_warmup_queries",
+                format!("entry {i} is longer than {MAX_SQL_LEN} bytes"),
+            );
+        }
+        if self.max_failed_health_checks > MAX_FAILED_HEALTH_CHECKS {
+            fail(
+                "max_failed_health_checks",
+                format!("must be at most {MAX_FAILED_HEALTH_CHECKS}"),
+            );
         }
         if self.enable_connection_recycling && self.recycle_threshold_queries < 1 {
             fail(
@@ -277,6 +312,11 @@ impl AdvancedPoolConfig {
             fail(
                 "statement_cache_capacity",
                 "must be at least 1 when enable_prepared_statements is on".into(),
+            );
+        } else if self.statement_cache_capacity > MAX_STATEMENT_CACHE_CAPACITY {
+            fail(
+                "statement_cache_capacity",
+                format!("must be at most {MAX_STATEMENT_CACHE_CAPACITY}"),
             );
         }
         if self.validation_idle_threshold_ms > MAX_SECS * 1000 {
@@ -334,6 +374,19 @@ impl AdvancedPoolConfig {
 
 /// Upper bound of every `*_secs` field (100 years), so that no duration overflows.
 const MAX_SECS: u64 = 100 * 365 * 86_400;
+
+/// The largest `max_connections` (PostgreSQL servers rarely allow more).
+pub const MAX_CONNECTIONS: u32 = 10_000;
+/// The largest `statement_cache_capacity` (statements per connection).
+pub const MAX_STATEMENT_CACHE_CAPACITY: u32 = 10_000;
+/// The longest SQL text the server keeps to run later, in bytes.
+pub const MAX_SQL_LEN: usize = 64 * 1024;
+/// The most `connection_warmup_queries`.
+pub const MAX_WARMUP_QUERIES: usize = 32;
+/// The largest `max_failed_health_checks`.
+pub const MAX_FAILED_HEALTH_CHECKS: u32 = 1_000;
+/// The largest `scale_up_factor`.
+pub const MAX_SCALE_UP_FACTOR: f64 = 100.0;
 
 #[cfg(test)]
 mod tests {

@@ -3,15 +3,26 @@
 /// Everything that can go wrong in the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A database URL that parses as neither a postgres:// URL nor key=value conninfo.
-    #[error("invalid database URL {url}: {source}")]
-    InvalidDatabaseUrl {
-        /// The URL, password redacted.
-        url: String,
-        /// Why it does not parse.
-        #[source]
-        source: tokio_postgres::Error,
+    /// A database URL that parses as neither a postgres:// URL nor key=value
+    /// conninfo, or holds an option poolplane refuses.
+    #[error("invalid database URL: {0}")]
+    InvalidDatabaseUrl(#[source] crate::conninfo::ConnInfoError),
+    /// A database target outside the server's allowlist (`--allowed-db-hosts`):
+    /// refused before any connection is attempted.
+    #[error("{target} is not in the allowed database hosts")]
+    TargetNotAllowed {
+        /// The refused target (`host:port` or the socket directory).
+        target: String,
     },
+    /// As many pools as the server allows exist already.
+    #[error("the server holds its maximum of {max} pools")]
+    TooManyPools {
+        /// The limit.
+        max: usize,
+    },
+    /// The secrets key or a stored secret is unusable (wrong or missing key).
+    #[error(transparent)]
+    Secrets(#[from] crate::store::secrets::SecretsError),
     /// The control database could not be reached.
     #[error("control database: {context}: {source}")]
     ControlDatabase {
@@ -106,6 +117,10 @@ pub enum ErrorKind {
     AlreadyExists,
     /// The pool is busy with something that runs one at a time.
     Busy,
+    /// The target is not allowed.
+    PermissionDenied,
+    /// A server-wide limit is reached.
+    ResourceExhausted,
     /// The control database or the embedded PostgreSQL failed.
     Internal,
 }
@@ -114,10 +129,12 @@ impl Error {
     /// The kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::InvalidDatabaseUrl { .. }
+            Error::InvalidDatabaseUrl(_)
             | Error::InvalidConfig(_)
             | Error::InvalidPoolName { .. } => ErrorKind::InvalidArgument,
             Error::PoolNotFound(_) => ErrorKind::NotFound,
+            Error::TargetNotAllowed { .. } => ErrorKind::PermissionDenied,
+            Error::TooManyPools { .. } => ErrorKind::ResourceExhausted,
             Error::LoadTestRunning(_) => ErrorKind::Busy,
             Error::PoolAlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::AcquireTimeout { .. } => ErrorKind::AcquireTimeout,
@@ -128,6 +145,7 @@ impl Error {
             | Error::ControlDatabaseTimeout
             | Error::ControlQuery { .. }
             | Error::Migration(_)
+            | Error::Secrets(_)
             | Error::EmbeddedPg(_) => ErrorKind::Internal,
         }
     }

@@ -1,6 +1,7 @@
 //! poolplane's engine: advanced PostgreSQL connection pools, their registry and the
 //! control database, embeddable in-process.
 
+pub mod allowlist;
 pub mod config;
 pub mod conninfo;
 pub mod embedded_pg;
@@ -12,7 +13,9 @@ pub mod pool;
 pub mod registry;
 pub mod store;
 
+pub use allowlist::TargetAllowlist;
 pub use config::{AdvancedPoolConfig, ConfigErrors, FieldViolation};
+pub use conninfo::{ConnInfo, Secret};
 pub use embedded_pg::{EmbeddedPg, EmbeddedPgError, EmbeddedPgOptions};
 pub use error::{Error, ErrorKind, describe_pg_error};
 pub use events::{PoolEvent, PoolEventKind};
@@ -25,4 +28,7 @@ pub use pool::{
 pub use registry::{ConnectionPoolService, PerformanceSummary, PoolInfo};
 pub use store::history::{HourSummary, MetricsPoint, ScalingRecord};
 pub use store::recorder::{MetricsRecorder, RecorderOptions, RecorderStatus};
-pub use store::{ControlStore, PoolDefinition, establish_connection};
+pub use store::secrets::{SecretsError, SecretsKey};
+pub use store::{
+    ControlStore, PoolDefinition, default_data_dir, default_secrets_key_file, establish_connection,
+};

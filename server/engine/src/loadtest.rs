@@ -58,6 +58,11 @@ pub fn grade(error_rate: f64, p95_ms: f64, peak_utilization: f64) -> Grade {
     }
 }
 
+/// The slowest open-loop rate a test may ask for (requests per second).
+pub const MIN_TARGET_RPS: f64 = 0.01;
+/// The fastest open-loop rate a test may ask for (requests per second).
+pub const MAX_TARGET_RPS: f64 = 1_000_000.0;
+
 /// How to run a load test.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadTestOptions {
@@ -71,6 +76,9 @@ pub struct LoadTestOptions {
     pub warmup: Duration,
     /// Open loop at this many requests per second; `None`: closed loop.
     pub target_rps: Option<f64>,
+    /// Run each request in a read-only transaction that is rolled back, with a
+    /// `statement_timeout` no longer than the test's remaining time.
+    pub read_only: bool,
 }
 
 /// A load test's state, once a second while it runs.
@@ -198,6 +206,7 @@ impl PoolLoadTester {
             query: None,
             warmup: Duration::ZERO,
             target_rps: None,
+            read_only: false,
         };
         self.run(options, None, CancellationToken::new()).await
     }
@@ -234,9 +243,12 @@ impl PoolLoadTester {
             return Err(invalid("duration_secs", "must be at least 1"));
         }
         if let Some(rps) = options.target_rps
-            && !(rps > 0.0 && rps.is_finite())
+            && !(MIN_TARGET_RPS..=MAX_TARGET_RPS).contains(&rps)
         {
-            return Err(invalid("target_rps", "must be positive"));
+            return Err(invalid(
+                "target_rps",
+                &format!("must be between {MIN_TARGET_RPS} and {MAX_TARGET_RPS}"),
+            ));
         }
         let query = options
             .query
@@ -328,6 +340,7 @@ impl PoolLoadTester {
             tally: Arc::clone(tally),
             cancel: cancel.clone(),
             query: query.into(),
+            read_only: options.read_only.then_some(deadline),
         };
         match options.target_rps {
             None => {
@@ -382,6 +395,8 @@ struct Job {
     tally: Arc<Tally>,
     cancel: CancellationToken,
     query: Arc<str>,
+    /// Read-only requests, their statement timeout running to this instant.
+    read_only: Option<Instant>,
 }
 
 impl Job {
@@ -390,7 +405,13 @@ impl Job {
     async fn once(&self, from: Instant) {
         let work = async {
             let mut conn = self.pool.get().await?;
-            conn.execute(&self.query, &[]).await
+            match self.read_only {
+                Some(end) => {
+                    let left = end.saturating_duration_since(Instant::now());
+                    conn.execute_read_only(&self.query, left).await
+                }
+                None => conn.execute(&self.query, &[]).await,
+            }
         };
         tokio::select! {
             biased;

@@ -129,7 +129,8 @@ pub fn recommend(input: &OptimizerInput) -> Vec<Recommendation> {
     if peak_utilization > 0.85 {
         let wanted = ((f64::from(demand.max(c.max_connections)) / TARGET_UTILIZATION).ceil()
             as u32)
-            .max(c.max_connections + 1);
+            .max(c.max_connections.saturating_add(1))
+            .min(crate::config::MAX_CONNECTIONS.max(c.max_connections));
         out.push(rec(
             "max_connections",
             c.max_connections,
@@ -392,12 +393,6 @@ pub struct OptimizationReport {
 /// The window the optimizer reads from the history.
 const WINDOW: Duration = Duration::from_secs(3600);
 
-/// Which PostgreSQL server a connection string points at.
-fn server_key(database_url: &str) -> Option<String> {
-    let config: tokio_postgres::Config = database_url.parse().ok()?;
-    Some(format!("{:?}|{:?}", config.get_hosts(), config.get_ports()))
-}
-
 fn set_field(config: &mut AdvancedPoolConfig, parameter: &str, value: &str) -> bool {
     match parameter {
         "max_connections" => value.parse().map(|v| config.max_connections = v).is_ok(),
@@ -546,20 +541,28 @@ impl ConnectionPoolService {
                 &[],
             )
             .await?;
+        // A server may answer with NULLs or odd values: never a panic.
+        let setting = |i: usize| {
+            row.try_get::<_, Option<i32>>(i)
+                .ok()
+                .flatten()
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(0)
+        };
         let budget = ServerBudget {
-            max_connections: u32::try_from(row.get::<_, i32>(0)).unwrap_or(0),
-            superuser_reserved: u32::try_from(row.get::<_, i32>(1)).unwrap_or(0),
+            max_connections: setting(0),
+            superuser_reserved: setting(1),
             reserve: self.connection_reserve,
         };
-        let key = self.database_url(name).and_then(|url| server_key(&url));
+        let key = self.target(name).map(|t| t.server_key());
         let others = self
             .pool_names()
             .iter()
             .filter(|other| *other != name)
-            .filter(|other| self.database_url(other).and_then(|url| server_key(&url)) == key)
+            .filter(|other| self.target(other).map(|t| t.server_key()) == key)
             .filter_map(|other| self.pool(other).ok())
             .map(|p| p.config().max_connections)
-            .sum();
+            .fold(0u32, u32::saturating_add);
         Ok((budget, others))
     }
 }

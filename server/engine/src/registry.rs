@@ -9,9 +9,14 @@ use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::allowlist::TargetAllowlist;
+use crate::conninfo::ConnInfo;
 use crate::events::{self, PoolEvent, PoolEventKind};
 use crate::store::history::{HourSummary, ScalingRecord};
-use crate::{AdvancedConnectionPool, AdvancedPoolConfig, ControlStore, Error, PoolStats, conninfo};
+use crate::{AdvancedConnectionPool, AdvancedPoolConfig, ControlStore, Error, PoolStats};
+
+/// Pools one registry holds by default (`--max-pools`).
+pub const DEFAULT_MAX_POOLS: usize = 1000;
 
 /// Scaling events a performance summary carries.
 const RECENT_SCALING_EVENTS: u32 = 10;
@@ -54,7 +59,7 @@ pub struct PoolInfo {
 
 struct Entry {
     pool: Arc<AdvancedConnectionPool>,
-    database_url: String,
+    target: Arc<ConnInfo>,
     created_at: SystemTime,
     updated_at: SystemTime,
     /// Stops the task forwarding this pool's events.
@@ -73,6 +78,8 @@ pub struct ConnectionPoolService {
     token: CancellationToken,
     tasks: TaskTracker,
     close_grace: Duration,
+    allowlist: TargetAllowlist,
+    max_pools: usize,
     /// Connections left free on each PostgreSQL server when the optimizer grows
     /// pools (besides superuser_reserved_connections).
     pub(crate) connection_reserve: u32,
@@ -139,6 +146,8 @@ impl ConnectionPoolService {
             token: CancellationToken::new(),
             tasks: TaskTracker::new(),
             close_grace,
+            allowlist: TargetAllowlist::unset(),
+            max_pools: DEFAULT_MAX_POOLS,
             connection_reserve: 5,
             last_load_tests: std::sync::Mutex::new(HashMap::new()),
             running_load_tests: std::sync::Mutex::new(HashSet::new()),
@@ -149,6 +158,31 @@ impl ConnectionPoolService {
     pub fn with_connection_reserve(mut self, reserve: u32) -> Self {
         self.connection_reserve = reserve;
         self
+    }
+
+    /// Restricts the targets pools may connect to (default: every TCP host, no
+    /// Unix socket).
+    pub fn with_allowlist(mut self, allowlist: TargetAllowlist) -> Self {
+        self.allowlist = allowlist;
+        self
+    }
+
+    /// Caps how many pools the registry holds (default [`DEFAULT_MAX_POOLS`]).
+    pub fn with_max_pools(mut self, max_pools: usize) -> Self {
+        self.max_pools = max_pools;
+        self
+    }
+
+    /// The targets pools may connect to.
+    pub fn allowlist(&self) -> &TargetAllowlist {
+        &self.allowlist
+    }
+
+    /// Checks a target against the allowlist, before any connection.
+    pub fn check_target(&self, target: &ConnInfo) -> Result<(), Error> {
+        self.allowlist
+            .check(target)
+            .map_err(|target| Error::TargetNotAllowed { target })
     }
 
     /// Runs a load test on a pool (one at a time per pool: a second one fails with
@@ -194,13 +228,13 @@ impl ConnectionPoolService {
         Ok(results)
     }
 
-    /// The database URL of a pool (with its password: for the engine's own use).
-    pub(crate) fn database_url(&self, name: &str) -> Option<String> {
+    /// The target of a pool (with its password: for the engine's own use).
+    pub(crate) fn target(&self, name: &str) -> Option<Arc<ConnInfo>> {
         self.pools
             .read()
             .expect("pools lock")
             .get(name)
-            .map(|entry| entry.database_url.clone())
+            .map(|entry| Arc::clone(&entry.target))
     }
 
     /// Recreates every stored pool. A pool whose database is down starts unhealthy
@@ -218,10 +252,16 @@ impl ConnectionPoolService {
                     continue;
                 }
             };
-            match AdvancedConnectionPool::named_unchecked(
+            if let Err(error) = self.check_target(&definition.target) {
+                tracing::error!(pool = %definition.name, %error, "stored pool's target is not allowed; skipped");
+                continue;
+            }
+            let target = Arc::new(definition.target);
+            match AdvancedConnectionPool::for_target(
                 &definition.name,
-                &definition.database_url,
+                Arc::clone(&target),
                 config,
+                false,
             )
             .await
             {
@@ -233,7 +273,7 @@ impl ConnectionPoolService {
                         &definition.name,
                         Entry {
                             pool: Arc::new(pool),
-                            database_url: definition.database_url,
+                            target,
                             created_at: definition.created_at,
                             updated_at: definition.updated_at,
                             forwarder: self.token.child_token(),
@@ -249,25 +289,49 @@ impl ConnectionPoolService {
         Ok(restored)
     }
 
-    /// Creates a pool (the seed's `create_pool`): validates, connects (at least one
-    /// connection must open), stores the definition, then registers it.
+    /// Creates a pool (the seed's `create_pool`): validates, checks the target
+    /// against the allowlist, connects (at least one connection must open), stores
+    /// the definition (password sealed), then registers it.
     pub async fn create_pool(
         &self,
         name: String,
         database_url: &str,
         config: AdvancedPoolConfig,
     ) -> Result<Arc<AdvancedConnectionPool>, Error> {
+        let target = ConnInfo::parse(database_url).map_err(Error::InvalidDatabaseUrl)?;
+        self.create_pool_on(name, target, config).await
+    }
+
+    /// [`create_pool`](Self::create_pool) on a parsed target.
+    pub async fn create_pool_on(
+        &self,
+        name: String,
+        target: ConnInfo,
+        config: AdvancedPoolConfig,
+    ) -> Result<Arc<AdvancedConnectionPool>, Error> {
         validate_pool_name(&name)?;
         config.validate()?;
+        self.check_target(&target)?;
+        let target = Arc::new(target);
         let _change = self.changes.lock().await;
-        if self.pools.read().expect("pools lock").contains_key(&name) {
-            return Err(Error::PoolAlreadyExists(name));
+        {
+            let pools = self.pools.read().expect("pools lock");
+            if pools.contains_key(&name) {
+                return Err(Error::PoolAlreadyExists(name));
+            }
+            if pools.len() >= self.max_pools {
+                return Err(Error::TooManyPools {
+                    max: self.max_pools,
+                });
+            }
         }
-        let pool =
-            Arc::new(AdvancedConnectionPool::named(&name, database_url, config.clone()).await?);
+        let pool = Arc::new(
+            AdvancedConnectionPool::for_target(&name, Arc::clone(&target), config.clone(), true)
+                .await?,
+        );
         let stored = match self
             .store
-            .insert_pool_definition(&name, database_url, &config_json(&config))
+            .insert_pool_definition(&name, &target, &config_json(&config))
             .await
         {
             Ok(stored) => stored,
@@ -280,13 +344,13 @@ impl ConnectionPoolService {
             &name,
             Entry {
                 pool: Arc::clone(&pool),
-                database_url: database_url.to_owned(),
+                target: Arc::clone(&target),
                 created_at: stored.created_at,
                 updated_at: stored.updated_at,
                 forwarder: self.token.child_token(),
             },
         );
-        tracing::info!(pool = %name, database = %conninfo::redact(database_url), "pool created");
+        tracing::info!(pool = %name, database = %target, "pool created");
         Ok(pool)
     }
 
@@ -374,17 +438,17 @@ impl ConnectionPoolService {
     ) -> Result<PoolInfo, Error> {
         config.validate()?;
         let _change = self.changes.lock().await;
-        let (pool, database_url) = {
+        let (pool, target) = {
             let pools = self.pools.read().expect("pools lock");
             let entry = pools
                 .get(name)
                 .ok_or_else(|| Error::PoolNotFound(name.to_owned()))?;
-            (Arc::clone(&entry.pool), entry.database_url.clone())
+            (Arc::clone(&entry.pool), Arc::clone(&entry.target))
         };
         let rebuilt = !pool.can_apply_live(&config);
         let replacement = if rebuilt {
             Some(Arc::new(
-                AdvancedConnectionPool::named(name, &database_url, config.clone()).await?,
+                AdvancedConnectionPool::for_target(name, target, config.clone(), true).await?,
             ))
         } else {
             None
@@ -505,7 +569,7 @@ impl ConnectionPoolService {
 fn info(name: &str, entry: &Entry) -> PoolInfo {
     PoolInfo {
         name: name.to_owned(),
-        database_url: conninfo::redact(&entry.database_url),
+        database_url: entry.target.to_string(),
         config: entry.pool.config(),
         created_at: entry.created_at,
         updated_at: entry.updated_at,

@@ -15,6 +15,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use super::auth::{Caller, Role};
+use super::limits::{
+    MAX_HISTORY_RANGE, MAX_POOL_NAMES, MAX_WATCH_INTERVAL_MS, StreamSlot, StreamSlots,
+};
 use super::{convert, status};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -35,6 +39,7 @@ pub struct PoolService {
     shutdown: CancellationToken,
     watchers: Arc<AtomicUsize>,
     limits: LoadTestLimits,
+    slots: StreamSlots,
 }
 
 /// The server's caps on load tests.
@@ -77,13 +82,20 @@ impl PoolService {
         registry: Arc<ConnectionPoolService>,
         shutdown: CancellationToken,
         limits: LoadTestLimits,
+        slots: StreamSlots,
     ) -> Self {
         Self {
             registry,
             shutdown,
             watchers: Arc::new(AtomicUsize::new(0)),
             limits,
+            slots,
         }
+    }
+
+    /// A watch-stream slot for the caller's connection.
+    fn stream_slot<T>(&self, request: &Request<T>) -> Result<StreamSlot, Status> {
+        self.slots.acquire(request.remote_addr())
     }
 
     /// Watch streams whose server task is running.
@@ -103,13 +115,26 @@ impl PoolService {
         Ok(Some(convert::pool_to_proto(&info)))
     }
 
-    /// The explicitly named pools, each of which must exist.
+    /// The explicitly named pools (deduplicated), each of which must exist.
     fn selection(&self, names: &[String]) -> Result<BTreeSet<String>, Status> {
-        for name in names {
+        let names = pool_names(names)?;
+        for name in &names {
             self.registry.pool(name).map_err(status::from_engine)?;
         }
-        Ok(names.iter().cloned().collect())
+        Ok(names)
     }
+}
+
+/// A list of pool names, deduplicated; at most [`MAX_POOL_NAMES`] distinct ones.
+fn pool_names(names: &[String]) -> Result<BTreeSet<String>, Status> {
+    let distinct: BTreeSet<String> = names.iter().cloned().collect();
+    if distinct.len() > MAX_POOL_NAMES {
+        return Err(status::bad_request(vec![(
+            "pool_names".into(),
+            format!("must name at most {MAX_POOL_NAMES} pools"),
+        )]));
+    }
+    Ok(distinct)
 }
 
 fn required(name: &str, field: &str) -> Result<(), Status> {
@@ -133,11 +158,13 @@ impl pool_service_server::PoolService for PoolService {
         if let Err(e) = poolplane::registry::validate_pool_name(&request.name) {
             violations.push(("name".to_owned(), e.to_string()));
         }
-        if request.database_url.is_empty() {
-            violations.push(("database_url".to_owned(), "must not be empty".to_owned()));
-        } else if let Err(why) = poolplane::conninfo::check(&request.database_url) {
-            violations.push(("database_url".to_owned(), why));
-        }
+        let target = match poolplane::ConnInfo::parse(&request.database_url) {
+            Ok(target) => Some(target),
+            Err(why) => {
+                violations.push(("database_url".to_owned(), why.to_string()));
+                None
+            }
+        };
         let config =
             match convert::apply_config(AdvancedPoolConfig::default(), request.config.as_ref()) {
                 Ok(config) => {
@@ -156,11 +183,11 @@ impl pool_service_server::PoolService for PoolService {
                     AdvancedPoolConfig::default()
                 }
             };
-        if !violations.is_empty() {
+        let Some(target) = target.filter(|_| violations.is_empty()) else {
             return Err(status::bad_request(violations));
-        }
+        };
         self.registry
-            .create_pool(request.name.clone(), &request.database_url, config)
+            .create_pool_on(request.name.clone(), target, config)
             .await
             .map_err(status::from_engine)?;
         Ok(Response::new(pb::CreatePoolResponse {
@@ -274,13 +301,14 @@ impl pool_service_server::PoolService for PoolService {
         &self,
         request: Request<pb::WatchPoolStatsRequest>,
     ) -> Result<Response<Self::WatchPoolStatsStream>, Status> {
+        let slot = self.stream_slot(&request)?;
         let request = request.into_inner();
         let interval_ms = match request.interval_ms {
             0 => 1000,
-            ms if ms < 100 => {
+            ms if !(100..=MAX_WATCH_INTERVAL_MS).contains(&ms) => {
                 return Err(status::bad_request(vec![(
                     "interval_ms".into(),
-                    format!("must be at least 100, got {ms}"),
+                    format!("must be between 100 and {MAX_WATCH_INTERVAL_MS}, got {ms}"),
                 )]));
             }
             ms => ms,
@@ -292,6 +320,7 @@ impl pool_service_server::PoolService for PoolService {
         let guard = WatcherGuard::new(&self.watchers);
         tokio::spawn(async move {
             let _guard = guard;
+            let _slot = slot;
             let mut tick = tokio::time::interval(Duration::from_millis(u64::from(interval_ms)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
@@ -333,6 +362,7 @@ impl pool_service_server::PoolService for PoolService {
         &self,
         request: Request<pb::WatchHealthEventsRequest>,
     ) -> Result<Response<Self::WatchHealthEventsStream>, Status> {
+        let slot = self.stream_slot(&request)?;
         let named = self.selection(&request.into_inner().pool_names)?;
         // Subscribe before reading the current health, so nothing falls between.
         let mut events = self.registry.subscribe();
@@ -342,6 +372,7 @@ impl pool_service_server::PoolService for PoolService {
         let guard = WatcherGuard::new(&self.watchers);
         tokio::spawn(async move {
             let _guard = guard;
+            let _slot = slot;
             let wanted = |name: &str| named.is_empty() || named.contains(name);
             let mut watching: BTreeSet<String> = registry
                 .pool_names()
@@ -450,10 +481,20 @@ impl pool_service_server::PoolService for PoolService {
             (None, Some(to)) => to.checked_sub(Duration::from_secs(3600)),
             (None, None) => None,
         };
-        if let (Some(from), Some(to)) = (from, to)
-            && from >= to
-        {
-            violations.push(("from".into(), "must be before `to`".into()));
+        if let (Some(from), Some(to)) = (from, to) {
+            match to.duration_since(from) {
+                Err(_) | Ok(Duration::ZERO) => {
+                    violations.push(("from".into(), "must be before `to`".into()));
+                }
+                Ok(range) if range > MAX_HISTORY_RANGE => violations.push((
+                    "from".into(),
+                    format!(
+                        "the range may span at most {} days",
+                        MAX_HISTORY_RANGE.as_secs() / 86_400
+                    ),
+                )),
+                Ok(_) => {}
+            }
         }
         let max_points = match request.max_points {
             0 => 100,
@@ -513,8 +554,12 @@ impl pool_service_server::PoolService for PoolService {
         &self,
         request: Request<pb::RunLoadTestRequest>,
     ) -> Result<Response<Self::RunLoadTestStream>, Status> {
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         required(&r.pool_name, "pool_name")?;
+        if r.read_write {
+            caller.require(Role::Admin, "RunLoadTest with read_write")?;
+        }
         self.registry
             .pool(&r.pool_name)
             .map_err(status::from_engine)?;
@@ -546,9 +591,23 @@ impl pool_service_server::PoolService for PoolService {
             ));
         }
         if let Some(rps) = r.target_rps
-            && !(rps > 0.0 && rps.is_finite())
+            && !(poolplane::loadtest::MIN_TARGET_RPS..=poolplane::loadtest::MAX_TARGET_RPS)
+                .contains(&rps)
         {
-            violations.push(("target_rps".to_owned(), "must be positive".to_owned()));
+            violations.push((
+                "target_rps".to_owned(),
+                format!(
+                    "must be between {} and {}",
+                    poolplane::loadtest::MIN_TARGET_RPS,
+                    poolplane::loadtest::MAX_TARGET_RPS
+                ),
+            ));
+        }
+        if r.query.len() > poolplane::config::MAX_SQL_LEN {
+            violations.push((
+                "query".to_owned(),
+                format!("must be at most {} bytes", poolplane::config::MAX_SQL_LEN),
+            ));
         }
         if !violations.is_empty() {
             return Err(status::bad_request(violations));
@@ -559,6 +618,7 @@ impl pool_service_server::PoolService for PoolService {
             query: Some(r.query).filter(|q| !q.trim().is_empty()),
             warmup,
             target_rps: r.target_rps,
+            read_only: !r.read_write,
         };
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let (progress_tx, mut progress_rx) = mpsc::channel(WATCH_BUFFER);
@@ -625,10 +685,15 @@ impl pool_service_server::PoolService for PoolService {
         &self,
         request: Request<pb::OptimizePoolsRequest>,
     ) -> Result<Response<pb::OptimizePoolsResponse>, Status> {
+        let caller = Caller::of(&request);
         let r = request.into_inner();
+        if r.apply {
+            caller.require(Role::Admin, "OptimizePools with apply")?;
+        }
+        let names: Vec<String> = pool_names(&r.pool_names)?.into_iter().collect();
         let report = self
             .registry
-            .optimize_pools(&r.pool_names, r.apply)
+            .optimize_pools(&names, r.apply)
             .await
             .map_err(status::from_engine)?;
         Ok(Response::new(pb::OptimizePoolsResponse {

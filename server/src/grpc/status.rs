@@ -47,9 +47,13 @@ fn with_sqlstate(code: Code, error: &Error) -> Status {
 /// internal errors are logged with their whole chain and answered briefly.
 pub fn from_engine(error: Error) -> Status {
     match &error {
-        Error::InvalidDatabaseUrl { .. } => {
-            bad_request(vec![("database_url".into(), error.to_string())])
+        Error::InvalidDatabaseUrl(reason) => {
+            bad_request(vec![("database_url".into(), reason.to_string())])
         }
+        Error::TargetNotAllowed { .. } => {
+            Status::permission_denied(format!("database_url: {error} (--allowed-db-hosts)"))
+        }
+        Error::TooManyPools { .. } => Status::resource_exhausted(format!("{error} (--max-pools)")),
         Error::InvalidConfig(errors) => bad_request(
             errors
                 .0
@@ -65,7 +69,10 @@ pub fn from_engine(error: Error) -> Status {
             tracing::warn!(error = %error_chain(&error), "control database unavailable");
             Status::unavailable("control database unavailable")
         }
-        Error::ControlQuery { .. } | Error::Migration(_) | Error::EmbeddedPg(_) => {
+        Error::ControlQuery { .. }
+        | Error::Migration(_)
+        | Error::EmbeddedPg(_)
+        | Error::Secrets(_) => {
             tracing::error!(error = %error_chain(&error), "internal error");
             Status::internal("internal error; see the server log")
         }
@@ -73,7 +80,7 @@ pub fn from_engine(error: Error) -> Status {
         Error::PoolClosed => Status::failed_precondition(error.to_string()),
         Error::Connect { .. } => with_sqlstate(Code::Unavailable, &error),
         Error::Database(_) => {
-            let code = match error.sqlstate().map(|s| &s[..2]) {
+            let code = match error.sqlstate().and_then(|s| s.get(..2)) {
                 Some("08" | "57") => Code::Unavailable,
                 Some("40") => Code::Aborted,
                 Some("22" | "42") => Code::InvalidArgument,

@@ -66,6 +66,8 @@ where
             rpc.method = %method,
             rpc.grpc.status_code = tracing::field::Empty,
             trace_id = tracing::field::Empty,
+            enduser.role = tracing::field::Empty,
+            poolplane.token_fingerprint = tracing::field::Empty,
         );
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&Headers(request.headers()))
@@ -77,19 +79,28 @@ where
         if trace_id != opentelemetry::trace::TraceId::INVALID {
             span.record("trace_id", tracing::field::display(trace_id));
         }
-        let future = self.inner.call(request).instrument(span.clone());
+        // Entered while the inner layers take the request, so that authentication
+        // records the caller on this span.
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        }
+        .instrument(span.clone());
         Box::pin(async move {
             let response = future.await?;
-            // Errors travel in the headers (trailers-only); a success's status is in
-            // the trailers: 0.
-            let code = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i64>().ok())
-                .unwrap_or(0);
-            span.record("rpc.grpc.status_code", code);
+            span.record("rpc.grpc.status_code", status_code(&response));
             Ok(response)
         })
     }
+}
+
+/// The gRPC status of a response as far as its headers tell: errors travel in the
+/// headers (trailers-only); a success's status is in the trailers: 0.
+pub fn status_code<B>(response: &http::Response<B>) -> i32 {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(0)
 }

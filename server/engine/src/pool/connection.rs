@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -229,6 +229,42 @@ impl PooledConnection {
         match self.run(sql, params, Op::Execute, true).await? {
             Out::Count(n) => Ok(n),
             _ => unreachable!("Op::Execute gives a count"),
+        }
+    }
+
+    /// Runs `sql` (no parameters) in a read-only transaction that is then rolled
+    /// back, with `statement_timeout` set to `timeout` for it: nothing it does
+    /// persists, not even a session `SET`. BEGIN, statement and ROLLBACK go out
+    /// pipelined, in one round trip. Returns the rows it affected.
+    pub async fn execute_read_only(&mut self, sql: &str, timeout: Duration) -> Result<u64, Error> {
+        let started = Instant::now();
+        self.conn.queries += 1;
+        Counters::add(&self.shared.counters.total_queries, 1);
+        let statement = self.prepare_cached(sql).await?;
+        let millis = timeout.as_millis().clamp(1, i32::MAX as u128);
+        let begin = format!("BEGIN READ ONLY; SET LOCAL statement_timeout = {millis}");
+        let client = &self.conn.client;
+        let (begun, ran, ended) = tokio::join!(
+            client.batch_execute(&begin),
+            client.execute(&statement, &[]),
+            client.batch_execute("ROLLBACK"),
+        );
+        self.shared
+            .counters
+            .operation_time
+            .record(started.elapsed());
+        if let Err(e) = begun.and(ended) {
+            // The session's state is unknown: do not reuse it.
+            self.conn.broken = true;
+            return Err(Error::Database(e));
+        }
+        match ran {
+            Err(e) if is_stale_statement(&e) => {
+                drop(statement);
+                self.forget_statement(sql);
+                Err(Error::Database(e))
+            }
+            result => result.map_err(Error::Database),
         }
     }
 

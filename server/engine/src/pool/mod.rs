@@ -24,9 +24,10 @@ pub use health::HealthStatus;
 pub use sizing::{ScaleDirection, ScalingDecision};
 pub use stats::{Histogram, PoolStats, StatementCacheStats};
 
+use crate::conninfo::ConnInfo;
 use crate::error::describe_pg_error;
 use crate::events::{EventSender, PoolEvent, PoolEventKind};
-use crate::{AdvancedPoolConfig, Error, conninfo};
+use crate::{AdvancedPoolConfig, Error};
 use manager::{Connection, PoolManager};
 use stats::Counters;
 
@@ -36,8 +37,8 @@ const MAINTENANCE_TICK: Duration = Duration::from_millis(100);
 /// State shared by the pool, its connections and its tasks.
 pub(crate) struct Shared {
     name: String,
-    /// For redacting error messages that might quote the URL.
-    conninfo: String,
+    /// The pool's target, for scrubbing messages that might quote its password.
+    target: Option<Arc<ConnInfo>>,
     settings: RwLock<Arc<AdvancedPoolConfig>>,
     /// Hot-path copies of settings (0 = off).
     recycle_threshold: AtomicU64,
@@ -81,7 +82,10 @@ impl Shared {
     }
 
     fn redact(&self, text: &str) -> String {
-        conninfo::redact_in(text, &self.conninfo)
+        match &self.target {
+            Some(target) => target.scrub(text),
+            None => text.to_owned(),
+        }
     }
 
     fn record_connect_error(&self, error: &tokio_postgres::Error) {
@@ -234,8 +238,21 @@ impl AdvancedConnectionPool {
         database_url: &str,
         config: AdvancedPoolConfig,
     ) -> Result<Self, Error> {
-        let pg = parse_url(database_url)?;
-        Self::start(name, database_url, pg, config, true).await
+        let target = ConnInfo::parse(database_url).map_err(Error::InvalidDatabaseUrl)?;
+        Self::for_target(name, Arc::new(target), config, true).await
+    }
+
+    /// A pool on a parsed target. With `require_connection`, at least one
+    /// connection must open (else the error says why); without, a pool whose
+    /// database is down starts unhealthy and its tasks keep trying.
+    pub async fn for_target(
+        name: &str,
+        target: Arc<ConnInfo>,
+        config: AdvancedPoolConfig,
+        require_connection: bool,
+    ) -> Result<Self, Error> {
+        let pg = target.pg_config().map_err(Error::InvalidDatabaseUrl)?;
+        Self::start(name, Some(target), pg, config, require_connection).await
     }
 
     /// Creates a pool from a tokio-postgres config (checked like `new`).
@@ -244,7 +261,7 @@ impl AdvancedConnectionPool {
         pg: tokio_postgres::Config,
         config: AdvancedPoolConfig,
     ) -> Result<Self, Error> {
-        Self::start(name, "", pg, config, true).await
+        Self::start(name, None, pg, config, true).await
     }
 
     /// Creates a pool without requiring the database to be up: if it is not, the
@@ -255,13 +272,13 @@ impl AdvancedConnectionPool {
         database_url: &str,
         config: AdvancedPoolConfig,
     ) -> Result<Self, Error> {
-        let pg = parse_url(database_url)?;
-        Self::start(name, database_url, pg, config, false).await
+        let target = ConnInfo::parse(database_url).map_err(Error::InvalidDatabaseUrl)?;
+        Self::for_target(name, Arc::new(target), config, false).await
     }
 
     async fn start(
         name: &str,
-        conninfo: &str,
+        target: Option<Arc<ConnInfo>>,
         mut pg: tokio_postgres::Config,
         config: AdvancedPoolConfig,
         require_connection: bool,
@@ -276,7 +293,7 @@ impl AdvancedConnectionPool {
         let size = config.initial_size();
         let shared = Arc::new(Shared {
             name: name.to_owned(),
-            conninfo: conninfo.to_owned(),
+            target: target.clone(),
             recycle_threshold: AtomicU64::new(0),
             cache_capacity: AtomicU32::new(0),
             validation_idle_ms: AtomicU64::new(0),
@@ -319,27 +336,16 @@ impl AdvancedConnectionPool {
             .error_sink(Box::new(SilentSink))
             .build_unchecked(manager.clone());
 
-        // Open min_connections now; at least one must work for a checked start.
+        // Open min_connections now, in parallel; at least one must work for a
+        // checked start.
         let wanted = config.min_connections.max(u32::from(require_connection));
-        let mut first_error = None;
-        for _ in 0..wanted {
-            match bb8::ManageConnection::connect(&manager).await {
-                Ok(conn) => {
-                    let _ = bb8.add(conn);
-                }
-                Err(e) => {
-                    first_error = Some((
-                        shared.redact(&describe_pg_error(&e)),
-                        e.code().map(|code| code.code().to_owned()),
-                    ));
-                    break;
-                }
-            }
-        }
-        if let Some((reason, sqlstate)) = first_error {
+        let first_error = open_connections(&manager, &bb8, wanted).await;
+        if let Some(e) = first_error {
+            let reason = shared.redact(&describe_pg_error(&e));
+            let sqlstate = e.code().map(|code| code.code().to_owned());
             if require_connection {
                 return Err(Error::Connect {
-                    url: conninfo::redact(conninfo),
+                    url: target.map_or_else(String::new, |t| t.to_string()),
                     reason,
                     sqlstate,
                 });
@@ -669,13 +675,40 @@ impl Drop for AdvancedConnectionPool {
     }
 }
 
-fn parse_url(database_url: &str) -> Result<tokio_postgres::Config, Error> {
-    database_url
-        .parse()
-        .map_err(|source| Error::InvalidDatabaseUrl {
-            url: conninfo::redact(database_url),
-            source,
-        })
+/// Connections opened at once when a pool starts.
+const PARALLEL_OPENS: usize = 16;
+
+/// Opens `wanted` connections into `pool`, up to [`PARALLEL_OPENS`] at a time;
+/// stops at the first error and returns it.
+async fn open_connections(
+    manager: &PoolManager,
+    pool: &bb8::Pool<PoolManager>,
+    wanted: u32,
+) -> Option<tokio_postgres::Error> {
+    let mut opening = tokio::task::JoinSet::new();
+    let mut started = 0;
+    let mut first_error = None;
+    loop {
+        while first_error.is_none() && started < wanted && opening.len() < PARALLEL_OPENS {
+            let manager = manager.clone();
+            // The caller's span goes along, so the connections are its children.
+            opening.spawn(tracing::Instrument::instrument(
+                async move { bb8::ManageConnection::connect(&manager).await },
+                tracing::Span::current(),
+            ));
+            started += 1;
+        }
+        match opening.join_next().await {
+            None => return first_error,
+            Some(Ok(Ok(conn))) => {
+                let _ = pool.add(conn);
+            }
+            Some(Ok(Err(e))) => {
+                first_error.get_or_insert(e);
+            }
+            Some(Err(_)) => {}
+        }
+    }
 }
 
 /// bb8 reports connect errors here; ours are recorded by the manager already.

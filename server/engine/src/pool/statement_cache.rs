@@ -15,16 +15,18 @@ pub(crate) enum Lookup {
     Miss,
 }
 
-/// An LRU of prepared statements keyed by SQL text.
+/// An LRU of prepared statements keyed by SQL text. Memory grows with the
+/// statements cached, not with the capacity.
 pub(crate) struct StatementCache {
     entries: LruCache<Box<str>, Statement>,
+    capacity: NonZeroUsize,
 }
 
 impl std::fmt::Debug for StatementCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatementCache")
             .field("len", &self.entries.len())
-            .field("capacity", &self.entries.cap())
+            .field("capacity", &self.capacity)
             .finish()
     }
 }
@@ -34,7 +36,8 @@ impl StatementCache {
     /// capacity of 0 means the caller does not use the cache).
     pub fn new(capacity: usize) -> Self {
         Self {
-            entries: LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN)),
+            entries: LruCache::unbounded(),
+            capacity: NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
         }
     }
 
@@ -48,10 +51,16 @@ impl StatementCache {
 
     /// Caches a statement; returns how many were evicted to make room (0 or 1).
     pub fn insert(&mut self, sql: &str, statement: Statement) -> usize {
-        match self.entries.push(sql.into(), statement) {
-            Some((key, _evicted)) if &*key != sql => 1,
-            _ => 0,
+        if let Some(statement_slot) = self.entries.get_mut(sql) {
+            *statement_slot = statement;
+            return 0;
         }
+        let evicted = usize::from(self.entries.len() >= self.capacity.get());
+        if evicted == 1 {
+            self.entries.pop_lru();
+        }
+        self.entries.put(sql.into(), statement);
+        evicted
     }
 
     /// Forgets `sql` (a statement the server no longer accepts); true if it was there.
@@ -62,15 +71,18 @@ impl StatementCache {
     /// Changes the capacity, evicting least recently used entries beyond it;
     /// returns how many were evicted.
     pub fn resize(&mut self, capacity: usize) -> usize {
-        let before = self.entries.len();
-        self.entries
-            .resize(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN));
-        before - self.entries.len()
+        self.capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        let mut evicted = 0;
+        while self.entries.len() > self.capacity.get() {
+            self.entries.pop_lru();
+            evicted += 1;
+        }
+        evicted
     }
 
     /// The capacity.
     pub fn capacity(&self) -> usize {
-        self.entries.cap().get()
+        self.capacity.get()
     }
 
     /// Drops every entry; returns how many there were.

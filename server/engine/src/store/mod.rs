@@ -3,6 +3,7 @@
 
 pub mod history;
 pub mod recorder;
+pub mod secrets;
 
 use std::time::{Duration, SystemTime};
 
@@ -10,16 +11,46 @@ use bb8::Pool;
 use bb8_postgres::PostgresConnectionManager;
 use tokio_postgres::NoTls;
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use crate::Error;
+use crate::conninfo::{ConnInfo, Secret};
+use secrets::SecretsKey;
 
 mod embedded {
     refinery::embed_migrations!("../../migrations");
 }
 
 /// The seed's `establish_connection`: connects to the control database (applying
-/// its migrations), ready for [`crate::ConnectionPoolService::new`].
+/// its migrations), ready for [`crate::ConnectionPoolService::new`]. Stored
+/// passwords are sealed with the key in `POOLPLANE_SECRETS_KEY_FILE`, or else in
+/// [`default_secrets_key_file`] (created if missing): the key a default server uses.
 pub async fn establish_connection(database_url: &str) -> Result<ControlStore, Error> {
-    ControlStore::connect(database_url).await
+    let key = match std::env::var_os("POOLPLANE_SECRETS_KEY_FILE") {
+        Some(path) => SecretsKey::load(Path::new(&path))?,
+        None => SecretsKey::load_or_create(&default_secrets_key_file())?,
+    };
+    ControlStore::connect(database_url, key).await
+}
+
+/// Where poolplane keeps its state by default: /var/lib/poolplane as root (the
+/// `postgres` user cannot enter /root), else $XDG_DATA_HOME/poolplane.
+pub fn default_data_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/poolplane");
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("poolplane")
+}
+
+/// The secrets key file in [`default_data_dir`].
+pub fn default_secrets_key_file() -> PathBuf {
+    default_data_dir().join("secrets.key")
 }
 
 /// A pool definition as stored in `pool_definitions`.
@@ -27,8 +58,8 @@ pub async fn establish_connection(database_url: &str) -> Result<ControlStore, Er
 pub struct PoolDefinition {
     /// The pool's name.
     pub name: String,
-    /// The pool's database, with its password (redact before showing it).
-    pub database_url: String,
+    /// The pool's database, its password unsealed (shown as `***`).
+    pub target: ConnInfo,
     /// The explicitly set config fields, as JSON.
     pub config: serde_json::Value,
     /// When it was created.
@@ -41,18 +72,17 @@ pub struct PoolDefinition {
 #[derive(Debug, Clone)]
 pub struct ControlStore {
     pool: Pool<PostgresConnectionManager<NoTls>>,
+    key: Arc<SecretsKey>,
 }
 
 impl ControlStore {
-    /// Connects to the control database and applies every pending migration.
-    pub async fn connect(database_url: &str) -> Result<Self, Error> {
-        let config: tokio_postgres::Config =
-            database_url
-                .parse()
-                .map_err(|source| Error::InvalidDatabaseUrl {
-                    url: crate::conninfo::redact(database_url),
-                    source,
-                })?;
+    /// Connects to the control database, applies every pending migration and seals
+    /// any password still stored in clear (rows from before sealing existed) with
+    /// `key`.
+    pub async fn connect(database_url: &str, key: SecretsKey) -> Result<Self, Error> {
+        let config = ConnInfo::parse(database_url)
+            .and_then(|info| info.pg_config())
+            .map_err(Error::InvalidDatabaseUrl)?;
         let manager = PostgresConnectionManager::new(config, NoTls);
         let pool = Pool::builder()
             .max_size(4)
@@ -63,9 +93,52 @@ impl ControlStore {
                 context: "connecting",
                 source,
             })?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            key: Arc::new(key),
+        };
         store.migrate().await?;
+        store.seal_clear_passwords().await?;
         Ok(store)
+    }
+
+    /// The id of the key stored passwords are sealed with.
+    pub fn secrets_key_id(&self) -> String {
+        self.key.id_hex()
+    }
+
+    /// Seals the passwords of rows stored before sealing existed: the URL keeps
+    /// every option but the password, the password goes sealed to its column.
+    async fn seal_clear_passwords(&self) -> Result<(), Error> {
+        let conn = self.conn().await?;
+        let query = |context| move |source| Error::ControlQuery { context, source };
+        let rows = conn
+            .query(
+                "SELECT name, database_url FROM pool_definitions WHERE database_password IS NULL",
+                &[],
+            )
+            .await
+            .map_err(query("reading pool definitions"))?;
+        for row in rows {
+            let name: String = row.get(0);
+            let url: String = row.get(1);
+            let Ok(target) = ConnInfo::parse(&url) else {
+                continue; // restore skips it, saying why
+            };
+            let Some(password) = target.password() else {
+                continue;
+            };
+            let sealed = self.key.seal(&name, password.expose())?;
+            conn.execute(
+                "UPDATE pool_definitions SET database_url = $2, database_password = $3 \
+                 WHERE name = $1",
+                &[&name, &target.without_password(), &sealed],
+            )
+            .await
+            .map_err(query("sealing a stored password"))?;
+            tracing::info!(pool = %name, "sealed a password stored in clear");
+        }
+        Ok(())
     }
 
     /// Applies the embedded migrations that have not run yet (idempotent).
@@ -91,7 +164,7 @@ impl ControlStore {
         let conn = self.conn().await?;
         let rows = conn
             .query(
-                "SELECT name, database_url, config, created_at, updated_at \
+                "SELECT name, database_url, config, created_at, updated_at, database_password \
                  FROM pool_definitions ORDER BY name",
                 &[],
             )
@@ -100,7 +173,18 @@ impl ControlStore {
                 context: "listing pool definitions",
                 source,
             })?;
-        Ok(rows.iter().map(definition).collect())
+        let mut definitions = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match self.definition(row) {
+                Ok(definition) => definitions.push(definition),
+                Err(Error::InvalidDatabaseUrl(reason)) => {
+                    let name: String = row.get(0);
+                    tracing::error!(pool = %name, %reason, "stored database URL does not parse; pool skipped");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(definitions)
     }
 
     /// Stores a new definition; fails with [`Error::PoolAlreadyExists`] if the name
@@ -108,15 +192,20 @@ impl ControlStore {
     pub async fn insert_pool_definition(
         &self,
         name: &str,
-        database_url: &str,
+        target: &ConnInfo,
         config: &serde_json::Value,
     ) -> Result<PoolDefinition, Error> {
+        let sealed = match target.password() {
+            Some(password) => Some(self.key.seal(name, password.expose())?),
+            None => None,
+        };
         let conn = self.conn().await?;
         let row = conn
             .query_one(
-                "INSERT INTO pool_definitions (name, database_url, config) VALUES ($1, $2, $3) \
-                 RETURNING name, database_url, config, created_at, updated_at",
-                &[&name, &database_url, config],
+                "INSERT INTO pool_definitions (name, database_url, config, database_password) \
+                 VALUES ($1, $2, $3, $4) \
+                 RETURNING name, database_url, config, created_at, updated_at, database_password",
+                &[&name, &target.without_password(), config, &sealed],
             )
             .await
             .map_err(|source| {
@@ -129,7 +218,7 @@ impl ControlStore {
                     }
                 }
             })?;
-        Ok(definition(&row))
+        self.definition(&row)
     }
 
     /// Replaces a stored definition's config; returns the row.
@@ -142,7 +231,7 @@ impl ControlStore {
         let row = conn
             .query_opt(
                 "UPDATE pool_definitions SET config = $2, updated_at = now() WHERE name = $1 \
-                 RETURNING name, database_url, config, created_at, updated_at",
+                 RETURNING name, database_url, config, created_at, updated_at, database_password",
                 &[&name, config],
             )
             .await
@@ -151,7 +240,7 @@ impl ControlStore {
                 source,
             })?
             .ok_or_else(|| Error::PoolNotFound(name.to_owned()))?;
-        Ok(definition(&row))
+        self.definition(&row)
     }
 
     /// Removes a stored definition; false if there was none.
@@ -180,12 +269,28 @@ impl ControlStore {
     }
 }
 
-fn definition(row: &tokio_postgres::Row) -> PoolDefinition {
-    PoolDefinition {
-        name: row.get(0),
-        database_url: row.get(1),
-        config: row.get(2),
-        created_at: row.get(3),
-        updated_at: row.get(4),
+impl ControlStore {
+    /// A stored row as a definition, its password unsealed. A URL that no longer
+    /// parses is an error naming the pool; a password sealed with another key is
+    /// [`secrets::SecretsError::WrongKey`].
+    fn definition(&self, row: &tokio_postgres::Row) -> Result<PoolDefinition, Error> {
+        let name: String = row.get(0);
+        let url: String = row.get(1);
+        let sealed: Option<Vec<u8>> = row.get(5);
+        let target = ConnInfo::parse(&url).map_err(Error::InvalidDatabaseUrl)?;
+        let target = match sealed {
+            Some(sealed) => {
+                let password = self.key.open(&name, &sealed)?;
+                target.with_password(Some(Secret::new(password)))
+            }
+            None => target,
+        };
+        Ok(PoolDefinition {
+            name,
+            target,
+            config: row.get(2),
+            created_at: row.get(3),
+            updated_at: row.get(4),
+        })
     }
 }
