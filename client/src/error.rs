@@ -53,6 +53,16 @@ impl Error {
             .map(|info| info.reason)
     }
 
+    /// The gRPC code: the status's, or UNAVAILABLE when the server could not be
+    /// reached, INVALID_ARGUMENT for an unusable address.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Error::Status(status) => status.code(),
+            Error::Connect { .. } => tonic::Code::Unavailable,
+            Error::InvalidEndpoint { .. } => tonic::Code::InvalidArgument,
+        }
+    }
+
     /// The gRPC status, when the server answered with one.
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {

@@ -19,10 +19,21 @@ pub struct Grpcurl {
 /// Runs `grpcurl -plaintext [args…] ADDR [method]`: `args` are the flags (e.g. `-d`,
 /// JSON), `call` what follows the address (`list`, `describe X`, a method).
 pub async fn grpcurl(addr: SocketAddr, args: &[&str], call: &[&str]) -> anyhow::Result<Grpcurl> {
+    let mut all = vec!["-plaintext"];
+    all.extend_from_slice(args);
+    grpcurl_tls(addr, &all, call).await
+}
+
+/// Runs `grpcurl [args…] ADDR [method]` without `-plaintext`: over TLS with the
+/// given `-cacert`, `-cert`, `-key` (or plaintext if `args` say so).
+pub async fn grpcurl_tls(
+    addr: SocketAddr,
+    args: &[&str],
+    call: &[&str],
+) -> anyhow::Result<Grpcurl> {
     let program = std::env::var("POOLPLANE_GRPCURL").unwrap_or_else(|_| "grpcurl".into());
     let mut command = tokio::process::Command::new(&program);
     command
-        .arg("-plaintext")
         .args(["-max-time", "20"])
         .args(args)
         .arg(addr.to_string())

@@ -9,11 +9,13 @@ mod otlp;
 mod process;
 mod server;
 mod test_pg;
+mod tls;
 
 pub use fault_proxy::FaultProxy;
-pub use grpcurl::{Grpcurl, grpcurl};
+pub use grpcurl::{Grpcurl, grpcurl, grpcurl_tls};
 pub use http::{http_get, labelled_value, metric_value};
 pub use otlp::OtlpCollector;
 pub use process::{ServerProcess, built_binary, process_alive, wait_until};
 pub use server::{TestServer, test_secrets_key_file};
 pub use test_pg::{TestDatabase, TestPg, connect, count_backends, test_config};
+pub use tls::{Issued, TestCa};

@@ -109,8 +109,12 @@ impl ServerProcess {
         if !args.contains(&"--data-dir") {
             command.env("POOLPLANE_SECRETS_KEY_FILE", crate::test_secrets_key_file());
         }
+        for flag in ["--listen", "--metrics-listen"] {
+            if !args.contains(&flag) {
+                command.args([flag, "127.0.0.1:0"]);
+            }
+        }
         let mut child = command
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(["--log-format", "json"])
             .args(args)
             .env("RUST_LOG", log_filter)
