@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 struct State {
     cut: AtomicBool,
     delay_ms: AtomicU64,
+    /// Connections inside their delay now, and the most there ever were at once.
+    delayed: AtomicU64,
+    peak_delayed: AtomicU64,
     connections: std::sync::Mutex<JoinSet<()>>,
 }
 
@@ -48,7 +51,7 @@ impl FaultProxy {
                 st.connections
                     .lock()
                     .expect("proxy lock")
-                    .spawn(forward(client, upstream, delay));
+                    .spawn(forward(client, upstream, delay, Arc::clone(&st)));
             }
             st.connections.lock().expect("proxy lock").abort_all();
         });
@@ -75,6 +78,12 @@ impl FaultProxy {
         self.state.cut.store(false, Ordering::Release);
     }
 
+    /// The most connections that were waiting out their delay at the same time
+    /// (opened in parallel, this is more than one).
+    pub fn peak_delayed(&self) -> u64 {
+        self.state.peak_delayed.load(Ordering::Acquire)
+    }
+
     /// Delays the start of every new connection by `delay`.
     pub fn set_delay(&self, delay: Duration) {
         self.state
@@ -94,9 +103,12 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn forward(mut client: TcpStream, upstream: SocketAddr, delay: Duration) {
+async fn forward(mut client: TcpStream, upstream: SocketAddr, delay: Duration, st: Arc<State>) {
     if !delay.is_zero() {
+        let now = st.delayed.fetch_add(1, Ordering::AcqRel) + 1;
+        st.peak_delayed.fetch_max(now, Ordering::AcqRel);
         tokio::time::sleep(delay).await;
+        st.delayed.fetch_sub(1, Ordering::AcqRel);
     }
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         return;
