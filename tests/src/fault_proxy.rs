@@ -48,10 +48,12 @@ impl FaultProxy {
                     continue;
                 }
                 let delay = Duration::from_millis(st.delay_ms.load(Ordering::Relaxed));
-                st.connections
-                    .lock()
-                    .expect("proxy lock")
-                    .spawn(forward(client, upstream, delay, Arc::clone(&st)));
+                st.connections.lock().expect("proxy lock").spawn(forward(
+                    client,
+                    upstream,
+                    delay,
+                    Arc::clone(&st),
+                ));
             }
             st.connections.lock().expect("proxy lock").abort_all();
         });

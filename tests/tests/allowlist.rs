@@ -84,7 +84,10 @@ async fn unlisted_hosts_and_sockets_are_refused_without_a_connection() -> anyhow
     let error = client
         .create_pool(
             "local",
-            &format!("host={} user=postgres dbname=postgres", dir.path().display()),
+            &format!(
+                "host={} user=postgres dbname=postgres",
+                dir.path().display()
+            ),
             small(),
         )
         .await
@@ -105,7 +108,10 @@ async fn listed_targets_work_and_no_list_refuses_only_sockets() -> anyhow::Resul
         c.allowed_db_hosts = Some(vec!["127.0.0.0/8".into()]);
     })
     .await?;
-    let pool = server.client.create_pool("listed", db.url(), small()).await?;
+    let pool = server
+        .client
+        .create_pool("listed", db.url(), small())
+        .await?;
     assert_eq!(pool.name, "listed");
     server.shutdown().await?;
 

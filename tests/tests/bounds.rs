@@ -24,9 +24,16 @@ async fn refused_naming<T: std::fmt::Debug>(
 ) {
     let error = result.expect_err(field);
     assert_eq!(error.code(), Code::InvalidArgument, "{field}: {error}");
-    let fields: Vec<String> = error.field_violations().into_iter().map(|(f, _)| f).collect();
+    let fields: Vec<String> = error
+        .field_violations()
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect();
     assert!(fields.iter().any(|f| f == field), "{field}: {fields:?}");
-    client.list_pools().await.expect("the next ordinary call works");
+    client
+        .list_pools()
+        .await
+        .expect("the next ordinary call works");
 }
 
 #[tokio::test]
@@ -86,8 +93,12 @@ async fn config_fields_names_urls_and_sql_texts_are_bounded() -> anyhow::Result<
         ),
     ];
     for (config, field) in cases {
-        refused_naming(client, client.create_pool("bounded", db.url(), config).await, field)
-            .await;
+        refused_naming(
+            client,
+            client.create_pool("bounded", db.url(), config).await,
+            field,
+        )
+        .await;
     }
     refused_naming(
         client,
@@ -225,7 +236,10 @@ async fn watch_streams_are_bounded_in_total_and_per_connection() -> anyhow::Resu
         .await
         .expect_err("over the total");
     assert_eq!(error.code(), Code::ResourceExhausted, "{error}");
-    assert!(error.to_string().contains("--max-watch-streams)"), "{error}");
+    assert!(
+        error.to_string().contains("--max-watch-streams)"),
+        "{error}"
+    );
     // Ordinary calls are unaffected, and a closed stream frees its slot.
     a.list_pools().await?;
     drop(first);

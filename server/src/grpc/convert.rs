@@ -365,3 +365,84 @@ pub fn report_to_proto(r: &OptimizationReport) -> v1::OptimizationReport {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_patch() -> impl Strategy<Value = v1::PoolConfig> {
+        let numbers = (
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(any::<u64>()),
+        );
+        let rest = (
+            proptest::option::of(any::<f64>()),
+            proptest::option::of(any::<f64>()),
+            proptest::option::of(any::<f64>()),
+            proptest::option::of(any::<f64>()),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of("\\PC{0,30}"),
+            proptest::option::of(proptest::collection::vec("\\PC{0,10}", 0..40)),
+            proptest::option::of("(default|production|development|[a-z]{1,8})"),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+        );
+        (numbers, rest).prop_map(|(n, r)| v1::PoolConfig {
+            max_connections: n.0,
+            min_connections: n.1,
+            acquire_timeout_secs: n.2,
+            idle_timeout_secs: n.3,
+            max_lifetime_secs: n.4,
+            statement_cache_capacity: n.5,
+            health_check_interval_secs: n.6,
+            health_check_timeout_secs: n.7,
+            max_failed_health_checks: n.8,
+            min_scale_interval_secs: n.9,
+            load_threshold_high: r.0,
+            load_threshold_low: r.1,
+            scale_up_factor: r.2,
+            scale_down_factor: r.3,
+            enable_dynamic_sizing: r.4,
+            validation_query: r.5,
+            connection_warmup_queries: r.6.map(|queries| v1::WarmupQueries { queries }),
+            preset: r.7,
+            recycle_threshold_queries: r.8,
+            validation_idle_threshold_ms: r.9,
+            ..v1::PoolConfig::default()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any message converts and validates, or is refused naming `config.*`
+        /// fields; never a panic. What validates converts back to the same values.
+        #[test]
+        fn any_pool_config_message_converts_or_is_refused(patch in any_patch()) {
+            match apply_config(AdvancedPoolConfig::default(), Some(&patch)) {
+                Err(violations) => {
+                    prop_assert!(violations.iter().all(|(field, _)| field == "config.preset"));
+                }
+                Ok(config) => match config.validate() {
+                    Ok(()) => {
+                        let back = apply_config(
+                            AdvancedPoolConfig::default(),
+                            Some(&config_to_proto(&config)),
+                        );
+                        prop_assert_eq!(back, Ok(config));
+                    }
+                    Err(errors) => prop_assert!(!errors.0.is_empty()),
+                },
+            }
+        }
+    }
+}
