@@ -296,3 +296,49 @@ async fn min_connections_open_in_parallel() -> anyhow::Result<()> {
     assert!(stats.connections >= 6, "{stats:?}");
     server.shutdown().await
 }
+
+#[tokio::test]
+async fn a_client_that_stops_answering_pings_is_disconnected() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let control = TestPg::database().await?;
+    let server = TestServer::spawn_with(control, |c| {
+        c.limits.http2_keepalive_interval = Duration::from_secs(1);
+        c.limits.http2_keepalive_timeout = Duration::from_secs(1);
+    })
+    .await?;
+    // A raw HTTP/2 client: the preface and an empty SETTINGS frame, then silence
+    // (no SETTINGS ack, no PING ack).
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await?;
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await?;
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the silent connection was kept open");
+    // Frames: 3-byte length, type, flags, 4-byte stream id, payload.
+    let mut frame_types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= received.len() {
+        let len = usize::from(received[at]) << 16
+            | usize::from(received[at + 1]) << 8
+            | usize::from(received[at + 2]);
+        frame_types.push(received[at + 3]);
+        at += 9 + len;
+    }
+    assert!(
+        frame_types.contains(&6),
+        "no PING was sent: {frame_types:?}"
+    );
+    // Others are served as before.
+    server.client.list_pools().await?;
+    server.shutdown().await
+}

@@ -186,6 +186,11 @@ async fn metrics_and_the_callers_trace_arrive_at_the_collector() -> anyhow::Resu
         text(&create.attributes, "rpc.grpc.status_code").as_deref(),
         Some("0")
     );
+    // Without a tokens file every (loopback) caller is admin; the span says so.
+    assert_eq!(
+        text(&create.attributes, "enduser.role").as_deref(),
+        Some("admin")
+    );
     let children: Vec<&str> = spans
         .iter()
         .filter(|s| s.trace_id == trace_id && s.span_id != create.span_id)
