@@ -342,3 +342,37 @@ async fn a_client_that_stops_answering_pings_is_disconnected() -> anyhow::Result
     server.client.list_pools().await?;
     server.shutdown().await
 }
+
+#[tokio::test]
+async fn grpcurl_shows_the_field_at_fault() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let db = TestPg::database().await?;
+    let body = serde_json::json!({
+        "name": "g",
+        "database_url": db.url(),
+        "config": {"statement_cache_capacity": 4294967295u64, "max_connections": 2, "min_connections": 1},
+    })
+    .to_string();
+    let refused = poolplane_tests::grpcurl(
+        server.addr,
+        &["-d", &body],
+        &["poolplane.v1.PoolService/CreatePool"],
+    )
+    .await?;
+    assert!(!refused.success);
+    assert!(
+        refused.stderr.contains("InvalidArgument")
+            && refused
+                .stderr
+                .contains(r#""field":"config.statement_cache_capacity""#),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        !refused.stderr.contains("is not recognized"),
+        "{}",
+        refused.stderr
+    );
+    server.client.list_pools().await?;
+    server.shutdown().await
+}

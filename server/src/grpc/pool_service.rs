@@ -127,6 +127,9 @@ impl PoolService {
 
 /// A list of pool names, deduplicated; at most [`MAX_POOL_NAMES`] distinct ones.
 fn pool_names(names: &[String]) -> Result<BTreeSet<String>, Status> {
+    for name in names {
+        required(name, "pool_names")?;
+    }
     let distinct: BTreeSet<String> = names.iter().cloned().collect();
     if distinct.len() > MAX_POOL_NAMES {
         return Err(status::bad_request(vec![(
@@ -137,15 +140,21 @@ fn pool_names(names: &[String]) -> Result<BTreeSet<String>, Status> {
     Ok(distinct)
 }
 
+/// A pool name a request must carry: not empty, and no longer than any pool name
+/// can be (so that no error echoes a huge one).
 fn required(name: &str, field: &str) -> Result<(), Status> {
-    if name.is_empty() {
-        return Err(status::bad_request(vec![(
-            field.into(),
-            "must not be empty".into(),
-        )]));
-    }
-    Ok(())
+    let problem = if name.is_empty() {
+        "must not be empty"
+    } else if name.len() > MAX_POOL_NAME_LEN {
+        "is longer than any pool name (63 characters)"
+    } else {
+        return Ok(());
+    };
+    Err(status::bad_request(vec![(field.into(), problem.into())]))
 }
+
+/// The longest pool name.
+const MAX_POOL_NAME_LEN: usize = 63;
 
 #[tonic::async_trait]
 impl pool_service_server::PoolService for PoolService {
