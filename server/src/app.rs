@@ -201,6 +201,7 @@ pub struct Server {
     metrics_addr: SocketAddr,
     control_database: String,
     token: CancellationToken,
+    root: CancellationToken,
     watchers: Arc<AtomicUsize>,
     registry: Arc<ConnectionPoolService>,
     recorder: Arc<RecorderStatus>,
@@ -272,8 +273,15 @@ impl Server {
             None => None,
         };
         let store = ControlStore::connect(&database_url, secrets_key).await?;
+        // The root of every cancellation token of the server. Its child `token`
+        // stops serving (SIGTERM): no new calls, streams end. The engine's tokens
+        // are cancelled with the root, once in-flight calls finished or the grace
+        // period ran out, so that a unary call in flight can still use its pool.
+        let root = CancellationToken::new();
+        let token = root.child_token();
         let registry = Arc::new(
             ConnectionPoolService::new(store.clone(), config.shutdown_grace)
+                .with_parent_token(&root)
                 .with_allowlist(allowlist)
                 .with_max_pools(config.max_pools)
                 .with_connection_reserve(config.connection_reserve),
@@ -341,7 +349,6 @@ impl Server {
             ),
         }
 
-        let token = CancellationToken::new();
         let metrics_task = tokio::spawn(crate::prometheus::serve(
             metrics_listener,
             Arc::clone(&registry),
@@ -370,6 +377,7 @@ impl Server {
                 reloader,
             },
             token.clone(),
+            root.clone(),
             config.shutdown_grace,
         ));
         Ok(Self {
@@ -377,6 +385,7 @@ impl Server {
             metrics_addr,
             control_database,
             token,
+            root,
             watchers,
             registry,
             recorder: recorder_status,
@@ -441,7 +450,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.token.cancel();
+        self.root.cancel();
     }
 }
 
@@ -459,7 +468,12 @@ struct Parts {
     reloader: JoinHandle<()>,
 }
 
-async fn serve(parts: Parts, token: CancellationToken, grace: Duration) -> Result<(), ServerError> {
+async fn serve(
+    parts: Parts,
+    token: CancellationToken,
+    root: CancellationToken,
+    grace: Duration,
+) -> Result<(), ServerError> {
     let Parts {
         listener,
         registry,
@@ -491,6 +505,7 @@ async fn serve(parts: Parts, token: CancellationToken, grace: Duration) -> Resul
 
     let stop = token.clone();
     let reporter = health_reporter.clone();
+    let service_tasks = service.tasks();
     let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
@@ -531,13 +546,34 @@ async fn serve(parts: Parts, token: CancellationToken, grace: Duration) -> Resul
         tracing::error!(error = %error_chain(error), "gRPC server failed");
     }
     token.cancel();
-    let _ = reloader.await;
-    let _ = bridge.await;
-    let _ = store_bridge.await;
-    let _ = metrics_task.await;
-    recorder.shutdown().await;
+    // Every wait from here on is bounded by the grace period.
+    let bounded = |what: &'static str| {
+        move |elapsed: Result<(), tokio::time::error::Elapsed>| {
+            if elapsed.is_err() {
+                tracing::warn!(
+                    grace_secs = grace.as_secs_f64(),
+                    "shutdown: {what} did not finish within the grace period"
+                );
+            }
+        }
+    };
+    service_tasks.close();
+    let background = async {
+        let _ = reloader.await;
+        let _ = bridge.await;
+        let _ = store_bridge.await;
+        let _ = metrics_task.await;
+        service_tasks.wait().await;
+    };
+    bounded("watch and load-test tasks")(tokio::time::timeout(grace, background).await);
+    bounded("the metrics flush")(tokio::time::timeout(grace, recorder.shutdown()).await);
     tracing::info!("metrics flushed");
-    registry.shutdown().await;
+    root.cancel();
+    // Pools get the grace period for their checked-out connections, plus a moment
+    // to close.
+    bounded("closing the pools")(
+        tokio::time::timeout(grace + Duration::from_secs(1), registry.shutdown()).await,
+    );
     tracing::info!("pools closed");
     if let Some(pg) = embedded {
         pg.stop().await;

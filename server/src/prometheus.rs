@@ -55,6 +55,22 @@ fn counter(
 
 impl Collector for EngineCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            gauge(
+                &mut encoder,
+                "poolplane_runtime_alive_tasks",
+                "Tasks alive in the server's runtime (flat when nothing leaks)",
+                runtime.metrics().num_alive_tasks() as i64,
+            )?;
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            gauge(
+                &mut encoder,
+                "poolplane_open_fds",
+                "File descriptors the server process holds open",
+                fds.count() as i64,
+            )?;
+        }
         let r = &self.recorder;
         gauge(
             &mut encoder,

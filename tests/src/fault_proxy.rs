@@ -1,6 +1,6 @@
 //! `FaultProxy`: a TCP proxy on 127.0.0.1:0 between a pool and PostgreSQL that a
-//! test can cut (every open connection closed, new ones refused at once), restore,
-//! or slow down.
+//! test can cut (every open connection closed, new ones refused at once), slow
+//! down, blackhole (new connections accepted and never answered), or restore.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -14,10 +14,13 @@ use tokio_util::sync::CancellationToken;
 #[derive(Default)]
 struct State {
     cut: AtomicBool,
+    blackhole: AtomicBool,
     delay_ms: AtomicU64,
     /// Connections inside their delay now, and the most there ever were at once.
     delayed: AtomicU64,
     peak_delayed: AtomicU64,
+    /// Blackholed connections, held open until restore.
+    held: std::sync::Mutex<JoinSet<()>>,
     connections: std::sync::Mutex<JoinSet<()>>,
 }
 
@@ -47,6 +50,15 @@ impl FaultProxy {
                     drop(client); // refused: closed before a byte is read
                     continue;
                 }
+                if st.blackhole.load(Ordering::Acquire) {
+                    // Accepted, then silence: held (never read, never answered)
+                    // until the proxy is restored, cut or dropped.
+                    st.held.lock().expect("proxy lock").spawn(async move {
+                        let _held = client;
+                        std::future::pending::<()>().await;
+                    });
+                    continue;
+                }
                 let delay = Duration::from_millis(st.delay_ms.load(Ordering::Relaxed));
                 st.connections.lock().expect("proxy lock").spawn(forward(
                     client,
@@ -56,6 +68,7 @@ impl FaultProxy {
                 ));
             }
             st.connections.lock().expect("proxy lock").abort_all();
+            st.held.lock().expect("proxy lock").abort_all();
         });
         Ok(Self { addr, state, token })
     }
@@ -75,9 +88,18 @@ impl FaultProxy {
             .abort_all();
     }
 
-    /// Lets connections through again.
+    /// Lets connections through again (ends cut and blackhole; the blackholed
+    /// connections are closed).
     pub fn restore(&self) {
+        self.state.blackhole.store(false, Ordering::Release);
+        self.state.held.lock().expect("proxy lock").abort_all();
         self.state.cut.store(false, Ordering::Release);
+    }
+
+    /// Accepts new connections and never answers them (a host that takes TCP and
+    /// then says nothing); connections already through keep working.
+    pub fn blackhole(&self) {
+        self.state.blackhole.store(true, Ordering::Release);
     }
 
     /// The most connections that were waiting out their delay at the same time
@@ -102,6 +124,7 @@ impl Drop for FaultProxy {
             .lock()
             .expect("proxy lock")
             .abort_all();
+        self.state.held.lock().expect("proxy lock").abort_all();
     }
 }
 

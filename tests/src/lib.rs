@@ -5,6 +5,7 @@
 mod fault_proxy;
 mod grpcurl;
 mod http;
+mod leak;
 mod otlp;
 mod process;
 mod server;
@@ -14,8 +15,12 @@ mod tls;
 pub use fault_proxy::FaultProxy;
 pub use grpcurl::{Grpcurl, grpcurl, grpcurl_tls};
 pub use http::{http_get, labelled_value, metric_value};
+pub use leak::{
+    ServerResources, active_backends, pool_backends, server_resources, wait_back_to,
+    wait_no_backends,
+};
 pub use otlp::OtlpCollector;
-pub use process::{ServerProcess, built_binary, process_alive, wait_until};
+pub use process::{ServerProcess, built_binary, process_alive, wait_health, wait_until};
 pub use server::{TestServer, test_secrets_key_file};
 pub use test_pg::{TestDatabase, TestPg, connect, count_backends, test_config};
 pub use tls::{Issued, TestCa};

@@ -190,3 +190,24 @@ impl ServerProcess {
         self.lines.lock().expect("log lines lock").clone()
     }
 }
+
+/// Waits (up to `timeout`) until pool `pool` of the server `client` talks to is
+/// healthy (`healthy`) or unhealthy (`!healthy`).
+pub async fn wait_health(
+    client: &poolplane_client::PoolplaneClient,
+    pool: &str,
+    healthy: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let what = format!(
+        "pool {pool} is {}",
+        if healthy { "healthy" } else { "unhealthy" }
+    );
+    wait_until(timeout, &what, || async {
+        client
+            .get_health_status(pool)
+            .await
+            .is_ok_and(|h| h.is_healthy == healthy)
+    })
+    .await
+}

@@ -84,7 +84,8 @@ async fn read_only_unless_an_admin_asks_for_writes() -> anyhow::Result<()> {
         started.elapsed() < Duration::from_secs(30),
         "the test waited for the query"
     );
-    assert_eq!(result.failed_requests, result.total_requests, "{result:?}");
+    // Stopped by the end of the test, not counted as a failure.
+    assert_eq!(result.total_requests, 0, "{result:?}");
     let sleeping: i64 = admin
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' \

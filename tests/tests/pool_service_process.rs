@@ -153,7 +153,8 @@ async fn pools_come_back_after_sigkill() -> anyhow::Result<()> {
         );
     }
     for (name, min) in [("alpha", 1), ("beta", 2)] {
-        assert!(client.get_health_status(name).await?.is_healthy);
+        // Restored pools start unhealthy and connect in the background.
+        poolplane_tests::wait_health(&client, name, true, Duration::from_secs(10)).await?;
         wait_until(
             Duration::from_secs(5),
             "min_connections are open again",

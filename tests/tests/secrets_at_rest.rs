@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 
 use poolplane_client::PoolplaneClient;
-use poolplane_tests::{ServerProcess, TestPg, test_secrets_key_file};
+use poolplane_tests::{ServerProcess, TestPg, test_secrets_key_file, wait_health};
 
 /// Starts the binary expecting a refusal; returns its standard error.
 async fn refused(args: &[&str]) -> anyhow::Result<String> {
@@ -60,8 +60,7 @@ async fn clear_rows_are_sealed_at_start_and_a_wrong_key_refuses_to_start() -> an
     );
     // The pool works with the unsealed password.
     let client = PoolplaneClient::connect(server.addr.to_string()).await?;
-    let health = client.get_health_status("legacy").await?;
-    assert!(health.is_healthy, "{health:?}");
+    wait_health(&client, "legacy", true, Duration::from_secs(10)).await?;
     drop(server);
 
     // Another key: a clear start-up error naming the pool, not a silent fall-back.

@@ -103,6 +103,8 @@ pub struct EmbeddedPg {
     password: String,
     postmaster: Option<Child>,
     watchdog: Option<Child>,
+    /// The settings it was started with (for a restart).
+    settings: Vec<(String, String)>,
     // Dropped after `Drop::drop` has stopped the server.
     _temp: Option<TempDir>,
 }
@@ -248,6 +250,7 @@ impl EmbeddedPg {
                         password,
                         postmaster: Some(postmaster),
                         watchdog: Some(watchdog),
+                        settings,
                         _temp: temp,
                     });
                 }
@@ -297,6 +300,48 @@ impl EmbeddedPg {
             "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}",
             self.password, self.port
         )
+    }
+
+    /// Restarts the cluster on the same port (fast shutdown, then start): every
+    /// connection to it is broken, as in a database restart or failover.
+    pub async fn restart(&mut self) -> Result<(), EmbeddedPgError> {
+        let bindir = find_bindir()?;
+        let run_as = RunAs::detect()?;
+        let layout = Layout::new(&self.base);
+        if let Some(mut postmaster) = self.postmaster.take() {
+            tokio::task::spawn_blocking(move || {
+                stop_child(&mut postmaster, Duration::from_secs(20))
+            })
+            .await
+            .ok();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let throwaway = self._temp.as_ref().map(|t| t.path().to_owned());
+        loop {
+            let mut postmaster =
+                spawn_postgres(&bindir, run_as, &layout, self.port, &self.settings)?;
+            match wait_ready(&mut postmaster, self.port, &self.password, deadline).await {
+                Ok(()) => {
+                    let watchdog = spawn_watchdog(postmaster.id(), throwaway.as_deref())?;
+                    if let Some(old) = self.watchdog.replace(watchdog) {
+                        stop_watchdog(old);
+                    }
+                    self.postmaster = Some(postmaster);
+                    return Ok(());
+                }
+                Err(reason) => {
+                    stop_child(&mut postmaster, Duration::from_secs(10));
+                    if Instant::now() >= deadline {
+                        return Err(EmbeddedPgError::Start {
+                            reason,
+                            log: layout.log.clone(),
+                            tail: log_tail(&layout.log),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
     }
 
     /// Stops the cluster (fast shutdown), waiting for it to exit.

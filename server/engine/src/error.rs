@@ -90,6 +90,12 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The server (the registry) is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// Another create, update or delete of this pool is under way.
+    #[error("another change to pool `{0}` is under way; retry when it is done")]
+    PoolBusy(String),
     /// A load test is already running on this pool.
     #[error("a load test is already running on pool `{0}`")]
     LoadTestRunning(String),
@@ -135,11 +141,11 @@ impl Error {
             Error::PoolNotFound(_) => ErrorKind::NotFound,
             Error::TargetNotAllowed { .. } => ErrorKind::PermissionDenied,
             Error::TooManyPools { .. } => ErrorKind::ResourceExhausted,
-            Error::LoadTestRunning(_) => ErrorKind::Busy,
+            Error::LoadTestRunning(_) | Error::PoolBusy(_) => ErrorKind::Busy,
             Error::PoolAlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::AcquireTimeout { .. } => ErrorKind::AcquireTimeout,
             Error::PoolClosed => ErrorKind::PoolClosed,
-            Error::Connect { .. } => ErrorKind::Unavailable,
+            Error::Connect { .. } | Error::ShuttingDown => ErrorKind::Unavailable,
             Error::Database(_) => ErrorKind::Database,
             Error::ControlDatabase { .. }
             | Error::ControlDatabaseTimeout

@@ -2,7 +2,7 @@
 //! loop at a target rate so that queueing is not hidden), times each request from
 //! before checkout to after its result in an HDR histogram, and grades the run A–F.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -256,9 +256,12 @@ impl PoolLoadTester {
             .filter(|q| !q.trim().is_empty())
             .unwrap_or_else(|| self.pool.config().validation_query);
 
+        // Stopped by the caller, or by the pool closing under the test.
+        let stop = cancel.child_token();
+        let closed = Arc::new(AtomicBool::new(false));
         if !options.warmup.is_zero() {
             let warmup = Arc::new(Tally::new());
-            self.drive(&options, &query, options.warmup, &warmup, &cancel)
+            self.drive(&options, &query, options.warmup, &warmup, &stop, &closed)
                 .await;
         }
 
@@ -273,11 +276,16 @@ impl PoolLoadTester {
             progress,
             stop_sampling.clone(),
         ));
-        self.drive(&options, &query, options.duration, &tally, &cancel)
-            .await;
+        if !closed.load(Ordering::Acquire) {
+            self.drive(&options, &query, options.duration, &tally, &stop, &closed)
+                .await;
+        }
         let duration = start.elapsed();
         stop_sampling.cancel();
         let (avg_utilization, peak_utilization) = sampler.await.unwrap_or((0.0, 0.0));
+        if closed.load(Ordering::Acquire) {
+            return Err(Error::PoolClosed);
+        }
 
         let h = tally.histogram.lock().expect("histogram lock").clone();
         let total = tally.requests.load(Ordering::Relaxed);
@@ -332,6 +340,7 @@ impl PoolLoadTester {
         length: Duration,
         tally: &Arc<Tally>,
         cancel: &CancellationToken,
+        closed: &Arc<AtomicBool>,
     ) {
         let deadline = Instant::now() + length;
         let workers = TaskTracker::new();
@@ -340,7 +349,9 @@ impl PoolLoadTester {
             tally: Arc::clone(tally),
             cancel: cancel.clone(),
             query: query.into(),
-            read_only: options.read_only.then_some(deadline),
+            read_only: options.read_only,
+            end: deadline,
+            closed: Arc::clone(closed),
         };
         match options.target_rps {
             None => {
@@ -388,6 +399,9 @@ impl PoolLoadTester {
     }
 }
 
+/// How close to a test's end a statement timeout counts as the end itself.
+const END_SLACK: Duration = Duration::from_millis(5);
+
 /// What every request of a test needs.
 #[derive(Clone)]
 struct Job {
@@ -395,31 +409,53 @@ struct Job {
     tally: Arc<Tally>,
     cancel: CancellationToken,
     query: Arc<str>,
-    /// Read-only requests, their statement timeout running to this instant.
-    read_only: Option<Instant>,
+    /// Requests run read-only, with a statement timeout running to `end`.
+    read_only: bool,
+    /// When this phase ends: a request still running then is abandoned (and its
+    /// statement cancelled in PostgreSQL).
+    end: Instant,
+    /// Set (and the test stopped) when the pool closes under the test.
+    closed: Arc<AtomicBool>,
 }
 
 impl Job {
     /// One request (checkout, statement, return), timed from `from`; not recorded
-    /// if the test was cancelled meanwhile.
+    /// if the test was cancelled or its time ran out meanwhile (the statement is
+    /// then cancelled in PostgreSQL). A closed pool stops the whole test.
     async fn once(&self, from: Instant) {
         let work = async {
             let mut conn = self.pool.get().await?;
-            match self.read_only {
-                Some(end) => {
-                    let left = end.saturating_duration_since(Instant::now());
-                    conn.execute_read_only(&self.query, left).await
-                }
-                None => conn.execute(&self.query, &[]).await,
+            if self.read_only {
+                let left = self.end.saturating_duration_since(Instant::now());
+                conn.execute_read_only(&self.query, left).await
+            } else {
+                conn.execute(&self.query, &[]).await
             }
         };
-        tokio::select! {
+        let result = tokio::select! {
             biased;
-            () = self.cancel.cancelled() => {}
-            result = work => {
-                self.tally.record(from.elapsed(), result.is_ok());
-                self.pool.count_load_test_request();
-            }
+            () = self.cancel.cancelled() => return,
+            () = tokio::time::sleep_until(self.end.into()) => return,
+            result = work => result,
+        };
+        if matches!(result, Err(Error::PoolClosed)) {
+            self.closed.store(true, Ordering::Release);
+            self.cancel.cancel();
+            return;
+        }
+        if let Err(e) = &result
+            && e.sqlstate() == Some("57014")
+            && Instant::now() + END_SLACK >= self.end
+        {
+            // Its statement_timeout (the test's remaining time) ran out with the
+            // test: abandoned at the end, not a failure.
+            return;
+        }
+        self.tally.record(from.elapsed(), result.is_ok());
+        self.pool.count_load_test_request();
+        if result.is_err() {
+            // A fast-failing request never pins the runtime.
+            tokio::task::yield_now().await;
         }
     }
 }

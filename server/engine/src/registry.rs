@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -72,8 +72,9 @@ struct Entry {
 pub struct ConnectionPoolService {
     store: ControlStore,
     pools: RwLock<BTreeMap<String, Entry>>,
-    /// Serializes create / update / delete.
-    changes: Mutex<()>,
+    /// Names with a create, update or delete under way: one change per name at a
+    /// time, changes of different names independent (no lock across I/O).
+    changing: std::sync::Mutex<HashSet<String>>,
     events: broadcast::Sender<PoolEvent>,
     token: CancellationToken,
     tasks: TaskTracker,
@@ -85,6 +86,21 @@ pub struct ConnectionPoolService {
     pub(crate) connection_reserve: u32,
     pub(crate) last_load_tests: std::sync::Mutex<HashMap<String, crate::LoadTestResults>>,
     running_load_tests: std::sync::Mutex<HashSet<String>>,
+}
+
+/// A name claimed for one change (create, update, delete) until dropped.
+struct Claim<'a> {
+    changing: &'a std::sync::Mutex<HashSet<String>>,
+    name: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.changing
+            .lock()
+            .expect("changing lock")
+            .remove(&self.name);
+    }
 }
 
 /// Marks a pool's load test as running until dropped.
@@ -141,7 +157,7 @@ impl ConnectionPoolService {
         Self {
             store,
             pools: RwLock::new(BTreeMap::new()),
-            changes: Mutex::new(()),
+            changing: std::sync::Mutex::new(HashSet::new()),
             events: events::channel(),
             token: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -152,6 +168,29 @@ impl ConnectionPoolService {
             last_load_tests: std::sync::Mutex::new(HashMap::new()),
             running_load_tests: std::sync::Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Stops the registry's work (and its pools' tasks) when `parent` is cancelled.
+    pub fn with_parent_token(mut self, parent: &CancellationToken) -> Self {
+        self.token = parent.child_token();
+        self
+    }
+
+    /// Claims `name` for one change; a change already under way for it is
+    /// [`Error::PoolBusy`].
+    fn claim(&self, name: &str) -> Result<Claim<'_>, Error> {
+        if !self
+            .changing
+            .lock()
+            .expect("changing lock")
+            .insert(name.to_owned())
+        {
+            return Err(Error::PoolBusy(name.to_owned()));
+        }
+        Ok(Claim {
+            changing: &self.changing,
+            name: name.to_owned(),
+        })
     }
 
     /// Sets how many connections the optimizer leaves free on each server (default 5).
@@ -237,11 +276,11 @@ impl ConnectionPoolService {
             .map(|entry| Arc::clone(&entry.target))
     }
 
-    /// Recreates every stored pool. A pool whose database is down starts unhealthy
-    /// and keeps retrying; one whose stored definition no longer parses is skipped
-    /// and logged. Returns how many pools were restored.
+    /// Recreates every stored pool without waiting for any database: each starts
+    /// unhealthy and connects in the background (a dead or blackholed database
+    /// delays nothing else). One whose stored definition no longer parses is
+    /// skipped and logged. Returns how many pools were restored.
     pub async fn restore(&self) -> Result<usize, Error> {
-        let _change = self.changes.lock().await;
         let mut restored = 0;
         for definition in self.store.list_pool_definitions().await? {
             let config: AdvancedPoolConfig = match serde_json::from_value(definition.config.clone())
@@ -257,18 +296,19 @@ impl ConnectionPoolService {
                 continue;
             }
             let target = Arc::new(definition.target);
-            match AdvancedConnectionPool::for_target(
+            let Ok(_claim) = self.claim(&definition.name) else {
+                continue;
+            };
+            match AdvancedConnectionPool::for_target_under(
                 &definition.name,
                 Arc::clone(&target),
                 config,
                 false,
+                &self.token,
             )
             .await
             {
                 Ok(pool) => {
-                    if !pool.is_healthy() {
-                        tracing::warn!(pool = %definition.name, "restored pool's database is unreachable; retrying");
-                    }
                     self.insert(
                         &definition.name,
                         Entry {
@@ -313,22 +353,35 @@ impl ConnectionPoolService {
         config.validate()?;
         self.check_target(&target)?;
         let target = Arc::new(target);
-        let _change = self.changes.lock().await;
+        let _claim = self.claim(&name)?;
         {
             let pools = self.pools.read().expect("pools lock");
             if pools.contains_key(&name) {
                 return Err(Error::PoolAlreadyExists(name));
             }
-            if pools.len() >= self.max_pools {
+            // Pools being created count too.
+            let creating = self
+                .changing
+                .lock()
+                .expect("changing lock")
+                .iter()
+                .filter(|n| !pools.contains_key(*n))
+                .count();
+            if pools.len() + creating > self.max_pools {
                 return Err(Error::TooManyPools {
                     max: self.max_pools,
                 });
             }
         }
-        let pool = Arc::new(
-            AdvancedConnectionPool::for_target(&name, Arc::clone(&target), config.clone(), true)
-                .await?,
-        );
+        let pool = AdvancedConnectionPool::for_target_under(
+            &name,
+            Arc::clone(&target),
+            config.clone(),
+            true,
+            &self.token,
+        )
+        .await;
+        let pool = Arc::new(self.unless_shutting_down(pool)?);
         let stored = match self
             .store
             .insert_pool_definition(&name, &target, &config_json(&config))
@@ -354,7 +407,13 @@ impl ConnectionPoolService {
         Ok(pool)
     }
 
+    /// Registers a pool; after shutdown began, closes it instead.
     fn insert(&self, name: &str, entry: Entry) {
+        if self.token.is_cancelled() {
+            let pool = Arc::clone(&entry.pool);
+            self.tasks.spawn(async move { pool.close().await });
+            return;
+        }
         self.spawn_forwarder(&entry.pool, entry.forwarder.clone());
         self.pools
             .write()
@@ -437,7 +496,7 @@ impl ConnectionPoolService {
         config: AdvancedPoolConfig,
     ) -> Result<PoolInfo, Error> {
         config.validate()?;
-        let _change = self.changes.lock().await;
+        let _claim = self.claim(name)?;
         let (pool, target) = {
             let pools = self.pools.read().expect("pools lock");
             let entry = pools
@@ -447,9 +506,15 @@ impl ConnectionPoolService {
         };
         let rebuilt = !pool.can_apply_live(&config);
         let replacement = if rebuilt {
-            Some(Arc::new(
-                AdvancedConnectionPool::for_target(name, target, config.clone(), true).await?,
-            ))
+            let pool = AdvancedConnectionPool::for_target_under(
+                name,
+                target,
+                config.clone(),
+                true,
+                &self.token,
+            )
+            .await;
+            Some(Arc::new(self.unless_shutting_down(pool)?))
         } else {
             None
         };
@@ -473,7 +538,7 @@ impl ConnectionPoolService {
                 self.spawn_forwarder(&new, forwarder.clone());
                 let old = {
                     let mut pools = self.pools.write().expect("pools lock");
-                    let entry = pools.get_mut(name).expect("held under the change lock");
+                    let entry = pools.get_mut(name).expect("the claim keeps it");
                     entry.forwarder.cancel();
                     entry.forwarder = forwarder;
                     std::mem::replace(&mut entry.pool, new)
@@ -499,7 +564,7 @@ impl ConnectionPoolService {
     /// Deletes a pool: removes its definition, stops new checkouts, lets checked-out
     /// connections finish within the grace period and closes everything.
     pub async fn delete_pool(&self, name: &str) -> Result<(), Error> {
-        let _change = self.changes.lock().await;
+        let _claim = self.claim(name)?;
         if !self.pools.read().expect("pools lock").contains_key(name) {
             return Err(Error::PoolNotFound(name.to_owned()));
         }
@@ -509,7 +574,7 @@ impl ConnectionPoolService {
             .write()
             .expect("pools lock")
             .remove(name)
-            .expect("held under the change lock");
+            .expect("the claim keeps it");
         entry.forwarder.cancel();
         let _ = self
             .events
@@ -557,12 +622,38 @@ impl ConnectionPoolService {
         let entries: Vec<Entry> = std::mem::take(&mut *self.pools.write().expect("pools lock"))
             .into_values()
             .collect();
+        // Creates under way give up, pool tasks stop; pools close together, their
+        // checked-out connections given the grace period.
         self.token.cancel();
-        for entry in &entries {
-            entry.pool.close_gracefully(self.close_grace).await;
+        let mut closing = tokio::task::JoinSet::new();
+        for entry in entries {
+            entry.forwarder.cancel();
+            let grace = self.close_grace;
+            closing.spawn(async move { entry.pool.close_gracefully(grace).await });
         }
+        while closing.join_next().await.is_some() {}
         self.tasks.close();
         self.tasks.wait().await;
+    }
+
+    /// A pool built while shutdown began is closed, and the caller told so.
+    fn unless_shutting_down(
+        &self,
+        pool: Result<AdvancedConnectionPool, Error>,
+    ) -> Result<AdvancedConnectionPool, Error> {
+        if self.token.is_cancelled() {
+            if let Ok(pool) = pool {
+                let pool = Arc::new(pool);
+                self.tasks.spawn(async move { pool.close().await });
+            }
+            return Err(Error::ShuttingDown);
+        }
+        pool
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has begun.
+    pub fn is_shut_down(&self) -> bool {
+        self.token.is_cancelled()
     }
 }
 

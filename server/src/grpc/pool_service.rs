@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Caller, Role};
@@ -40,6 +41,8 @@ pub struct PoolService {
     watchers: Arc<AtomicUsize>,
     limits: LoadTestLimits,
     slots: StreamSlots,
+    /// Every watch and load-test task, joined at shutdown.
+    tasks: TaskTracker,
 }
 
 /// The server's caps on load tests.
@@ -90,7 +93,14 @@ impl PoolService {
             watchers: Arc::new(AtomicUsize::new(0)),
             limits,
             slots,
+            tasks: TaskTracker::new(),
         }
+    }
+
+    /// The tracker of the tasks this service spawns (watches, load tests): they
+    /// end when the shutdown token is cancelled; wait on it at shutdown.
+    pub fn tasks(&self) -> TaskTracker {
+        self.tasks.clone()
     }
 
     /// A watch-stream slot for the caller's connection.
@@ -327,7 +337,7 @@ impl pool_service_server::PoolService for PoolService {
         let registry = Arc::clone(&self.registry);
         let shutdown = self.shutdown.clone();
         let guard = WatcherGuard::new(&self.watchers);
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let _guard = guard;
             let _slot = slot;
             let mut tick = tokio::time::interval(Duration::from_millis(u64::from(interval_ms)));
@@ -335,7 +345,10 @@ impl pool_service_server::PoolService for PoolService {
             loop {
                 tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => break,
+                    () = shutdown.cancelled() => {
+                        let _ = tx.try_send(Err(shutting_down()));
+                        break;
+                    }
                     () = tx.closed() => break,
                     _ = tick.tick() => {}
                 }
@@ -379,7 +392,7 @@ impl pool_service_server::PoolService for PoolService {
         let registry = Arc::clone(&self.registry);
         let shutdown = self.shutdown.clone();
         let guard = WatcherGuard::new(&self.watchers);
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let _guard = guard;
             let _slot = slot;
             let wanted = |name: &str| named.is_empty() || named.contains(name);
@@ -409,7 +422,10 @@ impl pool_service_server::PoolService for PoolService {
             loop {
                 let received = tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => break,
+                    () = shutdown.cancelled() => {
+                        let _ = tx.try_send(Err(shutting_down()));
+                        break;
+                    }
                     () = tx.closed() => break,
                     received = events.recv() => received,
                 };
@@ -633,6 +649,7 @@ impl pool_service_server::PoolService for PoolService {
         let (progress_tx, mut progress_rx) = mpsc::channel(WATCH_BUFFER);
         // Cancelled when the caller goes away or the server shuts down.
         let cancel = self.shutdown.child_token();
+        let shutdown = self.shutdown.clone();
         let registry = Arc::clone(&self.registry);
         let name = r.pool_name.clone();
         // Start before answering, so that a second test on the pool is refused.
@@ -652,12 +669,14 @@ impl pool_service_server::PoolService for PoolService {
             return Err(status::from_engine(e));
         }
         let guard = WatcherGuard::new(&self.watchers);
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let _guard = guard;
             let mut done = first;
             loop {
                 if let Some(result) = done.take() {
                     let message = match result {
+                        // Stopped by the shutdown: no result to grade.
+                        Ok(_) if shutdown.is_cancelled() => Err(shutting_down()),
                         Ok(results) => Ok(pb::RunLoadTestResponse {
                             update: Some(pb::run_load_test_response::Update::Result(
                                 convert::load_test_to_proto(&results),
@@ -709,6 +728,11 @@ impl pool_service_server::PoolService for PoolService {
             report: Some(convert::report_to_proto(&report)),
         }))
     }
+}
+
+/// What a stream ends with when the server shuts down under it.
+fn shutting_down() -> Status {
+    Status::unavailable("the server is shutting down")
 }
 
 fn progress_message(p: &poolplane::LoadTestProgress) -> pb::RunLoadTestResponse {

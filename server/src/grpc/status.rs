@@ -65,6 +65,8 @@ pub fn from_engine(error: Error) -> Status {
         Error::PoolNotFound(_) => Status::not_found(error.to_string()),
         Error::PoolAlreadyExists(_) => Status::already_exists(error.to_string()),
         Error::LoadTestRunning(_) => Status::failed_precondition(error.to_string()),
+        Error::PoolBusy(_) => Status::aborted(error.to_string()),
+        Error::ShuttingDown => Status::unavailable(error.to_string()),
         Error::ControlDatabase { .. } | Error::ControlDatabaseTimeout => {
             tracing::warn!(error = %error_chain(&error), "control database unavailable");
             Status::unavailable("control database unavailable")

@@ -72,6 +72,10 @@ pub struct PooledConnection {
     _permit: GatePermit,
     shared: Arc<Shared>,
     checked_out_at: Instant,
+    /// A statement was sent and its answer not yet read: if the connection is
+    /// dropped now, the statement is cancelled in PostgreSQL and the connection
+    /// closed, never handed to the next caller mid-statement.
+    in_flight: bool,
 }
 
 impl std::fmt::Debug for PooledConnection {
@@ -96,6 +100,7 @@ impl PooledConnection {
             _permit: permit,
             shared,
             checked_out_at: now,
+            in_flight: false,
         }
     }
 
@@ -175,6 +180,19 @@ impl PooledConnection {
         op: Op,
         retry: bool,
     ) -> Result<Out, Error> {
+        self.in_flight = true;
+        let result = self.run_statement(sql, params, op, retry).await;
+        self.in_flight = false;
+        result
+    }
+
+    async fn run_statement(
+        &mut self,
+        sql: &str,
+        params: Params<'_>,
+        op: Op,
+        retry: bool,
+    ) -> Result<Out, Error> {
         self.conn.queries += 1;
         Counters::add(&self.shared.counters.total_queries, 1);
         if self.shared.cache_capacity() == 0 {
@@ -241,14 +259,20 @@ impl PooledConnection {
         self.conn.queries += 1;
         Counters::add(&self.shared.counters.total_queries, 1);
         let statement = self.prepare_cached(sql).await?;
-        let millis = timeout.as_millis().clamp(1, i32::MAX as u128);
+        // Rounded up: the timeout never fires before the time given.
+        let millis = timeout
+            .as_micros()
+            .div_ceil(1000)
+            .clamp(1, i32::MAX as u128);
         let begin = format!("BEGIN READ ONLY; SET LOCAL statement_timeout = {millis}");
         let client = &self.conn.client;
+        self.in_flight = true;
         let (begun, ran, ended) = tokio::join!(
             client.batch_execute(&begin),
             client.execute(&statement, &[]),
             client.batch_execute("ROLLBACK"),
         );
+        self.in_flight = false;
         self.shared
             .counters
             .operation_time
@@ -273,11 +297,10 @@ impl PooledConnection {
     pub async fn batch_execute(&mut self, sql: &str) -> Result<(), Error> {
         self.conn.queries += 1;
         Counters::add(&self.shared.counters.total_queries, 1);
-        self.conn
-            .client
-            .batch_execute(sql)
-            .await
-            .map_err(Error::Database)
+        self.in_flight = true;
+        let result = self.conn.client.batch_execute(sql).await;
+        self.in_flight = false;
+        result.map_err(Error::Database)
     }
 
     /// Starts a transaction. It rolls back unless committed; one dropped without
@@ -291,8 +314,27 @@ impl PooledConnection {
     }
 }
 
+/// How long a cancel request may take to reach PostgreSQL.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Drop for PooledConnection {
     fn drop(&mut self) {
+        if self.in_flight {
+            // Abandoned mid-statement: cancel it in PostgreSQL (on a connection of
+            // its own, as the protocol wants) and close this one.
+            self.conn.broken = true;
+            Counters::add(&self.shared.counters.statements_cancelled, 1);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let token = self.conn.client.cancel_token();
+                runtime.spawn(async move {
+                    let _ = tokio::time::timeout(
+                        CANCEL_TIMEOUT,
+                        token.cancel_query(tokio_postgres::NoTls),
+                    )
+                    .await;
+                });
+            }
+        }
         self.conn.last_used = Instant::now();
         self.shared
             .counters

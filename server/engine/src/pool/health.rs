@@ -95,10 +95,13 @@ async fn check(
     let start = Instant::now();
     let attempt = async {
         let (client, connection) = pg.connect(NoTls).await?;
-        let driver = tokio::spawn(connection);
+        // Abandoned (timeout, shutdown): the driver and its socket go too.
+        let driver = super::manager::AbortOnDrop(Some(tokio::spawn(async move {
+            let _ = connection.await;
+        })));
         let result = client.simple_query(query).await;
         drop(client);
-        let _ = driver.await;
+        let _ = driver.keep().await;
         result.map(|_| ())
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -115,12 +118,16 @@ pub(crate) async fn monitor(
     pool: bb8::Pool<super::manager::PoolManager>,
     token: CancellationToken,
 ) {
+    // A pool that starts unhealthy (not connected yet) is checked at once.
+    let mut check_now = !shared.health.lock().expect("health lock").is_healthy;
     loop {
         let settings = shared.settings();
-        tokio::select! {
-            biased;
-            () = token.cancelled() => break,
-            () = tokio::time::sleep(settings.health_check_interval()) => {}
+        if !std::mem::take(&mut check_now) {
+            tokio::select! {
+                biased;
+                () = token.cancelled() => break,
+                () = tokio::time::sleep(settings.health_check_interval()) => {}
+            }
         }
         let started = std::time::Instant::now();
         let span = tracing::info_span!(
@@ -128,16 +135,19 @@ pub(crate) async fn monitor(
             db.system.name = "postgresql",
             db.client.connection.pool.name = %shared.name,
         );
-        let result = tracing::Instrument::instrument(
+        let checked = tracing::Instrument::instrument(
             check(
                 &pg,
                 &settings.validation_query,
                 settings.health_check_timeout(),
             ),
             span,
-        )
-        .await
-        .map_err(|e| shared.redact(&e));
+        );
+        let result = tokio::select! {
+            biased;
+            () = token.cancelled() => break,
+            result = checked => result.map_err(|e| shared.redact(&e)),
+        };
         shared.counters.health_check_time.record(started.elapsed());
         let error = result.as_ref().err().cloned();
         let response_time_ms = result

@@ -64,20 +64,47 @@ pub(crate) struct PoolManager {
     pub shared: Arc<Shared>,
 }
 
+/// Aborts a connection's driver task if dropped before [`AbortOnDrop::keep`]: an
+/// abandoned connection attempt leaves no task and no socket behind.
+pub(crate) struct AbortOnDrop(pub(crate) Option<JoinHandle<()>>);
+
+impl AbortOnDrop {
+    pub(crate) fn keep(mut self) -> JoinHandle<()> {
+        self.0.take().expect("kept once")
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(driver) = self.0.take() {
+            driver.abort();
+        }
+    }
+}
+
 impl PoolManager {
+    /// Opens a connection: TCP, startup, authentication and warmup queries, all
+    /// within one deadline (the acquire timeout).
     async fn open(&self) -> Result<Connection, tokio_postgres::Error> {
+        let deadline = self.shared.settings().acquire_timeout();
+        match tokio::time::timeout(deadline, self.open_unbounded()).await {
+            Ok(result) => result,
+            // tokio-postgres's own "timeout waiting for server" error.
+            Err(_) => Err(tokio_postgres::Error::__private_api_timeout()),
+        }
+    }
+
+    async fn open_unbounded(&self) -> Result<Connection, tokio_postgres::Error> {
         let started = Instant::now();
         let (client, connection) = self.pg.connect(NoTls).await?;
-        let driver = tokio::spawn(async move {
+        let driver = AbortOnDrop(Some(tokio::spawn(async move {
             let _ = connection.await;
-        });
+        })));
         let warmup = self.shared.settings().connection_warmup_queries.clone();
         for query in &warmup {
-            if let Err(e) = client.batch_execute(query).await {
-                driver.abort();
-                return Err(e);
-            }
+            client.batch_execute(query).await?;
         }
+        let driver = driver.keep();
         self.shared.open.fetch_add(1, Ordering::AcqRel);
         Counters::add(&self.shared.counters.connections_created, 1);
         self.shared.counters.create_time.record(started.elapsed());

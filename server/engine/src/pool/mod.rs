@@ -166,6 +166,8 @@ pub struct PoolTelemetry<'a> {
     pub scaling_events: u64,
     /// Requests made by load tests.
     pub load_test_requests: u64,
+    /// Statements abandoned mid-flight and cancelled in PostgreSQL.
+    pub statements_cancelled: u64,
 }
 
 /// A permit of the admission gate; given back (or forgotten, after a shrink) on drop.
@@ -243,8 +245,9 @@ impl AdvancedConnectionPool {
     }
 
     /// A pool on a parsed target. With `require_connection`, at least one
-    /// connection must open (else the error says why); without, a pool whose
-    /// database is down starts unhealthy and its tasks keep trying.
+    /// connection must open (else the error says why); without, the pool opens no
+    /// connection here: it starts unhealthy and its tasks connect in the
+    /// background (a check at once, then min_connections).
     pub async fn for_target(
         name: &str,
         target: Arc<ConnInfo>,
@@ -252,7 +255,29 @@ impl AdvancedConnectionPool {
         require_connection: bool,
     ) -> Result<Self, Error> {
         let pg = target.pg_config().map_err(Error::InvalidDatabaseUrl)?;
-        Self::start(name, Some(target), pg, config, require_connection).await
+        Self::start(
+            name,
+            Some(target),
+            pg,
+            config,
+            require_connection,
+            CancellationToken::new(),
+        )
+        .await
+    }
+
+    /// [`for_target`](Self::for_target) with the pool's tasks stopped by `parent`
+    /// too (the registry's token, itself a child of the server's).
+    pub(crate) async fn for_target_under(
+        name: &str,
+        target: Arc<ConnInfo>,
+        config: AdvancedPoolConfig,
+        require_connection: bool,
+        parent: &CancellationToken,
+    ) -> Result<Self, Error> {
+        let pg = target.pg_config().map_err(Error::InvalidDatabaseUrl)?;
+        let token = parent.child_token();
+        Self::start(name, Some(target), pg, config, require_connection, token).await
     }
 
     /// Creates a pool from a tokio-postgres config (checked like `new`).
@@ -261,12 +286,12 @@ impl AdvancedConnectionPool {
         pg: tokio_postgres::Config,
         config: AdvancedPoolConfig,
     ) -> Result<Self, Error> {
-        Self::start(name, None, pg, config, true).await
+        Self::start(name, None, pg, config, true, CancellationToken::new()).await
     }
 
-    /// Creates a pool without requiring the database to be up: if it is not, the
-    /// pool starts unhealthy and its tasks keep trying (used when restoring stored
-    /// pools at server start).
+    /// Creates a pool without connecting: it starts unhealthy and its tasks connect
+    /// in the background, retrying while the database is down (used when restoring
+    /// stored pools at server start).
     pub async fn named_unchecked(
         name: &str,
         database_url: &str,
@@ -282,6 +307,7 @@ impl AdvancedConnectionPool {
         mut pg: tokio_postgres::Config,
         config: AdvancedPoolConfig,
         require_connection: bool,
+        token: CancellationToken,
     ) -> Result<Self, Error> {
         config.validate()?;
         if pg.get_application_name().is_none() {
@@ -304,7 +330,11 @@ impl AdvancedConnectionPool {
             pending_forget: AtomicU32::new(0),
             gate: Arc::new(Semaphore::new(size as usize)),
             counters: Counters::default(),
-            health: Mutex::new(HealthStatus::new(true, None)),
+            health: Mutex::new(if require_connection {
+                HealthStatus::new(true, None)
+            } else {
+                HealthStatus::new(false, Some("not connected yet".into()))
+            }),
             last_connect_error: Mutex::new(None),
             events: EventSender::new(name.to_owned()),
             closed: AtomicBool::new(false),
@@ -322,7 +352,10 @@ impl AdvancedConnectionPool {
         ]
         .into_iter()
         .min()
-        .unwrap_or(Duration::from_secs(30))
+        .unwrap_or(Duration::from_secs(1))
+        // At most a second: bb8's reaper task notices a dropped pool only when it
+        // wakes, so a deleted pool leaves no task behind for longer than this.
+        .min(Duration::from_secs(1))
         .max(Duration::from_millis(100));
         let bb8 = bb8::Pool::builder()
             .max_size(config.max_connections)
@@ -336,24 +369,22 @@ impl AdvancedConnectionPool {
             .error_sink(Box::new(SilentSink))
             .build_unchecked(manager.clone());
 
-        // Open min_connections now, in parallel; at least one must work for a
-        // checked start.
-        let wanted = config.min_connections.max(u32::from(require_connection));
-        let first_error = open_connections(&manager, &bb8, wanted).await;
-        if let Some(e) = first_error {
-            let reason = shared.redact(&describe_pg_error(&e));
-            let sqlstate = e.code().map(|code| code.code().to_owned());
-            if require_connection {
+        // A checked start opens min_connections now, in parallel (each within the
+        // acquire timeout); at least one must work.
+        if require_connection {
+            let wanted = config.min_connections.max(1);
+            if let Some(e) = open_connections(&manager, &bb8, wanted, &token).await {
                 return Err(Error::Connect {
                     url: target.map_or_else(String::new, |t| t.to_string()),
-                    reason,
-                    sqlstate,
+                    reason: shared.redact(&describe_pg_error(&e)),
+                    sqlstate: e.code().map(|code| code.code().to_owned()),
                 });
             }
-            *shared.health.lock().expect("health lock") = HealthStatus::new(false, Some(reason));
+            if token.is_cancelled() {
+                return Err(Error::PoolClosed);
+            }
         }
 
-        let token = CancellationToken::new();
         let tasks = TaskTracker::new();
         // Health checks are told apart from the pool's own connections.
         let mut health_pg = pg;
@@ -592,6 +623,7 @@ impl AdvancedConnectionPool {
             health_check_time: &c.health_check_time,
             scaling_events: Counters::get(&c.scaling_events),
             load_test_requests: Counters::get(&c.load_test_requests),
+            statements_cancelled: Counters::get(&c.statements_cancelled),
         }
     }
 
@@ -679,16 +711,21 @@ impl Drop for AdvancedConnectionPool {
 const PARALLEL_OPENS: usize = 16;
 
 /// Opens `wanted` connections into `pool`, up to [`PARALLEL_OPENS`] at a time;
-/// stops at the first error and returns it.
+/// stops at the first error and returns it. Cancelling `token` abandons the
+/// attempts (and their sockets) at once.
 async fn open_connections(
     manager: &PoolManager,
     pool: &bb8::Pool<PoolManager>,
     wanted: u32,
+    token: &CancellationToken,
 ) -> Option<tokio_postgres::Error> {
     let mut opening = tokio::task::JoinSet::new();
     let mut started = 0;
     let mut first_error = None;
     loop {
+        if token.is_cancelled() {
+            return first_error;
+        }
         while first_error.is_none() && started < wanted && opening.len() < PARALLEL_OPENS {
             let manager = manager.clone();
             // The caller's span goes along, so the connections are its children.
@@ -698,7 +735,12 @@ async fn open_connections(
             ));
             started += 1;
         }
-        match opening.join_next().await {
+        let next = tokio::select! {
+            biased;
+            () = token.cancelled() => return first_error,
+            next = opening.join_next() => next,
+        };
+        match next {
             None => return first_error,
             Some(Ok(Ok(conn))) => {
                 let _ = pool.add(conn);
@@ -805,20 +847,15 @@ async fn maintain(
             retire_idle(&pool, |_| {}).await;
         }
 
-        // Keep min_connections open (while the database answers).
+        // Keep min_connections open (while the database answers), in parallel;
+        // a cancelled token abandons the attempts.
         let healthy = shared.health.lock().expect("health lock").is_healthy;
         let min = settings
             .min_connections
             .min(shared.target_size.load(Ordering::Acquire));
-        while healthy && !token.is_cancelled() && shared.open.load(Ordering::Acquire) < min {
-            match bb8::ManageConnection::connect(&manager).await {
-                Ok(conn) => {
-                    if pool.add(conn).is_err() {
-                        break;
-                    }
-                }
-                Err(_) => break,
-            }
+        let open = shared.open.load(Ordering::Acquire);
+        if healthy && open < min {
+            open_connections(&manager, &pool, min - open, &token).await;
         }
     }
 }

@@ -88,6 +88,8 @@ pub(crate) struct Counters {
     pub health_check_time: Histogram,
     pub scaling_events: AtomicU64,
     pub load_test_requests: AtomicU64,
+    /// Statements abandoned mid-flight and cancelled in PostgreSQL.
+    pub statements_cancelled: AtomicU64,
 }
 
 impl Counters {

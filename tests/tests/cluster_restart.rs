@@ -1,0 +1,80 @@
+//! Scenario 3 of the fault suite, in a test binary of its own because it restarts a
+//! PostgreSQL cluster: the pool's database restarted under load — only queries in
+//! flight (or started while it was down) fail, every query after it is back
+//! succeeds, and the pool leaves no stale connection behind.
+
+use std::time::Duration;
+
+use poolplane::EmbeddedPg;
+use poolplane_client::PoolConfigBuilder;
+use poolplane_client::proto::run_load_test_response::Update;
+use poolplane_client::proto::{PoolConfig, RunLoadTestRequest};
+use poolplane_tests::TestServer;
+
+#[tokio::test]
+async fn scenario_3_the_database_restarted_under_load() -> anyhow::Result<()> {
+    let mut pg = EmbeddedPg::start_temporary().await?;
+    let url = pg.url("postgres");
+    let server = TestServer::spawn().await?;
+    let client = server.client.clone();
+    let config = PoolConfig {
+        acquire_timeout_secs: Some(2),
+        health_check_interval_secs: Some(2),
+        health_check_timeout_secs: Some(1),
+        enable_dynamic_sizing: Some(false),
+        validation_idle_threshold_ms: Some(0),
+        ..PoolConfigBuilder::new()
+            .max_connections(4)
+            .min_connections(4)
+            .build()
+    };
+    client.create_pool("restarted", &url, config).await?;
+    let test = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut stream = client
+                .run_load_test(RunLoadTestRequest {
+                    pool_name: "restarted".into(),
+                    concurrency: 4,
+                    duration_secs: 6,
+                    query: "SELECT pg_sleep(0.01)".into(),
+                    ..RunLoadTestRequest::default()
+                })
+                .await?;
+            while let Some(update) = stream.next().await? {
+                if let Update::Result(result) = update {
+                    return anyhow::Ok(result);
+                }
+            }
+            anyhow::bail!("no result")
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = pg.pid();
+    pg.restart().await?;
+    assert_ne!(pg.pid(), pid, "a new postmaster");
+    // Every query after the restart succeeds: dead connections are caught at
+    // checkout and replaced.
+    let pool = server.server().registry().pool("restarted")?;
+    for i in 0..1000i64 {
+        let row = pool
+            .query_one("SELECT $1::int8", &[&i])
+            .await
+            .map_err(|e| anyhow::anyhow!("query {i} after the restart failed: {e}"))?;
+        assert_eq!(row.get::<_, i64>(0), i);
+    }
+    let result = test.await??;
+    assert!(result.successful_requests > 0, "{result:?}");
+    assert!(
+        result.failed_requests > 0,
+        "the restart failed nothing: {result:?}"
+    );
+    assert!(
+        result.max_response_time_ms < 2_000.0 + 1_000.0,
+        "a request hung for {} ms",
+        result.max_response_time_ms
+    );
+    server.shutdown().await?;
+    pg.stop().await;
+    Ok(())
+}
