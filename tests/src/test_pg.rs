@@ -78,6 +78,7 @@ impl TestPg {
                         EmbeddedPg::start(poolplane::EmbeddedPgOptions {
                             data_dir: None,
                             settings: vec![("max_connections".into(), "400".into())],
+                            ..Default::default()
                         })
                         .await
                         .context("starting the embedded PostgreSQL")?,

@@ -59,6 +59,7 @@ async fn data_dir_and_settings_survive_a_restart() -> anyhow::Result<()> {
     let options = EmbeddedPgOptions {
         data_dir: Some(dir.path().join("cluster")),
         settings: vec![("max_connections".into(), "20".into())],
+        ..Default::default()
     };
     let first = EmbeddedPg::start(options.clone()).await?;
     let password = first.password().to_owned();

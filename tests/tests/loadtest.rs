@@ -191,6 +191,7 @@ async fn the_optimizer_keeps_pools_within_the_servers_budget() -> anyhow::Result
     let small = EmbeddedPg::start(EmbeddedPgOptions {
         data_dir: None,
         settings: vec![("max_connections".into(), "20".into())],
+        ..Default::default()
     })
     .await?;
     let server = TestServer::spawn().await?;

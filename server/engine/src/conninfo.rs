@@ -58,6 +58,11 @@ impl ConnInfoError {
     fn new(reason: impl Into<String>) -> Self {
         Self(reason.into())
     }
+
+    /// An error with this reason (which must not quote a value).
+    pub(crate) fn from_reason(reason: impl Into<String>) -> Self {
+        Self::new(reason)
+    }
 }
 
 /// How the string was written; a rendering keeps the form.
@@ -211,17 +216,22 @@ impl ConnInfo {
         self.render(None)
     }
 
-    /// The tokio-postgres config: every option but the password goes through
-    /// tokio-postgres's parser (so it refuses what it does not know, by name), the
+    /// The tokio-postgres config: every option but the password and the TLS files
+    /// goes through tokio-postgres's parser (so it refuses what it does not know,
+    /// by name), `sslmode` is mapped from libpq's modes (see [`crate::tls`]), the
     /// password is set as bytes.
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConnInfoError> {
+        let tls = crate::tls::TlsSettings::of(self)?;
         let mut text = String::new();
         for (key, value) in &self.params {
-            push_key_value(&mut text, key, value);
+            if !crate::tls::TLS_OPTIONS.contains(&key.as_str()) {
+                push_key_value(&mut text, key, value);
+            }
         }
         let mut config: tokio_postgres::Config = text
             .parse()
             .map_err(|e: tokio_postgres::Error| ConnInfoError::new(option_error(&e)))?;
+        config.ssl_mode(tls.mode.driver_mode());
         if let Some(password) = &self.password {
             config.password(password.expose());
         }

@@ -93,6 +93,21 @@ pub struct EmbeddedPgOptions {
     pub data_dir: Option<PathBuf>,
     /// Extra server settings (`-c name=value`), e.g. `max_connections`.
     pub settings: Vec<(String, String)>,
+    /// Serve TLS (`ssl = on`) with these PEM files, copied into the data directory.
+    pub tls: Option<EmbeddedTls>,
+    /// Replace pg_hba.conf with these lines (default: initdb's, scram-sha-256).
+    pub hba: Option<Vec<String>>,
+}
+
+/// The TLS material of an embedded cluster, as PEM text.
+#[derive(Debug, Clone, Default)]
+pub struct EmbeddedTls {
+    /// The server's certificate chain.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+    /// The CA client certificates must be signed by (for `cert` authentication).
+    pub client_ca_pem: Option<String>,
 }
 
 /// A running embedded PostgreSQL cluster.
@@ -220,6 +235,31 @@ impl EmbeddedPg {
         run_as.give(run)?;
 
         let mut settings = options.settings.clone();
+        if let Some(tls) = &options.tls {
+            let files = [
+                ("server.crt", Some(&tls.cert_pem)),
+                ("server.key", Some(&tls.key_pem)),
+                ("root.crt", tls.client_ca_pem.as_ref()),
+            ];
+            for (name, contents) in files {
+                if let Some(contents) = contents {
+                    let path = layout.pgdata.join(name);
+                    write_private(&path, contents)?;
+                    run_as.give(&path)?;
+                }
+            }
+            settings.push(("ssl".into(), "on".into()));
+            settings.push(("ssl_cert_file".into(), "server.crt".into()));
+            settings.push(("ssl_key_file".into(), "server.key".into()));
+            if tls.client_ca_pem.is_some() {
+                settings.push(("ssl_ca_file".into(), "root.crt".into()));
+            }
+        }
+        if let Some(lines) = &options.hba {
+            let path = layout.pgdata.join("pg_hba.conf");
+            write_private(&path, &(lines.join("\n") + "\n"))?;
+            run_as.give(&path)?;
+        }
         if throwaway {
             // A throwaway cluster trades durability for speed.
             for (name, value) in [
@@ -586,6 +626,15 @@ async fn wait_ready(
             Ok((client, connection)) => {
                 drop(client);
                 let _ = connection.await;
+                return Ok(());
+            }
+            // The server answered (pg_hba.conf may refuse this plaintext
+            // superuser connection): it is up, unless it says it is starting.
+            Err(e)
+                if e.as_db_error().is_some_and(|db| {
+                    *db.code() != tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW
+                }) =>
+            {
                 return Ok(());
             }
             Err(e) if Instant::now() >= deadline => {

@@ -12,11 +12,12 @@ pub mod optimizer;
 pub mod pool;
 pub mod registry;
 pub mod store;
+pub mod tls;
 
 pub use allowlist::TargetAllowlist;
 pub use config::{AdvancedPoolConfig, ConfigErrors, FieldViolation};
 pub use conninfo::{ConnInfo, Secret};
-pub use embedded_pg::{EmbeddedPg, EmbeddedPgError, EmbeddedPgOptions};
+pub use embedded_pg::{EmbeddedPg, EmbeddedPgError, EmbeddedPgOptions, EmbeddedTls};
 pub use error::{Error, ErrorKind, describe_pg_error};
 pub use events::{PoolEvent, PoolEventKind};
 pub use loadtest::{Grade, LoadTestOptions, LoadTestProgress, LoadTestResults, PoolLoadTester};

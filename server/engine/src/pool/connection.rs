@@ -326,12 +326,9 @@ impl Drop for PooledConnection {
             Counters::add(&self.shared.counters.statements_cancelled, 1);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let token = self.conn.client.cancel_token();
+                let tls = self.shared.tls.connector.clone();
                 runtime.spawn(async move {
-                    let _ = tokio::time::timeout(
-                        CANCEL_TIMEOUT,
-                        token.cancel_query(tokio_postgres::NoTls),
-                    )
-                    .await;
+                    let _ = tokio::time::timeout(CANCEL_TIMEOUT, token.cancel_query(tls)).await;
                 });
             }
         }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
@@ -89,12 +88,13 @@ pub(crate) fn apply(
 /// health timeout.
 async fn check(
     pg: &tokio_postgres::Config,
+    tls: &crate::tls::PgTls,
     query: &str,
     timeout: Duration,
 ) -> Result<Duration, String> {
     let start = Instant::now();
     let attempt = async {
-        let (client, connection) = pg.connect(NoTls).await?;
+        let (client, connection) = tls.connect(pg).await?;
         // Abandoned (timeout, shutdown): the driver and its socket go too.
         let driver = super::manager::AbortOnDrop(Some(tokio::spawn(async move {
             let _ = connection.await;
@@ -138,6 +138,7 @@ pub(crate) async fn monitor(
         let checked = tracing::Instrument::instrument(
             check(
                 &pg,
+                &shared.tls,
                 &settings.validation_query,
                 settings.health_check_timeout(),
             ),

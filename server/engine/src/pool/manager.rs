@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 
 use super::Shared;
 use super::statement_cache::StatementCache;
@@ -96,7 +95,7 @@ impl PoolManager {
 
     async fn open_unbounded(&self) -> Result<Connection, tokio_postgres::Error> {
         let started = Instant::now();
-        let (client, connection) = self.pg.connect(NoTls).await?;
+        let (client, connection) = self.shared.tls.connect(&self.pg).await?;
         let driver = AbortOnDrop(Some(tokio::spawn(async move {
             let _ = connection.await;
         })));

@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     name: String,
     /// The pool's target, for scrubbing messages that might quote its password.
     target: Option<Arc<ConnInfo>>,
+    /// How its connections (and health checks, and cancel requests) are made.
+    tls: crate::tls::PgTls,
     settings: RwLock<Arc<AdvancedPoolConfig>>,
     /// Hot-path copies of settings (0 = off).
     recycle_threshold: AtomicU64,
@@ -254,16 +256,8 @@ impl AdvancedConnectionPool {
         config: AdvancedPoolConfig,
         require_connection: bool,
     ) -> Result<Self, Error> {
-        let pg = target.pg_config().map_err(Error::InvalidDatabaseUrl)?;
-        Self::start(
-            name,
-            Some(target),
-            pg,
-            config,
-            require_connection,
-            CancellationToken::new(),
-        )
-        .await
+        let root = CancellationToken::new();
+        Self::for_target_under(name, target, config, require_connection, &root).await
     }
 
     /// [`for_target`](Self::for_target) with the pool's tasks stopped by `parent`
@@ -276,8 +270,18 @@ impl AdvancedConnectionPool {
         parent: &CancellationToken,
     ) -> Result<Self, Error> {
         let pg = target.pg_config().map_err(Error::InvalidDatabaseUrl)?;
+        let tls = crate::tls::PgTls::for_target(&target).map_err(Error::InvalidDatabaseUrl)?;
         let token = parent.child_token();
-        Self::start(name, Some(target), pg, config, require_connection, token).await
+        Self::start(
+            name,
+            Some(target),
+            pg,
+            tls,
+            config,
+            require_connection,
+            token,
+        )
+        .await
     }
 
     /// Creates a pool from a tokio-postgres config (checked like `new`).
@@ -286,7 +290,8 @@ impl AdvancedConnectionPool {
         pg: tokio_postgres::Config,
         config: AdvancedPoolConfig,
     ) -> Result<Self, Error> {
-        Self::start(name, None, pg, config, true, CancellationToken::new()).await
+        let tls = crate::tls::PgTls::unverified();
+        Self::start(name, None, pg, tls, config, true, CancellationToken::new()).await
     }
 
     /// Creates a pool without connecting: it starts unhealthy and its tasks connect
@@ -305,6 +310,7 @@ impl AdvancedConnectionPool {
         name: &str,
         target: Option<Arc<ConnInfo>>,
         mut pg: tokio_postgres::Config,
+        tls: crate::tls::PgTls,
         config: AdvancedPoolConfig,
         require_connection: bool,
         token: CancellationToken,
@@ -320,6 +326,7 @@ impl AdvancedConnectionPool {
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             target: target.clone(),
+            tls,
             recycle_threshold: AtomicU64::new(0),
             cache_capacity: AtomicU32::new(0),
             validation_idle_ms: AtomicU64::new(0),

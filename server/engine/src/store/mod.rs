@@ -7,9 +7,9 @@ pub mod secrets;
 
 use std::time::{Duration, SystemTime};
 
+use crate::tls::{Connector, PgTls};
 use bb8::Pool;
 use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::NoTls;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,7 +71,7 @@ pub struct PoolDefinition {
 /// A connection pool to the control database, with the schema migrated.
 #[derive(Debug, Clone)]
 pub struct ControlStore {
-    pool: Pool<PostgresConnectionManager<NoTls>>,
+    pool: Pool<PostgresConnectionManager<Connector>>,
     key: Arc<SecretsKey>,
 }
 
@@ -80,10 +80,10 @@ impl ControlStore {
     /// any password still stored in clear (rows from before sealing existed) with
     /// `key`.
     pub async fn connect(database_url: &str, key: SecretsKey) -> Result<Self, Error> {
-        let config = ConnInfo::parse(database_url)
-            .and_then(|info| info.pg_config())
-            .map_err(Error::InvalidDatabaseUrl)?;
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let target = ConnInfo::parse(database_url).map_err(Error::InvalidDatabaseUrl)?;
+        let config = target.pg_config().map_err(Error::InvalidDatabaseUrl)?;
+        let tls = PgTls::for_target(&target).map_err(Error::InvalidDatabaseUrl)?;
+        let manager = PostgresConnectionManager::new(config, tls.connector);
         let pool = Pool::builder()
             .max_size(4)
             .connection_timeout(Duration::from_secs(10))
@@ -258,7 +258,7 @@ impl ControlStore {
 
     pub(crate) async fn conn(
         &self,
-    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, Error> {
+    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<Connector>>, Error> {
         self.pool.get().await.map_err(|e| match e {
             bb8::RunError::User(source) => Error::ControlDatabase {
                 context: "connecting",
