@@ -138,7 +138,7 @@ fn encode_pools(
             }
         }
     }
-    let gauges: [(&str, &str, Read<i64>); 7] = [
+    let gauges: [(&str, &str, Read<i64>); 8] = [
         (
             "db_client_connection_idle_max",
             "The most idle connections allowed",
@@ -168,6 +168,11 @@ fn encode_pools(
             "poolplane_connection_pool_healthy",
             "1 while the pool's database passes health checks",
             |p, _| i64::from(p.is_healthy()),
+        ),
+        (
+            "poolplane_connection_tls",
+            "Open connections of the pool that use TLS",
+            |_, s| i64::from(s.security.tls_connections),
         ),
         (
             "poolplane_statement_cache_size",

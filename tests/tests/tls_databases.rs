@@ -118,6 +118,36 @@ async fn sslmodes_verify_as_libpq_does() -> anyhow::Result<()> {
         "disable used TLS"
     );
 
+    // GetPool, the stats and /metrics say so, with the protocol, cipher and host.
+    let pool = client.get_pool("verify-full").await?;
+    let security = pool.security.expect("security");
+    assert!(security.tls_connections >= 2, "{security:?}");
+    assert_eq!(security.plaintext_connections, 0, "{security:?}");
+    assert!(security.tls_version.starts_with("TLSv1."), "{security:?}");
+    assert!(!security.tls_cipher.is_empty(), "{security:?}");
+    assert_eq!(security.hosts.len(), 1, "{security:?}");
+    assert_eq!(security.hosts[0].host, format!("127.0.0.1:{port}"));
+    let plain = client
+        .get_pool_stats("disable")
+        .await?
+        .security
+        .expect("security");
+    assert_eq!(plain.tls_connections, 0, "{plain:?}");
+    assert!(plain.plaintext_connections >= 2, "{plain:?}");
+    let exposition = poolplane_tests::http_get(server.server().metrics_addr(), "/metrics").await?;
+    let tls_gauge = |pool: &str| {
+        poolplane_tests::labelled_value(
+            &exposition,
+            "poolplane_connection_tls",
+            &[("db_client_connection_pool_name", pool)],
+        )
+    };
+    assert!(
+        tls_gauge("verify-full").is_some_and(|v| v >= 2.0),
+        "{exposition}"
+    );
+    assert_eq!(tls_gauge("disable"), Some(0.0));
+
     // verify-full against a certificate for another name; verify-ca with another CA.
     let wrong_name = format!(
         "host=wrong.example hostaddr=127.0.0.1 port={port} user=postgres password={password} \
@@ -344,6 +374,17 @@ async fn a_multi_host_pool_follows_the_writable_server() -> anyhow::Result<()> {
     .await?;
     pool.execute("CREATE TABLE IF NOT EXISTS written (id int)", &[])
         .await?;
+    let hosts = server
+        .client
+        .get_pool("ha")
+        .await?
+        .security
+        .expect("security")
+        .hosts;
+    assert!(
+        hosts.iter().any(|h| h.host == format!("127.0.0.1:{b}")),
+        "{hosts:?}"
+    );
     // The health check follows it too.
     let health = server.client.get_health_status("ha").await?;
     assert!(health.is_healthy, "{health:?}");

@@ -99,7 +99,29 @@ fn stats_json(s: &PoolStats) -> Value {
         "connections_closed": s.connections_closed,
         "connections_recycled": s.connections_recycled,
         "total_queries": s.total_queries,
+        "security": s.security.as_ref().map(|sec| json!({
+            "tls_connections": sec.tls_connections,
+            "plaintext_connections": sec.plaintext_connections,
+            "tls_version": sec.tls_version,
+            "tls_cipher": sec.tls_cipher,
+            "hosts": sec.hosts.iter().map(|h| json!({"host": h.host, "connections": h.connections})).collect::<Vec<_>>(),
+        })),
     })
+}
+
+/// `TLSv1.3 TLS_AES_256_GCM_SHA384 (3/3)`, `plaintext`, or `-` with no connection.
+fn tls_summary(s: &PoolStats) -> String {
+    match &s.security {
+        Some(sec) if sec.tls_connections > 0 => format!(
+            "{} {} ({}/{})",
+            sec.tls_version,
+            sec.tls_cipher,
+            sec.tls_connections,
+            sec.tls_connections + sec.plaintext_connections
+        ),
+        Some(sec) if sec.plaintext_connections > 0 => "plaintext".to_owned(),
+        _ => "-".to_owned(),
+    }
 }
 
 fn health_json(h: &HealthStatus) -> Value {
@@ -221,12 +243,12 @@ impl Printer {
             }
             Format::Table => {
                 println!(
-                    "{:<20} {:>6} {:>5} {:>5} {:>5} {:>5} {:>6} {:>9} {:>9}",
+                    "{:<20} {:>6} {:>5} {:>5} {:>5} {:>5} {:>6} {:>9} {:>9}  TLS",
                     "POOL", "UTIL", "USED", "IDLE", "WAIT", "SIZE", "MAX", "P95 ms", "TIMEOUTS"
                 );
                 for s in all {
                     println!(
-                        "{:<20} {:>5.0}% {:>5} {:>5} {:>5} {:>5} {:>6} {:>9.2} {:>9}",
+                        "{:<20} {:>5.0}% {:>5} {:>5} {:>5} {:>5} {:>6} {:>9.2} {:>9}  {}",
                         s.pool_name,
                         s.utilization_rate * 100.0,
                         s.active_connections,
@@ -235,7 +257,8 @@ impl Printer {
                         s.current_size,
                         s.max_connections,
                         s.p95_acquire_time_ms,
-                        s.acquire_timeouts
+                        s.acquire_timeouts,
+                        tls_summary(s)
                     );
                 }
             }

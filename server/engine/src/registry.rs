@@ -55,6 +55,8 @@ pub struct PoolInfo {
     pub updated_at: SystemTime,
     /// Whether its database passes health checks.
     pub is_healthy: bool,
+    /// How its open connections are secured and where they are.
+    pub security: crate::pool::ConnectionSecurity,
 }
 
 struct Entry {
@@ -665,6 +667,7 @@ fn info(name: &str, entry: &Entry) -> PoolInfo {
         created_at: entry.created_at,
         updated_at: entry.updated_at,
         is_healthy: entry.pool.is_healthy(),
+        security: entry.pool.pool_stats().security,
     }
 }
 

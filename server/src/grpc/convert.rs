@@ -31,6 +31,25 @@ pub fn pool_to_proto(info: &PoolInfo) -> v1::Pool {
         } else {
             v1::PoolState::Unhealthy
         } as i32,
+        security: Some(security_to_proto(&info.security)),
+    }
+}
+
+/// How a pool's connections are secured.
+pub fn security_to_proto(s: &poolplane::pool::ConnectionSecurity) -> v1::ConnectionSecurity {
+    v1::ConnectionSecurity {
+        tls_connections: s.tls_connections,
+        plaintext_connections: s.plaintext_connections,
+        tls_version: s.tls_version.clone(),
+        tls_cipher: s.tls_cipher.clone(),
+        hosts: s
+            .hosts
+            .iter()
+            .map(|(host, connections)| v1::HostConnections {
+                host: host.clone(),
+                connections: *connections,
+            })
+            .collect(),
     }
 }
 
@@ -141,6 +160,7 @@ pub fn stats_to_proto(pool_name: &str, s: &PoolStats) -> v1::PoolStats {
         connections_closed: s.connections_closed,
         connections_recycled: s.connections_recycled,
         total_queries: s.total_queries,
+        security: Some(security_to_proto(&s.security)),
     }
 }
 

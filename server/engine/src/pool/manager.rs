@@ -27,6 +27,8 @@ pub(crate) struct Connection {
     shared: Arc<Shared>,
     /// Whether it still counts in `Shared::open` (a retired one no longer does).
     counted: bool,
+    /// Its TLS and host, as the server saw it.
+    security: super::stats::ConnSecurity,
 }
 
 impl std::fmt::Debug for Connection {
@@ -52,6 +54,11 @@ impl Drop for Connection {
         if self.counted {
             self.shared.open.fetch_sub(1, Ordering::AcqRel);
         }
+        self.shared
+            .security
+            .lock()
+            .expect("security lock")
+            .remove(&self.security);
         Counters::add(&self.shared.counters.connections_closed, 1);
     }
 }
@@ -103,6 +110,12 @@ impl PoolManager {
         for query in &warmup {
             client.batch_execute(query).await?;
         }
+        let security = security_of(&client).await?;
+        self.shared
+            .security
+            .lock()
+            .expect("security lock")
+            .add(&security);
         let driver = driver.keep();
         self.shared.open.fetch_add(1, Ordering::AcqRel);
         Counters::add(&self.shared.counters.connections_created, 1);
@@ -116,8 +129,38 @@ impl PoolManager {
             driver,
             shared: Arc::clone(&self.shared),
             counted: true,
+            security,
         })
     }
+}
+
+/// The connection's TLS (version, cipher) and server address, from pg_stat_ssl.
+async fn security_of(
+    client: &tokio_postgres::Client,
+) -> Result<super::stats::ConnSecurity, tokio_postgres::Error> {
+    let rows = client
+        .simple_query(
+            "SELECT s.ssl, s.version, s.cipher, \
+                    coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'socket') \
+             FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()",
+        )
+        .await?;
+    let row = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    });
+    Ok(match row {
+        Some(row) => super::stats::ConnSecurity {
+            tls: (row.get(0) == Some("t")).then(|| {
+                (
+                    row.get(1).unwrap_or_default().to_owned(),
+                    row.get(2).unwrap_or_default().to_owned(),
+                )
+            }),
+            host: row.get(3).unwrap_or("unknown").to_owned(),
+        },
+        None => super::stats::ConnSecurity::default(),
+    })
 }
 
 impl bb8::ManageConnection for PoolManager {

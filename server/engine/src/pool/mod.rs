@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 pub use connection::{PooledConnection, Transaction};
 pub use health::HealthStatus;
 pub use sizing::{ScaleDirection, ScalingDecision};
-pub use stats::{Histogram, PoolStats, StatementCacheStats};
+pub use stats::{ConnectionSecurity, Histogram, PoolStats, StatementCacheStats};
 
 use crate::conninfo::ConnInfo;
 use crate::error::describe_pg_error;
@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     target: Option<Arc<ConnInfo>>,
     /// How its connections (and health checks, and cancel requests) are made.
     tls: crate::tls::PgTls,
+    /// How its open connections are secured, and where they are.
+    security: Mutex<stats::ConnectionSecurity>,
     settings: RwLock<Arc<AdvancedPoolConfig>>,
     /// Hot-path copies of settings (0 = off).
     recycle_threshold: AtomicU64,
@@ -327,6 +329,7 @@ impl AdvancedConnectionPool {
             name: name.to_owned(),
             target: target.clone(),
             tls,
+            security: Mutex::new(stats::ConnectionSecurity::default()),
             recycle_threshold: AtomicU64::new(0),
             cache_capacity: AtomicU32::new(0),
             validation_idle_ms: AtomicU64::new(0),
@@ -587,6 +590,7 @@ impl AdvancedConnectionPool {
             connections_closed: Counters::get(&c.connections_closed),
             connections_recycled: Counters::get(&c.connections_recycled),
             total_queries: Counters::get(&c.total_queries),
+            security: shared.security.lock().expect("security lock").clone(),
         }
     }
 

@@ -47,6 +47,58 @@ pub struct PoolStats {
     pub connections_recycled: u64,
     /// Queries run through the pool.
     pub total_queries: u64,
+    /// How the open connections are secured and where they are.
+    pub security: ConnectionSecurity,
+}
+
+/// How a pool's open connections are secured, and which host each is on (read
+/// from the server's pg_stat_ssl when each connection opens).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ConnectionSecurity {
+    /// Open connections using TLS.
+    pub tls_connections: u32,
+    /// Open connections in plaintext.
+    pub plaintext_connections: u32,
+    /// The TLS protocol version of the newest TLS connection (e.g. `TLSv1.3`).
+    pub tls_version: String,
+    /// Its cipher suite.
+    pub tls_cipher: String,
+    /// Open connections per server (`address:port`, or `socket` for a Unix socket).
+    pub hosts: std::collections::BTreeMap<String, u32>,
+}
+
+/// One connection's side of [`ConnectionSecurity`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ConnSecurity {
+    pub tls: Option<(String, String)>,
+    pub host: String,
+}
+
+impl ConnectionSecurity {
+    pub(crate) fn add(&mut self, conn: &ConnSecurity) {
+        match &conn.tls {
+            Some((version, cipher)) => {
+                self.tls_connections += 1;
+                self.tls_version.clone_from(version);
+                self.tls_cipher.clone_from(cipher);
+            }
+            None => self.plaintext_connections += 1,
+        }
+        *self.hosts.entry(conn.host.clone()).or_default() += 1;
+    }
+
+    pub(crate) fn remove(&mut self, conn: &ConnSecurity) {
+        match conn.tls {
+            Some(_) => self.tls_connections = self.tls_connections.saturating_sub(1),
+            None => self.plaintext_connections = self.plaintext_connections.saturating_sub(1),
+        }
+        if let Some(count) = self.hosts.get_mut(&conn.host) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.hosts.remove(&conn.host);
+            }
+        }
+    }
 }
 
 /// The statement cache's counters, summed over the pool's connections.
