@@ -38,6 +38,7 @@ async fn cluster() -> anyhow::Result<&'static TlsCluster> {
                 hba: Some(vec![
                     "local all all scram-sha-256".into(),
                     "hostssl all certuser 127.0.0.1/32 cert".into(),
+                    "hostnossl all tlsonly 127.0.0.1/32 reject".into(),
                     "host all all 127.0.0.1/32 scram-sha-256".into(),
                     "host all all ::1/128 scram-sha-256".into(),
                 ]),
@@ -47,7 +48,8 @@ async fn cluster() -> anyhow::Result<&'static TlsCluster> {
             let admin = connect(&pg.url("postgres")).await?;
             admin
                 .batch_execute(
-                    "CREATE ROLE certuser LOGIN; CREATE ROLE scramuser LOGIN PASSWORD 'scram-pw-1'",
+                    "CREATE ROLE certuser LOGIN; CREATE ROLE scramuser LOGIN PASSWORD 'scram-pw-1'; \
+                     CREATE ROLE tlsonly LOGIN PASSWORD 'tls-pw-1'",
                 )
                 .await?;
             anyhow::Ok(TlsCluster { pg, ca })
@@ -247,6 +249,37 @@ async fn client_certificates_and_channel_binding() -> anyhow::Result<()> {
         .await
         .expect_err("cert authentication needs a certificate");
     assert_eq!(error.code(), Code::Unavailable, "{error}");
+
+    // allow: plaintext first, TLS when the server refuses plaintext.
+    let tls_only = |mode: &str| {
+        format!("postgres://tlsonly:tls-pw-1@127.0.0.1:{port}/postgres?sslmode={mode}")
+    };
+    client
+        .create_pool("allowed", &tls_only("allow"), small())
+        .await?;
+    let error = client
+        .create_pool("disabled", &tls_only("disable"), small())
+        .await
+        .expect_err("plaintext is rejected for this user");
+    assert_eq!(error.code(), Code::Unavailable, "{error}");
+    assert_eq!(error.sqlstate().as_deref(), Some("28000"), "{error}");
+    // target_session_attrs values the driver does not have are refused by name.
+    let error = client
+        .create_pool(
+            "standby",
+            &format!(
+                "{}&target_session_attrs=prefer-standby",
+                tls_only("require")
+            ),
+            small(),
+        )
+        .await
+        .expect_err("not supported");
+    assert_eq!(error.code(), Code::InvalidArgument, "{error}");
+    assert!(
+        error.to_string().contains("target_session_attrs"),
+        "{error}"
+    );
 
     // SCRAM-SHA-256-PLUS over TLS; refused without TLS.
     let scram = |options: &str| {
