@@ -65,10 +65,12 @@ async fn scenario_3_the_database_restarted_under_load() -> anyhow::Result<()> {
     }
     let result = test.await??;
     assert!(result.successful_requests > 0, "{result:?}");
-    assert!(
-        result.failed_requests > 0,
-        "the restart failed nothing: {result:?}"
-    );
+    // Only the requests in flight at the restart may fail (at most one per
+    // connection); those waiting meanwhile were served once it was back.
+    assert!(result.failed_requests <= 4, "{result:?}");
+    // The restart did break every connection: the pool opened new ones.
+    let stats = client.get_pool_stats("restarted").await?;
+    assert!(stats.connections_created > 4, "{stats:?}");
     assert!(
         result.max_response_time_ms < 2_000.0 + 1_000.0,
         "a request hung for {} ms",

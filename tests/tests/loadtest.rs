@@ -314,3 +314,42 @@ async fn progress_comes_every_second_and_cancelling_stops_the_test() -> anyhow::
     .await?;
     server.shutdown().await
 }
+
+#[tokio::test]
+async fn the_last_load_test_survives_a_restart_and_goes_with_its_pool() -> anyhow::Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let control = TestPg::database().await?;
+    let db = TestPg::database().await?;
+    let server = TestServer::spawn_on(control.clone()).await?;
+    server
+        .client
+        .create_pool("kept", db.url(), fixed(1, 2))
+        .await?;
+    let (_, result) = run(&server.client, test("kept", 2, 1, "")).await?;
+    server.shutdown().await?;
+
+    // Reloaded from pool_load_test_results for the optimizer.
+    let server = TestServer::spawn_on(control.clone()).await?;
+    let last = server
+        .server()
+        .registry()
+        .last_load_test("kept")
+        .expect("the last test was reloaded");
+    assert_eq!(last.total_requests, result.total_requests);
+    assert_eq!(last.concurrency, 2);
+    assert_eq!(
+        format!("{:?}", last.grade),
+        format!("{:?}", Grade::try_from(result.grade)?)
+    );
+    // Gone with its pool, and not inherited by a pool recreated under the name.
+    server.client.delete_pool("kept").await?;
+    assert!(server.server().registry().last_load_test("kept").is_none());
+    server
+        .client
+        .create_pool("kept", db.url(), fixed(1, 2))
+        .await?;
+    server.shutdown().await?;
+    let server = TestServer::spawn_on(control).await?;
+    assert!(server.server().registry().last_load_test("kept").is_none());
+    server.shutdown().await
+}

@@ -68,12 +68,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         performance.utilization_rate * 100.0
     );
 
-    // Run optimization on all pools.
+    // Run optimization on all pools (the seed's loop, as written there).
     let report = service.pool_service.optimize_all_pools(false).await?;
     println!(
         "Optimized {}/{} pools",
         report.optimized_pools, report.total_pools
     );
+    for optimization in report.optimizations {
+        println!(
+            "Pool '{}': {:.2}% utilization",
+            optimization.pool_name,
+            optimization.current_utilization * 100.0
+        );
+        for recommendation in optimization.recommendations {
+            println!("  - {}", recommendation);
+        }
+    }
 
     service.pool_service.delete_pool("transactions").await?;
     service.pool_service.shutdown().await;

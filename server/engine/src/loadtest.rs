@@ -30,6 +30,18 @@ pub enum Grade {
 }
 
 impl Grade {
+    /// The grade written as a letter.
+    pub fn from_letter(letter: &str) -> Option<Self> {
+        Some(match letter {
+            "A" => Self::A,
+            "B" => Self::B,
+            "C" => Self::C,
+            "D" => Self::D,
+            "F" => Self::F,
+            _ => return None,
+        })
+    }
+
     /// The letter.
     pub fn letter(self) -> &'static str {
         match self {

@@ -44,6 +44,21 @@ pub struct Recommendation {
     pub applicable: bool,
 }
 
+/// The seed's `println!("  - {}", recommendation)`: the sentence, then the figures.
+impl std::fmt::Display for Recommendation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.sentence)?;
+        if !self.suggested_value.is_empty() {
+            write!(
+                f,
+                " ({}: {} -> {})",
+                self.parameter, self.current_value, self.suggested_value
+            )?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
 /// What the optimizer looks at, for one pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OptimizerInput {
@@ -570,6 +585,23 @@ impl ConnectionPoolService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recommendation_displays_its_sentence_change_and_reason() {
+        let r = Recommendation {
+            parameter: "max_connections".into(),
+            current_value: "10".into(),
+            suggested_value: "15".into(),
+            reason: "peak utilization 95% > 85%".into(),
+            severity: Severity::Warning,
+            sentence: "Increase max_connections".into(),
+            applicable: true,
+        };
+        assert_eq!(
+            format!("  - {r}"),
+            "  - Increase max_connections (max_connections: 10 -> 15): peak utilization 95% > 85%"
+        );
+    }
     use crate::loadtest::Grade;
     use std::time::{Duration, SystemTime};
 

@@ -269,6 +269,16 @@ impl ConnectionPoolService {
         Ok(results)
     }
 
+    /// The last finished load test of a pool (kept across restarts, dropped when the
+    /// pool is deleted).
+    pub fn last_load_test(&self, name: &str) -> Option<crate::LoadTestResults> {
+        self.last_load_tests
+            .lock()
+            .expect("load tests lock")
+            .get(name)
+            .cloned()
+    }
+
     /// The target of a pool (with its password: for the engine's own use).
     pub(crate) fn target(&self, name: &str) -> Option<Arc<ConnInfo>> {
         self.pools
@@ -284,6 +294,7 @@ impl ConnectionPoolService {
     /// skipped and logged. Returns how many pools were restored.
     pub async fn restore(&self) -> Result<usize, Error> {
         let mut restored = 0;
+        let mut created = Vec::new();
         for definition in self.store.list_pool_definitions().await? {
             let config: AdvancedPoolConfig = match serde_json::from_value(definition.config.clone())
             {
@@ -321,12 +332,24 @@ impl ConnectionPoolService {
                             forwarder: self.token.child_token(),
                         },
                     );
+                    created.push((definition.name.clone(), definition.created_at));
                     restored += 1;
                 }
                 Err(error) => {
                     tracing::error!(pool = %definition.name, %error, "stored pool cannot be restored; skipped");
                 }
             }
+        }
+        // Each pool's last load test, for the optimizer (one stored before the
+        // pool was recreated under its name does not count).
+        match self.store.last_load_tests(&created).await {
+            Ok(tests) => {
+                let mut last = self.last_load_tests.lock().expect("load tests lock");
+                for test in tests {
+                    last.insert(test.pool_name.clone(), test);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "last load tests not reloaded"),
         }
         Ok(restored)
     }
@@ -578,6 +601,10 @@ impl ConnectionPoolService {
             .remove(name)
             .expect("the claim keeps it");
         entry.forwarder.cancel();
+        self.last_load_tests
+            .lock()
+            .expect("load tests lock")
+            .remove(name);
         let _ = self
             .events
             .send(events::event(name, PoolEventKind::PoolDeleted));

@@ -427,6 +427,59 @@ impl ControlStore {
         Ok(())
     }
 
+    /// Each pool's latest load test stored since the pool was (re)created:
+    /// `created` gives each pool's creation time, so a pool recreated under an old
+    /// name does not inherit its predecessor's test.
+    pub async fn last_load_tests(
+        &self,
+        created: &[(String, std::time::SystemTime)],
+    ) -> Result<Vec<crate::LoadTestResults>, Error> {
+        let conn = self.conn().await?;
+        let mut out = Vec::new();
+        for (pool, since) in created {
+            let row = conn
+                .query_opt(
+                    "SELECT started_at, duration_ms, concurrency, query, target_rps, \
+                     total_requests, successful_requests, failed_requests, error_rate, \
+                     requests_per_second, avg_response_time_ms, p50_response_time_ms, \
+                     p95_response_time_ms, p99_response_time_ms, max_response_time_ms, \
+                     avg_utilization, peak_utilization, grade \
+                     FROM pool_load_test_results WHERE pool_name = $1 AND started_at >= $2 \
+                     ORDER BY recorded_at DESC LIMIT 1",
+                    &[pool, since],
+                )
+                .await
+                .map_err(query_error("reading the last load tests"))?;
+            let Some(r) = row else { continue };
+            let unsigned = |i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
+            let Some(grade) = crate::Grade::from_letter(r.get::<_, &str>(17)) else {
+                continue;
+            };
+            out.push(crate::LoadTestResults {
+                pool_name: pool.clone(),
+                concurrency: u32::try_from(r.get::<_, i32>(2)).unwrap_or(0),
+                query: r.get(3),
+                target_rps: r.get(4),
+                total_requests: unsigned(5),
+                successful_requests: unsigned(6),
+                failed_requests: unsigned(7),
+                error_rate: r.get(8),
+                requests_per_second: r.get(9),
+                avg_response_time_ms: r.get(10),
+                p50_response_time_ms: r.get(11),
+                p95_response_time_ms: r.get(12),
+                p99_response_time_ms: r.get(13),
+                max_response_time_ms: r.get(14),
+                avg_utilization: r.get(15),
+                peak_utilization: r.get(16),
+                grade,
+                started_at: r.get(0),
+                duration: std::time::Duration::from_millis(unsigned(1)),
+            });
+        }
+        Ok(out)
+    }
+
     /// The pool's recorded stats since `since`, summarized for the optimizer, and
     /// how many of its health checks failed in that time.
     pub async fn stats_window(
