@@ -332,3 +332,65 @@ async fn max_lifetime_and_idle_timeout_close_connections() -> anyhow::Result<()>
     idle.close().await;
     Ok(())
 }
+
+/// The pids of pool `name`'s backends, ordered.
+async fn backend_pids(admin: &tokio_postgres::Client, name: &str) -> anyhow::Result<Vec<i32>> {
+    Ok(admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid",
+            &[&format!("poolplane:{name}")],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+#[tokio::test]
+async fn idle_timeout_closes_only_above_the_floor_and_min_zero_holds_nothing() -> anyhow::Result<()>
+{
+    let db = TestPg::database().await?;
+    let admin = db.connect().await?;
+    let config = AdvancedPoolConfig {
+        idle_timeout_secs: 2,
+        ..test_config(2, 4)
+    };
+    let pool = AdvancedConnectionPool::named("floor", db.url(), config).await?;
+    let held = (
+        pool.get().await?,
+        pool.get().await?,
+        pool.get().await?,
+        pool.get().await?,
+    );
+    drop(held);
+    assert_eq!(backend_pids(&admin, "floor").await?.len(), 4);
+    wait_until(Duration::from_secs(10), "the surplus is closed", || async {
+        backend_pids(&admin, "floor")
+            .await
+            .is_ok_and(|p| p.len() == 2)
+    })
+    .await?;
+    // Three idle periods later the floor is the same two backends: no churn.
+    let floor = backend_pids(&admin, "floor").await?;
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    assert_eq!(backend_pids(&admin, "floor").await?, floor);
+    pool.close().await;
+
+    // min_connections 0: the connection that proved the target is not kept.
+    let empty = AdvancedConnectionPool::named("empty", db.url(), test_config(0, 3)).await?;
+    wait_until(
+        Duration::from_secs(5),
+        "the idle pool holds no backend",
+        || async {
+            backend_pids(&admin, "empty")
+                .await
+                .is_ok_and(|p| p.is_empty())
+        },
+    )
+    .await?;
+    assert_eq!(empty.pool_stats().connections, 0);
+    let row = empty.query_one("SELECT 1::int4", &[]).await?;
+    assert_eq!(row.get::<_, i32>(0), 1);
+    empty.close().await;
+    Ok(())
+}

@@ -34,6 +34,9 @@ use stats::Counters;
 /// How often the maintenance task samples utilization and keeps min_connections.
 const MAINTENANCE_TICK: Duration = Duration::from_millis(100);
 
+/// How often idle connections above min_connections are checked for idle_timeout.
+const IDLE_SWEEP: Duration = Duration::from_secs(1);
+
 /// State shared by the pool, its connections and its tasks.
 pub(crate) struct Shared {
     name: String,
@@ -372,7 +375,10 @@ impl AdvancedConnectionPool {
             .min_idle(None)
             .test_on_check_out(false)
             .max_lifetime(Some(config.max_lifetime()))
-            .idle_timeout(Some(config.idle_timeout()))
+            // Idle connections are closed by the maintenance task, above
+            // min_connections only (bb8 would close the floor too, and the pool
+            // would reopen it: churn every idle_timeout).
+            .idle_timeout(None)
             .reaper_rate(reaper_rate)
             .connection_timeout(config.acquire_timeout())
             .queue_strategy(bb8::QueueStrategy::Fifo)
@@ -392,6 +398,11 @@ impl AdvancedConnectionPool {
             }
             if token.is_cancelled() {
                 return Err(Error::PoolClosed);
+            }
+            // With min_connections 0 the connection that proved the target is not
+            // kept: an idle pool holds no backend.
+            if config.min_connections == 0 {
+                retire_idle(&bb8, |conn| conn.broken = true).await;
             }
         }
 
@@ -804,6 +815,7 @@ async fn maintain(
     let mut window_sum = 0.0;
     let mut window_samples = 0u32;
     let mut window_start = Instant::now();
+    let mut last_idle_sweep = Instant::now();
     loop {
         tokio::select! {
             biased;
@@ -856,6 +868,28 @@ async fn maintain(
         // Surplus idle connections after a shrink.
         if shared.open.load(Ordering::Acquire) > shared.target_size.load(Ordering::Acquire) {
             retire_idle(&pool, |_| {}).await;
+        }
+
+        // Connections idle longer than idle_timeout, above min_connections only
+        // (checked once a second).
+        let open = shared.open.load(Ordering::Acquire);
+        if open > settings.min_connections
+            && pool.state().idle_connections > 0
+            && last_idle_sweep.elapsed() >= IDLE_SWEEP
+        {
+            last_idle_sweep = Instant::now();
+            let surplus = AtomicU32::new(open - settings.min_connections);
+            let idle_timeout = settings.idle_timeout();
+            retire_idle(&pool, |conn| {
+                if conn.last_used.elapsed() >= idle_timeout
+                    && surplus
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                        .is_ok()
+                {
+                    conn.broken = true;
+                }
+            })
+            .await;
         }
 
         // Keep min_connections open (while the database answers), in parallel;
