@@ -34,6 +34,34 @@ use stats::Counters;
 /// How often the maintenance task samples utilization and keeps min_connections.
 const MAINTENANCE_TICK: Duration = Duration::from_millis(100);
 
+/// The window of the fast scale-up path.
+const FAST_WINDOW: Duration = Duration::from_secs(1);
+
+/// Applies a scaling decision: the gate, the counters, the log line and the event.
+fn resize(shared: &Shared, decision: ScalingDecision) {
+    let _span = tracing::info_span!(
+        "scaling_decision",
+        db.system.name = "postgresql",
+        db.client.connection.pool.name = %shared.name,
+        from = decision.from,
+        to = decision.to,
+    )
+    .entered();
+    shared.set_target(decision.to);
+    Counters::add(&shared.counters.scaling_events, 1);
+    tracing::info!(
+        pool = %shared.name, from = decision.from, to = decision.to,
+        utilization = decision.utilization, reason = %decision.reason, "pool resized"
+    );
+    shared.events.send(PoolEventKind::Scaled {
+        direction: decision.direction,
+        from: decision.from,
+        to: decision.to,
+        utilization: decision.utilization,
+        reason: decision.reason,
+    });
+}
+
 /// How often idle connections above min_connections are checked for idle_timeout.
 const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
@@ -815,6 +843,8 @@ async fn maintain(
     let mut window_sum = 0.0;
     let mut window_samples = 0u32;
     let mut window_start = Instant::now();
+    let (mut fast_sum, mut fast_samples, mut fast_peak) = (0.0, 0u32, 0u32);
+    let mut fast_start = Instant::now();
     let mut last_idle_sweep = Instant::now();
     loop {
         tokio::select! {
@@ -828,8 +858,29 @@ async fn maintain(
             shared.checked_out.load(Ordering::Relaxed) + shared.waiting.load(Ordering::Relaxed);
         window_sum += f64::from(busy) / f64::from(size);
         window_samples += 1;
+        fast_sum += f64::from(busy) / f64::from(size);
+        fast_samples += 1;
+        fast_peak = fast_peak.max(busy);
 
-        // A size outside [min, max] (after a config change) is corrected at once.
+        // Up fast: every second, demand above the high threshold grows the pool
+        // at once (and restarts the window scale-down waits on).
+        if fast_start.elapsed() >= FAST_WINDOW {
+            let utilization = fast_sum / f64::from(fast_samples.max(1));
+            if let Some(decision) = sizing::scale_up_now(size, utilization, fast_peak, &settings) {
+                resize(&shared, decision);
+                window_sum = 0.0;
+                window_samples = 0;
+                window_start = Instant::now();
+            }
+            fast_sum = 0.0;
+            fast_samples = 0;
+            fast_peak = 0;
+            fast_start = Instant::now();
+        }
+
+        // A size outside [min, max] (after a config change) is corrected at once;
+        // otherwise one decision per min_scale_interval (down slow).
+        let size = shared.target_size.load(Ordering::Acquire).max(1);
         let out_of_range =
             size < settings.min_connections.max(1) || size > settings.max_connections;
         if out_of_range
@@ -838,27 +889,7 @@ async fn maintain(
         {
             let utilization = window_sum / f64::from(window_samples.max(1));
             if let Some(decision) = sizing::decide(size, utilization, &settings) {
-                let _span = tracing::info_span!(
-                    "scaling_decision",
-                    db.system.name = "postgresql",
-                    db.client.connection.pool.name = %shared.name,
-                    from = decision.from,
-                    to = decision.to,
-                )
-                .entered();
-                shared.set_target(decision.to);
-                Counters::add(&shared.counters.scaling_events, 1);
-                tracing::info!(
-                    pool = %shared.name, from = decision.from, to = decision.to,
-                    utilization = decision.utilization, reason = %decision.reason, "pool resized"
-                );
-                shared.events.send(PoolEventKind::Scaled {
-                    direction: decision.direction,
-                    from: decision.from,
-                    to: decision.to,
-                    utilization: decision.utilization,
-                    reason: decision.reason,
-                });
+                resize(&shared, decision);
             }
             window_sum = 0.0;
             window_samples = 0;

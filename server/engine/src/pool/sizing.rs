@@ -90,6 +90,41 @@ pub fn decide(
     None
 }
 
+/// The fast path up: called with the last second's mean utilization (waiters
+/// included) and the most callers that wanted a connection at once in it. At or
+/// above `load_threshold_high`, the pool grows at once to the size that puts that
+/// demand midway between the two thresholds (at least one `scale_up_factor` step,
+/// at most `max_connections`); otherwise `None`. Scaling down keeps its
+/// `min_scale_interval_secs` window ([`decide`]): up fast, down slow.
+pub fn scale_up_now(
+    current: u32,
+    utilization: f64,
+    demand: u32,
+    config: &AdvancedPoolConfig,
+) -> Option<ScalingDecision> {
+    let max = config.max_connections.max(config.min_connections.max(1));
+    if !config.enable_dynamic_sizing || current >= max || utilization < config.load_threshold_high {
+        return None;
+    }
+    let aim = (config.load_threshold_high + config.load_threshold_low) / 2.0;
+    let for_demand = (f64::from(demand) / aim).ceil().min(f64::from(max)) as u32;
+    let stepped = ((f64::from(current) * config.scale_up_factor).ceil() as u32).max(current + 1);
+    let to = for_demand.max(stepped).min(max);
+    Some(ScalingDecision {
+        direction: ScaleDirection::Up,
+        from: current,
+        to,
+        utilization,
+        reason: format!(
+            "utilization {:.0}% >= load_threshold_high {:.0}% with {demand} callers wanting a \
+             connection: grown at once toward {:.0}% utilization",
+            utilization * 100.0,
+            config.load_threshold_high * 100.0,
+            aim * 100.0
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +143,29 @@ mod tests {
 
     fn to(current: u32, utilization: f64) -> Option<u32> {
         decide(current, utilization, &config()).map(|d| d.to)
+    }
+
+    #[test]
+    fn the_fast_path_goes_straight_to_the_demand() {
+        let c = AdvancedPoolConfig {
+            max_connections: 40,
+            ..config()
+        };
+        // 32 callers on 2 connections: 32 / 0.55 = 59, capped at 40.
+        assert_eq!(scale_up_now(2, 16.0, 32, &c).map(|d| d.to), Some(40));
+        // 10 callers on 10: 10 / 0.55 = 19.
+        assert_eq!(scale_up_now(10, 1.0, 10, &c).map(|d| d.to), Some(19));
+        // 8 callers: 8 / 0.55 = 15.
+        assert_eq!(scale_up_now(10, 0.8, 8, &c).map(|d| d.to), Some(15));
+        // At least one factor step even for a small demand.
+        assert_eq!(scale_up_now(10, 0.8, 5, &c).map(|d| d.to), Some(12));
+        assert_eq!(scale_up_now(10, 0.79, 8, &c), None, "below the threshold");
+        assert_eq!(scale_up_now(40, 5.0, 200, &c), None, "at max");
+        let off = AdvancedPoolConfig {
+            enable_dynamic_sizing: false,
+            ..c
+        };
+        assert_eq!(scale_up_now(2, 16.0, 32, &off), None);
     }
 
     #[test]
