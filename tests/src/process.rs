@@ -104,25 +104,13 @@ impl ServerProcess {
         log_filter: &str,
         envs: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let mut command = Command::new(Self::binary()?);
-        // Without a data directory of its own, the shared test key.
-        if !args.contains(&"--data-dir") {
-            command.env("POOLPLANE_SECRETS_KEY_FILE", crate::test_secrets_key_file());
-        }
-        for flag in ["--listen", "--metrics-listen"] {
-            if !args.contains(&flag) {
-                command.args([flag, "127.0.0.1:0"]);
-            }
-        }
-        let mut child = command
+        let mut child = Self::command(args)?
             .args(["--log-format", "json"])
-            .args(args)
             .env("RUST_LOG", log_filter)
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .context("spawning poolplane-server")?;
         let stderr = child.stderr.take().context("no stderr pipe")?;
@@ -164,6 +152,34 @@ impl ServerProcess {
             start_line,
             lines,
         })
+    }
+
+    /// The binary with `args`, loopback port 0 for what `args` leave unset, and
+    /// (without a data directory of its own) the shared test secrets key.
+    fn command(args: &[&str]) -> anyhow::Result<Command> {
+        let mut command = Command::new(Self::binary()?);
+        if !args.contains(&"--data-dir") {
+            command.env("POOLPLANE_SECRETS_KEY_FILE", crate::test_secrets_key_file());
+        }
+        for flag in ["--listen", "--metrics-listen"] {
+            if !args.contains(&flag) {
+                command.args([flag, "127.0.0.1:0"]);
+            }
+        }
+        command.args(args).kill_on_drop(true);
+        Ok(command)
+    }
+
+    /// Runs the binary with `args` expecting it to refuse to start (exit non-zero
+    /// within 60 s); returns its standard error.
+    pub async fn refused_start(args: &[&str]) -> anyhow::Result<String> {
+        let output = tokio::time::timeout(Duration::from_secs(60), Self::command(args)?.output())
+            .await
+            .context("poolplane-server neither started nor exited")??;
+        if output.status.success() {
+            bail!("poolplane-server started with {args:?}");
+        }
+        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
     }
 
     /// Its process id.

@@ -408,30 +408,12 @@ fn ring_sha256(bytes: &[u8]) -> String {
     })
 }
 
-/// Runs the server binary with `args` expecting it to refuse to start; returns
-/// its standard error.
-async fn refused_start(args: &[&str]) -> anyhow::Result<String> {
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(ServerProcess::binary()?)
-            .args(["--metrics-listen", "127.0.0.1:0"])
-            .args(args)
-            .env(
-                "POOLPLANE_SECRETS_KEY_FILE",
-                poolplane_tests::test_secrets_key_file(),
-            )
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await??;
-    assert!(!output.status.success(), "it started: {args:?}");
-    Ok(String::from_utf8_lossy(&output.stderr).into_owned())
-}
-
 #[tokio::test]
 async fn a_non_loopback_listen_without_authentication_refuses_to_start() -> anyhow::Result<()> {
     let control = TestPg::database().await?;
-    let stderr = refused_start(&["--listen", "0.0.0.0:0", "--database-url", control.url()]).await?;
+    let stderr =
+        ServerProcess::refused_start(&["--listen", "0.0.0.0:0", "--database-url", control.url()])
+            .await?;
     let reason: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("could not start"))
@@ -467,7 +449,7 @@ async fn out_of_range_server_flags_refuse_to_start() -> anyhow::Result<()> {
         ("--http2-keepalive-interval", "0s"),
         ("--max-load-test-duration", "0s"),
     ] {
-        let stderr = refused_start(&[
+        let stderr = ServerProcess::refused_start(&[
             "--listen",
             "127.0.0.1:0",
             "--database-url",
@@ -484,7 +466,7 @@ async fn out_of_range_server_flags_refuse_to_start() -> anyhow::Result<()> {
     }
     let bad_tokens = tempfile::NamedTempFile::new()?;
     std::fs::write(bad_tokens.path(), "short admin\n")?;
-    let stderr = refused_start(&[
+    let stderr = ServerProcess::refused_start(&[
         "--listen",
         "127.0.0.1:0",
         "--database-url",

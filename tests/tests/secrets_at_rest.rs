@@ -9,21 +9,6 @@ use std::time::Duration;
 use poolplane_client::PoolplaneClient;
 use poolplane_tests::{ServerProcess, TestPg, test_secrets_key_file, wait_health};
 
-/// Starts the binary expecting a refusal; returns its standard error.
-async fn refused(args: &[&str]) -> anyhow::Result<String> {
-    let output = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(ServerProcess::binary()?)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await??;
-    assert!(!output.status.success(), "it started: {args:?}");
-    Ok(String::from_utf8_lossy(&output.stderr).into_owned())
-}
-
 #[tokio::test]
 async fn clear_rows_are_sealed_at_start_and_a_wrong_key_refuses_to_start() -> anyhow::Result<()> {
     let control = TestPg::database().await?;
@@ -67,7 +52,7 @@ async fn clear_rows_are_sealed_at_start_and_a_wrong_key_refuses_to_start() -> an
     let dir = tempfile::tempdir()?;
     let other_key = dir.path().join("other.key");
     poolplane::SecretsKey::load_or_create(&other_key)?;
-    let stderr = refused(&[
+    let stderr = ServerProcess::refused_start(&[
         "--database-url",
         control.url(),
         "--secrets-key-file",
@@ -80,7 +65,7 @@ async fn clear_rows_are_sealed_at_start_and_a_wrong_key_refuses_to_start() -> an
     );
     // A key file that is not there.
     let missing = dir.path().join("missing.key");
-    let stderr = refused(&[
+    let stderr = ServerProcess::refused_start(&[
         "--database-url",
         control.url(),
         "--secrets-key-file",
