@@ -102,6 +102,11 @@ impl FaultProxy {
         self.state.blackhole.store(true, Ordering::Release);
     }
 
+    /// Connections held by the blackhole now (accepted, never answered).
+    pub fn blackholed(&self) -> usize {
+        self.state.held.lock().expect("proxy lock").len()
+    }
+
     /// The most connections that were waiting out their delay at the same time
     /// (opened in parallel, this is more than one).
     pub fn peak_delayed(&self) -> u64 {

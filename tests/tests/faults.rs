@@ -139,7 +139,16 @@ async fn scenario_2_terminated_backends_fail_only_in_flight_queries() -> anyhow:
         client.clone(),
         test_of("killed", 4, 4, "SELECT pg_sleep(0.01)"),
     ));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_until(
+        Duration::from_secs(5),
+        "the load test is running",
+        || async {
+            active_backends(&admin, "killed")
+                .await
+                .is_ok_and(|n| n >= 1)
+        },
+    )
+    .await?;
     let terminated: i64 = admin
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use poolplane_client::proto::run_load_test_response::Update;
 use poolplane_client::proto::{PoolConfig, RunLoadTestRequest};
 use poolplane_client::{PoolplaneClient, Watch};
-use poolplane_tests::{FaultProxy, ServerProcess, TestDatabase, TestPg};
+use poolplane_tests::{FaultProxy, ServerProcess, TestDatabase, TestPg, wait_until};
 use tonic::Code;
 
 fn config(acquire_timeout_secs: u64) -> PoolConfig {
@@ -80,7 +80,10 @@ async fn scenario_5_sigkill_mid_change_leaves_no_half_created_pool() -> anyhow::
         let (client, url) = (client.clone(), via_proxy.clone());
         tokio::spawn(async move { client.create_pool("half", &url, config(20)).await })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until(Duration::from_secs(10), "the create is stuck", || async {
+        proxy.blackholed() >= 1
+    })
+    .await?;
     server.signal(Signal::SIGKILL)?;
     server.wait_exit(Duration::from_secs(10)).await?;
     assert!(stuck.await?.is_err());
@@ -88,6 +91,8 @@ async fn scenario_5_sigkill_mid_change_leaves_no_half_created_pool() -> anyhow::
     // A rebuilding update stuck the same way.
     let mut server = ServerProcess::start(&args).await?;
     let client = PoolplaneClient::connect(server.addr.to_string()).await?;
+    // Restore and health checks toward the blackhole are held too: count from here.
+    let held_before = proxy.blackholed();
     let rebuild = {
         let client = client.clone();
         tokio::spawn(async move {
@@ -98,7 +103,10 @@ async fn scenario_5_sigkill_mid_change_leaves_no_half_created_pool() -> anyhow::
             client.update_pool_config("steady", bigger).await
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until(Duration::from_secs(10), "the rebuild is stuck", || async {
+        proxy.blackholed() > held_before
+    })
+    .await?;
     server.signal(Signal::SIGKILL)?;
     server.wait_exit(Duration::from_secs(10)).await?;
     assert!(rebuild.await?.is_err());
@@ -151,7 +159,12 @@ async fn scenario_6_sigterm_ends_streams_and_exits_within_the_grace() -> anyhow:
         let (client, url) = (client.clone(), db.url_via(slow.addr()));
         tokio::spawn(async move { client.create_pool("slow", &url, config(5)).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        Duration::from_secs(10),
+        "both creates are in flight",
+        || async { blackhole.blackholed() >= 1 && slow.peak_delayed() >= 1 },
+    )
+    .await?;
 
     let sigterm = Instant::now();
     server.signal(Signal::SIGTERM)?;
