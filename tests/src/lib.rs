@@ -6,6 +6,7 @@ mod fault_proxy;
 mod grpcurl;
 mod http;
 mod leak;
+mod load;
 mod otlp;
 mod process;
 mod server;
@@ -19,6 +20,7 @@ pub use leak::{
     ServerResources, active_backends, pool_backends, server_resources, wait_back_to,
     wait_no_backends,
 };
+pub use load::run_load_test;
 pub use otlp::OtlpCollector;
 pub use process::{ServerProcess, built_binary, process_alive, wait_health, wait_until};
 pub use server::{TestServer, test_secrets_key_file};

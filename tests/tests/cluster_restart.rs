@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use poolplane::EmbeddedPg;
 use poolplane_client::PoolConfigBuilder;
-use poolplane_client::proto::run_load_test_response::Update;
 use poolplane_client::proto::{PoolConfig, RunLoadTestRequest};
-use poolplane_tests::TestServer;
+use poolplane_tests::{TestServer, run_load_test};
 
 #[tokio::test]
 async fn scenario_3_the_database_restarted_under_load() -> anyhow::Result<()> {
@@ -32,21 +31,14 @@ async fn scenario_3_the_database_restarted_under_load() -> anyhow::Result<()> {
     let test = {
         let client = client.clone();
         tokio::spawn(async move {
-            let mut stream = client
-                .run_load_test(RunLoadTestRequest {
-                    pool_name: "restarted".into(),
-                    concurrency: 4,
-                    duration_secs: 6,
-                    query: "SELECT pg_sleep(0.01)".into(),
-                    ..RunLoadTestRequest::default()
-                })
-                .await?;
-            while let Some(update) = stream.next().await? {
-                if let Update::Result(result) = update {
-                    return anyhow::Ok(result);
-                }
-            }
-            anyhow::bail!("no result")
+            let request = RunLoadTestRequest {
+                pool_name: "restarted".into(),
+                concurrency: 4,
+                duration_secs: 6,
+                query: "SELECT pg_sleep(0.01)".into(),
+                ..RunLoadTestRequest::default()
+            };
+            anyhow::Ok(run_load_test(&client, request).await?.1)
         })
     };
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -5,10 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use poolplane_client::proto::run_load_test_response::Update;
 use poolplane_client::proto::{LoadTestResult, PoolConfig, RunLoadTestRequest};
 use poolplane_client::{PoolConfigBuilder, PoolplaneClient};
-use poolplane_tests::{TestPg, TestServer};
+use poolplane_tests::{TestPg, TestServer, run_load_test};
 
 fn config() -> PoolConfig {
     PoolConfigBuilder::new()
@@ -22,22 +21,15 @@ async fn run(
     query: &str,
     read_write: bool,
 ) -> anyhow::Result<LoadTestResult> {
-    let mut stream = client
-        .run_load_test(RunLoadTestRequest {
-            pool_name: "sql".into(),
-            concurrency: 1,
-            duration_secs: 1,
-            query: query.into(),
-            read_write,
-            ..RunLoadTestRequest::default()
-        })
-        .await?;
-    while let Some(update) = stream.next().await? {
-        if let Update::Result(result) = update {
-            return Ok(result);
-        }
-    }
-    anyhow::bail!("the test ended without a result")
+    let request = RunLoadTestRequest {
+        pool_name: "sql".into(),
+        concurrency: 1,
+        duration_secs: 1,
+        query: query.into(),
+        read_write,
+        ..RunLoadTestRequest::default()
+    };
+    Ok(run_load_test(client, request).await?.1)
 }
 
 #[tokio::test]

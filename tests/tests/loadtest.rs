@@ -8,7 +8,7 @@ use poolplane::{EmbeddedPg, EmbeddedPgOptions};
 use poolplane_client::PoolplaneClient;
 use poolplane_client::proto::run_load_test_response::Update;
 use poolplane_client::proto::{Grade, LoadTestResult, PoolConfig, RunLoadTestRequest};
-use poolplane_tests::{TestPg, TestServer, wait_until};
+use poolplane_tests::{TestPg, TestServer, run_load_test, wait_until};
 use tonic::Code;
 
 /// Load tests measure this machine: run them one at a time, not against each other.
@@ -37,22 +37,6 @@ fn test(pool: &str, concurrency: u32, secs: u32, query: &str) -> RunLoadTestRequ
     }
 }
 
-/// Runs a test to its end; returns the progress count and the result.
-async fn run(
-    client: &PoolplaneClient,
-    request: RunLoadTestRequest,
-) -> anyhow::Result<(usize, LoadTestResult)> {
-    let mut stream = client.run_load_test(request).await?;
-    let mut progress = 0;
-    while let Some(update) = stream.next().await? {
-        match update {
-            Update::Progress(_) => progress += 1,
-            Update::Result(result) => return Ok((progress, result)),
-        }
-    }
-    anyhow::bail!("the stream ended without a result")
-}
-
 #[tokio::test]
 async fn an_idle_pool_grades_a_and_the_result_is_stored() -> anyhow::Result<()> {
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -62,7 +46,7 @@ async fn an_idle_pool_grades_a_and_the_result_is_stored() -> anyhow::Result<()> 
         .client
         .create_pool("idle", db.url(), fixed(10, 20))
         .await?;
-    let (progress, result) = run(&server.client, test("idle", 8, 5, "")).await?;
+    let (progress, result) = run_load_test(&server.client, test("idle", 8, 5, "")).await?;
     eprintln!(
         "idle: grade {} rps {:.0} p95 {:.2} ms peak {:.2}",
         result.grade,
@@ -106,7 +90,7 @@ async fn an_open_loop_test_keeps_its_rate() -> anyhow::Result<()> {
         target_rps: Some(200.0),
         ..test("paced", 4, 2, "")
     };
-    let (_, result) = run(&server.client, request).await?;
+    let (_, result) = run_load_test(&server.client, request).await?;
     assert_eq!(result.target_rps, Some(200.0));
     assert!(
         (360..=410).contains(&result.total_requests),
@@ -129,7 +113,7 @@ async fn a_starved_pool_is_grown_by_the_optimizer_and_grades_better() -> anyhow:
         warmup_secs: 1,
         ..r
     };
-    let (_, before) = run(client, warm(test("starved", 32, 3, query))).await?;
+    let (_, before) = run_load_test(client, warm(test("starved", 32, 3, query))).await?;
     assert!(before.grade >= Grade::C as i32, "{before:?}");
 
     let advice = client.optimize_pools(&["starved"], false).await?;
@@ -165,7 +149,7 @@ async fn a_starved_pool_is_grown_by_the_optimizer_and_grades_better() -> anyhow:
         .get(0);
     assert_eq!(stored["max_connections"], suggested);
 
-    let (_, after) = run(client, warm(test("starved", 32, 3, query))).await?;
+    let (_, after) = run_load_test(client, warm(test("starved", 32, 3, query))).await?;
     eprintln!(
         "starved: grade {} p95 {:.1} ms peak {:.2} -> max {suggested}: grade {} p95 {:.1} ms peak {:.2}",
         before.grade,
@@ -200,7 +184,7 @@ async fn the_optimizer_keeps_pools_within_the_servers_budget() -> anyhow::Result
         client
             .create_pool(name, &small.url("postgres"), fixed(1, 3))
             .await?;
-        run(client, test(name, 16, 2, "SELECT pg_sleep(0.01)")).await?;
+        run_load_test(client, test(name, 16, 2, "SELECT pg_sleep(0.01)")).await?;
     }
     let report = client.optimize_pools(&[], true).await?;
     assert_eq!(report.total_pools, 2);
@@ -325,7 +309,7 @@ async fn the_last_load_test_survives_a_restart_and_goes_with_its_pool() -> anyho
         .client
         .create_pool("kept", db.url(), fixed(1, 2))
         .await?;
-    let (_, result) = run(&server.client, test("kept", 2, 1, "")).await?;
+    let (_, result) = run_load_test(&server.client, test("kept", 2, 1, "")).await?;
     server.shutdown().await?;
 
     // Reloaded from pool_load_test_results for the optimizer.

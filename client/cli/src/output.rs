@@ -106,7 +106,31 @@ fn stats_json(s: &PoolStats) -> Value {
             "tls_cipher": sec.tls_cipher,
             "hosts": sec.hosts.iter().map(|h| json!({"host": h.host, "connections": h.connections})).collect::<Vec<_>>(),
         })),
+        "budget": s.budget.as_ref().map(|b| json!({
+            "server": b.server,
+            "limit": b.limit,
+            "in_use": b.in_use,
+            "pools": b.pools,
+            "share": b.share,
+            "held_back": b.held_back,
+        })),
     })
+}
+
+/// `12/22` (the pool's share of its server's budget), `*` when the budget held
+/// it back, `-` without one.
+fn budget_summary(s: &PoolStats) -> String {
+    match &s.budget {
+        Some(b) if b.limit > 0 => {
+            format!(
+                "{}/{}{}",
+                b.share,
+                b.limit,
+                if b.held_back { "*" } else { "" }
+            )
+        }
+        _ => "-".to_owned(),
+    }
 }
 
 /// `TLSv1.3 TLS_AES_256_GCM_SHA384 (3/3)`, `plaintext`, or `-` with no connection.
@@ -243,12 +267,21 @@ impl Printer {
             }
             Format::Table => {
                 println!(
-                    "{:<20} {:>6} {:>5} {:>5} {:>5} {:>5} {:>6} {:>9} {:>9}  TLS",
-                    "POOL", "UTIL", "USED", "IDLE", "WAIT", "SIZE", "MAX", "P95 ms", "TIMEOUTS"
+                    "{:<20} {:>6} {:>5} {:>5} {:>5} {:>5} {:>6} {:>8} {:>9} {:>9}  TLS",
+                    "POOL",
+                    "UTIL",
+                    "USED",
+                    "IDLE",
+                    "WAIT",
+                    "SIZE",
+                    "MAX",
+                    "SHARE",
+                    "P95 ms",
+                    "TIMEOUTS"
                 );
                 for s in all {
                     println!(
-                        "{:<20} {:>5.0}% {:>5} {:>5} {:>5} {:>5} {:>6} {:>9.2} {:>9}  {}",
+                        "{:<20} {:>5.0}% {:>5} {:>5} {:>5} {:>5} {:>6} {:>8} {:>9.2} {:>9}  {}",
                         s.pool_name,
                         s.utilization_rate * 100.0,
                         s.active_connections,
@@ -256,6 +289,7 @@ impl Printer {
                         s.waiting_requests,
                         s.current_size,
                         s.max_connections,
+                        budget_summary(s),
                         s.p95_acquire_time_ms,
                         s.acquire_timeouts,
                         tls_summary(s)

@@ -99,6 +99,9 @@ pub enum Error {
     /// A load test is already running on this pool.
     #[error("a load test is already running on pool `{0}`")]
     LoadTestRunning(String),
+    /// A pool's min_connections does not fit its server's connection budget.
+    #[error("{0}")]
+    BudgetExceeded(crate::pool::BudgetRefusal),
     /// PostgreSQL answered a query with an error (see [`Error::sqlstate`]).
     #[error("{}", describe_pg_error(.0))]
     Database(#[source] tokio_postgres::Error),
@@ -127,6 +130,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// A server-wide limit is reached.
     ResourceExhausted,
+    /// The request cannot be met in the system's present state.
+    FailedPrecondition,
     /// The control database or the embedded PostgreSQL failed.
     Internal,
 }
@@ -141,6 +146,7 @@ impl Error {
             Error::PoolNotFound(_) => ErrorKind::NotFound,
             Error::TargetNotAllowed { .. } => ErrorKind::PermissionDenied,
             Error::TooManyPools { .. } => ErrorKind::ResourceExhausted,
+            Error::BudgetExceeded(_) => ErrorKind::FailedPrecondition,
             Error::LoadTestRunning(_) | Error::PoolBusy(_) => ErrorKind::Busy,
             Error::PoolAlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::AcquireTimeout { .. } => ErrorKind::AcquireTimeout,

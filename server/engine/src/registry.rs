@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::allowlist::TargetAllowlist;
 use crate::conninfo::ConnInfo;
 use crate::events::{self, PoolEvent, PoolEventKind};
+use crate::pool::ServerBudget;
 use crate::store::history::{HourSummary, ScalingRecord};
 use crate::{AdvancedConnectionPool, AdvancedPoolConfig, ControlStore, Error, PoolStats};
 
@@ -88,6 +89,8 @@ pub struct ConnectionPoolService {
     pub(crate) connection_reserve: u32,
     pub(crate) last_load_tests: std::sync::Mutex<HashMap<String, crate::LoadTestResults>>,
     running_load_tests: std::sync::Mutex<HashSet<String>>,
+    /// The connection budget of each server the pools point at.
+    budgets: std::sync::Mutex<HashMap<String, std::sync::Weak<ServerBudget>>>,
 }
 
 /// A name claimed for one change (create, update, delete) until dropped.
@@ -169,7 +172,27 @@ impl ConnectionPoolService {
             connection_reserve: 5,
             last_load_tests: std::sync::Mutex::new(HashMap::new()),
             running_load_tests: std::sync::Mutex::new(HashSet::new()),
+            budgets: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The connection budget of `target`'s server, shared by every pool there.
+    fn budget_for(&self, target: &ConnInfo) -> Arc<ServerBudget> {
+        let key = target.server_key();
+        let mut budgets = self.budgets.lock().expect("budgets lock");
+        budgets.retain(|_, b| b.strong_count() > 0);
+        if let Some(budget) = budgets.get(&key).and_then(std::sync::Weak::upgrade) {
+            return budget;
+        }
+        let budget = ServerBudget::new(key.clone(), self.connection_reserve);
+        budgets.insert(key, Arc::downgrade(&budget));
+        budget
+    }
+
+    /// The budgets of every server with pools, for the optimizer.
+    pub fn budget_of(&self, name: &str) -> Option<Arc<ServerBudget>> {
+        let target = Arc::clone(&self.pools.read().expect("pools lock").get(name)?.target);
+        Some(self.budget_for(&target))
     }
 
     /// Stops the registry's work (and its pools' tasks) when `parent` is cancelled.
@@ -318,6 +341,7 @@ impl ConnectionPoolService {
                 config,
                 false,
                 &self.token,
+                Some(self.budget_for(&target)),
             )
             .await
             {
@@ -398,15 +422,26 @@ impl ConnectionPoolService {
                 });
             }
         }
+        // A known budget is checked before connecting; the first pool on a server
+        // learns it with its first connection and is checked right after.
+        let budget = self.budget_for(&target);
+        budget
+            .check_min(&name, config.min_connections)
+            .map_err(Error::BudgetExceeded)?;
         let pool = AdvancedConnectionPool::for_target_under(
             &name,
             Arc::clone(&target),
             config.clone(),
             true,
             &self.token,
+            Some(Arc::clone(&budget)),
         )
         .await;
         let pool = Arc::new(self.unless_shutting_down(pool)?);
+        if let Err(refusal) = budget.check_min(&name, config.min_connections) {
+            pool.close().await;
+            return Err(Error::BudgetExceeded(refusal));
+        }
         let stored = match self
             .store
             .insert_pool_definition(&name, &target, &config_json(&config))
@@ -529,6 +564,10 @@ impl ConnectionPoolService {
                 .ok_or_else(|| Error::PoolNotFound(name.to_owned()))?;
             (Arc::clone(&entry.pool), Arc::clone(&entry.target))
         };
+        let budget = self.budget_for(&target);
+        budget
+            .check_min(name, config.min_connections)
+            .map_err(Error::BudgetExceeded)?;
         let rebuilt = !pool.can_apply_live(&config);
         let replacement = if rebuilt {
             let pool = AdvancedConnectionPool::for_target_under(
@@ -537,6 +576,7 @@ impl ConnectionPoolService {
                 config.clone(),
                 true,
                 &self.token,
+                Some(budget),
             )
             .await;
             Some(Arc::new(self.unless_shutting_down(pool)?))

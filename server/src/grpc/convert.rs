@@ -161,6 +161,14 @@ pub fn stats_to_proto(pool_name: &str, s: &PoolStats) -> v1::PoolStats {
         connections_recycled: s.connections_recycled,
         total_queries: s.total_queries,
         security: Some(security_to_proto(&s.security)),
+        budget: s.budget.as_ref().map(|b| v1::ConnectionBudget {
+            server: b.server.clone(),
+            limit: b.limit,
+            in_use: b.in_use,
+            pools: b.pools,
+            share: b.share,
+            held_back: b.held_back,
+        }),
     }
 }
 

@@ -65,6 +65,19 @@ pub fn from_engine(error: Error) -> Status {
         Error::PoolNotFound(_) => Status::not_found(error.to_string()),
         Error::PoolAlreadyExists(_) => Status::already_exists(error.to_string()),
         Error::LoadTestRunning(_) => Status::failed_precondition(error.to_string()),
+        Error::BudgetExceeded(refusal) => Status::with_error_details(
+            Code::FailedPrecondition,
+            error.to_string(),
+            ErrorDetails::with_precondition_failure_violation(
+                "CONNECTION_BUDGET",
+                refusal.server.clone(),
+                format!(
+                    "config.min_connections: {} does not fit the budget of {} connections \
+                     ({} kept by the other pools)",
+                    refusal.min, refusal.limit, refusal.others_min
+                ),
+            ),
+        ),
         Error::PoolBusy(_) => Status::aborted(error.to_string()),
         Error::ShuttingDown => Status::unavailable(error.to_string()),
         Error::ControlDatabase { .. } | Error::ControlDatabaseTimeout => {

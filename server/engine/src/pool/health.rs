@@ -129,6 +129,25 @@ pub(crate) async fn monitor(
                 () = tokio::time::sleep(settings.health_check_interval()) => {}
             }
         }
+        // A check holds a slot of the server's connection budget like any pool
+        // connection; when every slot stays busy for the check's timeout, the
+        // server is evidently answering: the check is skipped, not failed.
+        let _slot = match &shared.budget {
+            Some(m) => tokio::select! {
+                biased;
+                () = token.cancelled() => break,
+                slot = tokio::time::timeout(settings.health_check_timeout(), m.budget.slot()) => {
+                    match slot {
+                        Ok(slot) => Some(slot),
+                        Err(_) => {
+                            tracing::debug!(pool = %shared.name, "health check skipped: the connection budget is in use");
+                            continue;
+                        }
+                    }
+                }
+            },
+            None => None,
+        };
         let started = std::time::Instant::now();
         let span = tracing::info_span!(
             "health_check",

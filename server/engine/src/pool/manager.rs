@@ -9,6 +9,7 @@ use std::time::Instant;
 use tokio::task::JoinHandle;
 
 use super::Shared;
+use super::budget::ServerLimits;
 use super::statement_cache::StatementCache;
 use super::stats::Counters;
 use crate::events::PoolEventKind;
@@ -29,6 +30,8 @@ pub(crate) struct Connection {
     counted: bool,
     /// Its TLS and host, as the server saw it.
     security: super::stats::ConnSecurity,
+    /// Its slot in the server's connection budget.
+    _slot: Option<super::budget::BudgetSlot>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -91,16 +94,29 @@ impl Drop for AbortOnDrop {
 impl PoolManager {
     /// Opens a connection: TCP, startup, authentication and warmup queries, all
     /// within one deadline (the acquire timeout).
-    async fn open(&self) -> Result<Connection, tokio_postgres::Error> {
-        let deadline = self.shared.settings().acquire_timeout();
-        match tokio::time::timeout(deadline, self.open_unbounded()).await {
-            Ok(result) => result,
+    /// First a slot of the server's connection budget, if the pool shares one.
+    async fn open(&self) -> Result<Connection, OpenError> {
+        let deadline = tokio::time::Instant::now() + self.shared.settings().acquire_timeout();
+        let slot = match &self.shared.budget {
+            Some(m) => match tokio::time::timeout_at(deadline, m.budget.slot()).await {
+                Ok(slot) => Some(slot),
+                Err(_) => return Err(OpenError::NoBudget),
+            },
+            None => None,
+        };
+        match tokio::time::timeout_at(deadline, self.open_unbounded(slot)).await {
+            Ok(result) => result.map_err(OpenError::Postgres),
             // tokio-postgres's own "timeout waiting for server" error.
-            Err(_) => Err(tokio_postgres::Error::__private_api_timeout()),
+            Err(_) => Err(OpenError::Postgres(
+                tokio_postgres::Error::__private_api_timeout(),
+            )),
         }
     }
 
-    async fn open_unbounded(&self) -> Result<Connection, tokio_postgres::Error> {
+    async fn open_unbounded(
+        &self,
+        slot: Option<super::budget::BudgetSlot>,
+    ) -> Result<Connection, tokio_postgres::Error> {
         let started = Instant::now();
         let (client, connection) = self.shared.tls.connect(&self.pg).await?;
         let driver = AbortOnDrop(Some(tokio::spawn(async move {
@@ -110,7 +126,10 @@ impl PoolManager {
         for query in &warmup {
             client.batch_execute(query).await?;
         }
-        let security = security_of(&client).await?;
+        let (security, limits) = server_facts(&client).await?;
+        if let (Some(m), Some(limits)) = (&self.shared.budget, limits) {
+            m.budget.observe(limits);
+        }
         self.shared
             .security
             .lock()
@@ -130,18 +149,31 @@ impl PoolManager {
             shared: Arc::clone(&self.shared),
             counted: true,
             security,
+            _slot: slot,
         })
     }
 }
 
-/// The connection's TLS (version, cipher) and server address, from pg_stat_ssl.
-async fn security_of(
+/// Why a connection did not open.
+pub(crate) enum OpenError {
+    /// PostgreSQL (or the network) failed.
+    Postgres(tokio_postgres::Error),
+    /// No slot of the server's connection budget was freed in time.
+    NoBudget,
+}
+
+/// The connection's TLS (version, cipher) and server address, from pg_stat_ssl,
+/// and the server's connection limits (for its budget), in one round trip.
+async fn server_facts(
     client: &tokio_postgres::Client,
-) -> Result<super::stats::ConnSecurity, tokio_postgres::Error> {
+) -> Result<(super::stats::ConnSecurity, Option<ServerLimits>), tokio_postgres::Error> {
     let rows = client
         .simple_query(
             "SELECT s.ssl, s.version, s.cipher, \
-                    coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'socket') \
+                    coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'socket'), \
+                    current_setting('max_connections'), \
+                    current_setting('superuser_reserved_connections')::int4 \
+                      + coalesce(current_setting('reserved_connections', true)::int4, 0) \
              FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()",
         )
         .await?;
@@ -149,18 +181,26 @@ async fn security_of(
         tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
         _ => None,
     });
-    Ok(match row {
-        Some(row) => super::stats::ConnSecurity {
-            tls: (row.get(0) == Some("t")).then(|| {
-                (
-                    row.get(1).unwrap_or_default().to_owned(),
-                    row.get(2).unwrap_or_default().to_owned(),
-                )
-            }),
-            host: row.get(3).unwrap_or("unknown").to_owned(),
-        },
-        None => super::stats::ConnSecurity::default(),
-    })
+    let Some(row) = row else {
+        return Ok((super::stats::ConnSecurity::default(), None));
+    };
+    let security = super::stats::ConnSecurity {
+        tls: (row.get(0) == Some("t")).then(|| {
+            (
+                row.get(1).unwrap_or_default().to_owned(),
+                row.get(2).unwrap_or_default().to_owned(),
+            )
+        }),
+        host: row.get(3).unwrap_or("unknown").to_owned(),
+    };
+    let number = |i: usize| row.get(i).and_then(|v| v.parse::<u32>().ok());
+    let limits = number(4)
+        .zip(number(5))
+        .map(|(max_connections, reserved_connections)| ServerLimits {
+            max_connections,
+            reserved_connections,
+        });
+    Ok((security, limits))
 }
 
 impl bb8::ManageConnection for PoolManager {
@@ -175,9 +215,13 @@ impl bb8::ManageConnection for PoolManager {
         );
         match tracing::Instrument::instrument(self.open(), span).await {
             Ok(conn) => Ok(conn),
-            Err(e) => {
+            Err(OpenError::Postgres(e)) => {
                 self.shared.record_connect_error(&e);
                 Err(e)
+            }
+            Err(OpenError::NoBudget) => {
+                self.shared.record_budget_wait();
+                Err(tokio_postgres::Error::__private_api_timeout())
             }
         }
     }

@@ -2,6 +2,7 @@
 //! admission gate (the pool's current size), with stats, a statement cache per
 //! connection, health monitoring and dynamic sizing in background tasks it owns.
 
+pub mod budget;
 mod connection;
 pub(crate) mod health;
 pub(crate) mod manager;
@@ -19,6 +20,7 @@ use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use budget::{BudgetRefusal, BudgetStats, ServerBudget};
 pub use connection::{PooledConnection, Transaction};
 pub use health::HealthStatus;
 pub use sizing::{ScaleDirection, ScalingDecision};
@@ -38,7 +40,24 @@ const MAINTENANCE_TICK: Duration = Duration::from_millis(100);
 const FAST_WINDOW: Duration = Duration::from_secs(1);
 
 /// Applies a scaling decision: the gate, the counters, the log line and the event.
-fn resize(shared: &Shared, decision: ScalingDecision) {
+/// A growth beyond the pool's share of its server's budget is clipped to the
+/// share (and the pool marked held back); nothing happens if that leaves no growth.
+fn resize(shared: &Shared, mut decision: ScalingDecision) {
+    if decision.direction == ScaleDirection::Up {
+        let share = shared.share();
+        if decision.to > share {
+            shared.set_held_back(true);
+            decision.to = share.max(decision.from.min(share)).max(1);
+            if decision.to <= decision.from {
+                return;
+            }
+            decision.reason = format!(
+                "{}; held at the pool's share ({share}) of the connection budget of {}",
+                decision.reason,
+                shared.budget_server().unwrap_or_default()
+            );
+        }
+    }
     let _span = tracing::info_span!(
         "scaling_decision",
         db.system.name = "postgresql",
@@ -93,6 +112,12 @@ pub(crate) struct Shared {
     last_connect_error: Mutex<Option<(Instant, String)>>,
     events: EventSender,
     closed: AtomicBool,
+    /// The connection budget of the pool's server, when it shares one.
+    budget: Option<budget::Membership>,
+    /// The size the budget allows now (`u32::MAX`: no limit known).
+    budget_share: AtomicU32,
+    /// The size the pool's demand needs (its claim on the budget).
+    need: AtomicU32,
 }
 
 impl std::fmt::Debug for Shared {
@@ -130,6 +155,20 @@ impl Shared {
         *self.last_connect_error.lock().expect("connect error lock") = Some((Instant::now(), text));
     }
 
+    /// A connection that could not open because every slot of the server's
+    /// budget stayed taken until the acquire deadline.
+    fn record_budget_wait(&self) {
+        let Some(m) = &self.budget else { return };
+        let text = format!(
+            "the connection budget of {} ({} connections) stayed in use by its pools",
+            m.budget.server(),
+            m.budget.limit().unwrap_or(0)
+        );
+        m.held_back.store(true, Ordering::Relaxed);
+        tracing::debug!(pool = %self.name, error = %text, "no budget for a connection");
+        *self.last_connect_error.lock().expect("connect error lock") = Some((Instant::now(), text));
+    }
+
     /// The last connect error if it happened within `window`.
     fn recent_connect_error(&self, window: Duration) -> Option<String> {
         let last = self.last_connect_error.lock().expect("connect error lock");
@@ -162,6 +201,58 @@ impl Shared {
         }
     }
 
+    /// The size the pool may reach now: max_connections, or its share of the
+    /// server's budget if smaller.
+    fn share(&self) -> u32 {
+        let settings = self.settings();
+        self.budget_share
+            .load(Ordering::Acquire)
+            .min(settings.max_connections)
+            .max(settings.min_connections.max(1))
+    }
+
+    /// Marks the pool closed; its budget's other pools get its share.
+    fn mark_closed(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel)
+            && let Some(m) = &self.budget
+        {
+            m.budget.rebalance();
+        }
+        self.gate.close();
+    }
+
+    fn set_held_back(&self, held: bool) {
+        if let Some(m) = &self.budget {
+            m.held_back.store(held, Ordering::Relaxed);
+        }
+    }
+
+    fn budget_server(&self) -> Option<String> {
+        self.budget.as_ref().map(|m| m.budget.server().to_owned())
+    }
+
+    /// What the pool brings to its budget's split.
+    pub(crate) fn budget_claim(&self) -> budget::Claim {
+        let settings = self.settings();
+        let need = self.need.load(Ordering::Acquire);
+        budget::Claim {
+            // A pool with demand gets at least one connection.
+            min: settings.min_connections.max(need.min(1)),
+            max: settings.max_connections,
+            size: self.open.load(Ordering::Acquire),
+            need,
+        }
+    }
+
+    /// Records the demand's need; a change rebalances the budget.
+    fn claim_need(&self, need: u32) {
+        if self.need.swap(need, Ordering::AcqRel) != need
+            && let Some(m) = &self.budget
+        {
+            m.budget.rebalance();
+        }
+    }
+
     fn apply_hot_settings(&self, config: &AdvancedPoolConfig) {
         let recycle = if config.enable_connection_recycling {
             config.recycle_threshold_queries
@@ -182,6 +273,16 @@ impl Shared {
         };
         self.validation_idle_ms.store(validation, Ordering::Relaxed);
     }
+}
+
+/// How a pool starts: what it connects to, whether it must connect now, what
+/// stops it and the budget it shares.
+struct Start {
+    target: Option<Arc<ConnInfo>>,
+    tls: crate::tls::PgTls,
+    require_connection: bool,
+    token: CancellationToken,
+    budget: Option<Arc<ServerBudget>>,
 }
 
 /// Histograms (seconds) and counters of a pool, for telemetry.
@@ -290,7 +391,7 @@ impl AdvancedConnectionPool {
         require_connection: bool,
     ) -> Result<Self, Error> {
         let root = CancellationToken::new();
-        Self::for_target_under(name, target, config, require_connection, &root).await
+        Self::for_target_under(name, target, config, require_connection, &root, None).await
     }
 
     /// [`for_target`](Self::for_target) with the pool's tasks stopped by `parent`
@@ -301,20 +402,18 @@ impl AdvancedConnectionPool {
         config: AdvancedPoolConfig,
         require_connection: bool,
         parent: &CancellationToken,
+        budget: Option<Arc<ServerBudget>>,
     ) -> Result<Self, Error> {
         let pg = target.pg_config().map_err(Error::InvalidDatabaseUrl)?;
         let tls = crate::tls::PgTls::for_target(&target).map_err(Error::InvalidDatabaseUrl)?;
-        let token = parent.child_token();
-        Self::start(
-            name,
-            Some(target),
-            pg,
+        let start = Start {
+            target: Some(target),
             tls,
-            config,
             require_connection,
-            token,
-        )
-        .await
+            token: parent.child_token(),
+            budget,
+        };
+        Self::start(name, pg, config, start).await
     }
 
     /// Creates a pool from a tokio-postgres config (checked like `new`).
@@ -323,8 +422,14 @@ impl AdvancedConnectionPool {
         pg: tokio_postgres::Config,
         config: AdvancedPoolConfig,
     ) -> Result<Self, Error> {
-        let tls = crate::tls::PgTls::unverified();
-        Self::start(name, None, pg, tls, config, true, CancellationToken::new()).await
+        let start = Start {
+            target: None,
+            tls: crate::tls::PgTls::unverified(),
+            require_connection: true,
+            token: CancellationToken::new(),
+            budget: None,
+        };
+        Self::start(name, pg, config, start).await
     }
 
     /// Creates a pool without connecting: it starts unhealthy and its tasks connect
@@ -341,13 +446,17 @@ impl AdvancedConnectionPool {
 
     async fn start(
         name: &str,
-        target: Option<Arc<ConnInfo>>,
         mut pg: tokio_postgres::Config,
-        tls: crate::tls::PgTls,
         config: AdvancedPoolConfig,
-        require_connection: bool,
-        token: CancellationToken,
+        start: Start,
     ) -> Result<Self, Error> {
+        let Start {
+            target,
+            tls,
+            require_connection,
+            token,
+            budget,
+        } = start;
         config.validate()?;
         if pg.get_application_name().is_none() {
             pg.application_name(format!("poolplane:{name}"));
@@ -380,8 +489,22 @@ impl AdvancedConnectionPool {
             events: EventSender::new(name.to_owned()),
             closed: AtomicBool::new(false),
             settings: RwLock::new(Arc::new(config.clone())),
+            budget: budget.map(|budget| budget::Membership {
+                budget,
+                held_back: AtomicBool::new(false),
+            }),
+            budget_share: AtomicU32::new(u32::MAX),
+            // Until its first second of demand, a pool claims what it opens at start.
+            need: AtomicU32::new(config.initial_size()),
         });
         shared.apply_hot_settings(&config);
+        if let Some(m) = &shared.budget {
+            m.budget.join(&shared);
+            let share = shared.share().max(1);
+            if size > share {
+                shared.set_target(share);
+            }
+        }
         let manager = PoolManager {
             pg: pg.clone(),
             shared: Arc::clone(&shared),
@@ -630,6 +753,12 @@ impl AdvancedConnectionPool {
             connections_recycled: Counters::get(&c.connections_recycled),
             total_queries: Counters::get(&c.total_queries),
             security: shared.security.lock().expect("security lock").clone(),
+            budget: shared.budget.as_ref().map(|m| {
+                m.budget.stats_for(
+                    shared.budget_share.load(Ordering::Acquire),
+                    m.held_back.load(Ordering::Relaxed),
+                )
+            }),
         }
     }
 
@@ -721,6 +850,9 @@ impl AdvancedConnectionPool {
         }
         self.shared.apply_hot_settings(&config);
         *self.shared.settings.write().expect("settings lock") = Arc::new(config);
+        if let Some(m) = &self.shared.budget {
+            m.budget.rebalance();
+        }
         // The maintenance task brings the size into the new [min, max] at its next
         // tick; with dynamic sizing switched off it moves it to max.
         Ok(())
@@ -729,8 +861,7 @@ impl AdvancedConnectionPool {
     /// Closes gracefully: new checkouts fail at once, checked-out connections may
     /// finish for up to `grace`, then everything is closed.
     pub async fn close_gracefully(&self, grace: Duration) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.gate.close();
+        self.shared.mark_closed();
         let deadline = Instant::now() + grace;
         while self.shared.checked_out.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -741,8 +872,7 @@ impl AdvancedConnectionPool {
     /// Stops the pool's tasks and closes every connection: idle ones now, checked
     /// out ones when they come back. `get()` then fails with [`Error::PoolClosed`].
     pub async fn close(&self) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.gate.close();
+        self.shared.mark_closed();
         self.token.cancel();
         self.tasks.wait().await;
         retire_idle(&self.bb8, |_| {}).await;
@@ -751,8 +881,7 @@ impl AdvancedConnectionPool {
 
 impl Drop for AdvancedConnectionPool {
     fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.gate.close();
+        self.shared.mark_closed();
         self.token.cancel();
     }
 }
@@ -865,6 +994,8 @@ async fn maintain(
         // Up fast: every second, demand above the high threshold grows the pool
         // at once (and restarts the window scale-down waits on).
         if fast_start.elapsed() >= FAST_WINDOW {
+            shared.claim_need(sizing::need(fast_peak, &settings));
+            shared.set_held_back(false);
             let utilization = fast_sum / f64::from(fast_samples.max(1));
             if let Some(decision) = sizing::scale_up_now(size, utilization, fast_peak, &settings) {
                 resize(&shared, decision);
@@ -876,6 +1007,27 @@ async fn maintain(
             fast_samples = 0;
             fast_peak = 0;
             fast_start = Instant::now();
+        }
+
+        // Above its share of the server's budget (after a rebalance): down at once,
+        // so that the pools the budget favours get their connections.
+        let share = shared.share();
+        let size = shared.target_size.load(Ordering::Acquire);
+        if size > share {
+            shared.set_held_back(true);
+            resize(
+                &shared,
+                ScalingDecision {
+                    direction: ScaleDirection::Down,
+                    from: size,
+                    to: share,
+                    utilization: f64::from(busy) / f64::from(size.max(1)),
+                    reason: format!(
+                        "the connection budget of {} is shared by demand: this pool's share is {share}",
+                        shared.budget_server().unwrap_or_default()
+                    ),
+                },
+            );
         }
 
         // A size outside [min, max] (after a config change) is corrected at once;

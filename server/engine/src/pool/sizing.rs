@@ -106,8 +106,8 @@ pub fn scale_up_now(
     if !config.enable_dynamic_sizing || current >= max || utilization < config.load_threshold_high {
         return None;
     }
-    let aim = (config.load_threshold_high + config.load_threshold_low) / 2.0;
-    let for_demand = (f64::from(demand) / aim).ceil().min(f64::from(max)) as u32;
+    let aim = aim(config);
+    let for_demand = need(demand, config);
     let stepped = ((f64::from(current) * config.scale_up_factor).ceil() as u32).max(current + 1);
     let to = for_demand.max(stepped).min(max);
     Some(ScalingDecision {
@@ -123,6 +123,24 @@ pub fn scale_up_now(
             aim * 100.0
         ),
     })
+}
+
+/// The utilization sizing aims at when it grows: midway between the thresholds.
+fn aim(config: &AdvancedPoolConfig) -> f64 {
+    (config.load_threshold_high + config.load_threshold_low) / 2.0
+}
+
+/// The size `demand` callers wanting a connection at once need: what puts them
+/// midway between the two thresholds, within [min_connections, max_connections]
+/// (max_connections when dynamic sizing is off). What a pool claims from its
+/// server's connection budget.
+pub fn need(demand: u32, config: &AdvancedPoolConfig) -> u32 {
+    let max = config.max_connections.max(config.min_connections);
+    if !config.enable_dynamic_sizing {
+        return max;
+    }
+    let wanted = (f64::from(demand) / aim(config)).ceil().min(f64::from(max)) as u32;
+    wanted.max(config.min_connections)
 }
 
 #[cfg(test)]

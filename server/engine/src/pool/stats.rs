@@ -49,6 +49,8 @@ pub struct PoolStats {
     pub total_queries: u64,
     /// How the open connections are secured and where they are.
     pub security: ConnectionSecurity,
+    /// The pool's part of its server's connection budget (pools of a registry).
+    pub budget: Option<super::BudgetStats>,
 }
 
 /// How a pool's open connections are secured, and which host each is on (read

@@ -1,0 +1,423 @@
+//! One connection budget per PostgreSQL server, shared by the pools that point at
+//! it: max_connections − superuser_reserved_connections (− reserved_connections
+//! on PostgreSQL 16+) − the server's `--connection-reserve`, as read from the
+//! server on every connection a pool opens.
+//!
+//! Two mechanisms work together:
+//! - **Slots** (the hard limit): every pooled connection holds one slot for its
+//!   whole life; opening a connection waits for a free slot (within the acquire
+//!   deadline). The pools' backends on the server never exceed the budget, so no
+//!   pool meets SQLSTATE 53300 "too many clients" because of another pool.
+//! - **Shares** (the fair split): [`shares`] gives every pool its
+//!   min_connections, then splits the rest by demand (what each pool needs to
+//!   sit midway between its load thresholds), then lets pools keep their current
+//!   size, then grow toward max. A pool's size never exceeds its share; a pool
+//!   above it after a rebalance shrinks at once, which frees the slots another
+//!   pool was granted.
+//!
+//! Health checks take a slot too (their connection is short); the reserve is
+//! left to everything else that connects to the server.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::Notify;
+
+use super::Shared;
+
+/// A budget that is not known yet (no connection has reported the server's
+/// settings): slots are not limited.
+const UNKNOWN: u32 = u32::MAX;
+
+/// The server's settings a budget comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// `max_connections`.
+    pub max_connections: u32,
+    /// `superuser_reserved_connections` plus, on PostgreSQL 16+,
+    /// `reserved_connections`.
+    pub reserved_connections: u32,
+}
+
+/// What one pool brings to the split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Claim {
+    /// Its min_connections: always granted.
+    pub min: u32,
+    /// Its max_connections: never exceeded.
+    pub max: u32,
+    /// Its current size.
+    pub size: u32,
+    /// What its demand needs (see [`super::sizing::need`]).
+    pub need: u32,
+}
+
+/// Splits `limit` connections among `claims`; the shares sum to at most `limit`
+/// (unless the mins alone exceed it, when each still gets its min).
+///
+/// Rounds, each filling what the previous left: every pool's min; the rest of
+/// each need, in proportion to it when they do not all fit; the current sizes
+/// (so that a rebalance moves only what demand asks for); the rest up to max.
+pub fn shares(limit: u32, claims: &[Claim]) -> Vec<u32> {
+    let mut given: Vec<u32> = claims.iter().map(|c| c.min.min(c.max.max(c.min))).collect();
+    let mut left = limit.saturating_sub(given.iter().sum());
+    for round in [
+        (|c: &Claim| c.need) as fn(&Claim) -> u32,
+        |c: &Claim| c.size,
+        |c: &Claim| c.max,
+    ] {
+        let wants: Vec<u32> = claims
+            .iter()
+            .zip(&given)
+            .map(|(c, g)| round(c).min(c.max).saturating_sub(*g))
+            .collect();
+        let more = fill(left, &wants);
+        for (g, m) in given.iter_mut().zip(&more) {
+            *g += m;
+        }
+        left -= more.iter().sum::<u32>();
+    }
+    given
+}
+
+/// Gives each of `wants` its whole amount if `total` covers them all, else a
+/// part in proportion to it (largest remainders get the units left by rounding).
+fn fill(total: u32, wants: &[u32]) -> Vec<u32> {
+    let sum: u64 = wants.iter().map(|w| u64::from(*w)).sum();
+    if sum <= u64::from(total) {
+        return wants.to_vec();
+    }
+    let mut parts: Vec<(u32, u64, usize)> = wants
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let exact = u64::from(*w) * u64::from(total);
+            ((exact / sum) as u32, exact % sum, i)
+        })
+        .collect();
+    let mut left = total - parts.iter().map(|p| p.0).sum::<u32>();
+    let mut by_remainder: Vec<usize> = (0..parts.len()).collect();
+    by_remainder.sort_by_key(|i| (std::cmp::Reverse(parts[*i].1), *i));
+    for i in by_remainder {
+        if left == 0 {
+            break;
+        }
+        if parts[i].0 < wants[i] {
+            parts[i].0 += 1;
+            left -= 1;
+        }
+    }
+    parts.into_iter().map(|p| p.0).collect()
+}
+
+/// A pool's view of its budget, for stats.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BudgetStats {
+    /// The server (`host:port`, comma-separated for several hosts).
+    pub server: String,
+    /// The budget in connections; 0 while it is not known yet.
+    pub limit: u32,
+    /// Connections all its pools hold now.
+    pub in_use: u32,
+    /// Pools sharing it.
+    pub pools: u32,
+    /// This pool's share: the size it may reach now.
+    pub share: u32,
+    /// Whether the budget held this pool below what its demand asked for in the
+    /// last second.
+    pub held_back: bool,
+}
+
+/// Why a min_connections does not fit a budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetRefusal {
+    /// The server.
+    pub server: String,
+    /// Its budget.
+    pub limit: u32,
+    /// max_connections as read from the server.
+    pub max_connections: u32,
+    /// Reserved connections as read from the server.
+    pub reserved_connections: u32,
+    /// The server's `--connection-reserve`.
+    pub reserve: u32,
+    /// What the other pools there keep as their min_connections.
+    pub others_min: u32,
+    /// The min_connections asked for.
+    pub min: u32,
+}
+
+impl std::fmt::Display for BudgetRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "min_connections {} does not fit the connection budget of {}: {} = max_connections {} \
+             - reserved {} - connection reserve {}, and the other pools there keep {} as their \
+             min_connections",
+            self.min,
+            self.server,
+            self.limit,
+            self.max_connections,
+            self.reserved_connections,
+            self.reserve,
+            self.others_min
+        )
+    }
+}
+
+/// The connection budget of one PostgreSQL server.
+pub struct ServerBudget {
+    server: String,
+    reserve: u32,
+    limits: Mutex<Option<ServerLimits>>,
+    /// The budget in connections ([`UNKNOWN`] until read).
+    limit: AtomicU32,
+    /// Slots taken: connections open (or opening) in every pool here.
+    in_use: AtomicU32,
+    freed: Notify,
+    members: Mutex<Vec<Weak<Shared>>>,
+}
+
+impl std::fmt::Debug for ServerBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBudget")
+            .field("server", &self.server)
+            .field("limit", &self.limit.load(Ordering::Relaxed))
+            .field("in_use", &self.in_use.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A slot of a budget, held by one connection; freed on drop.
+pub(crate) struct BudgetSlot(Arc<ServerBudget>);
+
+impl Drop for BudgetSlot {
+    fn drop(&mut self) {
+        self.0.in_use.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_waiters();
+    }
+}
+
+impl ServerBudget {
+    /// A budget for `server`, `reserve` connections kept free besides the
+    /// server's own reserved ones. Unknown until a connection reports the
+    /// server's settings.
+    pub fn new(server: String, reserve: u32) -> Arc<Self> {
+        Arc::new(Self {
+            server,
+            reserve,
+            limits: Mutex::new(None),
+            limit: AtomicU32::new(UNKNOWN),
+            in_use: AtomicU32::new(0),
+            freed: Notify::new(),
+            members: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The server this budget is for.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The budget in connections, once known.
+    pub fn limit(&self) -> Option<u32> {
+        let limit = self.limit.load(Ordering::Acquire);
+        (limit != UNKNOWN).then_some(limit)
+    }
+
+    /// Connections the budget's pools hold now.
+    pub fn in_use(&self) -> u32 {
+        self.in_use.load(Ordering::Acquire)
+    }
+
+    /// Records the server's settings (read on each new connection); a change
+    /// rebalances the shares and wakes connections waiting for a slot.
+    pub(crate) fn observe(&self, limits: ServerLimits) {
+        {
+            let mut known = self.limits.lock().expect("limits lock");
+            if *known == Some(limits) {
+                return;
+            }
+            *known = Some(limits);
+        }
+        let limit = limits
+            .max_connections
+            .saturating_sub(limits.reserved_connections)
+            .saturating_sub(self.reserve)
+            .max(1);
+        let before = self.limit.swap(limit, Ordering::AcqRel);
+        if before != limit {
+            tracing::info!(
+                server = %self.server, limit,
+                max_connections = limits.max_connections,
+                reserved = limits.reserved_connections,
+                reserve = self.reserve,
+                "connection budget"
+            );
+        }
+        self.rebalance();
+        self.freed.notify_waiters();
+    }
+
+    /// Takes a slot, waiting for one to be freed (the caller bounds the wait).
+    pub(crate) async fn slot(self: &Arc<Self>) -> BudgetSlot {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let taken = self
+                .in_use
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.limit.load(Ordering::Acquire)).then_some(n + 1)
+                })
+                .is_ok();
+            if taken {
+                return BudgetSlot(Arc::clone(self));
+            }
+            freed.await;
+        }
+    }
+
+    /// Adds a pool to the budget and rebalances.
+    pub(crate) fn join(&self, pool: &Arc<Shared>) {
+        self.members
+            .lock()
+            .expect("members lock")
+            .push(Arc::downgrade(pool));
+        self.rebalance();
+    }
+
+    /// The pools sharing the budget now (closed ones are dropped).
+    fn members(&self) -> Vec<Arc<Shared>> {
+        let mut members = self.members.lock().expect("members lock");
+        members.retain(|m| m.upgrade().is_some_and(|s| !s.is_closed()));
+        members.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Recomputes every member's share from the members' claims.
+    pub(crate) fn rebalance(&self) {
+        let members = self.members();
+        let limit = self.limit.load(Ordering::Acquire);
+        if limit == UNKNOWN {
+            for m in &members {
+                m.budget_share.store(UNKNOWN, Ordering::Release);
+            }
+            return;
+        }
+        let claims: Vec<Claim> = members.iter().map(|m| m.budget_claim()).collect();
+        for (m, share) in members.iter().zip(shares(limit, &claims)) {
+            m.budget_share.store(share, Ordering::Release);
+        }
+    }
+
+    /// Whether a pool named `name` with `min` connections fits beside the other
+    /// pools (a pool of that name being replaced does not count). Passes while
+    /// the budget is unknown.
+    pub fn check_min(&self, name: &str, min: u32) -> Result<(), BudgetRefusal> {
+        let Some(limits) = *self.limits.lock().expect("limits lock") else {
+            return Ok(());
+        };
+        let limit = self.limit.load(Ordering::Acquire);
+        let others_min: u32 = self
+            .members()
+            .iter()
+            .filter(|m| m.name != name)
+            .map(|m| m.settings().min_connections)
+            .sum();
+        if others_min + min <= limit {
+            return Ok(());
+        }
+        Err(BudgetRefusal {
+            server: self.server.clone(),
+            limit,
+            max_connections: limits.max_connections,
+            reserved_connections: limits.reserved_connections,
+            reserve: self.reserve,
+            others_min,
+            min,
+        })
+    }
+
+    /// Stats for one member.
+    pub(crate) fn stats_for(&self, share: u32, held_back: bool) -> BudgetStats {
+        BudgetStats {
+            server: self.server.clone(),
+            limit: self.limit().unwrap_or(0),
+            in_use: self.in_use(),
+            pools: self.members().len() as u32,
+            share: if share == UNKNOWN { 0 } else { share },
+            held_back,
+        }
+    }
+}
+
+/// A pool's budget state, kept in its shared state.
+#[derive(Debug)]
+pub(crate) struct Membership {
+    pub budget: Arc<ServerBudget>,
+    /// Whether the budget held the pool back in the last second.
+    pub held_back: AtomicBool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(min: u32, max: u32, size: u32, need: u32) -> Claim {
+        Claim {
+            min,
+            max,
+            size,
+            need,
+        }
+    }
+
+    #[test]
+    fn uncontended_pools_keep_their_size_and_may_grow_to_max() {
+        let s = shares(100, &[claim(2, 20, 5, 4), claim(2, 20, 2, 2)]);
+        assert_eq!(s, vec![20, 20]);
+    }
+
+    #[test]
+    fn contended_shares_follow_demand_and_keep_every_min() {
+        // 22 connections, needs 8, 8 and 15 above mins of 2.
+        let s = shares(
+            22,
+            &[claim(2, 20, 2, 8), claim(2, 20, 2, 8), claim(2, 20, 2, 15)],
+        );
+        assert_eq!(s.iter().sum::<u32>(), 22);
+        assert!(s.iter().all(|x| *x >= 2), "{s:?}");
+        assert!(f64::from(s[2]) >= 1.5 * f64::from(s[0]), "{s:?}");
+        assert_eq!(s, vec![6, 6, 10]);
+    }
+
+    #[test]
+    fn a_big_idle_pool_gives_way_to_a_busy_one() {
+        // A grew to 20 and now needs 3; B needs 15.
+        let s = shares(22, &[claim(2, 20, 20, 3), claim(2, 20, 2, 15)]);
+        assert_eq!(s, vec![7, 15]);
+    }
+
+    #[test]
+    fn idle_pools_of_min_zero_take_only_what_is_left() {
+        let mut claims = vec![claim(0, 10, 0, 0); 300];
+        claims.push(claim(2, 20, 2, 15));
+        let s = shares(22, &claims);
+        assert_eq!(s.iter().sum::<u32>(), 22);
+        assert_eq!(s[300], 15, "the busy pool gets what it needs");
+    }
+
+    #[test]
+    fn mins_above_the_limit_are_still_given() {
+        let s = shares(3, &[claim(2, 5, 2, 2), claim(2, 5, 2, 2)]);
+        assert_eq!(s, vec![2, 2]);
+    }
+
+    #[test]
+    fn fill_is_proportional_and_exact() {
+        assert_eq!(fill(10, &[1, 2, 3]), vec![1, 2, 3]);
+        assert_eq!(fill(4, &[2, 2, 4]), vec![1, 1, 2]);
+        assert_eq!(fill(5, &[1, 1, 1, 1, 1, 1, 1]).iter().sum::<u32>(), 5);
+        assert_eq!(fill(0, &[3, 3]), vec![0, 0]);
+    }
+}
