@@ -5,9 +5,8 @@
 use std::time::{Duration, Instant};
 
 use poolplane::{EmbeddedPg, EmbeddedPgOptions};
-use poolplane_client::PoolplaneClient;
 use poolplane_client::proto::run_load_test_response::Update;
-use poolplane_client::proto::{Grade, LoadTestResult, PoolConfig, RunLoadTestRequest};
+use poolplane_client::proto::{Grade, PoolConfig, RunLoadTestRequest};
 use poolplane_tests::{TestPg, TestServer, run_load_test, wait_until};
 use tonic::Code;
 
