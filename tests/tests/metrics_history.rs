@@ -393,3 +393,51 @@ async fn metrics_history_is_downsampled_in_time_order_over_the_range() -> anyhow
     }
     server.shutdown().await
 }
+
+#[tokio::test]
+async fn last_hour_counts_survive_counter_resets() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let sql = server.control.connect().await?;
+    // A pool's cumulative counters as the recorder saw them: 10, 30, then the
+    // server restarted (the counters start again) 5, 25. The true counts:
+    // 20 + 5 + 20 = 45 checkouts (max - min would say 25), 2 + 1 + 3 = 6 timeouts,
+    // 4 + 2 + 1 = 7 query errors.
+    for (minutes, acquires, timeouts, query_errors, avg_ms) in [
+        (40, 10i64, 1i64, 0i64, 1.0),
+        (30, 30, 3, 4, 1.5),
+        (20, 5, 1, 2, 3.0),
+        (10, 25, 4, 3, 2.0),
+    ] {
+        sql.execute(
+            "INSERT INTO connection_pool_metrics (pool_name, recorded_at, connections, \
+               idle_connections, active_connections, waiting_requests, current_size, \
+               min_connections, max_connections, utilization_rate, avg_acquire_time_ms, \
+               p50_acquire_time_ms, p95_acquire_time_ms, p99_acquire_time_ms, total_acquires, \
+               acquire_timeouts, connection_errors, connections_created, connections_closed, \
+               connections_recycled, total_queries, query_errors) \
+             VALUES ('across-restart', now() - make_interval(mins => $1), 1, 1, 0, 0, 1, 1, 2, \
+               0.5, $2, 0, 0, 0, $3, $4, 0, 1, 0, 0, $3, $5)",
+            &[&minutes, &avg_ms, &acquires, &timeouts, &query_errors],
+        )
+        .await?;
+    }
+    let hour = server
+        .server()
+        .registry()
+        .store()
+        .hour_summary("across-restart")
+        .await?
+        .expect("samples in the last hour");
+    assert_eq!(hour.samples, 4);
+    assert_eq!(hour.acquires, 45);
+    assert_eq!(hour.acquire_timeouts, 6);
+    assert_eq!(hour.query_errors, 7);
+    // Acquire time of the window's checkouts: (30*1.5 - 10*1.0) + 5*3.0 +
+    // (25*2.0 - 5*3.0) = 35 + 15 + 35 = 85 ms over 45 checkouts.
+    assert!(
+        (hour.avg_acquire_time_ms - 85.0 / 45.0).abs() < 1e-9,
+        "{}",
+        hour.avg_acquire_time_ms
+    );
+    server.shutdown().await
+}

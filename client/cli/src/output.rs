@@ -391,6 +391,7 @@ impl Printer {
                 "max_response_time_ms": r.max_response_time_ms,
                 "avg_utilization": r.avg_utilization,
                 "peak_utilization": r.peak_utilization,
+                "capacity": r.capacity,
                 "started_at": time(r.started_at.as_ref()),
                 "duration_secs": r.duration_secs,
             })),
@@ -408,7 +409,9 @@ impl Printer {
                     r.max_response_time_ms
                 );
                 println!(
-                    "Utilization: avg {:.0}%  peak {:.0}%",
+                    "Utilization of the capacity the pool may use ({} connections): avg {:.0}% \
+                     (graded)  peak {:.0}%",
+                    r.capacity,
                     r.avg_utilization * 100.0,
                     r.peak_utilization * 100.0
                 );

@@ -74,6 +74,8 @@ pub struct OptimizerInput {
     pub cache: StatementCacheStats,
     /// The pool's last load test, if one ran.
     pub last_load_test: Option<LoadTestResults>,
+    /// Whether its server's connection budget holds it below its max now.
+    pub held_back_by_budget: bool,
 }
 
 /// A pool's stats summarized over a window.
@@ -85,6 +87,8 @@ pub struct StatsWindow {
     pub peak_utilization: f64,
     /// Most connections in use plus callers waiting at once.
     pub peak_demand: u32,
+    /// The largest size the pool had.
+    pub peak_size: u32,
     /// Checkouts in the window.
     pub acquires: u64,
     /// Checkouts that timed out in the window.
@@ -93,8 +97,25 @@ pub struct StatsWindow {
     pub connections_created: u64,
     /// Connections recycled in the window.
     pub connections_recycled: u64,
-    /// Mean acquire time, ms.
+    /// Mean acquire time of the window's checkouts, ms.
     pub avg_acquire_time_ms: f64,
+    /// Connections that failed to open in the window.
+    pub connection_errors: u64,
+    /// Statements that failed in the window.
+    pub query_errors: u64,
+}
+
+impl StatsWindow {
+    /// Failed attempts over attempts: acquire timeouts, connections that failed
+    /// to open and statements that failed, over checkouts tried.
+    pub fn error_rate(&self) -> f64 {
+        let attempts = self.acquires + self.acquire_timeouts;
+        if attempts == 0 {
+            return 0.0;
+        }
+        let errors = self.acquire_timeouts + self.connection_errors + self.query_errors;
+        (errors as f64 / attempts as f64).min(1.0)
+    }
 }
 
 fn rec(
@@ -127,11 +148,7 @@ pub fn recommend(input: &OptimizerInput) -> Vec<Recommendation> {
     let peak_utilization = w
         .peak_utilization
         .max(test.map_or(0.0, |t| t.peak_utilization));
-    let error_rate = test.map_or(0.0, |t| t.error_rate).max(if w.acquires == 0 {
-        0.0
-    } else {
-        w.acquire_timeouts as f64 / w.acquires as f64
-    });
+    let error_rate = test.map_or(0.0, |t| t.error_rate).max(w.error_rate());
     let p95_ms = test.map_or(0.0, |t| t.p95_response_time_ms);
     // Demand: the most callers wanting a connection at once, seen in the window or
     // driven by the last load test when it saturated the pool.
@@ -140,8 +157,28 @@ pub fn recommend(input: &OptimizerInput) -> Vec<Recommendation> {
         _ => 0,
     });
 
-    // 1. High utilization (> 85%).
-    if peak_utilization > 0.85 {
+    // 1. High utilization (> 85%). A larger max helps only a pool that has been at
+    // its max: below it, dynamic sizing still has room; held back by the budget,
+    // the server has none.
+    let at_max = w.peak_size >= c.max_connections
+        || !c.enable_dynamic_sizing
+        || test.is_some_and(|t| t.peak_utilization > 0.85);
+    if peak_utilization > 0.85 && input.held_back_by_budget {
+        out.push(rec(
+            "database",
+            "connection budget",
+            "",
+            format!(
+                "peak utilization {:.0}% > 85%, and the server's connection budget holds the pool \
+                 below max_connections {}",
+                peak_utilization * 100.0,
+                c.max_connections
+            ),
+            Severity::Warning,
+            "Raise the database's max_connections, lower other pools' demand or move pools to another server",
+            false,
+        ));
+    } else if peak_utilization > 0.85 && at_max {
         let wanted = ((f64::from(demand.max(c.max_connections)) / TARGET_UTILIZATION).ceil()
             as u32)
             .max(c.max_connections.saturating_add(1))
@@ -204,7 +241,7 @@ pub fn recommend(input: &OptimizerInput) -> Vec<Recommendation> {
             "",
             format!("p95 response time {p95_ms:.0} ms > 100 ms"),
             Severity::Warning,
-            "Optimize queries; review connection lifecycle settings",
+            "Optimize queries; increase statement cache capacity; review connection lifecycle settings",
             false,
         ));
     }
@@ -247,6 +284,25 @@ pub fn recommend(input: &OptimizerInput) -> Vec<Recommendation> {
             ),
             Severity::Warning,
             "Check connection establishment (network, authentication, database capacity)",
+            false,
+        ));
+    }
+
+    // 5b. Slow acquisition while the pool is mostly idle: connections are slow to
+    // open (network latency, TLS, authentication) or the database is.
+    if w.acquires > 0 && w.avg_acquire_time_ms > 10.0 && w.avg_utilization < 0.5 {
+        out.push(rec(
+            "database",
+            format!("acquire {:.1} ms", w.avg_acquire_time_ms),
+            "",
+            format!(
+                "checkouts took {:.1} ms on average while utilization averaged {:.0}%: the wait is \
+                 not for a free connection",
+                w.avg_acquire_time_ms,
+                w.avg_utilization * 100.0
+            ),
+            Severity::Warning,
+            "Check network latency and the database's connection cost (TLS, authentication, load)",
             false,
         ));
     }
@@ -328,6 +384,26 @@ pub fn recommend(input: &OptimizerInput) -> Vec<Recommendation> {
                 ),
                 Severity::Info,
                 "Decrease max_connections; consider pool consolidation",
+                true,
+            ));
+        }
+        // 8b. Under-used and churning: connections closed idle are opened again.
+        if w.connections_created > u64::from(c.min_connections.max(1)) * 2
+            && c.idle_timeout_secs < 3600
+        {
+            let wanted = c.idle_timeout_secs.saturating_mul(2).clamp(60, 3600);
+            out.push(rec(
+                "idle_timeout_secs",
+                c.idle_timeout_secs,
+                wanted,
+                format!(
+                    "{} connections opened in the window at {:.0}% peak utilization: idle ones \
+                     close and open again",
+                    w.connections_created,
+                    peak_utilization * 100.0
+                ),
+                Severity::Info,
+                "Increase idle_timeout_secs",
                 true,
             ));
         }
@@ -420,6 +496,7 @@ fn set_field(config: &mut AdvancedPoolConfig, parameter: &str, value: &str) -> b
             .parse()
             .map(|v| config.recycle_threshold_queries = v)
             .is_ok(),
+        "idle_timeout_secs" => value.parse().map(|v| config.idle_timeout_secs = v).is_ok(),
         _ => false,
     }
 }
@@ -458,6 +535,7 @@ impl ConnectionPoolService {
             window.peak_demand = window
                 .peak_demand
                 .max(live.active_connections + live.waiting_requests);
+            window.peak_size = window.peak_size.max(live.current_size);
             let config = pool.config();
             let input = OptimizerInput {
                 config: config.clone(),
@@ -471,6 +549,7 @@ impl ConnectionPoolService {
                     .expect("load tests lock")
                     .get(name)
                     .cloned(),
+                held_back_by_budget: live.budget.as_ref().is_some_and(|b| b.held_back),
             };
             let mut recommendations = recommend(&input);
             for rec in recommendations
@@ -483,7 +562,9 @@ impl ConnectionPoolService {
                 if wanted <= config.max_connections {
                     continue;
                 }
-                let (budget, others) = self.server_budget(name).await?;
+                let Some((budget, others)) = self.server_budget(name) else {
+                    continue;
+                };
                 let (capped, was_capped) = budget.cap(wanted, others);
                 if was_capped {
                     rec.suggested_value = capped.to_string();
@@ -545,28 +626,14 @@ impl ConnectionPoolService {
         })
     }
 
-    /// The budget of the server `name` points at (read from the server itself) and
-    /// the max_connections the other pools on that server hold.
-    async fn server_budget(&self, name: &str) -> Result<(ServerBudget, u32), Error> {
-        let pool = self.pool(name)?;
-        let row = pool
-            .query_one(
-                "SELECT current_setting('max_connections')::int4, \
-                        current_setting('superuser_reserved_connections')::int4",
-                &[],
-            )
-            .await?;
-        // A server may answer with NULLs or odd values: never a panic.
-        let setting = |i: usize| {
-            row.try_get::<_, Option<i32>>(i)
-                .ok()
-                .flatten()
-                .and_then(|v| u32::try_from(v).ok())
-                .unwrap_or(0)
-        };
+    /// The budget of the server `name` points at (as its connections read it)
+    /// and the max_connections the other pools on that server hold; `None` while
+    /// the server's settings are not known.
+    fn server_budget(&self, name: &str) -> Option<(ServerBudget, u32)> {
+        let limits = self.budget_of(name)?.limits()?;
         let budget = ServerBudget {
-            max_connections: setting(0),
-            superuser_reserved: setting(1),
+            max_connections: limits.max_connections,
+            superuser_reserved: limits.reserved_connections,
             reserve: self.connection_reserve,
         };
         let key = self.target(name).map(|t| t.server_key());
@@ -578,7 +645,7 @@ impl ConnectionPoolService {
             .filter_map(|other| self.pool(other).ok())
             .map(|p| p.config().max_connections)
             .fold(0u32, u32::saturating_add);
-        Ok((budget, others))
+        Some((budget, others))
     }
 }
 
@@ -627,6 +694,7 @@ mod tests {
                 capacity: 100,
             },
             last_load_test: None,
+            held_back_by_budget: false,
         }
     }
 
@@ -648,6 +716,7 @@ mod tests {
             max_response_time_ms: p95,
             avg_utilization: peak,
             peak_utilization: peak,
+            capacity: 10,
             grade: Grade::F,
             started_at: SystemTime::now(),
             duration: Duration::from_secs(5),
@@ -681,6 +750,112 @@ mod tests {
             "p95 1600 ms > 100 ms"
         );
         assert_eq!(recs[0].severity, Severity::Critical, "most severe first");
+    }
+
+    fn dynamic(min: u32, max: u32) -> AdvancedPoolConfig {
+        AdvancedPoolConfig {
+            enable_dynamic_sizing: true,
+            ..config(min, max)
+        }
+    }
+
+    fn grows_max(i: &OptimizerInput) -> bool {
+        recommend(i)
+            .iter()
+            .any(|r| r.sentence == "Increase max_connections")
+    }
+
+    #[test]
+    fn max_grows_only_for_a_pool_that_reached_it() {
+        // A dynamically sized pool busy at size 4 of max 10: sizing has room.
+        let mut i = input(dynamic(2, 10));
+        i.window = StatsWindow {
+            peak_utilization: 1.0,
+            peak_size: 4,
+            peak_demand: 4,
+            acquires: 1000,
+            ..Default::default()
+        };
+        assert!(!grows_max(&i), "below its max");
+        i.window.peak_size = 10;
+        i.window.peak_demand = 12;
+        assert!(grows_max(&i), "at its max");
+        // Held back by the budget: advice about the server, not a larger max.
+        i.held_back_by_budget = true;
+        let recs = recommend(&i);
+        assert!(!grows_max(&i));
+        assert!(
+            recs.iter()
+                .any(|r| r.parameter == "database" && r.sentence.contains("max_connections")),
+            "{recs:?}"
+        );
+    }
+
+    #[test]
+    fn the_error_rate_counts_every_failure_over_attempts() {
+        let w = StatsWindow {
+            acquires: 90,
+            acquire_timeouts: 10,
+            connection_errors: 5,
+            query_errors: 5,
+            ..Default::default()
+        };
+        assert!((w.error_rate() - 0.2).abs() < 1e-12, "{}", w.error_rate());
+        assert_eq!(StatsWindow::default().error_rate(), 0.0);
+        let mut i = input(dynamic(2, 10));
+        i.window = StatsWindow {
+            acquires: 100,
+            query_errors: 6,
+            peak_utilization: 0.5,
+            peak_size: 4,
+            ..Default::default()
+        };
+        assert!(
+            recommend(&i)
+                .iter()
+                .any(|r| r.severity == Severity::Critical && r.reason.contains("error rate 6.0%")),
+            "query errors alone count"
+        );
+    }
+
+    #[test]
+    fn the_seeds_other_rules() {
+        // Under-used and churning: raise idle_timeout_secs.
+        let mut i = input(AdvancedPoolConfig {
+            idle_timeout_secs: 60,
+            ..dynamic(1, 10)
+        });
+        i.window = StatsWindow {
+            peak_utilization: 0.1,
+            avg_utilization: 0.05,
+            peak_demand: 1,
+            peak_size: 1,
+            acquires: 500,
+            connections_created: 30,
+            ..Default::default()
+        };
+        let recs = recommend(&i);
+        let idle = recs
+            .iter()
+            .find(|r| r.parameter == "idle_timeout_secs")
+            .expect("raise idle_timeout_secs");
+        assert_eq!(
+            (idle.suggested_value.as_str(), idle.applicable),
+            ("120", true)
+        );
+        // Slow acquisition at low utilization points at the connection cost.
+        i.window.avg_acquire_time_ms = 40.0;
+        assert!(
+            recommend(&i)
+                .iter()
+                .any(|r| r.sentence.starts_with("Check network latency")),
+        );
+        i.window.avg_acquire_time_ms = 2.0;
+        assert!(
+            !recommend(&i)
+                .iter()
+                .any(|r| r.sentence.starts_with("Check network latency")),
+        );
     }
 
     #[test]

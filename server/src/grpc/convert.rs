@@ -160,6 +160,7 @@ pub fn stats_to_proto(pool_name: &str, s: &PoolStats) -> v1::PoolStats {
         connections_closed: s.connections_closed,
         connections_recycled: s.connections_recycled,
         total_queries: s.total_queries,
+        query_errors: s.query_errors,
         security: Some(security_to_proto(&s.security)),
         budget: s.budget.as_ref().map(|b| v1::ConnectionBudget {
             server: b.server.clone(),
@@ -287,6 +288,8 @@ pub fn summary_to_proto(s: &PerformanceSummary) -> v1::PerformanceSummary {
         acquire_timeouts_1h: hour.map_or(0, |h| h.acquire_timeouts),
         connection_errors_1h: hour.map_or(0, |h| h.connection_errors),
         samples_1h: hour.map_or(0, |h| h.samples),
+        acquires_1h: hour.map_or(0, |h| h.acquires),
+        query_errors_1h: hour.map_or(0, |h| h.query_errors),
         cache_hit_rate: s.cache_hit_rate,
         recent_scaling_events: s
             .recent_scaling_events
@@ -348,6 +351,7 @@ pub fn load_test_to_proto(r: &LoadTestResults) -> v1::LoadTestResult {
         max_response_time_ms: r.max_response_time_ms,
         avg_utilization: r.avg_utilization,
         peak_utilization: r.peak_utilization,
+        capacity: r.capacity,
         grade: match r.grade {
             Grade::A => v1::Grade::A,
             Grade::B => v1::Grade::B,

@@ -225,6 +225,11 @@ impl ServerBudget {
         (limit != UNKNOWN).then_some(limit)
     }
 
+    /// The server's settings, once a connection has read them.
+    pub fn limits(&self) -> Option<ServerLimits> {
+        *self.limits.lock().expect("limits lock")
+    }
+
     /// Connections the budget's pools hold now.
     pub fn in_use(&self) -> u32 {
         self.in_use.load(Ordering::Acquire)

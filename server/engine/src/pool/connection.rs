@@ -183,7 +183,7 @@ impl PooledConnection {
         self.in_flight = true;
         let result = self.run_statement(sql, params, op, retry).await;
         self.in_flight = false;
-        result
+        self.counted(result)
     }
 
     async fn run_statement(
@@ -282,14 +282,23 @@ impl PooledConnection {
             self.conn.broken = true;
             return Err(Error::Database(e));
         }
-        match ran {
+        let result = match ran {
             Err(e) if is_stale_statement(&e) => {
                 drop(statement);
                 self.forget_statement(sql);
                 Err(Error::Database(e))
             }
             result => result.map_err(Error::Database),
+        };
+        self.counted(result)
+    }
+
+    /// Counts a failed statement in the pool's query_errors.
+    fn counted<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        if result.is_err() {
+            Counters::add(&self.shared.counters.query_errors, 1);
         }
+        result
     }
 
     /// Runs one or more statements with the simple protocol (no parameters, no
@@ -300,7 +309,7 @@ impl PooledConnection {
         self.in_flight = true;
         let result = self.conn.client.batch_execute(sql).await;
         self.in_flight = false;
-        result.map_err(Error::Database)
+        self.counted(result.map_err(Error::Database))
     }
 
     /// Starts a transaction. It rolls back unless committed; one dropped without

@@ -752,6 +752,7 @@ impl AdvancedConnectionPool {
             connections_closed: Counters::get(&c.connections_closed),
             connections_recycled: Counters::get(&c.connections_recycled),
             total_queries: Counters::get(&c.total_queries),
+            query_errors: Counters::get(&c.query_errors),
             security: shared.security.lock().expect("security lock").clone(),
             budget: shared.budget.as_ref().map(|m| {
                 m.budget.stats_for(
@@ -760,6 +761,12 @@ impl AdvancedConnectionPool {
                 )
             }),
         }
+    }
+
+    /// The size the pool may reach now: max_connections, or its share of its
+    /// server's connection budget if smaller (never below min_connections).
+    pub fn capacity(&self) -> u32 {
+        self.shared.share()
     }
 
     /// The seed's `get_health_status()`.

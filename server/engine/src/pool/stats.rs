@@ -47,6 +47,8 @@ pub struct PoolStats {
     pub connections_recycled: u64,
     /// Queries run through the pool.
     pub total_queries: u64,
+    /// Statements that failed (PostgreSQL errors, broken connections).
+    pub query_errors: u64,
     /// How the open connections are secured and where they are.
     pub security: ConnectionSecurity,
     /// The pool's part of its server's connection budget (pools of a registry).
@@ -131,6 +133,7 @@ pub(crate) struct Counters {
     pub connections_closed: AtomicU64,
     pub connections_recycled: AtomicU64,
     pub total_queries: AtomicU64,
+    pub query_errors: AtomicU64,
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
     pub cache_evictions: AtomicU64,

@@ -35,6 +35,10 @@ pub struct HourSummary {
     pub acquire_timeouts: i64,
     /// Connection errors in the hour.
     pub connection_errors: i64,
+    /// Checkouts in the hour.
+    pub acquires: i64,
+    /// Statements that failed in the hour.
+    pub query_errors: i64,
     /// Samples in the hour.
     pub samples: i64,
 }
@@ -109,7 +113,7 @@ impl ControlStore {
             at: Vec<SystemTime>,
             ints: [Vec<i32>; 7],
             floats: [Vec<f64>; 5],
-            bigs: [Vec<i64>; 7],
+            bigs: [Vec<i64>; 8],
         }
         let mut p = PoolColumns::default();
         let (
@@ -168,6 +172,7 @@ impl ControlStore {
                         s.connections_closed,
                         s.connections_recycled,
                         s.total_queries,
+                        s.query_errors,
                     ]) {
                         col.push(big(v));
                     }
@@ -235,20 +240,20 @@ impl ControlStore {
         if !p.name.is_empty() {
             let [i0, i1, i2, i3, i4, i5, i6] = &p.ints;
             let [f0, f1, f2, f3, f4] = &p.floats;
-            let [b0, b1, b2, b3, b4, b5, b6] = &p.bigs;
+            let [b0, b1, b2, b3, b4, b5, b6, b7] = &p.bigs;
             tx.execute(
                 "INSERT INTO connection_pool_metrics (pool_name, recorded_at, connections, \
                  idle_connections, active_connections, waiting_requests, current_size, min_connections, \
                  max_connections, utilization_rate, avg_acquire_time_ms, p50_acquire_time_ms, \
                  p95_acquire_time_ms, p99_acquire_time_ms, total_acquires, acquire_timeouts, \
                  connection_errors, connections_created, connections_closed, connections_recycled, \
-                 total_queries) \
+                 total_queries, query_errors) \
                  SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::int4[], $5::int4[], \
                  $6::int4[], $7::int4[], $8::int4[], $9::int4[], $10::float8[], $11::float8[], \
                  $12::float8[], $13::float8[], $14::float8[], $15::int8[], $16::int8[], $17::int8[], \
-                 $18::int8[], $19::int8[], $20::int8[], $21::int8[])",
+                 $18::int8[], $19::int8[], $20::int8[], $21::int8[], $22::int8[])",
                 &[
-                    &p.name, &p.at, i0, i1, i2, i3, i4, i5, i6, f0, f1, f2, f3, f4, b0, b1, b2, b3, b4, b5, b6,
+                    &p.name, &p.at, i0, i1, i2, i3, i4, i5, i6, f0, f1, f2, f3, f4, b0, b1, b2, b3, b4, b5, b6, b7,
                 ],
             )
             .await
@@ -301,7 +306,8 @@ impl ControlStore {
             .query_opt(
                 "SELECT recorded_at, coalesce(avg_utilization_1h, 0), coalesce(max_utilization_1h, 0), \
                  coalesce(avg_acquire_time_ms_1h, 0), coalesce(acquire_timeouts_1h, 0), \
-                 coalesce(connection_errors_1h, 0), coalesce(samples_1h, 0) \
+                 coalesce(connection_errors_1h, 0), coalesce(samples_1h, 0), \
+                 coalesce(acquires_1h, 0), coalesce(query_errors_1h, 0) \
                  FROM pool_performance_summary WHERE pool_name = $1 AND rn = 1",
                 &[&pool_name],
             )
@@ -315,6 +321,8 @@ impl ControlStore {
             acquire_timeouts: r.get(4),
             connection_errors: r.get(5),
             samples: r.get(6),
+            acquires: r.get(7),
+            query_errors: r.get(8),
         }))
     }
 
@@ -398,8 +406,8 @@ impl ControlStore {
              concurrency, query, target_rps, total_requests, successful_requests, failed_requests, \
              error_rate, requests_per_second, avg_response_time_ms, p50_response_time_ms, \
              p95_response_time_ms, p99_response_time_ms, max_response_time_ms, avg_utilization, \
-             peak_utilization, grade) \
-             VALUES ($1, now(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+             peak_utilization, grade, capacity) \
+             VALUES ($1, now(), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
             &[
                 &r.pool_name,
                 &r.started_at,
@@ -420,6 +428,7 @@ impl ControlStore {
                 &r.avg_utilization,
                 &r.peak_utilization,
                 &r.grade.letter(),
+                &int(r.capacity),
             ],
         )
         .await
@@ -443,7 +452,7 @@ impl ControlStore {
                      total_requests, successful_requests, failed_requests, error_rate, \
                      requests_per_second, avg_response_time_ms, p50_response_time_ms, \
                      p95_response_time_ms, p99_response_time_ms, max_response_time_ms, \
-                     avg_utilization, peak_utilization, grade \
+                     avg_utilization, peak_utilization, grade, coalesce(capacity, 0) \
                      FROM pool_load_test_results WHERE pool_name = $1 AND started_at >= $2 \
                      ORDER BY recorded_at DESC LIMIT 1",
                     &[pool, since],
@@ -473,6 +482,7 @@ impl ControlStore {
                 avg_utilization: r.get(15),
                 peak_utilization: r.get(16),
                 grade,
+                capacity: u32::try_from(r.get::<_, i32>(18)).unwrap_or(0),
                 started_at: r.get(0),
                 duration: std::time::Duration::from_millis(unsigned(1)),
             });
@@ -490,16 +500,16 @@ impl ControlStore {
         let conn = self.conn().await?;
         let row = conn
             .query_one(
-                "SELECT coalesce(avg(utilization_rate), 0), coalesce(max(utilization_rate), 0), \
-                        coalesce(max(active_connections + waiting_requests), 0)::int8, \
-                        coalesce(max(total_acquires) - min(total_acquires), 0)::int8, \
-                        coalesce(max(acquire_timeouts) - min(acquire_timeouts), 0)::int8, \
-                        coalesce(max(connections_created) - min(connections_created), 0)::int8, \
-                        coalesce(max(connections_recycled) - min(connections_recycled), 0)::int8, \
-                        coalesce(avg(avg_acquire_time_ms), 0), \
+                "SELECT coalesce(w.avg_utilization, 0), coalesce(w.max_utilization, 0), \
+                        coalesce(w.peak_demand, 0), coalesce(w.acquires, 0), \
+                        coalesce(w.acquire_timeouts, 0), coalesce(w.connections_created, 0), \
+                        coalesce(w.connections_recycled, 0), coalesce(w.avg_acquire_time_ms, 0), \
                         (SELECT count(*) FROM connection_health_status \
-                          WHERE pool_name = $1 AND recorded_at >= $2 AND consecutive_failures > 0) \
-                 FROM connection_pool_metrics WHERE pool_name = $1 AND recorded_at >= $2",
+                          WHERE pool_name = $1 AND recorded_at >= $2 AND consecutive_failures > 0), \
+                        coalesce(w.connection_errors, 0), coalesce(w.query_errors, 0), \
+                        coalesce(w.peak_size, 0) \
+                 FROM (SELECT 1) one \
+                 LEFT JOIN poolplane_metrics_window($2, $1) w ON true",
                 &[&pool_name, &since],
             )
             .await
@@ -515,6 +525,9 @@ impl ControlStore {
                 connections_created: unsigned(5),
                 connections_recycled: unsigned(6),
                 avg_acquire_time_ms: row.get(7),
+                connection_errors: unsigned(9),
+                query_errors: unsigned(10),
+                peak_size: u32::try_from(row.get::<_, i64>(11)).unwrap_or(0),
             },
             unsigned(8),
         ))
