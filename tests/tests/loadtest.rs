@@ -77,6 +77,67 @@ async fn an_idle_pool_grades_a_and_the_result_is_stored() -> anyhow::Result<()> 
 }
 
 #[tokio::test]
+async fn utilization_is_graded_against_the_capacity_the_pool_may_use() -> anyhow::Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let server = TestServer::spawn().await?;
+    let db = TestPg::database().await?;
+    let admin = db.connect().await?;
+    admin
+        .batch_execute(
+            "CREATE TABLE accounts (aid int PRIMARY KEY, abalance int NOT NULL); \
+             INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 10000) g",
+        )
+        .await?;
+    let client = &server.client;
+    let point_select = "SELECT abalance FROM accounts WHERE aid = 4242";
+
+    // The seed's example, shortened: 50 workers for 20 s on the default
+    // configuration (min 20, max 100): about 50 of 100 connections in use.
+    client
+        .create_pool("seed", db.url(), PoolConfig::default())
+        .await?;
+    let (_, seed) = run_load_test(client, test("seed", 50, 20, point_select)).await?;
+    eprintln!(
+        "seed example: grade {} p95 {:.2} ms avg {:.2} of {}",
+        seed.grade, seed.p95_response_time_ms, seed.avg_utilization, seed.capacity
+    );
+    assert_eq!(seed.capacity, 100, "max_connections, within the budget");
+    assert_eq!(seed.failed_requests, 0);
+    assert!(seed.avg_utilization < 0.8, "{seed:?}");
+    assert!(
+        seed.grade == Grade::A as i32 || seed.grade == Grade::B as i32,
+        "{seed:?}"
+    );
+
+    // min 2, max 10, 8 callers: the pool grows within a second, and 8 of the 10
+    // connections it may use is 80%, a B (it was a D against the size of 2).
+    let dynamic = PoolConfig {
+        enable_dynamic_sizing: Some(true),
+        ..fixed(2, 10)
+    };
+    client.create_pool("demo", db.url(), dynamic).await?;
+    let (_, demo) = run_load_test(client, test("demo", 8, 3, point_select)).await?;
+    assert_eq!(demo.capacity, 10);
+    assert!(
+        demo.peak_utilization <= 0.8 + 1e-9 && demo.peak_utilization > 0.5,
+        "{demo:?}"
+    );
+    assert!(demo.grade <= Grade::B as i32, "{demo:?}");
+    let stored: Option<i32> = server
+        .control
+        .connect()
+        .await?
+        .query_one(
+            "SELECT capacity FROM pool_load_test_results WHERE pool_name = 'demo'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(stored, Some(10));
+    server.shutdown().await
+}
+
+#[tokio::test]
 async fn an_open_loop_test_keeps_its_rate() -> anyhow::Result<()> {
     let _serial = ONE_AT_A_TIME.lock().await;
     let server = TestServer::spawn().await?;
