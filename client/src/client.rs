@@ -2,12 +2,13 @@
 
 use poolplane_proto::v1::pool_service_client::PoolServiceClient;
 use poolplane_proto::v1::{
-    CreatePoolRequest, DeletePoolRequest, GetHealthStatusRequest, GetMetricsHistoryRequest,
-    GetPerformanceSummaryRequest, GetPoolRequest, GetPoolStatsRequest,
-    GetStatementCacheStatsRequest, HealthStatus, ListPoolsRequest, ListScalingEventsRequest,
-    MetricsPoint, OptimizationReport, OptimizePoolsRequest, PerformanceSummary, Pool, PoolConfig,
-    PoolEvent, PoolStats, RunLoadTestRequest, RunLoadTestResponse, ScalingEventRecord,
-    StatementCacheStats, UpdatePoolConfigRequest, WatchHealthEventsRequest, WatchPoolStatsRequest,
+    ConfigChangeRecord, ConfigWarning, CreatePoolRequest, DeletePoolRequest,
+    GetHealthStatusRequest, GetMetricsHistoryRequest, GetPerformanceSummaryRequest, GetPoolRequest,
+    GetPoolStatsRequest, GetStatementCacheStatsRequest, HealthStatus, ListConfigChangesRequest,
+    ListPoolsRequest, ListScalingEventsRequest, MetricsPoint, OptimizationReport,
+    OptimizePoolsRequest, PerformanceSummary, Pool, PoolConfig, PoolEvent, PoolStats,
+    RunLoadTestRequest, RunLoadTestResponse, ScalingEventRecord, StatementCacheStats,
+    UpdatePoolConfigRequest, WatchHealthEventsRequest, WatchPoolStatsRequest,
 };
 use std::time::Duration;
 
@@ -294,6 +295,20 @@ impl PoolplaneClient {
         database_url: &str,
         config: PoolConfig,
     ) -> Result<Pool, Error> {
+        Ok(self
+            .create_pool_with_warnings(name, database_url, config)
+            .await?
+            .0)
+    }
+
+    /// [`create_pool`](Self::create_pool), with the values the server found
+    /// outside the seed's guidance (the pool is created anyway).
+    pub async fn create_pool_with_warnings(
+        &self,
+        name: &str,
+        database_url: &str,
+        config: PoolConfig,
+    ) -> Result<(Pool, Vec<ConfigWarning>), Error> {
         let response = self
             .pool_service()
             .create_pool(self.request(CreatePoolRequest {
@@ -301,8 +316,9 @@ impl PoolplaneClient {
                 database_url: database_url.to_owned(),
                 config: Some(config),
             }))
-            .await?;
-        present(response.into_inner().pool, "pool")
+            .await?
+            .into_inner();
+        Ok((present(response.pool, "pool")?, response.warnings))
     }
 
     /// One pool.
@@ -333,14 +349,45 @@ impl PoolplaneClient {
 
     /// Changes the config fields set in `config`.
     pub async fn update_pool_config(&self, name: &str, config: PoolConfig) -> Result<Pool, Error> {
+        Ok(self.update_pool_config_with_warnings(name, config).await?.0)
+    }
+
+    /// [`update_pool_config`](Self::update_pool_config), with the values the
+    /// server found outside the seed's guidance (the change is made anyway).
+    pub async fn update_pool_config_with_warnings(
+        &self,
+        name: &str,
+        config: PoolConfig,
+    ) -> Result<(Pool, Vec<ConfigWarning>), Error> {
         let response = self
             .pool_service()
             .update_pool_config(self.request(UpdatePoolConfigRequest {
                 name: name.to_owned(),
                 config: Some(config),
             }))
+            .await?
+            .into_inner();
+        Ok((present(response.pool, "pool")?, response.warnings))
+    }
+
+    /// A pool's recorded config changes (one per field), newest first: who
+    /// changed what, why, and whether it was applied.
+    pub async fn list_config_changes(
+        &self,
+        pool_name: &str,
+        limit: u32,
+    ) -> Result<Vec<ConfigChangeRecord>, Error> {
+        let response = self
+            .idempotent(|| {
+                let mut service = self.pool_service();
+                let request = self.request(ListConfigChangesRequest {
+                    pool_name: pool_name.to_owned(),
+                    limit,
+                });
+                async move { service.list_config_changes(request).await }
+            })
             .await?;
-        present(response.into_inner().pool, "pool")
+        Ok(response.into_inner().changes)
     }
 
     /// Deletes a pool (its checked-out connections may finish first).

@@ -63,6 +63,8 @@ pub struct ServerConfig {
     pub allowed_db_hosts: Option<Vec<String>>,
     /// Most pools the server holds.
     pub max_pools: usize,
+    /// Apply the optimizer's applicable recommendations this often (`None`: off).
+    pub auto_optimize_interval: Option<Duration>,
     /// Bounds on watch streams and HTTP/2 connections.
     pub limits: ServerLimits,
 }
@@ -93,6 +95,9 @@ impl ServerConfig {
             s(10 * 365 * 86_400),
         );
         range("--shutdown-grace", self.shutdown_grace, ms(0), s(3600));
+        if let Some(interval) = self.auto_optimize_interval {
+            range("--auto-optimize-interval", interval, s(1), s(86_400));
+        }
         range(
             "--max-load-test-duration",
             self.load_test_limits.max_duration,
@@ -362,6 +367,14 @@ impl Server {
             StreamSlots::new(&config.limits),
         );
         let reloader = tokio::spawn(reload_tokens_on_sighup(Arc::clone(&auth), token.clone()));
+        if let Some(interval) = config.auto_optimize_interval {
+            tracing::info!(?interval, "automated tuning on");
+            tokio::spawn(poolplane::optimizer::auto_tune(
+                Arc::clone(&registry),
+                interval,
+                token.clone(),
+            ));
+        }
         let watchers = service.watcher_count();
         let task = tokio::spawn(serve(
             Parts {
@@ -673,6 +686,7 @@ async fn pool_health_bridge(
                     PoolEventKind::HealthCheckFailed { .. }
                     | PoolEventKind::HealthCheckSucceeded { .. }
                     | PoolEventKind::Scaled { .. }
+                    | PoolEventKind::ConfigChanged { .. }
                     | PoolEventKind::ConnectionRecycled { .. } => {}
                 }
             }

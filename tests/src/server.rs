@@ -79,6 +79,7 @@ impl TestServer {
             secrets_key_file: Some(test_secrets_key_file()),
             allowed_db_hosts: None,
             max_pools: 1000,
+            auto_optimize_interval: None,
             limits: Default::default(),
         }
     }

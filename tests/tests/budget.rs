@@ -167,6 +167,14 @@ async fn pools_on_one_server_share_its_budget_by_demand() -> anyhow::Result<()> 
             .and_then(|c| c.min_connections),
         Some(2)
     );
+    // The refusal is on record, as not applied.
+    let refused = client.list_config_changes("load-a", 10).await?;
+    let min = refused
+        .iter()
+        .find(|r| r.change.as_ref().map(|c| c.field.as_str()) == Some("min_connections"))
+        .expect("the refused change is recorded");
+    assert!(!min.applied);
+    assert!(min.reason.contains("connection budget"), "{}", min.reason);
 
     // 300 idle pools of min_connections 0 on the same server.
     let started = std::time::Instant::now();

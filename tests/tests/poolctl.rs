@@ -91,6 +91,42 @@ async fn create_list_stats_loadtest_and_delete() -> anyhow::Result<()> {
         stderr(&test)
     );
 
+    // A value outside the seed's guidance is made, with a warning on stderr; the
+    // change is on record.
+    let update = poolctl(
+        &server,
+        &[
+            "pools",
+            "update",
+            "primary",
+            "--max",
+            "12",
+            "--max-failed-health-checks",
+            "10",
+        ],
+    )
+    .await?;
+    assert!(update.status.success(), "{}", stderr(&update));
+    assert!(
+        stderr(&update).contains("warning: config.max_failed_health_checks: 10 is outside the 3-5"),
+        "{}",
+        stderr(&update)
+    );
+    let changes = poolctl(&server, &["history", "primary", "--changes"]).await?;
+    assert!(changes.status.success(), "{}", stderr(&changes));
+    let table = stdout(&changes);
+    let max_row = table
+        .lines()
+        .find(|l| l.contains("max_connections"))
+        .unwrap_or_else(|| panic!("{table}"));
+    let cells: Vec<&str> = max_row.split_whitespace().collect();
+    assert_eq!(
+        &cells[1..6],
+        ["max_connections", "10", "12", "admin", "yes"],
+        "{table}"
+    );
+    assert!(table.contains("max_failed_health_checks"), "{table}");
+
     let optimize = poolctl(&server, &["optimize", "--output", "json"]).await?;
     let report: serde_json::Value = serde_json::from_str(stdout(&optimize).trim())?;
     assert_eq!(report["total_pools"], 1);

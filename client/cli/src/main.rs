@@ -135,9 +135,12 @@ enum Command {
         /// How far back, with a unit (30m, 1h, 7d).
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         since: Duration,
-        /// At most this many points.
+        /// At most this many points (with --changes: changes).
         #[arg(long, default_value_t = 20)]
         points: u32,
+        /// Show the pool's config changes (who, what, why) instead of metrics.
+        #[arg(long)]
+        changes: bool,
     },
 }
 
@@ -375,16 +378,20 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
     let client = builder.connect().await?;
     match cli.command {
         Command::Pools(PoolsCommand::Create { name, url, config }) => {
-            out.pool(&client.create_pool(&name, &url, config.into_proto()).await?);
+            let (pool, warnings) = client
+                .create_pool_with_warnings(&name, &url, config.into_proto())
+                .await?;
+            out.warnings(&warnings);
+            out.pool(&pool);
         }
         Command::Pools(PoolsCommand::List) => out.pools(&client.list_pools().await?),
         Command::Pools(PoolsCommand::Get { name }) => out.pool(&client.get_pool(&name).await?),
         Command::Pools(PoolsCommand::Update { name, config }) => {
-            out.pool(
-                &client
-                    .update_pool_config(&name, config.into_proto())
-                    .await?,
-            );
+            let (pool, warnings) = client
+                .update_pool_config_with_warnings(&name, config.into_proto())
+                .await?;
+            out.warnings(&warnings);
+            out.pool(&pool);
         }
         Command::Pools(PoolsCommand::Delete { name }) => {
             client.delete_pool(&name).await?;
@@ -464,8 +471,15 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
         Command::Top => top::run(client, cli.server.clone()).await?,
         Command::History {
             name,
+            points,
+            changes: true,
+            ..
+        } => out.changes(&client.list_config_changes(&name, points).await?),
+        Command::History {
+            name,
             since,
             points,
+            changes: false,
         } => {
             let to = SystemTime::now();
             let history = client

@@ -4,8 +4,9 @@
 use std::io::{IsTerminal, Write};
 
 use poolplane_client::proto::{
-    Grade, HealthStatus, LoadTestProgress, LoadTestResult, MetricsPoint, OptimizationReport, Pool,
-    PoolConfig, PoolEvent, PoolState, PoolStats, pool_event::Kind,
+    ConfigChangeRecord, ConfigWarning, Grade, HealthStatus, LoadTestProgress, LoadTestResult,
+    MetricsPoint, OptimizationReport, Pool, PoolConfig, PoolEvent, PoolState, PoolStats,
+    pool_event::Kind,
 };
 use serde_json::{Value, json};
 
@@ -192,6 +193,17 @@ fn event_text(e: &PoolEvent) -> (String, Value) {
         Some(Kind::PoolUpdated(u)) => ("pool_updated", json!({"rebuilt": u.rebuilt})),
         Some(Kind::PoolDeleted(_)) => ("pool_deleted", json!({})),
         Some(Kind::MissedEvents(m)) => ("missed_events", json!({"count": m.count})),
+        Some(Kind::ConfigChanged(c)) => (
+            "config_changed",
+            json!({
+                "changes": c.changes.iter().map(|f| json!({
+                    "field": f.field, "old_value": f.old_value, "new_value": f.new_value,
+                })).collect::<Vec<_>>(),
+                "source": c.source,
+                "reason": c.reason,
+                "applied": c.applied,
+            }),
+        ),
         None => ("unknown", json!({})),
     };
     (kind.to_owned(), detail)
@@ -456,6 +468,53 @@ impl Printer {
                     for change in &o.applied_changes {
                         println!("  applied: {change}");
                     }
+                }
+            }
+        }
+    }
+
+    /// Config values outside the seed's guidance, on stderr (stdout stays the
+    /// pool, JSON included).
+    pub fn warnings(&self, warnings: &[ConfigWarning]) {
+        for w in warnings {
+            eprintln!("warning: {}: {}", w.field, w.description);
+        }
+    }
+
+    pub fn changes(&self, changes: &[ConfigChangeRecord]) {
+        match self.format {
+            Format::Json => {
+                for c in changes {
+                    let field = c.change.as_ref();
+                    self.json(&json!({
+                        "pool_name": c.pool_name,
+                        "changed_at": time(c.changed_at.as_ref()),
+                        "field": field.map(|f| f.field.as_str()),
+                        "old_value": field.map(|f| f.old_value.as_str()),
+                        "new_value": field.map(|f| f.new_value.as_str()),
+                        "source": c.source,
+                        "reason": c.reason,
+                        "applied": c.applied,
+                    }));
+                }
+            }
+            Format::Table => {
+                println!(
+                    "{:>14} {:<26} {:>10} {:>10} {:<10} {:<8}  REASON",
+                    "AT (unix s)", "FIELD", "OLD", "NEW", "SOURCE", "APPLIED"
+                );
+                for c in changes {
+                    let field = c.change.clone().unwrap_or_default();
+                    println!(
+                        "{:>14} {:<26} {:>10} {:>10} {:<10} {:<8}  {}",
+                        c.changed_at.as_ref().map_or(0, |t| t.seconds),
+                        field.field,
+                        field.old_value,
+                        field.new_value,
+                        c.source,
+                        if c.applied { "yes" } else { "REFUSED" },
+                        c.reason
+                    );
                 }
             }
         }

@@ -64,6 +64,20 @@ impl TopState {
                 self.healthy.entry(event.pool_name.clone()).or_insert(true);
                 "created".into()
             }
+            Some(Kind::ConfigChanged(c)) => format!(
+                "config {} by {}: {}",
+                if c.applied {
+                    "changed"
+                } else {
+                    "change refused"
+                },
+                c.source,
+                c.changes
+                    .iter()
+                    .map(|f| format!("{} {} -> {}", f.field, f.old_value, f.new_value))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Some(Kind::PoolUpdated(u)) => format!(
                 "config updated{}",
                 if u.rebuilt { " (rebuilt)" } else { "" }

@@ -372,6 +372,79 @@ impl AdvancedPoolConfig {
     }
 }
 
+impl AdvancedPoolConfig {
+    /// Values that are valid but outside the seed's guidance: health checks every
+    /// 15–60 s, 3–5 failures before unhealthy, and load thresholds with room
+    /// between them (at least 0.2, or sizing flaps). Answered with CreatePool and
+    /// UpdatePoolConfig; nothing is refused for them.
+    pub fn warnings(&self) -> Vec<FieldViolation> {
+        let mut out = Vec::new();
+        if !(15..=60).contains(&self.health_check_interval_secs) {
+            out.push(FieldViolation {
+                field: "health_check_interval_secs",
+                description: format!(
+                    "{} s is outside the 15-60 s the guidance suggests: shorter loads the \
+                     database with checks, longer notices an outage late",
+                    self.health_check_interval_secs
+                ),
+            });
+        }
+        if !(3..=5).contains(&self.max_failed_health_checks) {
+            out.push(FieldViolation {
+                field: "max_failed_health_checks",
+                description: format!(
+                    "{} is outside the 3-5 the guidance suggests: fewer flips on one slow \
+                     check, more keeps a dead database marked healthy for long",
+                    self.max_failed_health_checks
+                ),
+            });
+        }
+        if self.enable_dynamic_sizing && self.load_threshold_high - self.load_threshold_low < 0.2 {
+            out.push(FieldViolation {
+                field: "load_threshold_low",
+                description: format!(
+                    "load_threshold_low {} and load_threshold_high {} leave less than 0.2 \
+                     between them: the pool would grow and shrink back and forth",
+                    self.load_threshold_low, self.load_threshold_high
+                ),
+            });
+        }
+        out
+    }
+}
+
+/// One field a configuration change touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldChange {
+    /// The field, as in `AdvancedPoolConfig`.
+    pub field: String,
+    /// Its value before (JSON text; strings unquoted).
+    pub old_value: String,
+    /// Its value after.
+    pub new_value: String,
+}
+
+/// The fields that differ between `old` and `new`, by field name.
+pub fn diff(old: &AdvancedPoolConfig, new: &AdvancedPoolConfig) -> Vec<FieldChange> {
+    let as_map = |c: &AdvancedPoolConfig| match serde_json::to_value(c) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let (old, new) = (as_map(old), as_map(new));
+    new.iter()
+        .filter(|(field, value)| old.get(*field) != Some(*value))
+        .map(|(field, value)| FieldChange {
+            field: field.clone(),
+            old_value: old.get(field).map(text).unwrap_or_default(),
+            new_value: text(value),
+        })
+        .collect()
+}
+
 /// Upper bound of every `*_secs` field (100 years), so that no duration overflows.
 const MAX_SECS: u64 = 100 * 365 * 86_400;
 

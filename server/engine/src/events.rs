@@ -78,6 +78,17 @@ pub enum PoolEventKind {
     },
     /// The pool was deleted.
     PoolDeleted,
+    /// Fields of the pool's config were changed (or a change was refused).
+    ConfigChanged {
+        /// The fields and their values.
+        changes: Vec<crate::config::FieldChange>,
+        /// Who: the caller's role, `embedded` or `optimizer`.
+        source: String,
+        /// Why.
+        reason: String,
+        /// False when the change was refused.
+        applied: bool,
+    },
 }
 
 /// The sending side a pool keeps.

@@ -15,7 +15,7 @@ pub mod store;
 pub mod tls;
 
 pub use allowlist::TargetAllowlist;
-pub use config::{AdvancedPoolConfig, ConfigErrors, FieldViolation};
+pub use config::{AdvancedPoolConfig, ConfigErrors, FieldChange, FieldViolation};
 pub use conninfo::{ConnInfo, Secret};
 pub use embedded_pg::{EmbeddedPg, EmbeddedPgError, EmbeddedPgOptions, EmbeddedTls};
 pub use error::{Error, ErrorKind, describe_pg_error};
@@ -27,6 +27,7 @@ pub use pool::{
     Transaction,
 };
 pub use registry::{ConnectionPoolService, PerformanceSummary, PoolInfo};
+pub use store::config_changes::{ChangeOrigin, ConfigChangeRecord};
 pub use store::history::{HourSummary, MetricsPoint, ScalingRecord};
 pub use store::recorder::{MetricsRecorder, RecorderOptions, RecorderStatus};
 pub use store::secrets::{SecretsError, SecretsKey};

@@ -481,6 +481,43 @@ pub struct OptimizationReport {
     pub optimizations: Vec<PoolOptimization>,
 }
 
+/// Automated tuning: every `interval`, applies the optimizer's applicable
+/// recommendations to every pool (source `optimizer` in pool_config_changes),
+/// until `stop`. A round that fails (a pool busy with another change, the
+/// control database away) is logged and the next one tries again.
+pub async fn auto_tune(
+    registry: std::sync::Arc<ConnectionPoolService>,
+    interval: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        // Pool by pool: one that cannot be tuned now does not hold the others.
+        for name in registry.pool_names() {
+            // A load test measures the pool as it is: never rebuilt under one.
+            if registry.is_load_testing(&name) {
+                continue;
+            }
+            let round = registry.optimize_pools_as(std::slice::from_ref(&name), true, "optimizer");
+            let report = tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                report = round => report,
+            };
+            if let Err(error) = report {
+                tracing::warn!(pool = %name, %error, "automated tuning skipped the pool this round");
+            }
+        }
+    }
+}
+
 /// The window the optimizer reads from the history.
 const WINDOW: Duration = Duration::from_secs(3600);
 
@@ -516,6 +553,18 @@ impl ConnectionPoolService {
         &self,
         names: &[String],
         apply: bool,
+    ) -> Result<OptimizationReport, Error> {
+        self.optimize_pools_as(names, apply, "embedded").await
+    }
+
+    /// [`optimize_pools`](Self::optimize_pools) on behalf of `source` (the
+    /// caller's role, or `optimizer` for automated tuning): applied changes are
+    /// recorded in pool_config_changes with it and the recommendations' reasons.
+    pub async fn optimize_pools_as(
+        &self,
+        names: &[String],
+        apply: bool,
+        source: &str,
     ) -> Result<OptimizationReport, Error> {
         let names = if names.is_empty() {
             self.pool_names()
@@ -586,6 +635,7 @@ impl ConnectionPoolService {
             if apply {
                 let mut changed = config.clone();
                 let mut seen = HashSet::new();
+                let mut reasons = Vec::new();
                 for rec in recommendations.iter().filter(|r| r.applicable) {
                     if seen.insert(rec.parameter.clone())
                         && set_field(&mut changed, &rec.parameter, &rec.suggested_value)
@@ -594,11 +644,13 @@ impl ConnectionPoolService {
                             "{}: {} -> {}",
                             rec.parameter, rec.current_value, rec.suggested_value
                         ));
+                        reasons.push(format!("{}: {}", rec.sentence, rec.reason));
                     }
                 }
                 changed.min_connections = changed.min_connections.min(changed.max_connections);
                 if changed != config {
-                    self.update_pool_config(name, changed).await?;
+                    let origin = crate::ChangeOrigin::new(source, reasons.join("; "));
+                    self.update_pool_config_from(name, changed, &origin).await?;
                     tracing::info!(pool = %name, changes = ?applied_changes, "optimizer applied changes");
                 }
             }

@@ -13,6 +13,7 @@ use crate::allowlist::TargetAllowlist;
 use crate::conninfo::ConnInfo;
 use crate::events::{self, PoolEvent, PoolEventKind};
 use crate::pool::ServerBudget;
+use crate::store::config_changes::ChangeOrigin;
 use crate::store::history::{HourSummary, ScalingRecord};
 use crate::{AdvancedConnectionPool, AdvancedPoolConfig, ControlStore, Error, PoolStats};
 
@@ -247,6 +248,14 @@ impl ConnectionPoolService {
         self.allowlist
             .check(target)
             .map_err(|target| Error::TargetNotAllowed { target })
+    }
+
+    /// Whether a load test is running on `name` now.
+    pub fn is_load_testing(&self, name: &str) -> bool {
+        self.running_load_tests
+            .lock()
+            .expect("load tests lock")
+            .contains(name)
     }
 
     /// Runs a load test on a pool (one at a time per pool: a second one fails with
@@ -549,8 +558,83 @@ impl ConnectionPoolService {
 
     /// Replaces a pool's config: live when the pool allows it, else by building a
     /// new pool, swapping it in and closing the old one gracefully. The stored
-    /// definition changes with it. Invalid: nothing changes.
+    /// definition changes with it. Invalid: nothing changes. Recorded in
+    /// pool_config_changes with the source `embedded`.
     pub async fn update_pool_config(
+        &self,
+        name: &str,
+        config: AdvancedPoolConfig,
+    ) -> Result<PoolInfo, Error> {
+        let origin = ChangeOrigin::new("embedded", "update_pool_config");
+        self.update_pool_config_from(name, config, &origin).await
+    }
+
+    /// [`update_pool_config`](Self::update_pool_config) on behalf of `origin`:
+    /// every changed field is recorded in pool_config_changes and broadcast as a
+    /// [`PoolEventKind::ConfigChanged`] event, and so is a change the connection
+    /// budget refused (as not applied).
+    pub async fn update_pool_config_from(
+        &self,
+        name: &str,
+        config: AdvancedPoolConfig,
+        origin: &ChangeOrigin,
+    ) -> Result<PoolInfo, Error> {
+        let before = self.pool_info(name)?.config;
+        let changes = crate::config::diff(&before, &config);
+        let result = self.replace_config(name, config).await;
+        match &result {
+            Ok(_) => {
+                self.record_changes(name, changes, origin.clone(), true)
+                    .await
+            }
+            Err(Error::BudgetExceeded(refusal)) => {
+                let origin = ChangeOrigin::new(
+                    origin.source.clone(),
+                    format!("{}; refused: {refusal}", origin.reason),
+                );
+                self.record_changes(name, changes, origin, false).await;
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Stores and broadcasts the changes of one update (a store that fails is
+    /// logged: the change itself has happened).
+    async fn record_changes(
+        &self,
+        name: &str,
+        changes: Vec<crate::config::FieldChange>,
+        origin: ChangeOrigin,
+        applied: bool,
+    ) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Err(error) = self
+            .store
+            .insert_config_changes(name, &changes, &origin, applied)
+            .await
+        {
+            tracing::warn!(pool = %name, %error, "config change not recorded");
+        }
+        tracing::info!(
+            pool = %name, source = %origin.source, applied,
+            fields = ?changes.iter().map(|c| c.field.as_str()).collect::<Vec<_>>(),
+            reason = %origin.reason, "pool config changed"
+        );
+        let _ = self.events.send(events::event(
+            name,
+            PoolEventKind::ConfigChanged {
+                changes,
+                source: origin.source,
+                reason: origin.reason,
+                applied,
+            },
+        ));
+    }
+
+    async fn replace_config(
         &self,
         name: &str,
         config: AdvancedPoolConfig,

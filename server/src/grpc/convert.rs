@@ -246,12 +246,55 @@ pub fn event_to_proto(event: &PoolEvent) -> Option<v1::PoolEvent> {
             Kind::PoolUpdated(v1::PoolUpdated { rebuilt: *rebuilt })
         }
         PoolEventKind::PoolDeleted => Kind::PoolDeleted(v1::PoolDeleted {}),
+        PoolEventKind::ConfigChanged {
+            changes,
+            source,
+            reason,
+            applied,
+        } => Kind::ConfigChanged(v1::ConfigChanged {
+            changes: changes.iter().map(field_change_to_proto).collect(),
+            source: source.clone(),
+            reason: reason.clone(),
+            applied: *applied,
+        }),
     };
     Some(v1::PoolEvent {
         pool_name: event.pool_name.clone(),
         at: Some(timestamp(event.at)),
         kind: Some(kind),
     })
+}
+
+fn field_change_to_proto(c: &poolplane::FieldChange) -> v1::FieldChange {
+    v1::FieldChange {
+        field: c.field.clone(),
+        old_value: c.old_value.clone(),
+        new_value: c.new_value.clone(),
+    }
+}
+
+/// A stored config change.
+pub fn config_change_to_proto(r: &poolplane::ConfigChangeRecord) -> v1::ConfigChangeRecord {
+    v1::ConfigChangeRecord {
+        pool_name: r.pool_name.clone(),
+        changed_at: Some(timestamp(r.changed_at)),
+        change: Some(field_change_to_proto(&r.change)),
+        source: r.origin.source.clone(),
+        reason: r.origin.reason.clone(),
+        applied: r.applied,
+    }
+}
+
+/// A config's warnings (values outside the seed's guidance).
+pub fn warnings_to_proto(config: &AdvancedPoolConfig) -> Vec<v1::ConfigWarning> {
+    config
+        .warnings()
+        .into_iter()
+        .map(|w| v1::ConfigWarning {
+            field: format!("config.{}", w.field),
+            description: w.description,
+        })
+        .collect()
 }
 
 fn direction(direction: &str) -> v1::ScaleDirection {

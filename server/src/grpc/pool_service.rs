@@ -205,12 +205,14 @@ impl pool_service_server::PoolService for PoolService {
         let Some(target) = target.filter(|_| violations.is_empty()) else {
             return Err(status::bad_request(violations));
         };
+        let warnings = convert::warnings_to_proto(&config);
         self.registry
             .create_pool_on(request.name.clone(), target, config)
             .await
             .map_err(status::from_engine)?;
         Ok(Response::new(pb::CreatePoolResponse {
             pool: self.pool_message(&request.name)?,
+            warnings,
         }))
     }
 
@@ -243,6 +245,7 @@ impl pool_service_server::PoolService for PoolService {
         &self,
         request: Request<pb::UpdatePoolConfigRequest>,
     ) -> Result<Response<pb::UpdatePoolConfigResponse>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         required(&request.name, "name")?;
         let current = self
@@ -252,13 +255,16 @@ impl pool_service_server::PoolService for PoolService {
             .config;
         let config =
             convert::apply_config(current, request.config.as_ref()).map_err(status::bad_request)?;
+        let warnings = convert::warnings_to_proto(&config);
+        let origin = poolplane::ChangeOrigin::new(caller.role.name(), "UpdatePoolConfig");
         let info = self
             .registry
-            .update_pool_config(&request.name, config)
+            .update_pool_config_from(&request.name, config, &origin)
             .await
             .map_err(status::from_engine)?;
         Ok(Response::new(pb::UpdatePoolConfigResponse {
             pool: Some(convert::pool_to_proto(&info)),
+            warnings,
         }))
     }
 
@@ -543,22 +549,34 @@ impl pool_service_server::PoolService for PoolService {
         }))
     }
 
+    async fn list_config_changes(
+        &self,
+        request: Request<pb::ListConfigChangesRequest>,
+    ) -> Result<Response<pb::ListConfigChangesResponse>, Status> {
+        let request = request.into_inner();
+        required(&request.pool_name, "pool_name")?;
+        let limit = history_limit(request.limit)?;
+        let changes = self
+            .registry
+            .store()
+            .config_changes(&request.pool_name, limit)
+            .await
+            .map_err(status::from_engine)?;
+        Ok(Response::new(pb::ListConfigChangesResponse {
+            changes: changes
+                .iter()
+                .map(convert::config_change_to_proto)
+                .collect(),
+        }))
+    }
+
     async fn list_scaling_events(
         &self,
         request: Request<pb::ListScalingEventsRequest>,
     ) -> Result<Response<pb::ListScalingEventsResponse>, Status> {
         let request = request.into_inner();
         required(&request.pool_name, "pool_name")?;
-        let limit = match request.limit {
-            0 => 20,
-            n if n > MAX_SCALING_EVENTS => {
-                return Err(status::bad_request(vec![(
-                    "limit".into(),
-                    format!("must be at most {MAX_SCALING_EVENTS}"),
-                )]));
-            }
-            n => n,
-        };
+        let limit = history_limit(request.limit)?;
         let events = self
             .registry
             .store()
@@ -721,12 +739,24 @@ impl pool_service_server::PoolService for PoolService {
         let names: Vec<String> = pool_names(&r.pool_names)?.into_iter().collect();
         let report = self
             .registry
-            .optimize_pools(&names, r.apply)
+            .optimize_pools_as(&names, r.apply, caller.role.name())
             .await
             .map_err(status::from_engine)?;
         Ok(Response::new(pb::OptimizePoolsResponse {
             report: Some(convert::report_to_proto(&report)),
         }))
+    }
+}
+
+/// A history call's `limit`: 0 means 20, above [`MAX_SCALING_EVENTS`] is refused.
+fn history_limit(limit: u32) -> Result<u32, Status> {
+    match limit {
+        0 => Ok(20),
+        n if n > MAX_SCALING_EVENTS => Err(status::bad_request(vec![(
+            "limit".into(),
+            format!("must be at most {MAX_SCALING_EVENTS}"),
+        )])),
+        n => Ok(n),
     }
 }
 

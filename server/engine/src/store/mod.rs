@@ -1,6 +1,7 @@
 //! The control database: its migrations, the stored pool definitions, and (in its
 //! submodules) the metrics history and its recorder.
 
+pub mod config_changes;
 pub mod history;
 pub mod recorder;
 pub mod secrets;

@@ -337,6 +337,8 @@ async fn listen(
             | PoolEventKind::PoolCreated
             | PoolEventKind::PoolUpdated { .. }
             | PoolEventKind::PoolDeleted => continue,
+            // Stored by the registry with the change itself (pool_config_changes).
+            PoolEventKind::ConfigChanged { .. } => continue,
         };
         buffer.push(row);
         buffer.ready.notify_one();
