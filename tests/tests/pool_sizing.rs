@@ -3,9 +3,9 @@
 //! one step per min_scale_interval, to min, and the open backends follow (down
 //! slow). Every step is an event.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use poolplane::pool::ScaleDirection;
 use poolplane::{AdvancedConnectionPool, AdvancedPoolConfig, PoolEvent, PoolEventKind};
@@ -115,53 +115,92 @@ async fn with_dynamic_sizing_off_the_size_is_max() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_is_served_within_two_seconds_and_steady_demand_does_not_flap() -> anyhow::Result<()>
 {
     let db = TestPg::database().await?;
     // The defaults: thresholds 0.8 / 0.3, factors 1.2 / 0.9, 60 s interval.
     let config = AdvancedPoolConfig {
         enable_dynamic_sizing: true,
-        min_scale_interval_secs: 60,
         acquire_timeout_secs: 10,
+        min_scale_interval_secs: AdvancedPoolConfig::default().min_scale_interval_secs,
         ..test_config(2, 40)
     };
+    assert_eq!(config.min_scale_interval_secs, 60);
     let pool = Arc::new(AdvancedConnectionPool::named("burst", db.url(), config).await?);
     let mut events = pool.subscribe();
     let stop = Arc::new(AtomicBool::new(false));
+    // Checkout waits, once the ramp is over (microseconds).
+    let waits = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let measuring = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for _ in 0..32 {
         let (pool, stop) = (Arc::clone(&pool), Arc::clone(&stop));
+        let (waits, measuring) = (Arc::clone(&waits), Arc::clone(&measuring));
         workers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                pool.execute("SELECT pg_sleep(0.001)", &[]).await?;
+                let started = Instant::now();
+                let mut conn = pool.get().await?;
+                if measuring.load(Ordering::Relaxed) {
+                    let waited = started.elapsed().as_micros() as u64;
+                    waits.lock().expect("waits").push(waited);
+                }
+                conn.execute("SELECT pg_sleep(0.001)", &[]).await?;
             }
             anyhow::Ok(())
         }));
     }
-    wait_until(
-        Duration::from_secs(2) + Duration::from_millis(500),
-        "32 connections",
-        || async { pool.pool_stats().current_size >= 32 },
-    )
+    wait_until(Duration::from_secs(2), "32 connections", || async {
+        pool.pool_stats().current_size >= 32
+    })
     .await?;
     let ramp = steps(&mut events);
-    assert_eq!(ramp.len(), 1, "{ramp:?}");
-    // Steady demand: no further change.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(steps(&mut events).is_empty(), "the size flapped");
-    assert_eq!(pool.pool_stats().waiting_requests, 0);
+    assert_eq!(ramp.len(), 1, "one step up to the demand: {ramp:?}");
+
+    // 60 s of steady demand: at most one size change, and checkouts barely wait.
+    measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let steady = steps(&mut events);
+    assert!(steady.len() <= 1, "the size flapped: {steady:?}");
+    let mut waits = std::mem::take(&mut *waits.lock().expect("waits"));
+    waits.sort_unstable();
+    assert!(waits.len() > 10_000, "{} checkouts", waits.len());
+    let p99 = waits[waits.len() * 99 / 100];
+    eprintln!("steady: {} checkouts, p99 wait {p99} us", waits.len());
+    assert!(p99 < 5_000, "p99 checkout wait {p99} us after the ramp");
+
     stop.store(true, Ordering::Relaxed);
+    let stopped = SystemTime::now();
     for worker in workers {
         worker.await??;
     }
-    // Down slow: the size stays through the stabilization window.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let size = pool.pool_stats().current_size;
+    // Down slow: nothing for a whole min_scale_interval after the load stopped,
+    // then one step down toward min.
+    let step = tokio::time::timeout(Duration::from_secs(75), async {
+        loop {
+            match events.recv().await?.kind {
+                PoolEventKind::Scaled {
+                    direction,
+                    from,
+                    to,
+                    ..
+                } => return anyhow::Ok((direction, from, to)),
+                _ => continue,
+            }
+        }
+    })
+    .await??;
+    let after = stopped.elapsed()?;
+    eprintln!("first step down {step:?} {after:?} after the load stopped");
     assert!(
-        steps(&mut events).is_empty(),
-        "shrank before min_scale_interval"
+        after >= Duration::from_secs(59),
+        "shrank {after:?} after the load stopped"
     );
-    assert!(pool.pool_stats().current_size >= 32);
+    assert_eq!(step.0, ScaleDirection::Down);
+    assert_eq!(step.1, size);
+    assert_eq!(step.2, (f64::from(size) * 0.9).floor() as u32);
     pool.close().await;
     Ok(())
 }

@@ -976,9 +976,13 @@ async fn maintain(
 ) {
     let mut tick = tokio::time::interval(MAINTENANCE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut window_sum = 0.0;
-    let mut window_samples = 0u32;
-    let mut window_start = Instant::now();
+    // Down slow: the pool shrinks one step when every second of the last
+    // min_scale_interval was at or below load_threshold_low (a sliding
+    // stabilization window, as Kubernetes' autoscaler keeps one), and at most one
+    // step per interval.
+    let mut last_busy_second = Instant::now();
+    let mut last_step = Instant::now();
+    let mut last_second = 0.0f64;
     let (mut fast_sum, mut fast_samples, mut fast_peak) = (0.0, 0u32, 0u32);
     let mut fast_start = Instant::now();
     let mut last_idle_sweep = Instant::now();
@@ -992,8 +996,6 @@ async fn maintain(
         let size = shared.target_size.load(Ordering::Acquire).max(1);
         let busy =
             shared.checked_out.load(Ordering::Relaxed) + shared.waiting.load(Ordering::Relaxed);
-        window_sum += f64::from(busy) / f64::from(size);
-        window_samples += 1;
         fast_sum += f64::from(busy) / f64::from(size);
         fast_samples += 1;
         fast_peak = fast_peak.max(busy);
@@ -1004,11 +1006,13 @@ async fn maintain(
             shared.claim_need(sizing::need(fast_peak, &settings));
             shared.set_held_back(false);
             let utilization = fast_sum / f64::from(fast_samples.max(1));
+            last_second = utilization;
+            if utilization > settings.load_threshold_low {
+                last_busy_second = Instant::now();
+            }
             if let Some(decision) = sizing::scale_up_now(size, utilization, fast_peak, &settings) {
                 resize(&shared, decision);
-                window_sum = 0.0;
-                window_samples = 0;
-                window_start = Instant::now();
+                last_step = Instant::now();
             }
             fast_sum = 0.0;
             fast_samples = 0;
@@ -1038,21 +1042,20 @@ async fn maintain(
         }
 
         // A size outside [min, max] (after a config change) is corrected at once;
-        // otherwise one decision per min_scale_interval (down slow).
+        // otherwise a step down after a whole quiet min_scale_interval.
         let size = shared.target_size.load(Ordering::Acquire).max(1);
         let out_of_range =
             size < settings.min_connections.max(1) || size > settings.max_connections;
-        if out_of_range
-            || window_start.elapsed() >= settings.min_scale_interval()
-            || !settings.enable_dynamic_sizing
-        {
-            let utilization = window_sum / f64::from(window_samples.max(1));
-            if let Some(decision) = sizing::decide(size, utilization, &settings) {
+        let interval = settings.min_scale_interval();
+        let quiet = last_busy_second.elapsed() >= interval && last_step.elapsed() >= interval;
+        if out_of_range || quiet || !settings.enable_dynamic_sizing {
+            if let Some(decision) = sizing::decide(size, last_second, &settings) {
                 resize(&shared, decision);
+                last_step = Instant::now();
+            } else if quiet {
+                // At min already: look again after another interval.
+                last_step = Instant::now();
             }
-            window_sum = 0.0;
-            window_samples = 0;
-            window_start = Instant::now();
         }
 
         // Surplus idle connections after a shrink.

@@ -28,9 +28,11 @@ pub struct ScalingDecision {
     pub reason: String,
 }
 
-/// Decides the next size. `current` is the pool's size, `utilization` the mean over
-/// the last `min_scale_interval_secs` of (connections in use + requests waiting) /
-/// size. The caller calls this at most once per interval.
+/// Decides the next size. `current` is the pool's size, `utilization` the last
+/// second's mean of (connections in use + requests waiting) / size. The caller
+/// calls this for a step down only after a whole `min_scale_interval_secs` in
+/// which every second was at or below the low threshold (a stabilization window),
+/// at most once per interval; growth is [`scale_up_now`]'s.
 ///
 /// A size outside [min, max] (after a config change) is brought back inside it;
 /// with dynamic sizing off the size is max_connections.
