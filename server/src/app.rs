@@ -44,7 +44,7 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// The caps on load tests.
     pub load_test_limits: crate::grpc::pool_service::LoadTestLimits,
-    /// Connections the optimizer leaves free on each PostgreSQL server.
+    /// Connections left free on each PostgreSQL server by its pools' budget.
     pub connection_reserve: u32,
     /// How long in-flight calls may run on after a shutdown request; also how long
     /// a deleted pool's checked-out connections may finish.

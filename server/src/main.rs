@@ -135,8 +135,8 @@ struct Flags {
     #[arg(long, env = "POOLPLANE_MAX_LOAD_TEST_DURATION", default_value = "600s", value_parser = parse_duration)]
     max_load_test_duration: Duration,
 
-    /// Connections the optimizer leaves free on each PostgreSQL server, besides
-    /// superuser_reserved_connections, when it grows pools.
+    /// Connections left free on each PostgreSQL server (besides its reserved
+    /// ones) by the connection budget its pools share.
     #[arg(long, env = "POOLPLANE_CONNECTION_RESERVE", default_value_t = 5)]
     connection_reserve: u32,
 

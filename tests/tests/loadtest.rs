@@ -123,6 +123,15 @@ async fn utilization_is_graded_against_the_capacity_the_pool_may_use() -> anyhow
         "{demo:?}"
     );
     assert!(demo.grade <= Grade::B as i32, "{demo:?}");
+    // Below its max, the pool could still grow: no larger max_connections.
+    let report = client.optimize_pools(&["demo"], false).await?;
+    assert!(
+        !report.optimizations[0]
+            .recommendations
+            .iter()
+            .any(|r| r.sentence == "Increase max_connections"),
+        "{report:?}"
+    );
     let stored: Option<i32> = server
         .control
         .connect()

@@ -85,8 +85,8 @@ pub struct ConnectionPoolService {
     close_grace: Duration,
     allowlist: TargetAllowlist,
     max_pools: usize,
-    /// Connections left free on each PostgreSQL server when the optimizer grows
-    /// pools (besides superuser_reserved_connections).
+    /// Connections left free on each PostgreSQL server by its pools' budget
+    /// (besides its reserved connections); the optimizer's cap uses it too.
     pub(crate) connection_reserve: u32,
     pub(crate) last_load_tests: std::sync::Mutex<HashMap<String, crate::LoadTestResults>>,
     running_load_tests: std::sync::Mutex<HashSet<String>>,
@@ -219,7 +219,8 @@ impl ConnectionPoolService {
         })
     }
 
-    /// Sets how many connections the optimizer leaves free on each server (default 5).
+    /// Sets how many connections the pools of each server leave free (its budget;
+    /// default 5).
     pub fn with_connection_reserve(mut self, reserve: u32) -> Self {
         self.connection_reserve = reserve;
         self
