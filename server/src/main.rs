@@ -143,8 +143,8 @@ struct Flags {
     /// Apply the optimizer's applicable recommendations to every pool this
     /// often (with a unit: 30s, 5m), within each server's connection budget;
     /// every change is recorded in pool_config_changes. `off` by default.
-    #[arg(long, env = "POOLPLANE_AUTO_OPTIMIZE_INTERVAL", default_value = "off", value_parser = parse_optional_duration)]
-    auto_optimize_interval: Option<Duration>,
+    #[arg(long, env = "POOLPLANE_AUTO_OPTIMIZE_INTERVAL", default_value = "off", value_parser = parse_interval_or_off)]
+    auto_optimize_interval: Duration,
 
     /// How long in-flight calls may run on after SIGTERM/SIGINT (with a unit: 500ms,
     /// 5s, 1m).
@@ -159,11 +159,11 @@ enum Format {
 }
 
 /// Parses a duration written with a unit: `ms`, `s`, `m`, `h` or `d` (`1s`, `10s`, `7d`).
-/// `off`, or a duration as [`parse_duration`] reads it.
-fn parse_optional_duration(text: &str) -> Result<Option<Duration>, String> {
+/// `off` (zero), or a duration as [`parse_duration`] reads it.
+fn parse_interval_or_off(text: &str) -> Result<Duration, String> {
     match text.trim() {
-        "off" => Ok(None),
-        other => parse_duration(other).map(Some),
+        "off" => Ok(Duration::ZERO),
+        other => parse_duration(other),
     }
 }
 
@@ -234,7 +234,7 @@ async fn main() -> anyhow::Result<()> {
         secrets_key_file: flags.secrets_key_file,
         allowed_db_hosts: flags.allowed_db_hosts,
         max_pools: flags.max_pools,
-        auto_optimize_interval: flags.auto_optimize_interval,
+        auto_optimize_interval: Some(flags.auto_optimize_interval).filter(|d| !d.is_zero()),
         limits: ServerLimits {
             max_watch_streams: flags.max_watch_streams,
             max_watch_streams_per_connection: flags.max_watch_streams_per_connection,

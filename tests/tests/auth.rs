@@ -448,6 +448,7 @@ async fn out_of_range_server_flags_refuse_to_start() -> anyhow::Result<()> {
         ("--max-watch-streams", "0"),
         ("--http2-keepalive-interval", "0s"),
         ("--max-load-test-duration", "0s"),
+        ("--auto-optimize-interval", "500ms"),
     ] {
         let stderr = ServerProcess::refused_start(&[
             "--listen",
