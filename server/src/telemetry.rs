@@ -48,9 +48,14 @@ pub fn otlp_requested() -> bool {
             || set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
 }
 
+/// `info`, without the migration runner's own lines (the store logs each applied
+/// migration once) and without PostgreSQL's NOTICEs ("relation already exists,
+/// skipping" on every start).
+const DEFAULT_LOG_FILTER: &str = "info,refinery_core=warn,tokio_postgres::connection=warn";
+
 fn log_filter() -> EnvFilter {
     EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER))
         // tokio-postgres logs queries and their parameters at debug level, and the
         // control database stores pool URLs with their passwords: never below info.
         .add_directive("tokio_postgres=info".parse().expect("a valid directive"))

@@ -6,12 +6,34 @@ use std::process::Output;
 use poolplane_tests::{TestPg, TestServer, built_binary};
 
 async fn poolctl(server: &TestServer, args: &[&str]) -> anyhow::Result<Output> {
-    Ok(tokio::process::Command::new(built_binary("poolctl")?)
+    poolctl_with(server, args, &[], None).await
+}
+
+/// poolctl with extra environment variables and, optionally, standard input.
+async fn poolctl_with(
+    server: &TestServer,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> anyhow::Result<Output> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(built_binary("poolctl")?)
         .arg("--server")
         .arg(server.addr.to_string())
         .args(args)
-        .output()
-        .await?)
+        .env_remove("PGPASSWORD")
+        .env_remove("PGPASSFILE")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut input = child.stdin.take().expect("piped");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).await?;
+    }
+    drop(input);
+    Ok(child.wait_with_output().await?)
 }
 
 fn stdout(output: &Output) -> String {
@@ -191,6 +213,156 @@ async fn errors_are_one_line_with_an_exit_code() -> anyhow::Result<()> {
     assert!(
         line.contains("name:") && line.contains("config.max_connections"),
         "{line}"
+    );
+    server.shutdown().await
+}
+
+/// `postgres://user@host:port/db` of a test database: its URL without the password.
+fn without_password(url: &str) -> anyhow::Result<(String, String)> {
+    let password = poolplane::conninfo::password(url).expect("the test URL has a password");
+    let bare = url.replacen(&format!(":{password}@"), "@", 1);
+    anyhow::ensure!(bare != url, "{url}");
+    Ok((bare, password))
+}
+
+#[tokio::test]
+async fn passwords_come_from_pgpassword_pgpass_or_stdin_never_argv() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let db = TestPg::database().await?;
+    let (bare, password) = without_password(db.url())?;
+
+    // No password anywhere: the server says why.
+    let none = poolctl(&server, &["pools", "create", "nopw", "--url", &bare]).await?;
+    assert!(!none.status.success());
+
+    let from_env = poolctl_with(
+        &server,
+        &["pools", "create", "from-env", "--url", &bare],
+        &[("PGPASSWORD", &password), ("PGPASSFILE", "/nonexistent")],
+        None,
+    )
+    .await?;
+    assert!(from_env.status.success(), "{}", stderr(&from_env));
+
+    let dir = tempfile::tempdir()?;
+    let pgpass = dir.path().join("pgpass");
+    let url = url_parts(&bare)?;
+    std::fs::write(
+        &pgpass,
+        format!(
+            "# a comment\nelsewhere:*:*:*:wrong\n{}:{}:*:{}:{}\n",
+            url.0,
+            url.1,
+            url.2,
+            password.replace('\\', "\\\\").replace(':', "\\:")
+        ),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600))?;
+    let pgpass_path = pgpass.to_str().expect("utf-8");
+    let from_file = poolctl_with(
+        &server,
+        &["pools", "create", "from-pgpass", "--url", &bare],
+        &[("PGPASSFILE", pgpass_path)],
+        None,
+    )
+    .await?;
+    assert!(from_file.status.success(), "{}", stderr(&from_file));
+
+    let from_stdin = poolctl_with(
+        &server,
+        &[
+            "pools",
+            "create",
+            "from-stdin",
+            "--url",
+            &bare,
+            "--password-stdin",
+        ],
+        &[("PGPASSFILE", "/nonexistent")],
+        Some(&format!("{password}\n")),
+    )
+    .await?;
+    assert!(from_stdin.status.success(), "{}", stderr(&from_stdin));
+    for name in ["from-env", "from-pgpass", "from-stdin"] {
+        assert_eq!(
+            server.client.get_pool_stats(name).await?.connection_errors,
+            0
+        );
+    }
+    server.shutdown().await
+}
+
+/// (host, port, user) of a `postgres://user@host:port/db` URL.
+fn url_parts(url: &str) -> anyhow::Result<(String, String, String)> {
+    let rest = url.strip_prefix("postgres://").expect("a postgres:// URL");
+    let (user, rest) = rest.split_once('@').expect("a user");
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let (host, port) = authority.rsplit_once(':').expect("a port");
+    Ok((host.to_owned(), port.to_owned(), user.to_owned()))
+}
+
+#[tokio::test]
+async fn server_strings_lose_their_escape_sequences_and_times_are_rfc_3339() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let db = TestPg::database().await?;
+    let hostile = "postgres://u:p@bad\u{1b}[31mhost\u{7}.invalid/db";
+    let refused = poolctl(&server, &["pools", "create", "hostile", "--url", hostile]).await?;
+    assert!(!refused.status.success());
+    let text = stderr(&refused);
+    assert!(text.starts_with("error: "), "{text}");
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "control characters printed: {text:?}"
+    );
+
+    server
+        .client
+        .create_pool(
+            "timed",
+            db.url(),
+            poolplane_client::PoolConfigBuilder::new()
+                .max_connections(2)
+                .min_connections(1)
+                .build(),
+        )
+        .await?;
+    server
+        .client
+        .update_pool_config(
+            "timed",
+            poolplane_client::PoolConfigBuilder::new()
+                .max_connections(3)
+                .build(),
+        )
+        .await?;
+    let table = poolctl(&server, &["history", "timed", "--changes"]).await?;
+    let row = stdout(&table)
+        .lines()
+        .find(|l| l.contains("max_connections"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    let at = row.split_whitespace().next().unwrap_or_default();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(at).is_ok(),
+        "a local RFC 3339 time: {row:?}"
+    );
+    let json = poolctl(
+        &server,
+        &["history", "timed", "--changes", "--output", "json"],
+    )
+    .await?;
+    let first: serde_json::Value =
+        serde_json::from_str(stdout(&json).lines().next().unwrap_or_default())?;
+    let at = first["changed_at"].as_str().unwrap_or_default();
+    assert!(at.ends_with('Z'), "UTC in JSON: {first}");
+    assert!(chrono::DateTime::parse_from_rfc3339(at).is_ok(), "{first}");
+
+    let completions = poolctl(&server, &["completions", "bash"]).await?;
+    assert!(completions.status.success());
+    assert!(
+        stdout(&completions).contains("poolctl"),
+        "a bash completion script"
     );
     server.shutdown().await
 }

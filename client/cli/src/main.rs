@@ -1,6 +1,7 @@
 //! `poolctl`: the command line for a poolplane server.
 
 mod output;
+mod password;
 mod top;
 
 use std::process::ExitCode;
@@ -19,7 +20,7 @@ use output::{Format, Printer};
     name = "poolctl",
     version,
     about,
-    after_help = "Examples:\n  poolctl pools create primary --url postgres://app:pw@127.0.0.1/app --preset production --max 40\n  poolctl pools list --output json\n  poolctl stats primary --watch\n  poolctl loadtest primary -c 50 -d 60\n  poolctl optimize --apply"
+    after_help = "Examples:\n  PGPASSWORD=… poolctl pools create primary --url postgres://app@127.0.0.1/app --preset production --max 40\n  poolctl pools list --output json\n  poolctl stats primary --watch\n  poolctl loadtest primary -c 50 -d 60\n  poolctl optimize --apply"
 )]
 struct Cli {
     /// The server's gRPC address.
@@ -128,6 +129,12 @@ enum Command {
     },
     /// A live full-screen view of every pool and the latest events (q quits).
     Top,
+    /// Print a shell completion script (e.g. `poolctl completions bash >
+    /// /etc/bash_completion.d/poolctl`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// A pool's recorded metrics.
     History {
         /// The pool.
@@ -148,7 +155,10 @@ enum Command {
 enum PoolsCommand {
     /// Create a pool.
     #[command(
-        after_help = "Example:\n  poolctl pools create primary --url postgres://app:pw@127.0.0.1/app --min 2 --max 20"
+        after_help = "A URL without a password takes one from --password-stdin, else PGPASSWORD, else\n\
+                      the password file (PGPASSFILE or ~/.pgpass, libpq's format and rules),\n\
+                      so that it never has to be on the command line.\n\n\
+                      Example:\n  poolctl pools create primary --url postgres://app@127.0.0.1/app --min 2 --max 20"
     )]
     Create {
         /// The pool's name.
@@ -156,11 +166,19 @@ enum PoolsCommand {
         /// Its database (postgres:// URL or key=value conninfo).
         #[arg(long)]
         url: String,
+        /// Read the database password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
         #[command(flatten)]
         config: Box<ConfigArgs>,
     },
-    /// List every pool.
-    List,
+    /// List every pool; --watch prints the list again whenever a pool is
+    /// created, changed, deleted or changes health.
+    List {
+        /// Keep following.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Show one pool.
     Get {
         /// The pool.
@@ -316,7 +334,7 @@ async fn main() -> ExitCode {
     match run(cli, &printer).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", describe(&error));
+            eprintln!("error: {}", output::clean(&describe(&error)));
             ExitCode::FAILURE
         }
     }
@@ -362,6 +380,16 @@ async fn named_or_all(
 }
 
 async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "poolctl",
+            &mut std::io::stdout(),
+        );
+        return Ok(());
+    }
     let mut builder = PoolplaneClient::builder(&cli.server).retries(3);
     if let Some(token) = &cli.token {
         builder = builder.bearer_token(token);
@@ -377,14 +405,48 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
     }
     let client = builder.connect().await?;
     match cli.command {
-        Command::Pools(PoolsCommand::Create { name, url, config }) => {
+        Command::Pools(PoolsCommand::Create {
+            name,
+            url,
+            password_stdin,
+            config,
+        }) => {
+            let stdin = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                Some(line.trim_end_matches(['\n', '\r']).to_owned())
+            } else {
+                None
+            };
+            let url = password::complete(&url, stdin)?;
             let (pool, warnings) = client
                 .create_pool_with_warnings(&name, &url, config.into_proto())
                 .await?;
             out.warnings(&warnings);
             out.pool(&pool);
         }
-        Command::Pools(PoolsCommand::List) => out.pools(&client.list_pools().await?),
+        Command::Pools(PoolsCommand::List { watch: false }) => {
+            out.pools(&client.list_pools().await?);
+        }
+        Command::Pools(PoolsCommand::List { watch: true }) => {
+            use poolplane_client::proto::pool_event::Kind;
+            let mut events = client.watch_health_events(&[]).await?;
+            out.pools(&client.list_pools().await?);
+            while let Some(event) = events.next().await? {
+                if matches!(
+                    event.kind,
+                    Some(
+                        Kind::PoolCreated(_)
+                            | Kind::PoolUpdated(_)
+                            | Kind::PoolDeleted(_)
+                            | Kind::BecameUnhealthy(_)
+                            | Kind::Recovered(_)
+                    )
+                ) {
+                    out.pools(&client.list_pools().await?);
+                }
+            }
+        }
         Command::Pools(PoolsCommand::Get { name }) => out.pool(&client.get_pool(&name).await?),
         Command::Pools(PoolsCommand::Update { name, config }) => {
             let (pool, warnings) = client
@@ -469,6 +531,7 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
             out.report(&client.optimize_pools(&names, apply).await?);
         }
         Command::Top => top::run(client, cli.server.clone()).await?,
+        Command::Completions { .. } => unreachable!("answered before connecting"),
         Command::History {
             name,
             points,

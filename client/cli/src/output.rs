@@ -25,11 +25,43 @@ pub struct Printer {
     format: Format,
 }
 
+fn datetime(ts: &prost_types::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(ts.seconds, u32::try_from(ts.nanos).unwrap_or(0))
+}
+
+/// A time for JSON: RFC 3339 in UTC (`2026-11-28T21:03:02.123Z`), or null.
 fn time(ts: Option<&prost_types::Timestamp>) -> Value {
-    ts.map_or(Value::Null, |t| {
-        let secs = t.seconds as f64 + f64::from(t.nanos) / 1e9;
-        json!(secs)
+    ts.and_then(datetime).map_or(Value::Null, |t| {
+        json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
     })
+}
+
+/// A time for a table: RFC 3339 in local time, to the second, or `-`.
+fn local_time(ts: Option<&prost_types::Timestamp>) -> String {
+    ts.and_then(datetime).map_or_else(
+        || "-".to_owned(),
+        |t| {
+            t.with_timezone(&chrono::Local)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+        },
+    )
+}
+
+/// `text` safe for a terminal: control characters (escape sequences, carriage
+/// returns, C1 controls) removed, tabs and newlines turned into spaces.
+pub fn clean(text: &str) -> String {
+    text.chars()
+        .filter_map(|c| match c {
+            '\n' | '\t' => Some(' '),
+            c if c.is_control() => None,
+            c => Some(c),
+        })
+        .collect()
+}
+
+/// `println!` for tables: what the server supplied is printed [`clean`].
+macro_rules! say {
+    ($($arg:tt)*) => { println!("{}", clean(&format!($($arg)*))) };
 }
 
 fn config_json(c: &PoolConfig) -> Value {
@@ -221,7 +253,7 @@ impl Printer {
     pub fn done(&self, message: &str) {
         match self.format {
             Format::Json => self.json(&json!({"ok": true, "message": message})),
-            Format::Table => println!("{message}"),
+            Format::Table => say!("{message}"),
         }
     }
 
@@ -229,16 +261,16 @@ impl Printer {
         match self.format {
             Format::Json => self.json(&pool_json(p)),
             Format::Table => {
-                println!("name:      {}", p.name);
-                println!("database:  {}", p.database_url);
-                println!("state:     {}", state(p));
+                say!("name:      {}", p.name);
+                say!("database:  {}", p.database_url);
+                say!("state:     {}", state(p));
                 if let Some(c) = &p.config {
-                    println!(
+                    say!(
                         "size:      min {} / max {}",
                         c.min_connections.unwrap_or(0),
                         c.max_connections.unwrap_or(0)
                     );
-                    println!(
+                    say!(
                         "config:    {}",
                         serde_json::to_string(&config_json(c)).unwrap_or_default()
                     );
@@ -251,13 +283,16 @@ impl Printer {
         match self.format {
             Format::Json => self.json(&Value::Array(pools.iter().map(pool_json).collect())),
             Format::Table => {
-                println!(
+                say!(
                     "{:<20} {:<10} {:>5} {:>5}  DATABASE",
-                    "NAME", "STATE", "MIN", "MAX"
+                    "NAME",
+                    "STATE",
+                    "MIN",
+                    "MAX"
                 );
                 for p in pools {
                     let c = p.config.clone().unwrap_or_default();
-                    println!(
+                    say!(
                         "{:<20} {:<10} {:>5} {:>5}  {}",
                         p.name,
                         state(p),
@@ -278,7 +313,7 @@ impl Printer {
                 }
             }
             Format::Table => {
-                println!(
+                say!(
                     "{:<20} {:>6} {:>5} {:>5} {:>5} {:>5} {:>6} {:>8} {:>9} {:>9}  TLS",
                     "POOL",
                     "UTIL",
@@ -292,7 +327,7 @@ impl Printer {
                     "TIMEOUTS"
                 );
                 for s in all {
-                    println!(
+                    say!(
                         "{:<20} {:>5.0}% {:>5} {:>5} {:>5} {:>5} {:>6} {:>8} {:>9.2} {:>9}  {}",
                         s.pool_name,
                         s.utilization_rate * 100.0,
@@ -319,12 +354,15 @@ impl Printer {
                 }
             }
             Format::Table => {
-                println!(
+                say!(
                     "{:<20} {:<10} {:>10} {:>9}  LAST ERROR",
-                    "POOL", "HEALTH", "RESP ms", "FAILURES"
+                    "POOL",
+                    "HEALTH",
+                    "RESP ms",
+                    "FAILURES"
                 );
                 for h in all {
-                    println!(
+                    say!(
                         "{:<20} {:<10} {:>10.2} {:>9}  {}",
                         h.pool_name,
                         if h.is_healthy { "healthy" } else { "UNHEALTHY" },
@@ -343,7 +381,7 @@ impl Printer {
             Format::Json => self.json(&json!({
                 "pool_name": e.pool_name, "at": time(e.at.as_ref()), "kind": kind, "detail": detail
             })),
-            Format::Table => println!("{:<20} {:<20} {}", e.pool_name, kind, detail),
+            Format::Table => say!("{:<20} {:<20} {}", e.pool_name, kind, detail),
         }
     }
 
@@ -408,11 +446,11 @@ impl Printer {
                 "duration_secs": r.duration_secs,
             })),
             Format::Table => {
-                println!("Grade: {}", grade(r.grade));
-                println!("Total requests: {}", r.total_requests);
-                println!("Error rate: {:.2}%", r.error_rate * 100.0);
-                println!("Requests per second: {:.0}", r.requests_per_second);
-                println!(
+                say!("Grade: {}", grade(r.grade));
+                say!("Total requests: {}", r.total_requests);
+                say!("Error rate: {:.2}%", r.error_rate * 100.0);
+                say!("Requests per second: {:.0}", r.requests_per_second);
+                say!(
                     "Response time ms: avg {:.2}  p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}",
                     r.avg_response_time_ms,
                     r.p50_response_time_ms,
@@ -420,7 +458,7 @@ impl Printer {
                     r.p99_response_time_ms,
                     r.max_response_time_ms
                 );
-                println!(
+                say!(
                     "Utilization of the capacity the pool may use ({} connections): avg {:.0}% \
                      (graded)  peak {:.0}%",
                     r.capacity,
@@ -452,21 +490,24 @@ impl Printer {
                 })).collect::<Vec<_>>(),
             })),
             Format::Table => {
-                println!("Optimized {}/{} pools", r.optimized_pools, r.total_pools);
+                say!("Optimized {}/{} pools", r.optimized_pools, r.total_pools);
                 for o in &r.optimizations {
-                    println!(
+                    say!(
                         "Pool '{}': {:.2}% utilization",
                         o.pool_name,
                         o.current_utilization * 100.0
                     );
                     for rec in &o.recommendations {
-                        println!(
+                        say!(
                             "  - {} ({} -> {}): {}",
-                            rec.sentence, rec.current_value, rec.suggested_value, rec.reason
+                            rec.sentence,
+                            rec.current_value,
+                            rec.suggested_value,
+                            rec.reason
                         );
                     }
                     for change in &o.applied_changes {
-                        println!("  applied: {change}");
+                        say!("  applied: {change}");
                     }
                 }
             }
@@ -477,7 +518,7 @@ impl Printer {
     /// pool, JSON included).
     pub fn warnings(&self, warnings: &[ConfigWarning]) {
         for w in warnings {
-            eprintln!("warning: {}: {}", w.field, w.description);
+            eprintln!("warning: {}: {}", clean(&w.field), clean(&w.description));
         }
     }
 
@@ -499,15 +540,20 @@ impl Printer {
                 }
             }
             Format::Table => {
-                println!(
-                    "{:>14} {:<26} {:>10} {:>10} {:<10} {:<8}  REASON",
-                    "AT (unix s)", "FIELD", "OLD", "NEW", "SOURCE", "APPLIED"
+                say!(
+                    "{:<25} {:<26} {:>10} {:>10} {:<10} {:<8}  REASON",
+                    "AT",
+                    "FIELD",
+                    "OLD",
+                    "NEW",
+                    "SOURCE",
+                    "APPLIED"
                 );
                 for c in changes {
                     let field = c.change.clone().unwrap_or_default();
-                    println!(
-                        "{:>14} {:<26} {:>10} {:>10} {:<10} {:<8}  {}",
-                        c.changed_at.as_ref().map_or(0, |t| t.seconds),
+                    say!(
+                        "{:<25} {:<26} {:>10} {:>10} {:<10} {:<8}  {}",
+                        local_time(c.changed_at.as_ref()),
                         field.field,
                         field.old_value,
                         field.new_value,
@@ -541,14 +587,19 @@ impl Printer {
                     .collect(),
             )),
             Format::Table => {
-                println!(
-                    "{:>14} {:>8} {:>8} {:>8} {:>10} {:>10}",
-                    "AT (unix s)", "SAMPLES", "UTIL", "PEAK", "ACQ ms", "QUERIES"
+                say!(
+                    "{:<25} {:>8} {:>8} {:>8} {:>10} {:>10}",
+                    "AT",
+                    "SAMPLES",
+                    "UTIL",
+                    "PEAK",
+                    "ACQ ms",
+                    "QUERIES"
                 );
                 for p in points {
-                    println!(
-                        "{:>14} {:>8} {:>7.0}% {:>7.0}% {:>10.2} {:>10}",
-                        p.at.as_ref().map_or(0, |t| t.seconds),
+                    say!(
+                        "{:<25} {:>8} {:>7.0}% {:>7.0}% {:>10.2} {:>10}",
+                        local_time(p.at.as_ref()),
                         p.samples,
                         p.avg_utilization * 100.0,
                         p.max_utilization * 100.0,

@@ -3,7 +3,7 @@
 //! WatchPoolStats and WatchHealthEvents (both resuming across server restarts).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use poolplane_client::PoolplaneClient;
 use poolplane_client::proto::pool_event::Kind;
@@ -28,14 +28,67 @@ pub struct TopState {
     pub healthy: BTreeMap<String, bool>,
     /// Each pool's statement-cache hit rate.
     pub hit_rate: BTreeMap<String, f64>,
-    /// The latest events, newest first.
-    pub events: VecDeque<String>,
+    /// The latest events, newest first; repeats of one kind on one pool share a
+    /// line with a count, so that a rare event stays visible.
+    pub events: VecDeque<EventLine>,
     /// The server, for the title.
     pub server: String,
 }
 
+/// One line of the events panel.
+#[derive(Debug, Clone)]
+pub struct EventLine {
+    pool: String,
+    /// The event's kind, what repeats are counted by.
+    kind: &'static str,
+    /// The latest one's text.
+    text: String,
+    count: u32,
+    first: Instant,
+}
+
+impl EventLine {
+    /// `primary  scaled 8 -> 10: …`, or `primary  connection recycled ×37 in 10 s`.
+    fn render(&self, now: Instant) -> String {
+        let body = if self.count > 1 {
+            let secs = now.saturating_duration_since(self.first).as_secs().max(1);
+            format!(
+                "{} ×{} in {secs} s (last: {})",
+                self.kind, self.count, self.text
+            )
+        } else {
+            self.text.clone()
+        };
+        crate::output::clean(&format!("{:<16} {body}", self.pool))
+    }
+}
+
+/// The label repeats of an event are counted under.
+fn kind_label(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::CurrentHealth(_) => "health",
+        Kind::HealthCheckFailed(_) => "health check failed",
+        Kind::BecameUnhealthy(_) => "unhealthy",
+        Kind::Recovered(_) => "recovered",
+        Kind::Scaled(_) => "scaled",
+        Kind::ConnectionRecycled(_) => "connection recycled",
+        Kind::PoolCreated(_) => "created",
+        Kind::PoolUpdated(_) => "updated",
+        Kind::PoolDeleted(_) => "deleted",
+        Kind::MissedEvents(_) => "missed events",
+        Kind::ConfigChanged(_) => "config changed",
+    }
+}
+
 impl TopState {
     fn event(&mut self, event: &PoolEvent) {
+        self.event_at(event, Instant::now());
+    }
+
+    fn event_at(&mut self, event: &PoolEvent, now: Instant) {
+        let Some(kind) = event.kind.as_ref().map(kind_label) else {
+            return;
+        };
         let text = match &event.kind {
             Some(Kind::CurrentHealth(h)) => {
                 self.healthy.insert(event.pool_name.clone(), h.is_healthy);
@@ -90,8 +143,25 @@ impl TopState {
             Some(Kind::MissedEvents(m)) => format!("missed {} events", m.count),
             None => return,
         };
-        self.events
-            .push_front(format!("{:<16} {text}", event.pool_name));
+        let same = self
+            .events
+            .iter()
+            .position(|l| l.pool == event.pool_name && l.kind == kind);
+        let line = match same.and_then(|i| self.events.remove(i)) {
+            Some(mut line) => {
+                line.count += 1;
+                line.text = text;
+                line
+            }
+            None => EventLine {
+                pool: event.pool_name.clone(),
+                kind,
+                text,
+                count: 1,
+                first: now,
+            },
+        };
+        self.events.push_front(line);
         self.events.truncate(EVENTS_SHOWN);
     }
 }
@@ -176,10 +246,11 @@ pub fn render(frame: &mut Frame<'_>, state: &TopState) {
             .block(Block::bordered().title(title)),
         pools_area,
     );
+    let now = Instant::now();
     let events: Vec<ListItem<'_>> = state
         .events
         .iter()
-        .map(|e| ListItem::new(e.as_str()))
+        .map(|e| ListItem::new(e.render(now)))
         .collect();
     frame.render_widget(
         List::new(events).block(Block::bordered().title(" events ")),
@@ -300,6 +371,51 @@ mod tests {
             p95_acquire_time_ms: 1.25,
             ..PoolStats::default()
         }
+    }
+
+    #[test]
+    fn repeated_events_share_a_line_and_a_rare_one_stays_visible() {
+        use poolplane_client::proto::ConnectionRecycled;
+        let mut state = TopState::default();
+        let start = Instant::now();
+        state.event_at(
+            &PoolEvent {
+                pool_name: "cache".into(),
+                at: None,
+                kind: Some(Kind::BecameUnhealthy(BecameUnhealthy {
+                    consecutive_failures: 3,
+                    error: "connection refused\u{1b}[2J".into(),
+                })),
+            },
+            start,
+        );
+        for i in 0..37 {
+            state.event_at(
+                &PoolEvent {
+                    pool_name: "primary".into(),
+                    at: None,
+                    kind: Some(Kind::ConnectionRecycled(ConnectionRecycled {
+                        queries: 100 + i,
+                    })),
+                },
+                start + Duration::from_millis(250 * i),
+            );
+        }
+        assert_eq!(state.events.len(), 2, "{:?}", state.events);
+        let now = start + Duration::from_secs(10);
+        assert_eq!(
+            state.events[0].render(now),
+            format!(
+                "{:<16} connection recycled ×37 in 10 s (last: connection recycled after 136 queries)",
+                "primary"
+            )
+        );
+        let rare = state.events[1].render(now);
+        assert!(rare.contains("UNHEALTHY after 3 failures"), "{rare}");
+        assert!(
+            !rare.contains('\u{1b}'),
+            "escape sequences are stripped: {rare:?}"
+        );
     }
 
     #[test]
