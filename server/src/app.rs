@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub max_pools: usize,
     /// Apply the optimizer's applicable recommendations this often (`None`: off).
     pub auto_optimize_interval: Option<Duration>,
+    /// Set up the demo database and pool on the embedded cluster ([`crate::demo`]).
+    pub demo: bool,
     /// Bounds on watch streams and HTTP/2 connections.
     pub limits: ServerLimits,
 }
@@ -104,6 +106,12 @@ impl ServerConfig {
             s(1),
             s(86_400),
         );
+        if self.demo && self.database_url.is_some() {
+            out.push(
+                "--demo: sets up the demo on the embedded PostgreSQL; leave out --database-url"
+                    .to_owned(),
+            );
+        }
         if !(1..=10_000_000).contains(&self.metrics_buffer_rows) {
             out.push("--metrics-buffer: must be between 1 and 10000000".to_owned());
         }
@@ -292,6 +300,11 @@ impl Server {
                 .with_connection_reserve(config.connection_reserve),
         );
         let restored = registry.restore().await?;
+        if let (true, Some(pg)) = (config.demo, &embedded) {
+            crate::demo::set_up(pg, &registry, &config.data_dir)
+                .await
+                .map_err(|e| ServerError::Config(format!("--demo: {e}")))?;
+        }
         let recorder = MetricsRecorder::start(
             store,
             Arc::clone(&registry),

@@ -1,6 +1,7 @@
 //! poolplane-server: the gRPC control plane for named PostgreSQL connection pools.
 
 pub mod app;
+pub mod demo;
 pub mod grpc;
 pub mod prometheus;
 pub mod telemetry;

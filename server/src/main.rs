@@ -146,6 +146,12 @@ struct Flags {
     #[arg(long, env = "POOLPLANE_AUTO_OPTIMIZE_INTERVAL", default_value = "off", value_parser = parse_interval_or_off)]
     auto_optimize_interval: Duration,
 
+    /// First run: create a `poolplane_demo` database (pgbench's tables, a login
+    /// role of its own) on the embedded PostgreSQL and a pool `demo` on it.
+    /// Idempotent across restarts.
+    #[arg(long, env = "POOLPLANE_DEMO")]
+    demo: bool,
+
     /// How long in-flight calls may run on after SIGTERM/SIGINT (with a unit: 500ms,
     /// 5s, 1m).
     #[arg(long, env = "POOLPLANE_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
@@ -235,6 +241,7 @@ async fn main() -> anyhow::Result<()> {
         allowed_db_hosts: flags.allowed_db_hosts,
         max_pools: flags.max_pools,
         auto_optimize_interval: Some(flags.auto_optimize_interval).filter(|d| !d.is_zero()),
+        demo: flags.demo,
         limits: ServerLimits {
             max_watch_streams: flags.max_watch_streams,
             max_watch_streams_per_connection: flags.max_watch_streams_per_connection,

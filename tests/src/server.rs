@@ -80,6 +80,7 @@ impl TestServer {
             allowed_db_hosts: None,
             max_pools: 1000,
             auto_optimize_interval: None,
+            demo: false,
             limits: Default::default(),
         }
     }
