@@ -11,6 +11,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use poolplane::ConnectionPoolService;
+use poolplane::metrics::{self, Instrument, PoolReading, Reading};
 use poolplane::pool::Histogram;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -29,7 +30,7 @@ pub enum LogFormat {
 }
 
 /// The attribute naming a pool, as the database semantic conventions say.
-pub const POOL_NAME: &str = "db.client.connection.pool.name";
+pub const POOL_NAME: &str = metrics::POOL_LABEL;
 
 /// The OTLP providers, when export is on. Shut down (flushed) on shutdown.
 #[derive(Debug, Default)]
@@ -173,149 +174,89 @@ impl Telemetry {
 }
 
 /// Every pool with its name attribute, for a callback.
-fn each_pool(
-    registry: &ConnectionPoolService,
-    mut f: impl FnMut(&poolplane::AdvancedConnectionPool, KeyValue),
-) {
-    for name in registry.pool_names() {
-        if let Ok(pool) = registry.pool(&name) {
-            f(&pool, KeyValue::new(POOL_NAME, name));
+/// Calls `f` with a reading of every pool of `registry` and its name attribute.
+fn each_pool(registry: &ConnectionPoolService, mut f: impl FnMut(&PoolReading<'_>, KeyValue)) {
+    for (name, pool, last_grade) in metrics::read_pools(registry) {
+        let reading = PoolReading {
+            stats: pool.pool_stats(),
+            pool: &pool,
+            last_grade,
+        };
+        f(&reading, KeyValue::new(POOL_NAME, name));
+    }
+}
+
+/// One observable instrument per metric of the engine's catalogue (histograms
+/// are replayed by [`replay_histograms`]).
+fn register_observables(meter: &Meter, registry: &Arc<ConnectionPoolService>) {
+    for def in metrics::CATALOGUE {
+        let r = Arc::clone(registry);
+        let (name, description, unit) = (def.name, def.description, def.unit);
+        match (def.instrument, def.reading) {
+            (_, Reading::Histogram(_)) => {}
+            (_, Reading::ByState(read)) => {
+                meter
+                    .i64_observable_up_down_counter(name)
+                    .with_description(description)
+                    .with_unit(unit)
+                    .with_callback(move |o| {
+                        each_pool(&r, |reading, pool| {
+                            let (idle, used) = read(reading);
+                            for (state, value) in [("idle", idle), ("used", used)] {
+                                o.observe(
+                                    value,
+                                    &[pool.clone(), KeyValue::new(metrics::STATE_LABEL, state)],
+                                );
+                            }
+                        });
+                    })
+                    .build();
+            }
+            (Instrument::Counter, Reading::Int(read)) => {
+                meter
+                    .u64_observable_counter(name)
+                    .with_description(description)
+                    .with_unit(unit)
+                    .with_callback(move |o| {
+                        each_pool(&r, |reading, pool| {
+                            o.observe(u64::try_from(read(reading)).unwrap_or(0), &[pool]);
+                        });
+                    })
+                    .build();
+            }
+            (Instrument::UpDownCounter, Reading::Int(read)) => {
+                meter
+                    .i64_observable_up_down_counter(name)
+                    .with_description(description)
+                    .with_unit(unit)
+                    .with_callback(move |o| {
+                        each_pool(&r, |reading, pool| o.observe(read(reading), &[pool]));
+                    })
+                    .build();
+            }
+            (_, Reading::Int(read)) => {
+                meter
+                    .i64_observable_gauge(name)
+                    .with_description(description)
+                    .with_unit(unit)
+                    .with_callback(move |o| {
+                        each_pool(&r, |reading, pool| o.observe(read(reading), &[pool]));
+                    })
+                    .build();
+            }
+            (_, Reading::Float(read)) => {
+                meter
+                    .f64_observable_gauge(name)
+                    .with_description(description)
+                    .with_unit(unit)
+                    .with_callback(move |o| {
+                        each_pool(&r, |reading, pool| o.observe(read(reading), &[pool]));
+                    })
+                    .build();
+            }
         }
     }
 }
-
-fn register_observables(meter: &Meter, registry: &Arc<ConnectionPoolService>) {
-    let r = Arc::clone(registry);
-    meter
-        .i64_observable_up_down_counter("db.client.connection.count")
-        .with_description("Connections open, by state")
-        .with_unit("{connection}")
-        .with_callback(move |o| {
-            each_pool(&r, |pool, name| {
-                let s = pool.pool_stats();
-                let used = s.active_connections.min(s.connections);
-                for (state, value) in [("idle", s.connections - used), ("used", used)] {
-                    o.observe(
-                        i64::from(value),
-                        &[
-                            name.clone(),
-                            KeyValue::new("db.client.connection.state", state),
-                        ],
-                    );
-                }
-            });
-        })
-        .build();
-    type Read = fn(&poolplane::AdvancedConnectionPool) -> i64;
-    let up_down: [(&'static str, &'static str, &'static str, Read); 4] = [
-        (
-            "db.client.connection.idle.max",
-            "The most idle connections allowed",
-            "{connection}",
-            |p| i64::from(p.pool_stats().max_connections),
-        ),
-        (
-            "db.client.connection.idle.min",
-            "The fewest idle connections kept",
-            "{connection}",
-            |p| i64::from(p.pool_stats().min_connections),
-        ),
-        (
-            "db.client.connection.max",
-            "The most open connections allowed",
-            "{connection}",
-            |p| i64::from(p.pool_stats().max_connections),
-        ),
-        (
-            "db.client.connection.pending_requests",
-            "Callers waiting for a connection",
-            "{request}",
-            |p| i64::from(p.pool_stats().waiting_requests),
-        ),
-    ];
-    for (name, description, unit, read) in up_down {
-        let r = Arc::clone(registry);
-        meter
-            .i64_observable_up_down_counter(name)
-            .with_description(description)
-            .with_unit(unit)
-            .with_callback(move |o| each_pool(&r, |pool, attr| o.observe(read(pool), &[attr])))
-            .build();
-    }
-    let gauges: [(&'static str, &'static str, &'static str, Read); 2] = [
-        (
-            "poolplane.connection_pool.size",
-            "The pool's current (target) size",
-            "{connection}",
-            |p| i64::from(p.pool_stats().current_size),
-        ),
-        (
-            "poolplane.connection_pool.health",
-            "1 while the pool's database passes health checks",
-            "1",
-            |p| i64::from(p.is_healthy()),
-        ),
-    ];
-    for (name, description, unit, read) in gauges {
-        let r = Arc::clone(registry);
-        meter
-            .i64_observable_gauge(name)
-            .with_description(description)
-            .with_unit(unit)
-            .with_callback(move |o| each_pool(&r, |pool, attr| o.observe(read(pool), &[attr])))
-            .build();
-    }
-    type Count = fn(&poolplane::AdvancedConnectionPool) -> u64;
-    let counters: [(&'static str, &'static str, &'static str, Count); 6] = [
-        (
-            "db.client.connection.timeouts",
-            "Checkouts that timed out",
-            "{timeout}",
-            |p| p.pool_stats().acquire_timeouts,
-        ),
-        (
-            "poolplane.statement_cache.hits",
-            "Statement cache hits",
-            "{hit}",
-            |p| p.statement_cache_stats().hits,
-        ),
-        (
-            "poolplane.statement_cache.misses",
-            "Statement cache misses",
-            "{miss}",
-            |p| p.statement_cache_stats().misses,
-        ),
-        (
-            "poolplane.statement_cache.evictions",
-            "Statements evicted",
-            "{eviction}",
-            |p| p.statement_cache_stats().evictions,
-        ),
-        (
-            "poolplane.scaling.events",
-            "Scaling decisions taken",
-            "{event}",
-            |p| p.telemetry().scaling_events,
-        ),
-        (
-            "poolplane.load_test.requests",
-            "Requests made by load tests",
-            "{request}",
-            |p| p.telemetry().load_test_requests,
-        ),
-    ];
-    for (name, description, unit, read) in counters {
-        let r = Arc::clone(registry);
-        meter
-            .u64_observable_counter(name)
-            .with_description(description)
-            .with_unit(unit)
-            .with_callback(move |o| each_pool(&r, |pool, attr| o.observe(read(pool), &[attr])))
-            .build();
-    }
-}
-
-type Pick = fn(&poolplane::AdvancedConnectionPool) -> &Histogram;
 
 /// The engine keeps its own lock-free latency histograms; once a second the new
 /// observations in each bucket are recorded into the OTLP histograms (at the
@@ -325,41 +266,18 @@ async fn replay_histograms(
     registry: Arc<ConnectionPoolService>,
     token: CancellationToken,
 ) {
-    let histograms: [(&'static str, &'static str, Pick); 5] = [
-        (
-            "db.client.connection.create_time",
-            "Time to open a connection",
-            |p| p.telemetry().create_time,
-        ),
-        (
-            "db.client.connection.wait_time",
-            "Time to obtain a connection from the pool",
-            |p| p.telemetry().acquire_time,
-        ),
-        (
-            "db.client.connection.use_time",
-            "Time a connection is checked out",
-            |p| p.telemetry().use_time,
-        ),
-        (
-            "db.client.operation.duration",
-            "Duration of database statements",
-            |p| p.telemetry().operation_time,
-        ),
-        (
-            "poolplane.health_check.duration",
-            "Duration of health checks",
-            |p| p.telemetry().health_check_time,
-        ),
-    ];
-    let instruments: Vec<_> = histograms
+    let histograms: Vec<(opentelemetry::metrics::Histogram<f64>, Pick)> = metrics::CATALOGUE
         .iter()
-        .map(|(name, description, _)| {
-            meter
-                .f64_histogram(*name)
-                .with_description(*description)
-                .with_unit("s")
-                .build()
+        .filter_map(|def| match def.reading {
+            Reading::Histogram(pick) => Some((
+                meter
+                    .f64_histogram(def.name)
+                    .with_description(def.description)
+                    .with_unit(def.unit)
+                    .build(),
+                pick,
+            )),
+            _ => None,
         })
         .collect();
     let mut seen: std::collections::HashMap<(String, usize), Vec<u64>> =
@@ -376,14 +294,14 @@ async fn replay_histograms(
                 continue;
             };
             let attrs = [KeyValue::new(POOL_NAME, name.clone())];
-            for (i, (_, _, pick)) in histograms.iter().enumerate() {
-                let now = pick(&pool).counts();
+            for (i, (instrument, pick)) in histograms.iter().enumerate() {
+                let now = pick(pool.telemetry()).counts();
                 let before = seen
                     .entry((name.clone(), i))
                     .or_insert_with(|| vec![0; now.len()]);
                 for (bucket, (n, b)) in now.iter().zip(before.iter()).enumerate() {
                     for _ in 0..n.saturating_sub(*b) {
-                        instruments[i].record(Histogram::bucket_secs(bucket), &attrs);
+                        instrument.record(Histogram::bucket_secs(bucket), &attrs);
                     }
                 }
                 *before = now;
@@ -391,6 +309,9 @@ async fn replay_histograms(
         }
     }
 }
+
+/// Picks one histogram of a pool.
+type Pick = fn(poolplane::pool::PoolTelemetry<'_>) -> &Histogram;
 
 /// An error and all its sources, `: `-separated, for a log line.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -73,6 +73,21 @@ async fn every_engine_example_runs() -> anyhow::Result<()> {
     ] {
         assert!(out.contains(line), "missing `{line}` in:\n{out}");
     }
+    let out = run_example("in_process_metrics", &[db.url()]).await?;
+    // The application's own metric beside the whole catalogue, read from its pool.
+    assert!(out.contains("orders_handled_total 20"), "{out}");
+    for def in poolplane::metrics::CATALOGUE {
+        let name = def.prometheus_name();
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("# TYPE {}", def.name.replace('.', "_")))),
+            "{name} is not described in:\n{out}"
+        );
+    }
+    assert!(
+        out.contains(r#"poolplane_queries_total{db_client_connection_pool_name="orders"} 20"#),
+        "{out}"
+    );
     let out = run_example("service_integration", &[db.url()]).await?;
     for line in [
         "Total requests:",

@@ -8,6 +8,7 @@ pub mod embedded_pg;
 mod error;
 pub mod events;
 pub mod loadtest;
+pub mod metrics;
 pub mod optimizer;
 pub mod pool;
 pub mod registry;

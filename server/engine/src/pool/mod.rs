@@ -771,6 +771,11 @@ impl AdvancedConnectionPool {
 
     /// The seed's `get_health_status()`.
     pub async fn get_health_status(&self) -> HealthStatus {
+        self.health_snapshot()
+    }
+
+    /// [`get_health_status`](Self::get_health_status) without `async`.
+    pub fn health_snapshot(&self) -> HealthStatus {
         self.shared.health.lock().expect("health lock").clone()
     }
 
