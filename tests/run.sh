@@ -46,6 +46,15 @@ if ! command -v buf >/dev/null; then
     missing buf "sudo npm install -g @bufbuild/buf"
   fi
 fi
+if ! command -v promtool >/dev/null; then
+  if is_root; then
+    # promtool checks deploy/prometheus/alerts.yml; the package's own services
+    # are not needed (and not started under a container without systemd).
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+  else
+    missing promtool "sudo apt-get install -y prometheus"
+  fi
+fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" \
     || rustup component add "$component"
