@@ -55,6 +55,13 @@ if ! command -v promtool >/dev/null; then
     missing promtool "sudo apt-get install -y prometheus"
   fi
 fi
+if ! command -v tmux >/dev/null; then
+  if is_root; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux
+  else
+    missing tmux "sudo apt-get install -y tmux"
+  fi
+fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" \
     || rustup component add "$component"

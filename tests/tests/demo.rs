@@ -18,6 +18,50 @@ async fn poolctl(server: &ServerProcess, args: &[&str]) -> anyhow::Result<Output
         .await?)
 }
 
+/// Runs `poolctl top` in a detached tmux session of 120x30 and returns the
+/// screen once it shows a pool (or after 10 s).
+async fn top_in_tmux(server: &ServerProcess) -> anyhow::Result<String> {
+    let session = format!("poolctl-top-{}", std::process::id());
+    let command = format!(
+        "{} --server {} top",
+        built_binary("poolctl")?.display(),
+        server.addr
+    );
+    let tmux = |args: &[&str]| {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        async move {
+            tokio::process::Command::new("tmux")
+                .args(&args)
+                .output()
+                .await
+                .map_err(|e| anyhow::anyhow!("tmux: {e} (install it: apt-get install -y tmux)"))
+        }
+    };
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "120",
+        "-y",
+        "30",
+        &command,
+    ])
+    .await?;
+    anyhow::ensure!(started.status.success(), "{}", text(&started.stderr));
+    let mut screen = String::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        screen = text(&tmux(&["capture-pane", "-p", "-t", &session]).await?.stdout);
+        if screen.contains("healthy") {
+            break;
+        }
+    }
+    tmux(&["kill-session", "-t", &session]).await?;
+    Ok(screen)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -37,6 +81,15 @@ async fn the_demo_shows_a_live_pool_and_survives_a_restart() -> anyhow::Result<(
         .unwrap_or_else(|| panic!("a graded result: {summary}"));
     assert!(["A", "B"].contains(&grade), "{summary}");
     assert!(summary.contains("Error rate: 0.00%"), "{summary}");
+
+    // `poolctl top` in a real terminal (tmux) shows the demo pool.
+    let screen = top_in_tmux(&server).await?;
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("demo") && l.contains("healthy") && l.contains('%')),
+        "{screen}"
+    );
 
     let stats = poolctl(&server, &["stats", "demo", "--output", "json"]).await?;
     let stats: serde_json::Value = serde_json::from_str(text(&stats.stdout).trim())?;

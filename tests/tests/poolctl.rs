@@ -245,7 +245,8 @@ async fn passwords_come_from_pgpassword_pgpass_or_stdin_never_argv() -> anyhow::
     assert!(from_env.status.success(), "{}", stderr(&from_env));
 
     let dir = tempfile::tempdir()?;
-    let pgpass = dir.path().join("pgpass");
+    // ~/.pgpass, with HOME pointing at a directory of the test's own.
+    let pgpass = dir.path().join(".pgpass");
     let url = url_parts(&bare)?;
     std::fs::write(
         &pgpass,
@@ -259,11 +260,11 @@ async fn passwords_come_from_pgpassword_pgpass_or_stdin_never_argv() -> anyhow::
     )?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600))?;
-    let pgpass_path = pgpass.to_str().expect("utf-8");
+    let home = dir.path().to_str().expect("utf-8");
     let from_file = poolctl_with(
         &server,
         &["pools", "create", "from-pgpass", "--url", &bare],
-        &[("PGPASSFILE", pgpass_path)],
+        &[("HOME", home)],
         None,
     )
     .await?;
@@ -364,5 +365,38 @@ async fn server_strings_lose_their_escape_sequences_and_times_are_rfc_3339() -> 
         stdout(&completions).contains("poolctl"),
         "a bash completion script"
     );
+    server.shutdown().await
+}
+
+#[tokio::test]
+async fn pools_list_watch_prints_the_list_again_on_a_change() -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let server = TestServer::spawn().await?;
+    let db = TestPg::database().await?;
+    let mut child = tokio::process::Command::new(built_binary("poolctl")?)
+        .args(["--server", &server.addr.to_string(), "--output", "json"])
+        .args(["pools", "list", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+        .await??
+        .unwrap_or_default();
+    assert_eq!(first.trim(), "[]", "the list before any change");
+    let config = poolplane_client::PoolConfigBuilder::new()
+        .max_connections(2)
+        .min_connections(1)
+        .build();
+    server
+        .client
+        .create_pool("appeared", db.url(), config)
+        .await?;
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+        .await??
+        .unwrap_or_default();
+    let list: serde_json::Value = serde_json::from_str(next.trim())?;
+    assert_eq!(list[0]["name"], "appeared", "{next}");
+    child.kill().await?;
     server.shutdown().await
 }
