@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["poolplane/v1/pool_service.proto"];
+const PROTOS: &[&str] = &[
+    "poolplane/v1/pool_service.proto",
+    "poolplane/v1/query_service.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

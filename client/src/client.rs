@@ -20,7 +20,7 @@ use crate::Error;
 /// A connection to a poolplane server. Cheap to clone; clones share the channel.
 #[derive(Debug, Clone)]
 pub struct PoolplaneClient {
-    channel: Channel,
+    pub(crate) channel: Channel,
     options: Options,
 }
 
@@ -248,7 +248,7 @@ impl PoolplaneClient {
     }
 
     /// A request carrying the client's token and deadline.
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Some(token) = &self.options.token {
             request
@@ -630,6 +630,7 @@ fn resumable(error: &Error) -> bool {
                 | tonic::Code::Cancelled
         ),
         Error::Connect { .. } => true,
+        Error::Decode(_) => false,
         Error::InvalidEndpoint { .. } => false,
     }
 }

@@ -25,6 +25,9 @@ pub enum Error {
     /// The server answered with an error status.
     #[error("{}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
+    /// A cell does not decode into the Rust type asked for.
+    #[error("{0}")]
+    Decode(String),
 }
 
 impl Error {
@@ -59,7 +62,7 @@ impl Error {
         match self {
             Error::Status(status) => status.code(),
             Error::Connect { .. } => tonic::Code::Unavailable,
-            Error::InvalidEndpoint { .. } => tonic::Code::InvalidArgument,
+            Error::InvalidEndpoint { .. } | Error::Decode(_) => tonic::Code::InvalidArgument,
         }
     }
 
@@ -67,7 +70,7 @@ impl Error {
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {
             Error::Status(status) => Some(status),
-            Error::InvalidEndpoint { .. } | Error::Connect { .. } => None,
+            Error::InvalidEndpoint { .. } | Error::Connect { .. } | Error::Decode(_) => None,
         }
     }
 }

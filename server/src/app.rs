@@ -12,6 +12,7 @@ use poolplane::{
     PoolEventKind, RecorderOptions, RecorderStatus, SecretsKey, TargetAllowlist, conninfo,
 };
 use poolplane_proto::v1::pool_service_server::PoolServiceServer;
+use poolplane_proto::v1::query_service_server::QueryServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -516,6 +517,9 @@ async fn serve(
     health_reporter
         .set_serving::<PoolServiceServer<PoolService>>()
         .await;
+    health_reporter
+        .set_serving::<QueryServiceServer<crate::grpc::QueryService>>()
+        .await;
     let bridge = tokio::spawn(pool_health_bridge(
         Arc::clone(&registry),
         health_reporter.clone(),
@@ -550,6 +554,9 @@ async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(PoolServiceServer::new(service))
+        .add_service(QueryServiceServer::new(crate::grpc::QueryService::new(
+            Arc::clone(&registry),
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             stop.cancelled().await;
             tracing::info!("shutting down: no new calls accepted");
@@ -558,6 +565,9 @@ async fn serve(
                 .await;
             reporter
                 .set_not_serving::<PoolServiceServer<PoolService>>()
+                .await;
+            reporter
+                .set_not_serving::<QueryServiceServer<crate::grpc::QueryService>>()
                 .await;
         });
     tokio::pin!(server);

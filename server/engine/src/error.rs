@@ -102,6 +102,42 @@ pub enum Error {
     /// A pool's min_connections does not fit its server's connection budget.
     #[error("{0}")]
     BudgetExceeded(crate::pool::BudgetRefusal),
+    /// A statement was cancelled in PostgreSQL: its deadline passed, or its
+    /// caller went away.
+    #[error("{}", if *.deadline_exceeded { "the statement's deadline passed; it was cancelled in PostgreSQL" } else { "the caller went away; the statement was cancelled in PostgreSQL" })]
+    StatementCancelled {
+        /// The deadline passed (else the caller went away).
+        deadline_exceeded: bool,
+    },
+    /// A result column of a type QueryService does not map.
+    #[error(
+        "column `{column}` has type {type_name}, which is not mapped: cast it (e.g. `{column}::text`)"
+    )]
+    UnsupportedType {
+        /// The column.
+        column: String,
+        /// Its PostgreSQL type.
+        type_name: String,
+    },
+    /// A statement or its parameters do not fit together.
+    #[error("{0}")]
+    InvalidQuery(String),
+    /// A call exceeded one of its limits.
+    #[error("the call exceeds its limit of {limit} {what}")]
+    QueryLimit {
+        /// What was counted.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
+    /// The pool's database fails its health checks: calls fail fast.
+    #[error("pool `{pool}` is unhealthy: {reason}")]
+    PoolUnhealthy {
+        /// The pool.
+        pool: String,
+        /// Its last health-check error.
+        reason: String,
+    },
     /// PostgreSQL answered a query with an error (see [`Error::sqlstate`]).
     #[error("{}", describe_pg_error(.0))]
     Database(#[source] tokio_postgres::Error),
@@ -147,6 +183,10 @@ impl Error {
             Error::TargetNotAllowed { .. } => ErrorKind::PermissionDenied,
             Error::TooManyPools { .. } => ErrorKind::ResourceExhausted,
             Error::BudgetExceeded(_) => ErrorKind::FailedPrecondition,
+            Error::StatementCancelled { .. } => ErrorKind::AcquireTimeout,
+            Error::UnsupportedType { .. } | Error::InvalidQuery(_) => ErrorKind::InvalidArgument,
+            Error::QueryLimit { .. } => ErrorKind::ResourceExhausted,
+            Error::PoolUnhealthy { .. } => ErrorKind::Unavailable,
             Error::LoadTestRunning(_) | Error::PoolBusy(_) => ErrorKind::Busy,
             Error::PoolAlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::AcquireTimeout { .. } => ErrorKind::AcquireTimeout,

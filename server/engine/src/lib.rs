@@ -11,6 +11,7 @@ pub mod loadtest;
 pub mod metrics;
 pub mod optimizer;
 pub mod pool;
+pub mod query;
 pub mod registry;
 pub mod store;
 pub mod tls;

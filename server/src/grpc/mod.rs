@@ -5,7 +5,9 @@ pub mod auth;
 pub mod convert;
 pub mod limits;
 pub mod pool_service;
+pub mod query_service;
 pub mod status;
 pub mod trace;
 
 pub use pool_service::PoolService;
+pub use query_service::QueryService;

@@ -27,20 +27,41 @@ pub fn bad_request(violations: Vec<Violation>) -> Status {
 pub const SQLSTATE_DOMAIN: &str = "postgresql";
 
 /// A status carrying the error's SQLSTATE (if any) as a google.rpc.ErrorInfo with
-/// reason = the SQLSTATE and domain = `postgresql`.
+/// reason = the SQLSTATE, domain = `postgresql` and, for an error PostgreSQL
+/// reported, metadata `message`, `detail`, `hint` and `position` when it gave them.
 fn with_sqlstate(code: Code, error: &Error) -> Status {
+    let mut metadata = std::collections::HashMap::new();
+    if let Error::Database(e) = error
+        && let Some(db) = e.as_db_error()
+    {
+        metadata.insert("message".to_owned(), db.message().to_owned());
+        if let Some(detail) = db.detail() {
+            metadata.insert("detail".to_owned(), detail.to_owned());
+        }
+        if let Some(hint) = db.hint() {
+            metadata.insert("hint".to_owned(), hint.to_owned());
+        }
+        if let Some(tokio_postgres::error::ErrorPosition::Original(position)) = db.position() {
+            metadata.insert("position".to_owned(), position.to_string());
+        }
+    }
     match error.sqlstate() {
         Some(sqlstate) => Status::with_error_details(
             code,
             error.to_string(),
-            ErrorDetails::with_error_info(
-                sqlstate,
-                SQLSTATE_DOMAIN,
-                std::collections::HashMap::new(),
-            ),
+            ErrorDetails::with_error_info(sqlstate, SQLSTATE_DOMAIN, metadata),
         ),
         None => Status::new(code, error.to_string()),
     }
+}
+
+/// The SQLSTATE a status carries in its google.rpc.ErrorInfo, if any.
+pub fn sqlstate_of(status: &Status) -> Option<String> {
+    status
+        .get_error_details()
+        .error_info()
+        .filter(|info| info.domain == SQLSTATE_DOMAIN)
+        .map(|info| info.reason.clone())
 }
 
 /// Maps an engine error to a status. Every variant is decided here (no `_` arm);
@@ -95,13 +116,29 @@ pub fn from_engine(error: Error) -> Status {
         Error::PoolClosed => Status::failed_precondition(error.to_string()),
         Error::Connect { .. } => with_sqlstate(Code::Unavailable, &error),
         Error::Database(_) => {
-            let code = match error.sqlstate().and_then(|s| s.get(..2)) {
-                Some("08" | "57") => Code::Unavailable,
-                Some("40") => Code::Aborted,
-                Some("22" | "42") => Code::InvalidArgument,
+            let sqlstate = error.sqlstate().unwrap_or_default();
+            let code = match (sqlstate, sqlstate.get(..2)) {
+                ("23505", _) => Code::AlreadyExists,
+                ("57014", _) => Code::DeadlineExceeded,
+                (_, Some("08" | "57")) => Code::Unavailable,
+                (_, Some("40")) => Code::Aborted,
+                (_, Some("22" | "42")) => Code::InvalidArgument,
                 _ => Code::FailedPrecondition,
             };
             with_sqlstate(code, &error)
         }
+        Error::StatementCancelled {
+            deadline_exceeded: true,
+        } => Status::deadline_exceeded(error.to_string()),
+        Error::StatementCancelled {
+            deadline_exceeded: false,
+        } => Status::cancelled(error.to_string()),
+        Error::UnsupportedType { column, .. } => bad_request(vec![(
+            format!("sql (column `{column}`)"),
+            error.to_string(),
+        )]),
+        Error::InvalidQuery(_) => bad_request(vec![("sql".into(), error.to_string())]),
+        Error::QueryLimit { .. } => Status::resource_exhausted(error.to_string()),
+        Error::PoolUnhealthy { .. } => Status::unavailable(error.to_string()),
     }
 }

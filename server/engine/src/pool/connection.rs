@@ -68,14 +68,14 @@ fn is_stale_statement(error: &tokio_postgres::Error) -> bool {
 pub struct PooledConnection {
     // Field order matters: the connection goes back before the permit, so that the
     // next caller through the gate finds it idle.
-    conn: bb8::PooledConnection<'static, PoolManager>,
+    pub(super) conn: bb8::PooledConnection<'static, PoolManager>,
     _permit: GatePermit,
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     checked_out_at: Instant,
     /// A statement was sent and its answer not yet read: if the connection is
     /// dropped now, the statement is cancelled in PostgreSQL and the connection
     /// closed, never handed to the next caller mid-statement.
-    in_flight: bool,
+    pub(super) in_flight: bool,
 }
 
 impl std::fmt::Debug for PooledConnection {
@@ -294,7 +294,7 @@ impl PooledConnection {
     }
 
     /// Counts a failed statement in the pool's query_errors.
-    fn counted<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+    pub(super) fn counted<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
         if result.is_err() {
             Counters::add(&self.shared.counters.query_errors, 1);
         }
@@ -324,7 +324,7 @@ impl PooledConnection {
 }
 
 /// How long a cancel request may take to reach PostgreSQL.
-const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Drop for PooledConnection {
     fn drop(&mut self) {

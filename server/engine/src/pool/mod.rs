@@ -7,6 +7,7 @@ mod connection;
 pub(crate) mod health;
 pub(crate) mod manager;
 pub mod sizing;
+pub mod sql;
 pub(crate) mod statement_cache;
 pub mod stats;
 

@@ -1,0 +1,384 @@
+//! Statements run for a remote caller (QueryService): typed parameters and cells
+//! ([`crate::query`]), the pool's statement cache, a deadline and a stop signal
+//! that cancel the statement in PostgreSQL and leave the connection usable, row
+//! limits, and results streamed in batches with backpressure.
+
+use std::future::Future;
+use std::time::Instant;
+
+use futures_util::TryStreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::types::ToSql;
+use tokio_util::sync::CancellationToken;
+
+use super::PooledConnection;
+use super::connection::CANCEL_TIMEOUT;
+use super::stats::Counters;
+use crate::Error;
+use crate::query::{
+    CallLimits, Cell, ColumnInfo, Isolation, SqlValue, StatementResult, TextParam, is_mapped,
+};
+
+/// One statement and its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlStatement {
+    /// The SQL text (`$1`, `$2`… for parameters).
+    pub sql: String,
+    /// The parameters.
+    pub params: Vec<SqlValue>,
+}
+
+/// How statements run: alone (autocommit), or in one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxMode {
+    /// Each statement on its own.
+    Autocommit,
+    /// All in one transaction, committed at the end, rolled back on an error.
+    Transaction {
+        /// Its isolation level.
+        isolation: Isolation,
+        /// READ ONLY.
+        read_only: bool,
+    },
+}
+
+/// A batch of a streamed result: the columns come with the first.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RowBatch {
+    /// The columns (first batch only).
+    pub columns: Vec<ColumnInfo>,
+    /// The rows.
+    pub rows: Vec<Vec<SqlValue>>,
+}
+
+/// Why a call stops before its statement ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Abort {
+    Deadline,
+    Stopped,
+}
+
+impl PooledConnection {
+    /// Runs `statements` (see [`TxMode`]) within `deadline`; `stop` (the caller
+    /// went away) or the deadline cancel the running statement in PostgreSQL,
+    /// wait for it to end, and leave the connection usable.
+    pub async fn run_statements(
+        &mut self,
+        statements: &[SqlStatement],
+        mode: TxMode,
+        limits: CallLimits,
+        deadline: Instant,
+        stop: &CancellationToken,
+    ) -> Result<Vec<StatementResult>, Error> {
+        let cancel = self.cancel_handle();
+        let work = async {
+            let mut results = Vec::with_capacity(statements.len());
+            let mut bytes = 0usize;
+            if let TxMode::Transaction {
+                isolation,
+                read_only,
+            } = mode
+            {
+                self.batch_execute(&isolation.begin(read_only)).await?;
+            }
+            for statement in statements {
+                match self.one_statement(statement, limits, &mut bytes).await {
+                    Ok(result) => results.push(result),
+                    Err(error) => {
+                        if matches!(mode, TxMode::Transaction { .. }) {
+                            self.end_transaction().await;
+                        }
+                        return Err(error);
+                    }
+                }
+            }
+            if matches!(mode, TxMode::Transaction { .. }) {
+                self.batch_execute("COMMIT").await?;
+            }
+            Ok(results)
+        };
+        bounded(cancel, work, deadline, stop).await
+    }
+
+    /// Runs `statement` and sends its rows to `sink` in batches of `batch_rows`
+    /// (the columns with the first): the statement advances only as fast as the
+    /// receiver takes batches. `read_only` wraps it in a read-only transaction.
+    pub async fn stream_statement(
+        &mut self,
+        statement: &SqlStatement,
+        read_only: bool,
+        batch_rows: usize,
+        sink: mpsc::Sender<RowBatch>,
+        deadline: Instant,
+        stop: &CancellationToken,
+    ) -> Result<u64, Error> {
+        let gone = sink.clone();
+        let stop_or_gone = stop.child_token();
+        let watcher = {
+            let stop_or_gone = stop_or_gone.clone();
+            tokio::spawn(async move {
+                gone.closed().await;
+                stop_or_gone.cancel();
+            })
+        };
+        let cancel = self.cancel_handle();
+        let work = async {
+            if read_only {
+                self.batch_execute(&Isolation::Default.begin(true)).await?;
+            }
+            let result = self.stream_rows(statement, batch_rows.max(1), &sink).await;
+            if read_only {
+                match &result {
+                    Ok(_) => self.batch_execute("COMMIT").await?,
+                    Err(_) => self.end_transaction().await,
+                }
+            }
+            result
+        };
+        let result = bounded(cancel, work, deadline, &stop_or_gone).await;
+        watcher.abort();
+        result
+    }
+
+    async fn stream_rows(
+        &mut self,
+        statement: &SqlStatement,
+        batch_rows: usize,
+        sink: &mpsc::Sender<RowBatch>,
+    ) -> Result<u64, Error> {
+        let (prepared, columns) = self.prepare_mapped(statement).await?;
+        let params = text_params(statement);
+        self.conn.queries += 1;
+        Counters::add(&self.shared.counters.total_queries, 1);
+        self.in_flight = true;
+        let streamed = async {
+            let rows = self
+                .conn
+                .client
+                .query_raw(&prepared, params.iter().map(|p| p as &dyn ToSql))
+                .await?;
+            futures_util::pin_mut!(rows);
+            let mut batch = RowBatch {
+                columns,
+                rows: Vec::with_capacity(batch_rows),
+            };
+            let mut count = 0u64;
+            while let Some(row) = rows.try_next().await? {
+                batch.rows.push(decode(&row)?);
+                count += 1;
+                if batch.rows.len() >= batch_rows {
+                    let full = std::mem::replace(
+                        &mut batch,
+                        RowBatch {
+                            columns: Vec::new(),
+                            rows: Vec::with_capacity(batch_rows),
+                        },
+                    );
+                    if sink.send(full).await.is_err() {
+                        return Err(StreamEnd::ReceiverGone);
+                    }
+                }
+            }
+            if (!batch.rows.is_empty() || count == 0 || !batch.columns.is_empty())
+                && sink.send(batch).await.is_err()
+            {
+                return Err(StreamEnd::ReceiverGone);
+            }
+            Ok(count)
+        }
+        .await;
+        self.in_flight = false;
+        let result = match streamed {
+            Ok(count) => Ok(count),
+            Err(StreamEnd::Postgres(e)) => Err(Error::Database(e)),
+            Err(StreamEnd::Decode(e)) => Err(e),
+            Err(StreamEnd::ReceiverGone) => Err(Error::StatementCancelled {
+                deadline_exceeded: false,
+            }),
+        };
+        self.counted(result)
+    }
+
+    /// Prepares (through the cache) and checks that every column maps.
+    async fn prepare_mapped(
+        &mut self,
+        statement: &SqlStatement,
+    ) -> Result<(tokio_postgres::Statement, Vec<ColumnInfo>), Error> {
+        let prepared = self.prepare_cached(&statement.sql).await?;
+        if prepared.params().len() != statement.params.len() {
+            return Err(Error::InvalidQuery(format!(
+                "the statement takes {} parameters, {} were given",
+                prepared.params().len(),
+                statement.params.len()
+            )));
+        }
+        let mut columns = Vec::with_capacity(prepared.columns().len());
+        for column in prepared.columns() {
+            let ty = column.type_();
+            if !is_mapped(ty) {
+                return Err(Error::UnsupportedType {
+                    column: column.name().to_owned(),
+                    type_name: ty.name().to_owned(),
+                });
+            }
+            columns.push(ColumnInfo {
+                name: column.name().to_owned(),
+                type_name: ty.name().to_owned(),
+                type_oid: ty.oid(),
+            });
+        }
+        Ok((prepared, columns))
+    }
+
+    async fn one_statement(
+        &mut self,
+        statement: &SqlStatement,
+        limits: CallLimits,
+        bytes: &mut usize,
+    ) -> Result<StatementResult, Error> {
+        let started = Instant::now();
+        let (prepared, columns) = self.prepare_mapped(statement).await?;
+        let params = text_params(statement);
+        self.conn.queries += 1;
+        Counters::add(&self.shared.counters.total_queries, 1);
+        self.in_flight = true;
+        let ran = async {
+            let rows = self
+                .conn
+                .client
+                .query_raw(&prepared, params.iter().map(|p| p as &dyn ToSql))
+                .await?;
+            futures_util::pin_mut!(rows);
+            let mut out = Vec::new();
+            let mut seen = 0u64;
+            let mut truncated = false;
+            while let Some(row) = rows.try_next().await? {
+                seen += 1;
+                if out.len() >= limits.max_rows {
+                    // Read to the end (the connection stays in step), keep nothing.
+                    truncated = true;
+                    continue;
+                }
+                let cells = decode(&row)?;
+                *bytes += cells.iter().map(SqlValue::size).sum::<usize>();
+                if *bytes > limits.max_result_bytes {
+                    return Err(StreamEnd::Decode(Error::QueryLimit {
+                        what: "result bytes (use QueryStream for large results)",
+                        limit: limits.max_result_bytes as u64,
+                    }));
+                }
+                out.push(cells);
+            }
+            let affected = rows.rows_affected().unwrap_or(seen);
+            Ok((out, truncated, affected))
+        }
+        .await;
+        self.in_flight = false;
+        self.shared
+            .counters
+            .operation_time
+            .record(started.elapsed());
+        let result = match ran {
+            Ok((rows, truncated, rows_affected)) => Ok(StatementResult {
+                columns,
+                rows,
+                truncated,
+                rows_affected,
+                elapsed: started.elapsed(),
+            }),
+            Err(StreamEnd::Postgres(e)) => Err(Error::Database(e)),
+            Err(StreamEnd::Decode(e)) => Err(e),
+            Err(StreamEnd::ReceiverGone) => Err(Error::StatementCancelled {
+                deadline_exceeded: false,
+            }),
+        };
+        self.counted(result)
+    }
+
+    /// Rolls a failed transaction back; a connection where even that fails is
+    /// not reused.
+    async fn end_transaction(&mut self) {
+        if self.conn.client.batch_execute("ROLLBACK").await.is_err() {
+            self.conn.broken = true;
+        }
+    }
+
+    fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle {
+            token: self.conn.client.cancel_token(),
+            tls: self.shared.tls.connector.clone(),
+        }
+    }
+}
+
+/// What is needed to cancel this connection's statement from outside.
+struct CancelHandle {
+    token: tokio_postgres::CancelToken,
+    tls: crate::tls::Connector,
+}
+
+/// How a statement's row loop ended early.
+enum StreamEnd {
+    Postgres(tokio_postgres::Error),
+    Decode(Error),
+    ReceiverGone,
+}
+
+impl From<tokio_postgres::Error> for StreamEnd {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StreamEnd::Postgres(e)
+    }
+}
+
+impl From<Error> for StreamEnd {
+    fn from(e: Error) -> Self {
+        StreamEnd::Decode(e)
+    }
+}
+
+fn text_params(statement: &SqlStatement) -> Vec<TextParam> {
+    statement
+        .params
+        .iter()
+        .map(|v| TextParam(v.to_text()))
+        .collect()
+}
+
+fn decode(row: &tokio_postgres::Row) -> Result<Vec<SqlValue>, Error> {
+    (0..row.len())
+        .map(|i| {
+            row.try_get::<_, Cell>(i).map(|c| c.0).map_err(|e| {
+                let column = &row.columns()[i];
+                Error::InvalidQuery(format!(
+                    "column `{}` ({}) could not be read: {e}",
+                    column.name(),
+                    column.type_().name()
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Runs `work` until it ends, `deadline` passes or `stop` fires; in the last two
+/// cases the statement is cancelled in PostgreSQL and `work` is let run to its
+/// (prompt) end, so that the connection stays in step and can be reused.
+async fn bounded<T>(
+    cancel: CancelHandle,
+    work: impl Future<Output = Result<T, Error>>,
+    deadline: Instant,
+    stop: &CancellationToken,
+) -> Result<T, Error> {
+    futures_util::pin_mut!(work);
+    let abort = tokio::select! {
+        result = &mut work => return result,
+        () = tokio::time::sleep_until(deadline.into()) => Abort::Deadline,
+        () = stop.cancelled() => Abort::Stopped,
+    };
+    let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel.token.cancel_query(cancel.tls)).await;
+    // The statement ends with 57014 at once; if it does not, dropping `work`
+    // leaves the connection marked in flight, and it is closed, never reused.
+    let _ = tokio::time::timeout(CANCEL_TIMEOUT, &mut work).await;
+    Err(Error::StatementCancelled {
+        deadline_exceeded: abort == Abort::Deadline,
+    })
+}
