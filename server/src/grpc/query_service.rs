@@ -54,6 +54,28 @@ impl QueryService {
         Self { registry }
     }
 
+    /// Runs one statement in its pool, within a span of its own.
+    async fn single(
+        &self,
+        method: &str,
+        pool_name: &str,
+        statement: SqlStatement,
+        mode: TxMode,
+        limits: CallLimits,
+        deadline: Instant,
+    ) -> Result<StatementResult, Status> {
+        let span = span(method, pool_name, &statement.sql);
+        let pool = self.pool(pool_name)?;
+        let result = tracing::Instrument::instrument(
+            run(pool, vec![statement], mode, limits, deadline),
+            span.clone(),
+        )
+        .await
+        .and_then(|mut results| results.pop().ok_or_else(|| Status::internal("no result")));
+        record(&span, &result);
+        result
+    }
+
     /// The pool, failing fast when it is unhealthy.
     fn pool(&self, name: &str) -> Result<Arc<AdvancedConnectionPool>, Status> {
         if name.is_empty() {
@@ -320,8 +342,6 @@ impl query_service_server::QueryService for QueryService {
             max_rows: max_rows(r.max_rows)?,
             max_result_bytes: MAX_RESULT_BYTES,
         };
-        let span = span("Query", &r.pool_name, &statement.sql);
-        let pool = self.pool(&r.pool_name)?;
         // An operator's query runs read-only; an admin's as it is.
         let mode = if caller.role >= Role::Admin {
             TxMode::Autocommit
@@ -331,14 +351,9 @@ impl query_service_server::QueryService for QueryService {
                 read_only: true,
             }
         };
-        let result = tracing::Instrument::instrument(
-            run(pool, vec![statement], mode, limits, deadline),
-            span.clone(),
-        )
-        .await
-        .and_then(|mut results| results.pop().ok_or_else(|| Status::internal("no result")));
-        record(&span, &result);
-        let result = result?;
+        let result = self
+            .single("Query", &r.pool_name, statement, mode, limits, deadline)
+            .await?;
         Ok(Response::new(pb::QueryResponse {
             columns: columns(&result.columns),
             rows: rows(&result.rows),
@@ -362,16 +377,16 @@ impl query_service_server::QueryService for QueryService {
             max_rows: 0,
             max_result_bytes: MAX_RESULT_BYTES,
         };
-        let span = span("Execute", &r.pool_name, &statement.sql);
-        let pool = self.pool(&r.pool_name)?;
-        let result = tracing::Instrument::instrument(
-            run(pool, vec![statement], TxMode::Autocommit, limits, deadline),
-            span.clone(),
-        )
-        .await
-        .and_then(|mut results| results.pop().ok_or_else(|| Status::internal("no result")));
-        record(&span, &result);
-        let result = result?;
+        let result = self
+            .single(
+                "Execute",
+                &r.pool_name,
+                statement,
+                TxMode::Autocommit,
+                limits,
+                deadline,
+            )
+            .await?;
         Ok(Response::new(pb::ExecuteResponse {
             rows_affected: result.rows_affected,
             elapsed: Some(duration(result.elapsed)),

@@ -146,17 +146,8 @@ impl PooledConnection {
         batch_rows: usize,
         sink: &mpsc::Sender<RowBatch>,
     ) -> Result<u64, Error> {
-        let (prepared, columns) = self.prepare_mapped(statement).await?;
-        let params = text_params(statement);
-        self.conn.queries += 1;
-        Counters::add(&self.shared.counters.total_queries, 1);
-        self.in_flight = true;
+        let (rows, columns) = self.send_statement(statement).await?;
         let streamed = async {
-            let rows = self
-                .conn
-                .client
-                .query_raw(&prepared, params.iter().map(|p| p as &dyn ToSql))
-                .await?;
             futures_util::pin_mut!(rows);
             let mut batch = RowBatch {
                 columns,
@@ -199,6 +190,31 @@ impl PooledConnection {
         self.counted(result)
     }
 
+    /// Prepares `statement` (through the cache), binds its parameters and sends
+    /// it: the connection is in flight until the caller has read its rows.
+    async fn send_statement(
+        &mut self,
+        statement: &SqlStatement,
+    ) -> Result<(tokio_postgres::RowStream, Vec<ColumnInfo>), Error> {
+        let (prepared, columns) = self.prepare_mapped(statement).await?;
+        let params = text_params(statement);
+        self.conn.queries += 1;
+        Counters::add(&self.shared.counters.total_queries, 1);
+        self.in_flight = true;
+        let sent = self
+            .conn
+            .client
+            .query_raw(&prepared, params.iter().map(|p| p as &dyn ToSql))
+            .await;
+        match sent {
+            Ok(rows) => Ok((rows, columns)),
+            Err(e) => {
+                self.in_flight = false;
+                self.counted(Err(Error::Database(e)))
+            }
+        }
+    }
+
     /// Prepares (through the cache) and checks that every column maps.
     async fn prepare_mapped(
         &mut self,
@@ -237,17 +253,8 @@ impl PooledConnection {
         bytes: &mut usize,
     ) -> Result<StatementResult, Error> {
         let started = Instant::now();
-        let (prepared, columns) = self.prepare_mapped(statement).await?;
-        let params = text_params(statement);
-        self.conn.queries += 1;
-        Counters::add(&self.shared.counters.total_queries, 1);
-        self.in_flight = true;
+        let (rows, columns) = self.send_statement(statement).await?;
         let ran = async {
-            let rows = self
-                .conn
-                .client
-                .query_raw(&prepared, params.iter().map(|p| p as &dyn ToSql))
-                .await?;
             futures_util::pin_mut!(rows);
             let mut out = Vec::new();
             let mut seen = 0u64;
