@@ -400,3 +400,48 @@ async fn pools_list_watch_prints_the_list_again_on_a_change() -> anyhow::Result<
     child.kill().await?;
     server.shutdown().await
 }
+
+#[tokio::test]
+async fn query_prints_rows_as_a_table_or_json() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let db = TestPg::database().await?;
+    let config = poolplane_client::PoolConfigBuilder::new()
+        .max_connections(2)
+        .min_connections(1)
+        .build();
+    server.client.create_pool("q", db.url(), config).await?;
+    let sql = "SELECT $1::int4 + 1 AS n, NULL::text AS t, $2::numeric AS price";
+    let table = poolctl(&server, &["query", "q", sql, "41", "9.50"]).await?;
+    assert!(table.status.success(), "{}", stderr(&table));
+    let text = stdout(&table);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0].split('|').map(str::trim).collect::<Vec<_>>(),
+        ["n", "t", "price"],
+        "{text}"
+    );
+    assert_eq!(
+        lines[2].split('|').map(str::trim).collect::<Vec<_>>(),
+        ["42", "NULL", "9.50"],
+        "{text}"
+    );
+    assert_eq!(lines[3], "(1 row)");
+    let json = poolctl(
+        &server,
+        &["query", "q", sql, "41", "9.50", "--output", "json"],
+    )
+    .await?;
+    let row: serde_json::Value = serde_json::from_str(stdout(&json).trim())?;
+    assert_eq!(
+        row,
+        serde_json::json!({"n": 42, "t": null, "price": "9.50"})
+    );
+    let failed = poolctl(&server, &["query", "q", "SELECT 1/0"]).await?;
+    assert!(!failed.status.success());
+    assert!(
+        stderr(&failed).contains("division by zero"),
+        "{}",
+        stderr(&failed)
+    );
+    server.shutdown().await
+}

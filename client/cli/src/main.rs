@@ -129,6 +129,25 @@ enum Command {
     },
     /// A live full-screen view of every pool and the latest events (q quits).
     Top,
+    /// Run SQL through a pool (QueryService): rows as a table or JSON. PARAMs fill
+    /// $1, $2…, in PostgreSQL's text form (the server parses them for their type).
+    #[command(
+        after_help = "Examples:\n  poolctl query demo 'SELECT aid, abalance FROM pgbench_accounts WHERE aid = $1' 42\n  poolctl query demo 'SELECT now()' --output json"
+    )]
+    Query {
+        /// The pool.
+        name: String,
+        /// The SQL.
+        sql: String,
+        /// Parameters for $1, $2…
+        params: Vec<String>,
+        /// At most this many rows (default 10000).
+        #[arg(long, default_value_t = 0)]
+        max_rows: u32,
+        /// Time limit in ms (the statement is cancelled in PostgreSQL after it).
+        #[arg(long, default_value_t = 0)]
+        timeout_ms: u32,
+    },
     /// Print a shell completion script (e.g. `poolctl completions bash >
     /// /etc/bash_completion.d/poolctl`).
     Completions {
@@ -532,6 +551,28 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
         }
         Command::Top => top::run(client, cli.server.clone()).await?,
         Command::Completions { .. } => unreachable!("answered before connecting"),
+        Command::Query {
+            name,
+            sql,
+            params,
+            max_rows,
+            timeout_ms,
+        } => {
+            use poolplane_client::IntoValue;
+            let response = client
+                .query_service()
+                .query(poolplane_client::proto::QueryRequest {
+                    pool_name: name,
+                    sql,
+                    params: params.into_iter().map(IntoValue::into_value).collect(),
+                    max_rows,
+                    timeout_ms,
+                })
+                .await
+                .map_err(poolplane_client::Error::from)?
+                .into_inner();
+            out.query(&response);
+        }
         Command::History {
             name,
             points,

@@ -59,6 +59,68 @@ pub fn clean(text: &str) -> String {
         .collect()
 }
 
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_owned()
+    } else {
+        let kept: String = text.chars().take(width.saturating_sub(1)).collect();
+        format!("{kept}…")
+    }
+}
+
+/// A cell as text: PostgreSQL's text forms, `NULL` for null.
+fn cell_text(value: &poolplane_client::proto::Value) -> String {
+    use poolplane_client::proto::value::Kind;
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => "NULL".to_owned(),
+        Some(Kind::BoolValue(b)) => if *b { "t" } else { "f" }.to_owned(),
+        Some(Kind::IntValue(i)) => i.to_string(),
+        Some(Kind::DoubleValue(f)) => f.to_string(),
+        Some(
+            Kind::StringValue(s)
+            | Kind::NumericValue(s)
+            | Kind::JsonValue(s)
+            | Kind::UuidValue(s)
+            | Kind::DateValue(s)
+            | Kind::TimeValue(s)
+            | Kind::IntervalValue(s),
+        ) => s.clone(),
+        Some(Kind::BytesValue(b)) => {
+            format!(
+                "\\x{}",
+                b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+            )
+        }
+        Some(Kind::TimestampValue(t)) => match time(Some(t)) {
+            Value::String(s) => s,
+            _ => "-".to_owned(),
+        },
+        Some(Kind::ArrayValue(list)) => format!(
+            "{{{}}}",
+            list.values
+                .iter()
+                .map(cell_text)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    }
+}
+
+/// A cell as JSON: numbers and booleans as such, the rest as strings (json
+/// cells as their JSON), arrays as arrays.
+fn cell_json(value: &poolplane_client::proto::Value) -> Value {
+    use poolplane_client::proto::value::Kind;
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => json!(b),
+        Some(Kind::IntValue(i)) => json!(i),
+        Some(Kind::DoubleValue(f)) => json!(f),
+        Some(Kind::JsonValue(s)) => serde_json::from_str(s).unwrap_or_else(|_| json!(s)),
+        Some(Kind::ArrayValue(list)) => Value::Array(list.values.iter().map(cell_json).collect()),
+        Some(_) => json!(cell_text(value)),
+    }
+}
+
 /// `println!` for tables: what the server supplied is printed [`clean`].
 macro_rules! say {
     ($($arg:tt)*) => { println!("{}", clean(&format!($($arg)*))) };
@@ -510,6 +572,78 @@ impl Printer {
                         say!("  applied: {change}");
                     }
                 }
+            }
+        }
+    }
+
+    /// A query's rows: a table with a header and a row count, or one JSON object
+    /// per row.
+    pub fn query(&self, r: &poolplane_client::proto::QueryResponse) {
+        match self.format {
+            Format::Json => {
+                for row in &r.rows {
+                    let object: serde_json::Map<String, Value> = r
+                        .columns
+                        .iter()
+                        .zip(&row.values)
+                        .map(|(c, v)| (c.name.clone(), cell_json(v)))
+                        .collect();
+                    self.json(&Value::Object(object));
+                }
+            }
+            Format::Table => {
+                let cells: Vec<Vec<String>> = r
+                    .rows
+                    .iter()
+                    .map(|row| row.values.iter().map(cell_text).collect())
+                    .collect();
+                let widths: Vec<usize> = r
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        cells
+                            .iter()
+                            .map(|row| row.get(i).map_or(0, |s| s.chars().count()))
+                            .chain([c.name.chars().count()])
+                            .max()
+                            .unwrap_or(0)
+                            .min(60)
+                    })
+                    .collect();
+                let line = |values: Vec<&str>| {
+                    values
+                        .iter()
+                        .zip(&widths)
+                        .map(|(v, w)| format!("{:<w$}", truncate(v, *w), w = *w))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                };
+                say!(
+                    "{}",
+                    line(r.columns.iter().map(|c| c.name.as_str()).collect())
+                );
+                say!(
+                    "{}",
+                    widths
+                        .iter()
+                        .map(|w| "-".repeat(*w))
+                        .collect::<Vec<_>>()
+                        .join("-+-")
+                );
+                for row in &cells {
+                    say!("{}", line(row.iter().map(String::as_str).collect()));
+                }
+                say!(
+                    "({} row{}{})",
+                    r.rows.len(),
+                    if r.rows.len() == 1 { "" } else { "s" },
+                    if r.truncated {
+                        ", truncated: raise --max-rows"
+                    } else {
+                        ""
+                    }
+                );
             }
         }
     }
