@@ -482,3 +482,119 @@ async fn out_of_range_server_flags_refuse_to_start() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn query_service_roles_operators_read_admins_write() -> anyhow::Result<()> {
+    use poolplane_proto::v1::query_service_client::QueryServiceClient;
+    let dir = tempfile::tempdir()?;
+    let tokens = tokens_file(
+        &dir,
+        &format!("{VIEWER} viewer\n{OPERATOR} operator\n{ADMIN} admin\n"),
+    )?;
+    let control = TestPg::database().await?;
+    let server = TestServer::spawn_with(control, |c| c.auth_tokens_file = Some(tokens)).await?;
+    let db = TestPg::database().await?;
+    let channel = Channel::from_shared(format!("http://{}", server.addr))?
+        .connect()
+        .await?;
+    let mut pools = PoolServiceClient::new(channel.clone());
+    pools
+        .create_pool(request(
+            pb::CreatePoolRequest {
+                name: "data".into(),
+                database_url: db.url().to_owned(),
+                config: Some(small_config()),
+            },
+            Some(ADMIN),
+        ))
+        .await?;
+    let mut sql = QueryServiceClient::new(channel);
+    let execute = |sql_text: &str, token| {
+        request(
+            pb::ExecuteRequest {
+                pool_name: "data".into(),
+                sql: sql_text.into(),
+                ..Default::default()
+            },
+            token,
+        )
+    };
+    let query = |sql_text: &str, token| {
+        request(
+            pb::QueryRequest {
+                pool_name: "data".into(),
+                sql: sql_text.into(),
+                ..Default::default()
+            },
+            token,
+        )
+    };
+    sql.execute(execute("CREATE TABLE notes (body text)", Some(ADMIN)))
+        .await?;
+    assert_eq!(
+        code(
+            sql.execute(execute("INSERT INTO notes VALUES ('x')", Some(OPERATOR)))
+                .await
+        ),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(sql.query(query("SELECT 1", Some(VIEWER))).await),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(
+            sql.query(query("SELECT count(*) FROM notes", Some(OPERATOR)))
+                .await
+        ),
+        Code::Ok
+    );
+    // An operator's Query runs in a read-only transaction: a write through it is
+    // refused by PostgreSQL (25006).
+    let refused = sql
+        .query(query(
+            "INSERT INTO notes VALUES ('y') RETURNING body",
+            Some(OPERATOR),
+        ))
+        .await
+        .expect_err("read-only");
+    assert!(
+        refused.message().contains("read-only transaction"),
+        "{refused:?}"
+    );
+    let written = sql
+        .query(query(
+            "INSERT INTO notes VALUES ('z') RETURNING body",
+            Some(ADMIN),
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(written.rows.len(), 1);
+    let tx = |read_only: bool, token| {
+        request(
+            pb::TransactionRequest {
+                pool_name: "data".into(),
+                statements: vec![pb::Statement {
+                    sql: "SELECT count(*) FROM notes".into(),
+                    params: vec![],
+                }],
+                read_only,
+                ..Default::default()
+            },
+            token,
+        )
+    };
+    assert_eq!(
+        code(sql.transaction(tx(true, Some(OPERATOR))).await),
+        Code::Ok
+    );
+    assert_eq!(
+        code(sql.transaction(tx(false, Some(OPERATOR))).await),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(sql.transaction(tx(false, Some(ADMIN))).await),
+        Code::Ok
+    );
+    server.shutdown().await
+}

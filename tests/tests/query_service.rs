@@ -363,3 +363,63 @@ async fn repeated_sql_is_prepared_once_per_connection() -> anyhow::Result<()> {
     );
     server.shutdown().await
 }
+
+/// The resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))?;
+    Ok(kb * 1024)
+}
+
+#[tokio::test]
+async fn a_slow_reader_of_a_million_rows_does_not_grow_the_server() -> anyhow::Result<()> {
+    let control = TestPg::database().await?;
+    let db = TestPg::database().await?;
+    let server = poolplane_tests::ServerProcess::start(&["--database-url", control.url()]).await?;
+    let client = poolplane_client::PoolplaneClient::connect(server.addr.to_string()).await?;
+    client.create_pool("big", db.url(), config()).await?;
+    let sql = "SELECT g AS id, md5(g::text) AS digest FROM generate_series(1, $1::int4) g";
+    // Warm up (allocator, statement cache), then measure.
+    let mut warm = client
+        .query_stream("big", sql, params![10_000], 1_000)
+        .await?;
+    while warm.message().await?.is_some() {}
+    let before = rss(server.pid())?;
+    let mut stream = client
+        .query_stream("big", sql, params![1_000_000], 1_000)
+        .await?;
+    let (mut rows, mut messages, mut peak) = (0usize, 0usize, before);
+    let mut columns = Vec::new();
+    while let Some(batch) = stream.message().await? {
+        if messages == 0 {
+            columns = batch.columns.iter().map(|c| c.name.clone()).collect();
+        }
+        rows += batch.rows.len();
+        messages += 1;
+        if messages % 20 == 0 {
+            peak = peak.max(rss(server.pid())?);
+        }
+        // A slow reader for the first half.
+        if rows < 500_000 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    assert_eq!(columns, ["id", "digest"]);
+    assert_eq!(rows, 1_000_000);
+    let grown = peak.saturating_sub(before);
+    eprintln!(
+        "1,000,000 rows in {messages} messages; server RSS {} MB -> peak {} MB",
+        before / 1_048_576,
+        peak / 1_048_576
+    );
+    assert!(
+        grown < 50 * 1_048_576,
+        "the server buffered: +{} MB",
+        grown / 1_048_576
+    );
+    Ok(())
+}
