@@ -423,3 +423,43 @@ async fn a_slow_reader_of_a_million_rows_does_not_grow_the_server() -> anyhow::R
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn grpcurl_runs_the_readme_examples() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let db = TestPg::database().await?;
+    server.client.create_pool("g", db.url(), config()).await?;
+    let body = r#"{"pool_name": "g", "sql": "SELECT $1::int4 * 2 AS doubled, $2::text AS label",
+        "params": [{"int_value": 21}, {"string_value": "x"}]}"#;
+    let out = poolplane_tests::grpcurl(
+        server.addr,
+        &["-d", body],
+        &["poolplane.v1.QueryService/Query"],
+    )
+    .await?;
+    assert!(out.success, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(json["columns"][0]["name"], "doubled");
+    assert_eq!(json["rows"][0]["values"][0]["intValue"], "42");
+    assert_eq!(json["rows"][0]["values"][1]["stringValue"], "x");
+    // A SQL error: the code, and the SQLSTATE in ErrorInfo, as JSON.
+    let body = r#"{"pool_name": "g", "sql": "SELECT 1/0"}"#;
+    let out = poolplane_tests::grpcurl(
+        server.addr,
+        &["-d", body],
+        &["poolplane.v1.QueryService/Query"],
+    )
+    .await?;
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("InvalidArgument") || out.stderr.contains("Code: InvalidArgument"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("\"reason\": \"22012\"") || out.stderr.contains("22012"),
+        "{}",
+        out.stderr
+    );
+    server.shutdown().await
+}
