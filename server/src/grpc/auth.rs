@@ -436,14 +436,16 @@ where
         Box::pin(async move {
             let response = future.await?;
             let code = super::trace::status_code(&response);
-            tracing::info!(
-                rpc = %what,
-                code,
-                role = role.name(),
-                token_fingerprint = fingerprint.as_deref().unwrap_or(""),
-                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-                "rpc"
-            );
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let token_fingerprint = fingerprint.as_deref().unwrap_or("");
+            // The data plane's calls are too many for a line each at info (as
+            // PgBouncer does not log every query); the control plane's are an
+            // access log.
+            if what.starts_with("poolplane.v1.QueryService/") {
+                tracing::debug!(rpc = %what, code, role = role.name(), token_fingerprint, elapsed_ms, "rpc");
+            } else {
+                tracing::info!(rpc = %what, code, role = role.name(), token_fingerprint, elapsed_ms, "rpc");
+            }
             Ok(response)
         })
     }
