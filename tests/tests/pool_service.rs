@@ -165,6 +165,20 @@ async fn create_inspect_update_and_delete_a_pool() -> anyhow::Result<()> {
         "{update:?}"
     );
 
+    // Then the change itself, field by field, with who made it.
+    let changed = events.next().await?.and_then(|e| e.kind);
+    match &changed {
+        Some(Kind::ConfigChanged(c)) => {
+            assert_eq!((c.source.as_str(), c.applied), ("admin", true));
+            assert!(
+                c.changes.iter().any(|f| f.field == "max_connections"
+                    && (f.old_value.as_str(), f.new_value.as_str()) == ("4", "6")),
+                "{c:?}"
+            );
+        }
+        other => panic!("expected the config change, got {other:?}"),
+    }
+
     client.delete_pool("primary").await?;
     let deleted = events.next().await?.and_then(|e| e.kind);
     assert!(matches!(deleted, Some(Kind::PoolDeleted(_))), "{deleted:?}");

@@ -463,3 +463,52 @@ async fn grpcurl_runs_the_readme_examples() -> anyhow::Result<()> {
     );
     server.shutdown().await
 }
+
+#[tokio::test]
+async fn an_unhealthy_pool_fails_fast_with_unavailable() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let db = TestPg::database().await?;
+    let proxy = poolplane_tests::FaultProxy::start(db.server_addr()?).await?;
+    let config = PoolConfig {
+        health_check_interval_secs: Some(2),
+        health_check_timeout_secs: Some(1),
+        max_failed_health_checks: Some(1),
+        acquire_timeout_secs: Some(10),
+        ..config()
+    };
+    server
+        .client
+        .create_pool("flaky", &db.url_via(proxy.addr()), config)
+        .await?;
+    proxy.cut();
+    wait_until(
+        Duration::from_secs(10),
+        "the pool turns unhealthy",
+        || async {
+            server
+                .client
+                .get_health_status("flaky")
+                .await
+                .is_ok_and(|h| !h.is_healthy)
+        },
+    )
+    .await?;
+    let started = Instant::now();
+    let refused = server
+        .client
+        .query("flaky", "SELECT 1", vec![])
+        .await
+        .expect_err("unhealthy");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused}");
+    assert!(
+        refused.to_string().contains("pool `flaky` is unhealthy"),
+        "{refused}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "not the 10 s acquire timeout: {:?}",
+        started.elapsed()
+    );
+    proxy.restore();
+    server.shutdown().await
+}
