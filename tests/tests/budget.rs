@@ -97,8 +97,25 @@ async fn pools_on_one_server_share_its_budget_by_demand() -> anyhow::Result<()> 
         let client = client.clone();
         tokio::spawn(async move { load(client, name, workers, 8).await })
     });
-    // Mid-run, the shares follow the demand.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Within the run (8 s of load), the shares come to follow the demand: the pool
+    // with twice the workers gets at least 1.5x the share.
+    let share = |name: &'static str| async move {
+        client
+            .get_pool_stats(name)
+            .await
+            .ok()
+            .and_then(|s| s.budget)
+            .map_or(0, |b| b.share)
+    };
+    wait_until(
+        Duration::from_secs(6),
+        "shares that follow the demand",
+        || async {
+            let (a, c) = (share("load-a").await, share("load-c").await);
+            a > 2 && f64::from(c) >= 1.5 * f64::from(a)
+        },
+    )
+    .await?;
     let mut shares = Vec::new();
     for name in ["load-a", "load-b", "load-c"] {
         let stats = client.get_pool_stats(name).await?;
@@ -196,7 +213,6 @@ async fn pools_on_one_server_share_its_budget_by_demand() -> anyhow::Result<()> 
     assert_eq!(stats.budget.map(|b| b.pools), Some(303));
     // One of them still serves a query when asked.
     let result = load(client.clone(), "idle-7", 1, 1).await?;
-    eprintln!("{result:?} {:?}", client.get_pool_stats("idle-7").await?);
     assert_eq!(result.failed_requests, 0);
     assert!(result.successful_requests > 0);
     server.shutdown().await
