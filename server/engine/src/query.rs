@@ -48,6 +48,21 @@ pub enum SqlValue {
 }
 
 impl SqlValue {
+    /// The text of the variants that travel as text (text, numeric, json, uuid,
+    /// date, time, interval).
+    fn text_form(&self) -> Option<&str> {
+        match self {
+            SqlValue::Text(s)
+            | SqlValue::Numeric(s)
+            | SqlValue::Json(s)
+            | SqlValue::Uuid(s)
+            | SqlValue::Date(s)
+            | SqlValue::Time(s)
+            | SqlValue::Interval(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// The value in PostgreSQL's text input form (`None` for NULL).
     pub fn to_text(&self) -> Option<String> {
         Some(match self {
@@ -59,13 +74,6 @@ impl SqlValue {
                 if *f > 0.0 { "Infinity" } else { "-Infinity" }.to_owned()
             }
             SqlValue::Float(f) => format!("{f:e}"),
-            SqlValue::Text(s)
-            | SqlValue::Numeric(s)
-            | SqlValue::Json(s)
-            | SqlValue::Uuid(s)
-            | SqlValue::Date(s)
-            | SqlValue::Time(s)
-            | SqlValue::Interval(s) => s.clone(),
             SqlValue::Bytes(b) => {
                 let mut out = String::with_capacity(2 + b.len() * 2);
                 out.push_str("\\x");
@@ -89,6 +97,7 @@ impl SqlValue {
                     .collect();
                 format!("{{{}}}", inner.join(","))
             }
+            text => text.text_form().unwrap_or_default().to_owned(),
         })
     }
 
@@ -99,13 +108,7 @@ impl SqlValue {
             SqlValue::Int(_) | SqlValue::Float(_) | SqlValue::Timestamp(_) => 8,
             SqlValue::Bytes(b) => b.len(),
             SqlValue::Array(items) => items.iter().map(SqlValue::size).sum::<usize>() + 2,
-            SqlValue::Text(s)
-            | SqlValue::Numeric(s)
-            | SqlValue::Json(s)
-            | SqlValue::Uuid(s)
-            | SqlValue::Date(s)
-            | SqlValue::Time(s)
-            | SqlValue::Interval(s) => s.len(),
+            other => other.text_form().map_or(0, str::len),
         }
     }
 }

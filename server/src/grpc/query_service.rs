@@ -169,6 +169,15 @@ fn params(values: &[pb::Value], field: &str) -> Result<Vec<SqlValue>, Status> {
         .collect()
 }
 
+/// A request's one statement: its SQL (`sql`) and parameters (`params`), checked.
+fn statement(sql: String, values: &[pb::Value]) -> Result<SqlStatement, Status> {
+    check_sql(&sql, "sql")?;
+    Ok(SqlStatement {
+        params: params(values, "params")?,
+        sql,
+    })
+}
+
 fn max_rows(requested: u32) -> Result<usize, Status> {
     match requested {
         0 => Ok(DEFAULT_MAX_ROWS as usize),
@@ -333,11 +342,7 @@ impl query_service_server::QueryService for QueryService {
         let caller = Caller::of(&request);
         let deadline = deadline(&request, request.get_ref().timeout_ms, DEFAULT_TIMEOUT)?;
         let r = request.into_inner();
-        check_sql(&r.sql, "sql")?;
-        let statement = SqlStatement {
-            params: params(&r.params, "params")?,
-            sql: r.sql,
-        };
+        let statement = statement(r.sql, &r.params)?;
         let limits = CallLimits {
             max_rows: max_rows(r.max_rows)?,
             max_result_bytes: MAX_RESULT_BYTES,
@@ -368,11 +373,7 @@ impl query_service_server::QueryService for QueryService {
     ) -> Result<Response<pb::ExecuteResponse>, Status> {
         let deadline = deadline(&request, request.get_ref().timeout_ms, DEFAULT_TIMEOUT)?;
         let r = request.into_inner();
-        check_sql(&r.sql, "sql")?;
-        let statement = SqlStatement {
-            params: params(&r.params, "params")?,
-            sql: r.sql,
-        };
+        let statement = statement(r.sql, &r.params)?;
         let limits = CallLimits {
             max_rows: 0,
             max_result_bytes: MAX_RESULT_BYTES,
@@ -475,7 +476,6 @@ impl query_service_server::QueryService for QueryService {
             DEFAULT_STREAM_TIMEOUT,
         )?;
         let r = request.into_inner();
-        check_sql(&r.sql, "sql")?;
         let batch_rows = match r.batch_rows {
             0 => DEFAULT_BATCH_ROWS,
             n if n > MAX_BATCH_ROWS => {
@@ -486,10 +486,7 @@ impl query_service_server::QueryService for QueryService {
             }
             n => n,
         } as usize;
-        let statement = SqlStatement {
-            params: params(&r.params, "params")?,
-            sql: r.sql,
-        };
+        let statement = statement(r.sql, &r.params)?;
         let span = span("QueryStream", &r.pool_name, &statement.sql);
         let pool = self.pool(&r.pool_name)?;
         let read_only = caller.role < Role::Admin;
