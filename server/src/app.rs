@@ -657,6 +657,11 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
+/// The grpc.health.v1 service name of a pool: `pool/<name>`.
+pub fn pool_health_name(pool: &str) -> String {
+    format!("pool/{pool}")
+}
+
 /// Keeps a grpc.health.v1 entry `pool/<name>` per pool: SERVING while the pool is
 /// healthy, NOT_SERVING while not, removed when the pool is deleted.
 async fn pool_health_bridge(
@@ -675,7 +680,7 @@ async fn pool_health_bridge(
     let mut events = registry.subscribe();
     for info in registry.list_pools() {
         reporter
-            .set_service_status(format!("pool/{}", info.name), serving(info.is_healthy))
+            .set_service_status(pool_health_name(&info.name), serving(info.is_healthy))
             .await;
     }
     loop {
@@ -686,7 +691,7 @@ async fn pool_health_bridge(
         };
         match received {
             Ok(event) => {
-                let service = format!("pool/{}", event.pool_name);
+                let service = pool_health_name(&event.pool_name);
                 match event.kind {
                     PoolEventKind::BecameUnhealthy { .. } => {
                         reporter
@@ -716,7 +721,7 @@ async fn pool_health_bridge(
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 for info in registry.list_pools() {
                     reporter
-                        .set_service_status(format!("pool/{}", info.name), serving(info.is_healthy))
+                        .set_service_status(pool_health_name(&info.name), serving(info.is_healthy))
                         .await;
                 }
             }
@@ -725,7 +730,7 @@ async fn pool_health_bridge(
     }
     for name in registry.pool_names() {
         reporter
-            .set_service_status(format!("pool/{name}"), ServingStatus::NotServing)
+            .set_service_status(pool_health_name(&name), ServingStatus::NotServing)
             .await;
     }
 }

@@ -856,7 +856,8 @@ impl AdvancedConnectionPool {
             return Err(Error::InvalidConfig(crate::ConfigErrors(vec![
                 crate::FieldViolation {
                     field: "max_connections",
-                    description: "max_connections, acquire_timeout_secs, idle_timeout_secs and                                   max_lifetime_secs need a rebuilt pool"
+                    description: "max_connections, acquire_timeout_secs, idle_timeout_secs and \
+                                  max_lifetime_secs need a rebuilt pool"
                         .into(),
                 },
             ])));
