@@ -233,18 +233,7 @@ impl Server {
         if let Some(refusal) = config.exposure_refusal() {
             return Err(ServerError::Config(refusal));
         }
-        let auth = Arc::new(match (&config.auth_tokens_file, &config.tls) {
-            (Some(path), _) => Authenticator::tokens_file(path).map_err(ServerError::Config)?,
-            (
-                None,
-                Some(TlsFiles {
-                    client_ca: Some(_),
-                    client_role,
-                    ..
-                }),
-            ) => Authenticator::client_certificates(*client_role),
-            (None, _) => Authenticator::open(),
-        });
+        let auth = Arc::new(authenticator(&config)?);
         let allowlist = match &config.allowed_db_hosts {
             Some(entries) => TargetAllowlist::parse(entries)
                 .map_err(|e| ServerError::Config(format!("--allowed-db-hosts: {e}")))?,
@@ -255,37 +244,8 @@ impl Server {
             None => SecretsKey::load_or_create(&config.data_dir.join("secrets.key")),
         }
         .map_err(poolplane::Error::from)?;
-        let (embedded, database_url) = match &config.database_url {
-            Some(url) => (None, url.clone()),
-            None => {
-                let pg = EmbeddedPg::start(EmbeddedPgOptions {
-                    data_dir: Some(config.data_dir.clone()),
-                    ..Default::default()
-                })
-                .await
-                .map_err(poolplane::Error::from)?;
-                let url = pg.url("postgres");
-                (Some(pg), url)
-            }
-        };
-        let tls = match &config.tls {
-            Some(files) => {
-                let read = |path: &PathBuf| {
-                    std::fs::read(path).map_err(|source| ServerError::Tls {
-                        path: path.clone(),
-                        source,
-                    })
-                };
-                let mut tls = tonic::transport::ServerTlsConfig::new().identity(
-                    tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?),
-                );
-                if let Some(ca) = &files.client_ca {
-                    tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
-                }
-                Some(tls)
-            }
-            None => None,
-        };
+        let (embedded, database_url) = control_database(&config).await?;
+        let tls = config.tls.as_ref().map(server_tls).transpose()?;
         let store = ControlStore::connect(&database_url, secrets_key).await?;
         // The root of every cancellation token of the server. Its child `token`
         // stops serving (SIGTERM): no new calls, streams end. The engine's tokens
@@ -316,60 +276,20 @@ impl Server {
             },
         );
         let recorder_status = Arc::clone(recorder.status());
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-        let metrics_error = |source| ServerError::MetricsBind {
-            addr: config.metrics_listen,
-            source,
-        };
-        let metrics_listener = crate::prometheus::bind(config.metrics_listen)
-            .await
-            .map_err(metrics_error)?;
-        let metrics_addr = metrics_listener.local_addr().map_err(metrics_error)?;
+        let listeners = Listeners::bind(&config).await?;
         let control_database = conninfo::redact(&database_url);
-        if !registry.allowlist().is_set() {
-            tracing::info!(
-                "no --allowed-db-hosts: pools may connect to every TCP host (Unix sockets refused)"
-            );
-        }
-        tracing::info!(
-            authentication = if auth.enforced() { "required" } else { "off (every caller is admin)" },
-            mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
-            allowed_db_hosts = %registry.allowlist(),
-            secrets_key_id = %store_key_id(&registry),
-            "access control"
+        log_start(
+            &config,
+            &registry,
+            &auth,
+            &listeners,
+            &embedded,
+            &control_database,
+            restored,
         );
-        match &embedded {
-            Some(pg) => tracing::info!(
-                listen = %local_addr,
-                tls = tls.is_some(),
-                metrics = %metrics_addr,
-                control_database = %control_database,
-                data_dir = %pg.base_dir().display(),
-                pools = restored,
-                "poolplane-server started (embedded control database)"
-            ),
-            None => tracing::info!(
-                listen = %local_addr,
-                tls = tls.is_some(),
-                metrics = %metrics_addr,
-                control_database = %control_database,
-                pools = restored,
-                "poolplane-server started"
-            ),
-        }
-
+        let (local_addr, metrics_addr) = (listeners.grpc_addr, listeners.metrics_addr);
         let metrics_task = tokio::spawn(crate::prometheus::serve(
-            metrics_listener,
+            listeners.metrics,
             Arc::clone(&registry),
             Arc::clone(&recorder_status),
             token.clone(),
@@ -383,24 +303,22 @@ impl Server {
         let reloader = tokio::spawn(reload_tokens_on_sighup(Arc::clone(&auth), token.clone()));
         if let Some(interval) = config.auto_optimize_interval {
             tracing::info!(?interval, "automated tuning on");
-            tokio::spawn(poolplane::optimizer::auto_tune(
-                Arc::clone(&registry),
-                interval,
-                token.clone(),
-            ));
+            tokio::spawn(Arc::clone(&registry).auto_tune(interval, token.clone()));
         }
         let watchers = service.watcher_count();
         let task = tokio::spawn(serve(
             Parts {
-                listener,
+                grpc: GrpcParts {
+                    listener: listeners.grpc,
+                    service,
+                    tls,
+                    auth,
+                    limits: config.limits,
+                },
                 registry: Arc::clone(&registry),
                 recorder,
                 metrics_task,
-                service,
                 embedded,
-                tls,
-                auth,
-                limits: config.limits,
                 reloader,
             },
             token.clone(),
@@ -481,18 +399,144 @@ impl Drop for Server {
     }
 }
 
+/// Who callers are: a tokens file, client certificates, or nobody (open).
+fn authenticator(config: &ServerConfig) -> Result<Authenticator, ServerError> {
+    Ok(match (&config.auth_tokens_file, &config.tls) {
+        (Some(path), _) => Authenticator::tokens_file(path).map_err(ServerError::Config)?,
+        (
+            None,
+            Some(TlsFiles {
+                client_ca: Some(_),
+                client_role,
+                ..
+            }),
+        ) => Authenticator::client_certificates(*client_role),
+        (None, _) => Authenticator::open(),
+    })
+}
+
+/// The control database's URL: `--database-url`, or the embedded cluster's
+/// (started here, kept in the data directory).
+async fn control_database(
+    config: &ServerConfig,
+) -> Result<(Option<EmbeddedPg>, String), ServerError> {
+    if let Some(url) = &config.database_url {
+        return Ok((None, url.clone()));
+    }
+    let pg = EmbeddedPg::start(EmbeddedPgOptions {
+        data_dir: Some(config.data_dir.clone()),
+        ..Default::default()
+    })
+    .await
+    .map_err(poolplane::Error::from)?;
+    let url = pg.url("postgres");
+    Ok((Some(pg), url))
+}
+
+/// The gRPC listener's TLS from its files (and the client CA for mutual TLS).
+fn server_tls(files: &TlsFiles) -> Result<tonic::transport::ServerTlsConfig, ServerError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| ServerError::Tls {
+            path: path.clone(),
+            source,
+        })
+    };
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(read(&files.cert)?, read(&files.key)?),
+    );
+    if let Some(ca) = &files.client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(tls)
+}
+
+/// The gRPC and Prometheus listeners, bound.
+struct Listeners {
+    grpc: TcpListener,
+    grpc_addr: SocketAddr,
+    metrics: TcpListener,
+    metrics_addr: SocketAddr,
+}
+
+impl Listeners {
+    async fn bind(config: &ServerConfig) -> Result<Self, ServerError> {
+        let bind_error = |source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let grpc = TcpListener::bind(config.listen).await.map_err(bind_error)?;
+        let grpc_addr = grpc.local_addr().map_err(bind_error)?;
+        let metrics_error = |source| ServerError::MetricsBind {
+            addr: config.metrics_listen,
+            source,
+        };
+        let metrics = crate::prometheus::bind(config.metrics_listen)
+            .await
+            .map_err(metrics_error)?;
+        let metrics_addr = metrics.local_addr().map_err(metrics_error)?;
+        Ok(Self {
+            grpc,
+            grpc_addr,
+            metrics,
+            metrics_addr,
+        })
+    }
+}
+
+/// The start-up lines: access control, then where the server listens.
+fn log_start(
+    config: &ServerConfig,
+    registry: &ConnectionPoolService,
+    auth: &Authenticator,
+    listeners: &Listeners,
+    embedded: &Option<EmbeddedPg>,
+    control_database: &str,
+    restored: usize,
+) {
+    if !registry.allowlist().is_set() {
+        tracing::info!(
+            "no --allowed-db-hosts: pools may connect to every TCP host (Unix sockets refused)"
+        );
+    }
+    tracing::info!(
+        authentication = if auth.enforced() { "required" } else { "off (every caller is admin)" },
+        mutual_tls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        allowed_db_hosts = %registry.allowlist(),
+        secrets_key_id = %store_key_id(registry),
+        "access control"
+    );
+    let tls = config.tls.is_some();
+    let (listen, metrics) = (listeners.grpc_addr, listeners.metrics_addr);
+    match embedded {
+        Some(pg) => tracing::info!(
+            %listen, tls, %metrics, control_database, pools = restored,
+            data_dir = %pg.base_dir().display(),
+            "poolplane-server started (embedded control database)"
+        ),
+        None => tracing::info!(
+            %listen, tls, %metrics, control_database, pools = restored,
+            "poolplane-server started"
+        ),
+    }
+}
+
 /// What the serving task owns and stops, in order, when the server shuts down.
 struct Parts {
-    listener: TcpListener,
+    grpc: GrpcParts,
     registry: Arc<ConnectionPoolService>,
     recorder: MetricsRecorder,
     metrics_task: JoinHandle<std::io::Result<()>>,
-    service: PoolService,
     embedded: Option<EmbeddedPg>,
+    reloader: JoinHandle<()>,
+}
+
+/// What the gRPC listener is built from.
+struct GrpcParts {
+    listener: TcpListener,
+    service: PoolService,
     tls: Option<tonic::transport::ServerTlsConfig>,
     auth: Arc<Authenticator>,
     limits: ServerLimits,
-    reloader: JoinHandle<()>,
 }
 
 async fn serve(
@@ -502,15 +546,11 @@ async fn serve(
     grace: Duration,
 ) -> Result<(), ServerError> {
     let Parts {
-        listener,
+        grpc,
         registry,
         recorder,
         metrics_task,
-        service,
         embedded,
-        tls,
-        auth,
-        limits,
         reloader,
     } = parts;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -530,54 +570,15 @@ async fn serve(
         health_reporter.clone(),
         token.clone(),
     ));
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-
-    let stop = token.clone();
-    let reporter = health_reporter.clone();
-    let service_tasks = service.tasks();
-    let mut builder = tonic::transport::Server::builder()
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
-        .tcp_keepalive(Some(limits.http2_keepalive_interval));
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
-    let server = builder
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(crate::grpc::trace::RpcTraceLayer)
-                .layer(AuthLayer::new(auth)),
-        )
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(PoolServiceServer::new(service))
-        .add_service(QueryServiceServer::new(crate::grpc::QueryService::new(
-            Arc::clone(&registry),
-        )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            stop.cancelled().await;
-            tracing::info!("shutting down: no new calls accepted");
-            reporter
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-            reporter
-                .set_not_serving::<PoolServiceServer<PoolService>>()
-                .await;
-            reporter
-                .set_not_serving::<QueryServiceServer<crate::grpc::QueryService>>()
-                .await;
-        });
-    tokio::pin!(server);
-    let served = tokio::select! {
-        result = &mut server => result.map_err(ServerError::from),
-        () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(grace_secs = grace.as_secs_f64(), "grace period over: abandoning in-flight calls");
-            Ok(())
-        }
-    };
+    let service_tasks = grpc.service.tasks();
+    let served = serve_grpc(
+        grpc,
+        &registry,
+        (health_reporter, health_service),
+        &token,
+        grace,
+    )
+    .await;
     if let Err(error) = &served {
         tracing::error!(error = %error_chain(error), "gRPC server failed");
     }
@@ -617,6 +618,63 @@ async fn serve(
     }
     tracing::info!("poolplane-server stopped");
     served
+}
+
+/// Serves gRPC (health, reflection, PoolService, QueryService) until `token`
+/// is cancelled and the calls in flight finished, or the grace period after it.
+async fn serve_grpc(
+    grpc: GrpcParts,
+    registry: &Arc<ConnectionPoolService>,
+    (reporter, health_service): (
+        tonic_health::server::HealthReporter,
+        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    ),
+    token: &CancellationToken,
+    grace: Duration,
+) -> Result<(), ServerError> {
+    let limits = grpc.limits;
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .tcp_keepalive(Some(limits.http2_keepalive_interval));
+    if let Some(tls) = grpc.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let stop = token.clone();
+    let server = builder
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(crate::grpc::trace::RpcTraceLayer)
+                .layer(AuthLayer::new(grpc.auth)),
+        )
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(PoolServiceServer::new(grpc.service))
+        .add_service(QueryServiceServer::new(crate::grpc::QueryService::new(
+            Arc::clone(registry),
+        )))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc.listener), async move {
+            stop.cancelled().await;
+            tracing::info!("shutting down: no new calls accepted");
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            reporter
+                .set_not_serving::<PoolServiceServer<PoolService>>()
+                .await;
+            reporter
+                .set_not_serving::<QueryServiceServer<crate::grpc::QueryService>>()
+                .await;
+        });
+    tokio::select! {
+        result = server => result.map_err(ServerError::from),
+        () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs_f64(), "grace period over: abandoning in-flight calls");
+            Ok(())
+        }
+    }
 }
 
 fn store_key_id(registry: &ConnectionPoolService) -> String {
@@ -715,7 +773,8 @@ async fn pool_health_bridge(
                     | PoolEventKind::HealthCheckSucceeded { .. }
                     | PoolEventKind::Scaled { .. }
                     | PoolEventKind::ConfigChanged { .. }
-                    | PoolEventKind::ConnectionRecycled { .. } => {}
+                    | PoolEventKind::ConnectionRecycled { .. }
+                    | PoolEventKind::MissedEvents { .. } => {}
                 }
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {

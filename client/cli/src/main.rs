@@ -409,79 +409,12 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let mut builder = PoolplaneClient::builder(&cli.server).retries(3);
-    if let Some(token) = &cli.token {
-        builder = builder.bearer_token(token);
-    }
-    if let Some(ca) = &cli.tls_ca {
-        builder = builder.tls_ca_file(ca);
-    }
-    if let Some(domain) = &cli.tls_domain {
-        builder = builder.tls_domain(domain);
-    }
-    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
-        builder = builder.tls_client_identity_files(cert, key);
-    }
-    let client = builder.connect().await?;
+    let client = connect(&cli).await?;
     match cli.command {
-        Command::Pools(PoolsCommand::Create {
-            name,
-            url,
-            password_stdin,
-            config,
-        }) => {
-            let stdin = if password_stdin {
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line)?;
-                Some(line.trim_end_matches(['\n', '\r']).to_owned())
-            } else {
-                None
-            };
-            let url = password::complete(&url, stdin)?;
-            let (pool, warnings) = client
-                .create_pool_with_warnings(&name, &url, config.into_proto())
-                .await?;
-            out.warnings(&warnings);
-            out.pool(&pool);
-        }
-        Command::Pools(PoolsCommand::List { watch: false }) => {
-            out.pools(&client.list_pools().await?);
-        }
-        Command::Pools(PoolsCommand::List { watch: true }) => {
-            use poolplane_client::proto::pool_event::Kind;
-            let mut events = client.watch_health_events(&[]).await?;
-            out.pools(&client.list_pools().await?);
-            while let Some(event) = events.next().await? {
-                if matches!(
-                    event.kind,
-                    Some(
-                        Kind::PoolCreated(_)
-                            | Kind::PoolUpdated(_)
-                            | Kind::PoolDeleted(_)
-                            | Kind::BecameUnhealthy(_)
-                            | Kind::Recovered(_)
-                    )
-                ) {
-                    out.pools(&client.list_pools().await?);
-                }
-            }
-        }
-        Command::Pools(PoolsCommand::Get { name }) => out.pool(&client.get_pool(&name).await?),
-        Command::Pools(PoolsCommand::Update { name, config }) => {
-            let (pool, warnings) = client
-                .update_pool_config_with_warnings(&name, config.into_proto())
-                .await?;
-            out.warnings(&warnings);
-            out.pool(&pool);
-        }
-        Command::Pools(PoolsCommand::Delete { name }) => {
-            client.delete_pool(&name).await?;
-            out.done(&format!("pool {name} deleted"));
-        }
+        Command::Pools(command) => pools(&client, command, out).await?,
         Command::Stats { name, watch: false } => {
-            let names = named_or_all(&client, name).await?;
             let mut all = Vec::new();
-            for name in names {
+            for name in named_or_all(&client, name).await? {
                 all.push(client.get_pool_stats(&name).await?);
             }
             out.stats(&all);
@@ -494,27 +427,16 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
             }
         }
         Command::Health { name, watch: false } => {
-            let names = named_or_all(&client, name).await?;
             let mut all = Vec::new();
-            for name in names {
+            for name in named_or_all(&client, name).await? {
                 all.push(client.get_health_status(&name).await?);
             }
             out.health(&all);
         }
         Command::Health { name, watch: true } => {
-            let names: Vec<&str> = name.iter().map(String::as_str).collect();
-            let mut watch = client.watch_health_events(&names).await?;
-            while let Some(event) = watch.next().await? {
-                out.event(&event);
-            }
+            print_events(&client, &Vec::from_iter(name), out).await?
         }
-        Command::Events { pools } => {
-            let names: Vec<&str> = pools.iter().map(String::as_str).collect();
-            let mut watch = client.watch_health_events(&names).await?;
-            while let Some(event) = watch.next().await? {
-                out.event(&event);
-            }
-        }
+        Command::Events { pools } => print_events(&client, &pools, out).await?,
         Command::Loadtest {
             name,
             concurrency,
@@ -524,26 +446,16 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
             rps,
             read_write,
         } => {
-            let mut stream = client
-                .run_load_test(RunLoadTestRequest {
-                    pool_name: name,
-                    concurrency,
-                    duration_secs: duration,
-                    query: query.unwrap_or_default(),
-                    warmup_secs: warmup,
-                    target_rps: rps,
-                    read_write,
-                })
-                .await?;
-            while let Some(update) = stream.next().await? {
-                match update {
-                    Update::Progress(p) => out.progress(&p, duration),
-                    Update::Result(result) => {
-                        out.end_progress();
-                        out.load_test(&result);
-                    }
-                }
-            }
+            let request = RunLoadTestRequest {
+                pool_name: name,
+                concurrency,
+                duration_secs: duration,
+                query: query.unwrap_or_default(),
+                warmup_secs: warmup,
+                target_rps: rps,
+                read_write,
+            };
+            load_test(&client, request, out).await?;
         }
         Command::Optimize { pools, apply } => {
             let names: Vec<&str> = pools.iter().map(String::as_str).collect();
@@ -590,6 +502,126 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
                 .get_metrics_history(&name, Some(to - since), Some(to), points)
                 .await?;
             out.history(&history);
+        }
+    }
+    Ok(())
+}
+
+/// A client for `--server` with the global options (token, TLS).
+async fn connect(cli: &Cli) -> anyhow::Result<PoolplaneClient> {
+    let mut builder = PoolplaneClient::builder(&cli.server).retries(3);
+    if let Some(token) = &cli.token {
+        builder = builder.bearer_token(token);
+    }
+    if let Some(ca) = &cli.tls_ca {
+        builder = builder.tls_ca_file(ca);
+    }
+    if let Some(domain) = &cli.tls_domain {
+        builder = builder.tls_domain(domain);
+    }
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        builder = builder.tls_client_identity_files(cert, key);
+    }
+    Ok(builder.connect().await?)
+}
+
+/// `poolctl pools …`.
+async fn pools(
+    client: &PoolplaneClient,
+    command: PoolsCommand,
+    out: &Printer,
+) -> anyhow::Result<()> {
+    match command {
+        PoolsCommand::Create {
+            name,
+            url,
+            password_stdin,
+            config,
+        } => {
+            let stdin = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                Some(line.trim_end_matches(['\n', '\r']).to_owned())
+            } else {
+                None
+            };
+            let url = password::complete(&url, stdin)?;
+            let (pool, warnings) = client
+                .create_pool_with_warnings(&name, &url, config.into_proto())
+                .await?;
+            out.warnings(&warnings);
+            out.pool(&pool);
+        }
+        PoolsCommand::List { watch: false } => out.pools(&client.list_pools().await?),
+        PoolsCommand::List { watch: true } => watch_pools(client, out).await?,
+        PoolsCommand::Get { name } => out.pool(&client.get_pool(&name).await?),
+        PoolsCommand::Update { name, config } => {
+            let (pool, warnings) = client
+                .update_pool_config_with_warnings(&name, config.into_proto())
+                .await?;
+            out.warnings(&warnings);
+            out.pool(&pool);
+        }
+        PoolsCommand::Delete { name } => {
+            client.delete_pool(&name).await?;
+            out.done(&format!("pool {name} deleted"));
+        }
+    }
+    Ok(())
+}
+
+/// `poolctl pools list --watch`: the list again whenever a pool comes, goes,
+/// changes or changes health.
+async fn watch_pools(client: &PoolplaneClient, out: &Printer) -> anyhow::Result<()> {
+    use poolplane_client::proto::pool_event::Kind;
+    let mut events = client.watch_health_events(&[]).await?;
+    out.pools(&client.list_pools().await?);
+    while let Some(event) = events.next().await? {
+        if matches!(
+            event.kind,
+            Some(
+                Kind::PoolCreated(_)
+                    | Kind::PoolUpdated(_)
+                    | Kind::PoolDeleted(_)
+                    | Kind::BecameUnhealthy(_)
+                    | Kind::Recovered(_)
+            )
+        ) {
+            out.pools(&client.list_pools().await?);
+        }
+    }
+    Ok(())
+}
+
+/// Every event of `pools` (all when empty) as it comes.
+async fn print_events(
+    client: &PoolplaneClient,
+    pools: &[String],
+    out: &Printer,
+) -> anyhow::Result<()> {
+    let names: Vec<&str> = pools.iter().map(String::as_str).collect();
+    let mut watch = client.watch_health_events(&names).await?;
+    while let Some(event) = watch.next().await? {
+        out.event(&event);
+    }
+    Ok(())
+}
+
+/// `poolctl loadtest`: progress as it runs, then the result.
+async fn load_test(
+    client: &PoolplaneClient,
+    request: RunLoadTestRequest,
+    out: &Printer,
+) -> anyhow::Result<()> {
+    let duration = request.duration_secs;
+    let mut stream = client.run_load_test(request).await?;
+    while let Some(update) = stream.next().await? {
+        match update {
+            Update::Progress(p) => out.progress(&p, duration),
+            Update::Result(result) => {
+                out.end_progress();
+                out.load_test(&result);
+            }
         }
     }
     Ok(())

@@ -181,6 +181,21 @@ impl AdvancedPoolConfig {
         let mut fail = |field: &'static str, description: String| {
             errors.push(FieldViolation { field, description });
         };
+        self.check_sizes(&mut fail);
+        self.check_durations(&mut fail);
+        self.check_health_checks(&mut fail);
+        self.check_scaling(&mut fail);
+        self.check_sql(&mut fail);
+        self.check_lifecycle(&mut fail);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// max_connections and min_connections.
+    fn check_sizes(&self, fail: &mut impl FnMut(&'static str, String)) {
         if self.max_connections < 1 {
             fail("max_connections", "must be at least 1".into());
         } else if self.max_connections > MAX_CONNECTIONS {
@@ -198,6 +213,10 @@ impl AdvancedPoolConfig {
                 ),
             );
         }
+    }
+
+    /// Every duration in seconds: above 0, at most 100 years; a health check times out before the next one.
+    fn check_durations(&self, fail: &mut impl FnMut(&'static str, String)) {
         for (field, value) in [
             ("acquire_timeout_secs", self.acquire_timeout_secs),
             ("idle_timeout_secs", self.idle_timeout_secs),
@@ -226,9 +245,23 @@ impl AdvancedPoolConfig {
                 ),
             );
         }
+    }
+
+    /// max_failed_health_checks between 1 and its ceiling.
+    fn check_health_checks(&self, fail: &mut impl FnMut(&'static str, String)) {
         if self.max_failed_health_checks < 1 {
             fail("max_failed_health_checks", "must be at least 1".into());
         }
+        if self.max_failed_health_checks > MAX_FAILED_HEALTH_CHECKS {
+            fail(
+                "max_failed_health_checks",
+                format!("must be at most {MAX_FAILED_HEALTH_CHECKS}"),
+            );
+        }
+    }
+
+    /// The load thresholds and the scaling factors.
+    fn check_scaling(&self, fail: &mut impl FnMut(&'static str, String)) {
         let low_ok = self.load_threshold_low > 0.0 && self.load_threshold_low < 1.0;
         if !low_ok {
             fail(
@@ -265,6 +298,10 @@ impl AdvancedPoolConfig {
                 format!("must be in (0, 1), got {}", self.scale_down_factor),
             );
         }
+    }
+
+    /// The validation query and the warmup queries.
+    fn check_sql(&self, fail: &mut impl FnMut(&'static str, String)) {
         if self.validation_query.trim().is_empty() {
             fail("validation_query", "must not be empty".into());
         } else if self.validation_query.len() > MAX_SQL_LEN {
@@ -296,12 +333,10 @@ impl AdvancedPoolConfig {
                 format!("entry {i} is longer than {MAX_SQL_LEN} bytes"),
             );
         }
-        if self.max_failed_health_checks > MAX_FAILED_HEALTH_CHECKS {
-            fail(
-                "max_failed_health_checks",
-                format!("must be at most {MAX_FAILED_HEALTH_CHECKS}"),
-            );
-        }
+    }
+
+    /// Recycling, the statement cache and the validation threshold.
+    fn check_lifecycle(&self, fail: &mut impl FnMut(&'static str, String)) {
         if self.enable_connection_recycling && self.recycle_threshold_queries < 1 {
             fail(
                 "recycle_threshold_queries",
@@ -324,11 +359,6 @@ impl AdvancedPoolConfig {
                 "validation_idle_threshold_ms",
                 format!("must be at most {}", MAX_SECS * 1000),
             );
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(errors))
         }
     }
 

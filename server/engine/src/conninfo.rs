@@ -9,6 +9,8 @@ use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use tokio_postgres::config::SslMode as DriverSslMode;
+
 /// What a redacted password is replaced with.
 pub const REDACTED: &str = "***";
 
@@ -89,7 +91,7 @@ impl fmt::Debug for ConnInfo {
 }
 
 /// The host part of one target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Host {
     /// A host name or an IP address literal, reached over TCP.
     Tcp(String),
@@ -98,7 +100,7 @@ pub enum Host {
 }
 
 /// One place a connection may go (a multi-host string has several).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     /// The host as named.
     pub host: Option<Host>,
@@ -121,6 +123,30 @@ impl Target {
             (None, Some(Host::Tcp(name))) => format!("{name}:{}", self.port),
             (None, None) => format!("(no host):{}", self.port),
         }
+    }
+}
+
+/// Which PostgreSQL server(s) a target reaches: its places in order. Two targets
+/// with equal keys share a connection budget. Shown as `host:port[,host:port…]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct ServerKey(Vec<Target>);
+
+impl ServerKey {
+    /// The key of `targets`.
+    pub fn of(targets: Vec<Target>) -> Self {
+        Self(targets)
+    }
+}
+
+impl fmt::Display for ServerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, target) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(&target.describe())?;
+        }
+        Ok(())
     }
 }
 
@@ -218,13 +244,13 @@ impl ConnInfo {
 
     /// The tokio-postgres config: every option but the password and the TLS files
     /// goes through tokio-postgres's parser (so it refuses what it does not know,
-    /// by name), `sslmode` is mapped from libpq's modes (see [`crate::tls`]), the
+    /// by name), `sslmode` is mapped from libpq's modes (see [`SslMode`]), the
     /// password is set as bytes.
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConnInfoError> {
-        let tls = crate::tls::TlsSettings::of(self)?;
+        let tls = TlsSettings::of(self)?;
         let mut text = String::new();
         for (key, value) in &self.params {
-            if !crate::tls::TLS_OPTIONS.contains(&key.as_str()) {
+            if !TLS_OPTIONS.contains(&key.as_str()) {
                 push_key_value(&mut text, key, value);
             }
         }
@@ -286,15 +312,8 @@ impl ConnInfo {
 
     /// Which PostgreSQL server(s) this points at: equal for two targets that
     /// reach the same servers.
-    pub fn server_key(&self) -> String {
-        match self.targets() {
-            Ok(targets) => targets
-                .iter()
-                .map(Target::describe)
-                .collect::<Vec<_>>()
-                .join(","),
-            Err(_) => String::new(),
-        }
+    pub fn server_key(&self) -> ServerKey {
+        ServerKey::of(self.targets().unwrap_or_default())
     }
 
     /// `text` with every occurrence of the password replaced by `***`: for messages
@@ -650,6 +669,111 @@ pub fn password(conninfo: &str) -> Option<String> {
     let info = ConnInfo::parse(conninfo).ok()?;
     info.password()
         .map(|p| String::from_utf8_lossy(p.expose()).into_owned())
+}
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// Plaintext first; TLS if the server insists.
+    Allow,
+    /// TLS if the server offers it (libpq's default), no verification.
+    Prefer,
+    /// TLS or nothing; verified as `verify-ca` only if `sslrootcert` is given.
+    Require,
+    /// TLS, the server's chain verified against the roots, not its name.
+    VerifyCa,
+    /// TLS, chain and host name verified.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The mode named `value`; `None` for anything else.
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "disable" => Self::Disable,
+            "allow" => Self::Allow,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    /// What tokio-postgres is told (`allow` starts plaintext: see `tls::PgTls`).
+    pub fn driver_mode(self) -> DriverSslMode {
+        match self {
+            Self::Disable | Self::Allow => DriverSslMode::Disable,
+            Self::Prefer => DriverSslMode::Prefer,
+            Self::Require | Self::VerifyCa | Self::VerifyFull => DriverSslMode::Require,
+        }
+    }
+}
+
+/// The options of a target that poolplane handles itself (tokio-postgres does not
+/// know them): they are taken out before the rest goes to its parser.
+pub const TLS_OPTIONS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+
+/// Where trusted roots come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootCert {
+    /// A PEM file.
+    File(PathBuf),
+    /// The platform's roots (`sslrootcert=system`).
+    System,
+}
+
+/// A target's TLS settings, as its connection string gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// `sslmode` (default `prefer`).
+    pub mode: SslMode,
+    /// `sslrootcert`.
+    pub root_cert: Option<RootCert>,
+    /// `sslcert` and `sslkey`.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsSettings {
+    /// The settings of `info`; an unknown `sslmode`, or `sslcert` without `sslkey`
+    /// (or the reverse), is refused by name.
+    pub fn of(info: &ConnInfo) -> Result<Self, ConnInfoError> {
+        let mode = match info.param("sslmode") {
+            None => SslMode::Prefer,
+            Some(value) => SslMode::parse(value).ok_or_else(|| {
+                ConnInfoError::from_reason(
+                    "invalid value for option `sslmode`: use disable, allow, prefer, require, \
+                     verify-ca or verify-full",
+                )
+            })?,
+        };
+        let root_cert = info.param("sslrootcert").map(|v| match v {
+            "system" => RootCert::System,
+            path => RootCert::File(PathBuf::from(path)),
+        });
+        let client_cert = match (info.param("sslcert"), info.param("sslkey")) {
+            (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConnInfoError::from_reason("`sslcert` needs `sslkey`"));
+            }
+            (None, Some(_)) => {
+                return Err(ConnInfoError::from_reason("`sslkey` needs `sslcert`"));
+            }
+        };
+        if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && root_cert.is_none() {
+            return Err(ConnInfoError::from_reason(
+                "`sslmode` verify-ca and verify-full need `sslrootcert` (a file, or `system`)",
+            ));
+        }
+        Ok(Self {
+            mode,
+            root_cert,
+            client_cert,
+        })
+    }
 }
 
 #[cfg(test)]

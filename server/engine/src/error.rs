@@ -22,7 +22,7 @@ pub enum Error {
     },
     /// The secrets key or a stored secret is unusable (wrong or missing key).
     #[error(transparent)]
-    Secrets(#[from] crate::store::secrets::SecretsError),
+    Secrets(#[from] crate::secrets::SecretsError),
     /// The control database could not be reached.
     #[error("control database: {context}: {source}")]
     ControlDatabase {
@@ -101,7 +101,7 @@ pub enum Error {
     LoadTestRunning(String),
     /// A pool's min_connections does not fit its server's connection budget.
     #[error("{0}")]
-    BudgetExceeded(crate::pool::BudgetRefusal),
+    BudgetExceeded(crate::budget::BudgetRefusal),
     /// A statement was cancelled in PostgreSQL: its deadline passed, or its
     /// caller went away.
     #[error("{}", if *.deadline_exceeded { "the statement's deadline passed; it was cancelled in PostgreSQL" } else { "the caller went away; the statement was cancelled in PostgreSQL" })]

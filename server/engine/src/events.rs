@@ -7,8 +7,6 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::pool::ScaleDirection;
-
 /// How many events a subscriber may fall behind before it starts missing some.
 pub const EVENT_BUFFER: usize = 1024;
 
@@ -89,6 +87,41 @@ pub enum PoolEventKind {
         /// False when the change was refused.
         applied: bool,
     },
+    /// Events of this pool were dropped before they reached the registry's
+    /// broadcast (its forwarder fell behind): a watcher knows its view has gaps.
+    MissedEvents {
+        /// How many.
+        count: u64,
+    },
+}
+
+/// Which way a scaling step went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleDirection {
+    /// The pool grew.
+    Up,
+    /// The pool shrank.
+    Down,
+}
+
+impl ScaleDirection {
+    /// `up` or `down`, as the history stores it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+
+    /// The direction stored as `text`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "up" => Some(Self::Up),
+            "down" => Some(Self::Down),
+            _ => None,
+        }
+    }
 }
 
 /// The sending side a pool keeps.

@@ -1,15 +1,15 @@
 //! Optimization recommendations: a pure function of a pool's config, a window of
-//! its stats, its health and its last load test; and the cap that keeps the sum of
-//! max_connections of the pools on one PostgreSQL server within that server's
-//! budget.
-
-use std::collections::HashSet;
-use std::time::{Duration, SystemTime};
+//! its stats, its health and its last load test, one function per rule; the cap
+//! that keeps the pools on one PostgreSQL server within its connection budget; and
+//! the plan that turns applicable recommendations into a new config. The registry
+//! gathers the inputs and applies the plan.
 
 use serde::Serialize;
 
+use crate::budget::ServerLimits;
 use crate::loadtest::LoadTestResults;
-use crate::{AdvancedPoolConfig, ConnectionPoolService, Error, HealthStatus, StatementCacheStats};
+pub use crate::store::history::StatsWindow;
+use crate::{AdvancedPoolConfig, HealthStatus, StatementCacheStats};
 
 /// The utilization a resized pool is aimed at.
 const TARGET_UTILIZATION: f64 = 0.7;
@@ -23,6 +23,67 @@ pub enum Severity {
     Warning,
     /// Failing requests or about to.
     Critical,
+}
+
+/// A change `apply` can make: one AdvancedPoolConfig field and its new value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "field", content = "value", rename_all = "snake_case")]
+pub enum ConfigChange {
+    /// `max_connections`.
+    MaxConnections(u32),
+    /// `min_connections`.
+    MinConnections(u32),
+    /// `statement_cache_capacity`.
+    StatementCacheCapacity(u32),
+    /// `recycle_threshold_queries`.
+    RecycleThresholdQueries(u64),
+    /// `idle_timeout_secs`.
+    IdleTimeoutSecs(u64),
+}
+
+impl ConfigChange {
+    /// The field's name in AdvancedPoolConfig.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::MaxConnections(_) => "max_connections",
+            Self::MinConnections(_) => "min_connections",
+            Self::StatementCacheCapacity(_) => "statement_cache_capacity",
+            Self::RecycleThresholdQueries(_) => "recycle_threshold_queries",
+            Self::IdleTimeoutSecs(_) => "idle_timeout_secs",
+        }
+    }
+
+    /// The new value, as text.
+    pub fn value(&self) -> String {
+        match *self {
+            Self::MaxConnections(v) | Self::MinConnections(v) | Self::StatementCacheCapacity(v) => {
+                v.to_string()
+            }
+            Self::RecycleThresholdQueries(v) | Self::IdleTimeoutSecs(v) => v.to_string(),
+        }
+    }
+
+    /// The field's value in `config`, as text.
+    pub fn current(&self, config: &AdvancedPoolConfig) -> String {
+        match self {
+            Self::MaxConnections(_) => config.max_connections.to_string(),
+            Self::MinConnections(_) => config.min_connections.to_string(),
+            Self::StatementCacheCapacity(_) => config.statement_cache_capacity.to_string(),
+            Self::RecycleThresholdQueries(_) => config.recycle_threshold_queries.to_string(),
+            Self::IdleTimeoutSecs(_) => config.idle_timeout_secs.to_string(),
+        }
+    }
+
+    /// Sets the field in `config`.
+    pub fn apply_to(&self, config: &mut AdvancedPoolConfig) {
+        match *self {
+            Self::MaxConnections(v) => config.max_connections = v,
+            Self::MinConnections(v) => config.min_connections = v,
+            Self::StatementCacheCapacity(v) => config.statement_cache_capacity = v,
+            Self::RecycleThresholdQueries(v) => config.recycle_threshold_queries = v,
+            Self::IdleTimeoutSecs(v) => config.idle_timeout_secs = v,
+        }
+    }
 }
 
 /// One recommendation.
@@ -40,8 +101,60 @@ pub struct Recommendation {
     pub severity: Severity,
     /// The seed's sentence (e.g. "Increase max_connections").
     pub sentence: String,
-    /// A numeric change `apply` can make (`suggested_value` parses as the field).
-    pub applicable: bool,
+    /// The change `apply` makes; `None` for advice a person acts on.
+    pub change: Option<ConfigChange>,
+}
+
+impl Recommendation {
+    /// A recommendation `apply` can carry out: `change` to `config`.
+    pub fn change(
+        change: ConfigChange,
+        config: &AdvancedPoolConfig,
+        reason: String,
+        severity: Severity,
+        sentence: &str,
+    ) -> Self {
+        Self {
+            parameter: change.field().to_owned(),
+            current_value: change.current(config),
+            suggested_value: change.value(),
+            reason,
+            severity,
+            sentence: sentence.to_owned(),
+            change: Some(change),
+        }
+    }
+
+    /// Advice for a person (not applied): `suggested` may be empty.
+    pub fn advice(
+        parameter: &str,
+        current: impl ToString,
+        suggested: impl ToString,
+        reason: String,
+        severity: Severity,
+        sentence: &str,
+    ) -> Self {
+        Self {
+            parameter: parameter.to_owned(),
+            current_value: current.to_string(),
+            suggested_value: suggested.to_string(),
+            reason,
+            severity,
+            sentence: sentence.to_owned(),
+            change: None,
+        }
+    }
+
+    /// Whether `apply` can carry it out.
+    pub fn applicable(&self) -> bool {
+        self.change.is_some()
+    }
+
+    /// Replaces the change with `change` (its value shown as suggested).
+    fn retarget(&mut self, change: ConfigChange) {
+        self.suggested_value = change.value();
+        self.change = Some(change);
+    }
 }
 
 /// The seed's `println!("  - {}", recommendation)`: the sentence, then the figures.
@@ -78,205 +191,203 @@ pub struct OptimizerInput {
     pub held_back_by_budget: bool,
 }
 
-/// A pool's stats summarized over a window.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StatsWindow {
-    /// Mean utilization.
-    pub avg_utilization: f64,
-    /// Highest utilization.
-    pub peak_utilization: f64,
-    /// Most connections in use plus callers waiting at once.
-    pub peak_demand: u32,
-    /// The largest size the pool had.
-    pub peak_size: u32,
-    /// Checkouts in the window.
-    pub acquires: u64,
-    /// Checkouts that timed out in the window.
-    pub acquire_timeouts: u64,
-    /// Connections opened in the window.
-    pub connections_created: u64,
-    /// Connections recycled in the window.
-    pub connections_recycled: u64,
-    /// Mean acquire time of the window's checkouts, ms.
-    pub avg_acquire_time_ms: f64,
-    /// Connections that failed to open in the window.
-    pub connection_errors: u64,
-    /// Statements that failed in the window.
-    pub query_errors: u64,
+/// The figures every rule reads, worked out once from the input.
+struct Facts<'a> {
+    input: &'a OptimizerInput,
+    config: &'a AdvancedPoolConfig,
+    window: &'a StatsWindow,
+    test: Option<&'a LoadTestResults>,
+    /// The highest utilization seen in the window or the last load test.
+    peak_utilization: f64,
+    error_rate: f64,
+    p95_ms: f64,
+    /// The most callers wanting a connection at once, seen in the window or
+    /// driven by the last load test when it saturated the pool.
+    demand: u32,
 }
 
-impl StatsWindow {
-    /// Failed attempts over attempts: acquire timeouts, connections that failed
-    /// to open and statements that failed, over checkouts tried.
-    pub fn error_rate(&self) -> f64 {
-        let attempts = self.acquires + self.acquire_timeouts;
-        if attempts == 0 {
-            return 0.0;
+impl<'a> Facts<'a> {
+    fn of(input: &'a OptimizerInput) -> Self {
+        let window = &input.window;
+        let test = input.last_load_test.as_ref();
+        Self {
+            input,
+            config: &input.config,
+            window,
+            test,
+            peak_utilization: window
+                .peak_utilization
+                .max(test.map_or(0.0, |t| t.peak_utilization)),
+            error_rate: test.map_or(0.0, |t| t.error_rate).max(window.error_rate()),
+            p95_ms: test.map_or(0.0, |t| t.p95_response_time_ms),
+            demand: window.peak_demand.max(match test {
+                Some(t) if t.peak_utilization >= 0.85 => t.concurrency,
+                _ => 0,
+            }),
         }
-        let errors = self.acquire_timeouts + self.connection_errors + self.query_errors;
-        (errors as f64 / attempts as f64).min(1.0)
+    }
+
+    fn peak_percent(&self) -> f64 {
+        self.peak_utilization * 100.0
     }
 }
 
-fn rec(
-    parameter: &str,
-    current: impl ToString,
-    suggested: impl ToString,
-    reason: String,
-    severity: Severity,
-    sentence: &str,
-    applicable: bool,
-) -> Recommendation {
-    Recommendation {
-        parameter: parameter.to_owned(),
-        current_value: current.to_string(),
-        suggested_value: suggested.to_string(),
-        reason,
-        severity,
-        sentence: sentence.to_owned(),
-        applicable,
-    }
-}
+/// One rule: what it recommends (possibly nothing).
+type Rule = fn(&Facts<'_>, &mut Vec<Recommendation>);
+
+/// The rules, in the seed's order.
+const RULES: [Rule; 9] = [
+    high_utilization,
+    high_error_rate,
+    slow_responses,
+    low_cache_hit_rate,
+    frequent_acquire_timeouts,
+    slow_acquisition,
+    failing_health_checks,
+    connection_churn,
+    low_utilization,
+];
 
 /// The recommendations for one pool, most severe first.
 pub fn recommend(input: &OptimizerInput) -> Vec<Recommendation> {
-    let c = &input.config;
-    let w = &input.window;
-    let test = input.last_load_test.as_ref();
+    let facts = Facts::of(input);
     let mut out = Vec::new();
+    for rule in RULES {
+        rule(&facts, &mut out);
+    }
+    out.sort_by_key(|r| std::cmp::Reverse(r.severity));
+    out
+}
 
-    let peak_utilization = w
-        .peak_utilization
-        .max(test.map_or(0.0, |t| t.peak_utilization));
-    let error_rate = test.map_or(0.0, |t| t.error_rate).max(w.error_rate());
-    let p95_ms = test.map_or(0.0, |t| t.p95_response_time_ms);
-    // Demand: the most callers wanting a connection at once, seen in the window or
-    // driven by the last load test when it saturated the pool.
-    let demand = w.peak_demand.max(match test {
-        Some(t) if t.peak_utilization >= 0.85 => t.concurrency,
-        _ => 0,
-    });
-
-    // 1. High utilization (> 85%). A larger max helps only a pool that has been at
-    // its max: below it, dynamic sizing still has room; held back by the budget,
-    // the server has none.
-    let at_max = w.peak_size >= c.max_connections
-        || !c.enable_dynamic_sizing
-        || test.is_some_and(|t| t.peak_utilization > 0.85);
-    if peak_utilization > 0.85 && input.held_back_by_budget {
-        out.push(rec(
+/// High utilization (> 85%). A larger max helps only a pool that has been at its
+/// max: below it, dynamic sizing still has room; held back by the budget, the
+/// server has none.
+fn high_utilization(f: &Facts<'_>, out: &mut Vec<Recommendation>) {
+    let c = f.config;
+    if f.peak_utilization <= 0.85 {
+        return;
+    }
+    if f.input.held_back_by_budget {
+        out.push(Recommendation::advice(
             "database",
             "connection budget",
             "",
             format!(
                 "peak utilization {:.0}% > 85%, and the server's connection budget holds the pool \
                  below max_connections {}",
-                peak_utilization * 100.0,
+                f.peak_percent(),
                 c.max_connections
             ),
             Severity::Warning,
             "Raise the database's max_connections, lower other pools' demand or move pools to another server",
-            false,
         ));
-    } else if peak_utilization > 0.85 && at_max {
-        let wanted = ((f64::from(demand.max(c.max_connections)) / TARGET_UTILIZATION).ceil()
-            as u32)
-            .max(c.max_connections.saturating_add(1))
-            .min(crate::config::MAX_CONNECTIONS.max(c.max_connections));
-        out.push(rec(
-            "max_connections",
-            c.max_connections,
-            wanted,
-            format!(
-                "peak utilization {:.0}% > 85% with demand for {demand} connections; {wanted} puts it near {:.0}%",
-                peak_utilization * 100.0,
-                TARGET_UTILIZATION * 100.0
-            ),
-            if peak_utilization >= 0.95 { Severity::Critical } else { Severity::Warning },
-            "Increase max_connections",
-            true,
-        ));
-        if !c.enable_dynamic_sizing {
-            out.push(rec(
-                "enable_dynamic_sizing",
-                false,
-                true,
-                "the pool is saturated at a fixed size".into(),
-                Severity::Info,
-                "Enable dynamic scaling",
-                false,
-            ));
-        }
-        if c.acquire_timeout_secs > 5 {
-            out.push(rec(
-                "acquire_timeout_secs",
-                c.acquire_timeout_secs,
-                (c.acquire_timeout_secs / 2).max(5),
-                "a saturated pool should fail callers fast rather than queue them".into(),
-                Severity::Info,
-                "Decrease acquire_timeout_secs",
-                false,
-            ));
-        }
+        return;
     }
+    let at_max = f.window.peak_size >= c.max_connections
+        || !c.enable_dynamic_sizing
+        || f.test.is_some_and(|t| t.peak_utilization > 0.85);
+    if !at_max {
+        return;
+    }
+    let demand = f.demand;
+    let wanted = ((f64::from(demand.max(c.max_connections)) / TARGET_UTILIZATION).ceil() as u32)
+        .max(c.max_connections.saturating_add(1))
+        .min(crate::config::MAX_CONNECTIONS.max(c.max_connections));
+    out.push(Recommendation::change(
+        ConfigChange::MaxConnections(wanted),
+        c,
+        format!(
+            "peak utilization {:.0}% > 85% with demand for {demand} connections; {wanted} puts it near {:.0}%",
+            f.peak_percent(),
+            TARGET_UTILIZATION * 100.0
+        ),
+        if f.peak_utilization >= 0.95 { Severity::Critical } else { Severity::Warning },
+        "Increase max_connections",
+    ));
+    if !c.enable_dynamic_sizing {
+        out.push(Recommendation::advice(
+            "enable_dynamic_sizing",
+            false,
+            true,
+            "the pool is saturated at a fixed size".into(),
+            Severity::Info,
+            "Enable dynamic scaling",
+        ));
+    }
+    if c.acquire_timeout_secs > 5 {
+        out.push(Recommendation::advice(
+            "acquire_timeout_secs",
+            c.acquire_timeout_secs,
+            (c.acquire_timeout_secs / 2).max(5),
+            "a saturated pool should fail callers fast rather than queue them".into(),
+            Severity::Info,
+            "Decrease acquire_timeout_secs",
+        ));
+    }
+}
 
-    // 2. High error rate (> 5%).
-    if error_rate > 0.05 {
-        out.push(rec(
+/// High error rate (> 5%).
+fn high_error_rate(f: &Facts<'_>, out: &mut Vec<Recommendation>) {
+    if f.error_rate > 0.05 {
+        out.push(Recommendation::advice(
             "max_connections",
-            c.max_connections,
+            f.config.max_connections,
             "",
-            format!("error rate {:.1}% > 5%", error_rate * 100.0),
+            format!("error rate {:.1}% > 5%", f.error_rate * 100.0),
             Severity::Critical,
             "Increase pool size; check connection validation; review database capacity",
-            false,
         ));
     }
+}
 
-    // 3. Slow responses (p95 > 100 ms).
+/// Slow responses (p95 > 100 ms).
+fn slow_responses(f: &Facts<'_>, out: &mut Vec<Recommendation>) {
+    let p95_ms = f.p95_ms;
     if p95_ms > 100.0 {
-        out.push(rec(
+        out.push(Recommendation::advice(
             "queries",
             format!("p95 {p95_ms:.0} ms"),
             "",
             format!("p95 response time {p95_ms:.0} ms > 100 ms"),
             Severity::Warning,
             "Optimize queries; increase statement cache capacity; review connection lifecycle settings",
-            false,
         ));
     }
+}
 
-    // 4. Low cache hit rate (with enough lookups to tell).
-    let lookups = input.cache.hits + input.cache.misses;
+/// Low cache hit rate, with enough lookups to tell.
+fn low_cache_hit_rate(f: &Facts<'_>, out: &mut Vec<Recommendation>) {
+    let (c, cache) = (f.config, &f.input.cache);
     if c.enable_prepared_statements
-        && lookups >= 1_000
-        && input.cache.hit_rate < 0.8
-        && input.cache.evictions > 0
+        && cache.hits + cache.misses >= 1_000
+        && cache.hit_rate < 0.8
+        && cache.evictions > 0
     {
         let wanted = c.statement_cache_capacity.saturating_mul(2).max(100);
-        out.push(rec(
-            "statement_cache_capacity",
-            c.statement_cache_capacity,
-            wanted,
+        out.push(Recommendation::change(
+            ConfigChange::StatementCacheCapacity(wanted),
+            c,
             format!(
                 "hit rate {:.0}% with {} evictions: the working set does not fit",
-                input.cache.hit_rate * 100.0,
-                input.cache.evictions
+                cache.hit_rate * 100.0,
+                cache.evictions
             ),
             Severity::Warning,
             "Increase statement cache capacity",
-            true,
         ));
     }
+}
 
-    // 5. Frequent acquire timeouts (> 1% of checkouts).
+/// Frequent acquire timeouts (> 1% of checkouts) without saturation.
+fn frequent_acquire_timeouts(f: &Facts<'_>, out: &mut Vec<Recommendation>) {
+    let w = f.window;
     if w.acquires > 0
         && w.acquire_timeouts as f64 / w.acquires as f64 > 0.01
-        && peak_utilization <= 0.85
+        && f.peak_utilization <= 0.85
     {
-        out.push(rec(
+        out.push(Recommendation::advice(
             "acquire_timeout_secs",
-            c.acquire_timeout_secs,
+            f.config.acquire_timeout_secs,
             "",
             format!(
                 "{} of {} checkouts timed out while utilization stayed at or under 85%: connections are slow to open",
@@ -284,14 +395,16 @@ pub fn recommend(input: &OptimizerInput) -> Vec<Recommendation> {
             ),
             Severity::Warning,
             "Check connection establishment (network, authentication, database capacity)",
-            false,
         ));
     }
+}
 
-    // 5b. Slow acquisition while the pool is mostly idle: connections are slow to
-    // open (network latency, TLS, authentication) or the database is.
+/// Slow acquisition while the pool is mostly idle: connections are slow to open
+/// (network latency, TLS, authentication) or the database is.
+fn slow_acquisition(f: &Facts<'_>, out: &mut Vec<Recommendation>) {
+    let w = f.window;
     if w.acquires > 0 && w.avg_acquire_time_ms > 10.0 && w.avg_utilization < 0.5 {
-        out.push(rec(
+        out.push(Recommendation::advice(
             "database",
             format!("acquire {:.1} ms", w.avg_acquire_time_ms),
             "",
@@ -303,157 +416,223 @@ pub fn recommend(input: &OptimizerInput) -> Vec<Recommendation> {
             ),
             Severity::Warning,
             "Check network latency and the database's connection cost (TLS, authentication, load)",
-            false,
         ));
     }
+}
 
-    // 6. Frequent health failures.
-    if input.failed_health_checks >= u64::from(c.max_failed_health_checks)
-        || !input.health.is_healthy
+/// Frequent health failures, or unhealthy now.
+fn failing_health_checks(f: &Facts<'_>, out: &mut Vec<Recommendation>) {
+    let (input, health) = (f.input, &f.input.health);
+    if input.failed_health_checks < u64::from(f.config.max_failed_health_checks)
+        && health.is_healthy
     {
-        out.push(rec(
-            "database",
-            if input.health.is_healthy {
-                "healthy"
-            } else {
-                "unhealthy"
-            },
-            "",
+        return;
+    }
+    let last = health
+        .last_error
+        .as_ref()
+        .map(|e| format!(", last: {e}"))
+        .unwrap_or_default();
+    out.push(Recommendation::advice(
+        "database",
+        if health.is_healthy {
+            "healthy"
+        } else {
+            "unhealthy"
+        },
+        "",
+        format!(
+            "{} failed health checks in the window{last}",
+            input.failed_health_checks
+        ),
+        Severity::Critical,
+        "Check network connectivity; verify database availability",
+    ));
+}
+
+/// Connection churn: recycling or lifetime too short.
+fn connection_churn(f: &Facts<'_>, out: &mut Vec<Recommendation>) {
+    let (c, w) = (f.config, f.window);
+    if w.connections_created <= u64::from(c.max_connections) * 4 {
+        return;
+    }
+    if c.enable_connection_recycling && w.connections_recycled * 2 > w.connections_created {
+        out.push(Recommendation::change(
+            ConfigChange::RecycleThresholdQueries(c.recycle_threshold_queries.saturating_mul(4)),
+            c,
             format!(
-                "{} failed health checks in the window{}",
-                input.failed_health_checks,
-                input
-                    .health
-                    .last_error
-                    .as_ref()
-                    .map(|e| format!(", last: {e}"))
-                    .unwrap_or_default()
+                "{} of {} connections opened in the window replaced recycled ones",
+                w.connections_recycled, w.connections_created
             ),
-            Severity::Critical,
-            "Check network connectivity; verify database availability",
-            false,
+            Severity::Warning,
+            "Recycle connections less often",
+        ));
+    } else if c.max_lifetime_secs < 600 {
+        out.push(Recommendation::advice(
+            "max_lifetime_secs",
+            c.max_lifetime_secs,
+            1800,
+            format!(
+                "{} connections opened in the window for a pool of {}",
+                w.connections_created, c.max_connections
+            ),
+            Severity::Warning,
+            "Increase max_lifetime_secs",
         ));
     }
-
-    // 7. Connection churn: recycling or lifetime too short.
-    if w.connections_created > u64::from(c.max_connections) * 4 {
-        if c.enable_connection_recycling && w.connections_recycled * 2 > w.connections_created {
-            let wanted = c.recycle_threshold_queries.saturating_mul(4);
-            out.push(rec(
-                "recycle_threshold_queries",
-                c.recycle_threshold_queries,
-                wanted,
-                format!(
-                    "{} of {} connections opened in the window replaced recycled ones",
-                    w.connections_recycled, w.connections_created
-                ),
-                Severity::Warning,
-                "Recycle connections less often",
-                true,
-            ));
-        } else if c.max_lifetime_secs < 600 {
-            out.push(rec(
-                "max_lifetime_secs",
-                c.max_lifetime_secs,
-                1800,
-                format!(
-                    "{} connections opened in the window for a pool of {}",
-                    w.connections_created, c.max_connections
-                ),
-                Severity::Warning,
-                "Increase max_lifetime_secs",
-                false,
-            ));
-        }
-    }
-
-    // 8. Low utilization (< 30%): too many connections held.
-    let saw_load = w.acquires > 0 || test.is_some();
-    if saw_load && peak_utilization < 0.30 && error_rate <= 0.05 {
-        let need = ((f64::from(demand) / TARGET_UTILIZATION).ceil() as u32)
-            .max(c.min_connections)
-            .max(1);
-        if need < c.max_connections {
-            out.push(rec(
-                "max_connections",
-                c.max_connections,
-                need,
-                format!(
-                    "peak utilization {:.0}% < 30% (demand {demand})",
-                    peak_utilization * 100.0
-                ),
-                Severity::Info,
-                "Decrease max_connections; consider pool consolidation",
-                true,
-            ));
-        }
-        // 8b. Under-used and churning: connections closed idle are opened again.
-        if w.connections_created > u64::from(c.min_connections.max(1)) * 2
-            && c.idle_timeout_secs < 3600
-        {
-            let wanted = c.idle_timeout_secs.saturating_mul(2).clamp(60, 3600);
-            out.push(rec(
-                "idle_timeout_secs",
-                c.idle_timeout_secs,
-                wanted,
-                format!(
-                    "{} connections opened in the window at {:.0}% peak utilization: idle ones \
-                     close and open again",
-                    w.connections_created,
-                    peak_utilization * 100.0
-                ),
-                Severity::Info,
-                "Increase idle_timeout_secs",
-                true,
-            ));
-        }
-        // 9. min_connections above the observed need.
-        let floor = ((f64::from(demand) * 1.2).ceil() as u32).max(1);
-        if c.min_connections > floor {
-            out.push(rec(
-                "min_connections",
-                c.min_connections,
-                floor,
-                format!("at most {demand} connections were in use at once"),
-                Severity::Info,
-                "Decrease min_connections",
-                true,
-            ));
-        }
-    }
-    out.sort_by_key(|r| std::cmp::Reverse(r.severity));
-    out
 }
 
-/// The most max_connections all pools on one server may add up to.
+/// Low utilization (< 30%): too many connections held, idle ones churning, a
+/// floor above the need.
+fn low_utilization(f: &Facts<'_>, out: &mut Vec<Recommendation>) {
+    let (c, w, demand) = (f.config, f.window, f.demand);
+    let saw_load = w.acquires > 0 || f.test.is_some();
+    if !saw_load || f.peak_utilization >= 0.30 || f.error_rate > 0.05 {
+        return;
+    }
+    let need = ((f64::from(demand) / TARGET_UTILIZATION).ceil() as u32)
+        .max(c.min_connections)
+        .max(1);
+    if need < c.max_connections {
+        out.push(Recommendation::change(
+            ConfigChange::MaxConnections(need),
+            c,
+            format!(
+                "peak utilization {:.0}% < 30% (demand {demand})",
+                f.peak_percent()
+            ),
+            Severity::Info,
+            "Decrease max_connections; consider pool consolidation",
+        ));
+    }
+    // Under-used and churning: connections closed idle are opened again.
+    if w.connections_created > u64::from(c.min_connections.max(1)) * 2 && c.idle_timeout_secs < 3600
+    {
+        out.push(Recommendation::change(
+            ConfigChange::IdleTimeoutSecs(c.idle_timeout_secs.saturating_mul(2).clamp(60, 3600)),
+            c,
+            format!(
+                "{} connections opened in the window at {:.0}% peak utilization: idle ones \
+                 close and open again",
+                w.connections_created,
+                f.peak_percent()
+            ),
+            Severity::Info,
+            "Increase idle_timeout_secs",
+        ));
+    }
+    // min_connections above the observed need.
+    let floor = ((f64::from(demand) * 1.2).ceil() as u32).max(1);
+    if c.min_connections > floor {
+        out.push(Recommendation::change(
+            ConfigChange::MinConnections(floor),
+            c,
+            format!("at most {demand} connections were in use at once"),
+            Severity::Info,
+            "Decrease min_connections",
+        ));
+    }
+}
+
+/// The room a server's connection budget leaves one pool's max_connections: the
+/// budget (max_connections − reserved − reserve) minus what the other pools on
+/// that server hold as their max_connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServerBudget {
-    /// The server's max_connections.
-    pub max_connections: u32,
-    /// Its superuser_reserved_connections.
-    pub superuser_reserved: u32,
-    /// Connections poolplane leaves for everything else.
+pub struct Headroom {
+    /// The server's settings.
+    pub limits: ServerLimits,
+    /// Connections poolplane leaves for everything else (`--connection-reserve`).
     pub reserve: u32,
+    /// The max_connections the other pools on the server hold.
+    pub others: u32,
 }
 
-impl ServerBudget {
-    /// What the pools may use together.
-    pub fn available(&self) -> u32 {
-        self.max_connections
-            .saturating_sub(self.superuser_reserved)
-            .saturating_sub(self.reserve)
-    }
-
-    /// Caps a pool's wanted max_connections so that it plus `others` (the other
-    /// pools' max_connections on this server) fits; returns the capped value and
+impl Headroom {
+    /// Caps `wanted` so that it plus the others fits; returns the capped value and
     /// whether it was capped.
-    pub fn cap(&self, wanted: u32, others: u32) -> (u32, bool) {
-        let room = self.available().saturating_sub(others).max(1);
+    pub fn cap(&self, wanted: u32) -> (u32, bool) {
+        let room = self
+            .limits
+            .available(self.reserve)
+            .saturating_sub(self.others)
+            .max(1);
         if wanted > room {
             (room, true)
         } else {
             (wanted, false)
         }
+    }
+
+    /// Caps every growth of max_connections in `recommendations` (whose pool has
+    /// `config`); one left with no room to grow is no longer applicable.
+    pub fn cap_growth(&self, config: &AdvancedPoolConfig, recommendations: &mut [Recommendation]) {
+        for rec in recommendations.iter_mut() {
+            let Some(ConfigChange::MaxConnections(wanted)) = rec.change else {
+                continue;
+            };
+            if wanted <= config.max_connections {
+                continue;
+            }
+            let (capped, was_capped) = self.cap(wanted);
+            if !was_capped {
+                continue;
+            }
+            rec.retarget(ConfigChange::MaxConnections(capped));
+            rec.reason.push_str(&format!(
+                "; capped at {capped} by the server's budget: {} connections for pools \
+                 (max_connections {} - {} reserved - {} reserve), {} held by other pools",
+                self.limits.available(self.reserve),
+                self.limits.max_connections,
+                self.limits.reserved_connections,
+                self.reserve,
+                self.others
+            ));
+            if capped <= config.max_connections {
+                rec.change = None;
+                rec.reason.push_str("; no room to grow");
+            }
+        }
+    }
+}
+
+/// What applying a pool's recommendations makes of its config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The config with every applicable change (the first per field) made.
+    pub config: AdvancedPoolConfig,
+    /// The changes, as `field: old -> new`.
+    pub applied_changes: Vec<String>,
+    /// Why: the recommendations' sentences and reasons.
+    pub reason: String,
+}
+
+/// The config `recommendations` lead to from `config`: each field takes the first
+/// applicable change for it; min_connections never ends above max_connections.
+pub fn plan(config: &AdvancedPoolConfig, recommendations: &[Recommendation]) -> Plan {
+    let mut changed = config.clone();
+    let mut fields = Vec::new();
+    let mut applied_changes = Vec::new();
+    let mut reasons = Vec::new();
+    for rec in recommendations {
+        let Some(change) = rec.change else { continue };
+        if fields.contains(&change.field()) {
+            continue;
+        }
+        fields.push(change.field());
+        change.apply_to(&mut changed);
+        applied_changes.push(format!(
+            "{}: {} -> {}",
+            change.field(),
+            change.current(config),
+            change.value()
+        ));
+        reasons.push(format!("{}: {}", rec.sentence, rec.reason));
+    }
+    changed.min_connections = changed.min_connections.min(changed.max_connections);
+    Plan {
+        config: changed,
+        applied_changes,
+        reason: reasons.join("; "),
     }
 }
 
@@ -481,186 +660,9 @@ pub struct OptimizationReport {
     pub optimizations: Vec<PoolOptimization>,
 }
 
-/// Automated tuning: every `interval`, applies the optimizer's applicable
-/// recommendations to every pool (source `optimizer` in pool_config_changes),
-/// until `stop`. A round that fails (a pool busy with another change, the
-/// control database away) is logged and the next one tries again.
-pub async fn auto_tune(
-    registry: std::sync::Arc<ConnectionPoolService>,
-    interval: Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        // Pool by pool: one that cannot be tuned now does not hold the others.
-        for name in registry.pool_names() {
-            // A load test measures the pool as it is: never rebuilt under one.
-            if registry.is_load_testing(&name) {
-                continue;
-            }
-            let round = registry.optimize_pools_as(std::slice::from_ref(&name), true, "optimizer");
-            let report = tokio::select! {
-                biased;
-                () = stop.cancelled() => return,
-                report = round => report,
-            };
-            if let Err(error) = report {
-                tracing::warn!(pool = %name, %error, "automated tuning skipped the pool this round");
-            }
-        }
-    }
-}
-
-/// The window the optimizer reads from the history.
-const WINDOW: Duration = Duration::from_secs(3600);
-
-fn set_field(config: &mut AdvancedPoolConfig, parameter: &str, value: &str) -> bool {
-    match parameter {
-        "max_connections" => value.parse().map(|v| config.max_connections = v).is_ok(),
-        "min_connections" => value.parse().map(|v| config.min_connections = v).is_ok(),
-        "statement_cache_capacity" => value
-            .parse()
-            .map(|v| config.statement_cache_capacity = v)
-            .is_ok(),
-        "recycle_threshold_queries" => value
-            .parse()
-            .map(|v| config.recycle_threshold_queries = v)
-            .is_ok(),
-        "idle_timeout_secs" => value.parse().map(|v| config.idle_timeout_secs = v).is_ok(),
-        _ => false,
-    }
-}
-
-impl ConnectionPoolService {
-    /// The seed's `optimize_all_pools`: recommendations for every pool, and with
-    /// `apply` the numeric ones applied (live or by rebuild) and stored.
-    pub async fn optimize_all_pools(&self, apply: bool) -> Result<OptimizationReport, Error> {
-        self.optimize_pools(&[], apply).await
-    }
-
-    /// [`optimize_all_pools`](Self::optimize_all_pools) for the named pools (empty:
-    /// all). Growth of max_connections is capped so that the pools on one server
-    /// never add up to more than its max_connections minus
-    /// superuser_reserved_connections minus the configured reserve.
-    pub async fn optimize_pools(
-        &self,
-        names: &[String],
-        apply: bool,
-    ) -> Result<OptimizationReport, Error> {
-        self.optimize_pools_as(names, apply, "embedded").await
-    }
-
-    /// [`optimize_pools`](Self::optimize_pools) on behalf of `source` (the
-    /// caller's role, or `optimizer` for automated tuning): applied changes are
-    /// recorded in pool_config_changes with it and the recommendations' reasons.
-    pub async fn optimize_pools_as(
-        &self,
-        names: &[String],
-        apply: bool,
-        source: &str,
-    ) -> Result<OptimizationReport, Error> {
-        let names = if names.is_empty() {
-            self.pool_names()
-        } else {
-            for name in names {
-                self.pool(name)?;
-            }
-            names.to_vec()
-        };
-        let since = SystemTime::now() - WINDOW;
-        let mut optimizations = Vec::new();
-        for name in &names {
-            let pool = self.pool(name)?;
-            let live = pool.pool_stats();
-            let (mut window, failed_health_checks) = self.store().stats_window(name, since).await?;
-            window.peak_utilization = window.peak_utilization.max(live.utilization_rate);
-            window.peak_demand = window
-                .peak_demand
-                .max(live.active_connections + live.waiting_requests);
-            window.peak_size = window.peak_size.max(live.current_size);
-            let config = pool.config();
-            let input = OptimizerInput {
-                config: config.clone(),
-                window,
-                health: pool.get_health_status().await,
-                failed_health_checks,
-                cache: pool.get_statement_cache_stats().await,
-                last_load_test: self
-                    .last_load_tests
-                    .lock()
-                    .expect("load tests lock")
-                    .get(name)
-                    .cloned(),
-                held_back_by_budget: live.budget.as_ref().is_some_and(|b| b.held_back),
-            };
-            let mut recommendations = recommend(&input);
-            for rec in recommendations
-                .iter_mut()
-                .filter(|r| r.applicable && r.parameter == "max_connections")
-            {
-                let Ok(wanted) = rec.suggested_value.parse::<u32>() else {
-                    continue;
-                };
-                if wanted <= config.max_connections {
-                    continue;
-                }
-                let Some((budget, others)) = self.server_budget(name) else {
-                    continue;
-                };
-                let (capped, was_capped) = budget.cap(wanted, others);
-                if was_capped {
-                    rec.suggested_value = capped.to_string();
-                    rec.reason.push_str(&format!(
-                        "; capped at {capped} by the server's budget: {} connections for pools \
-                         (max_connections {} - {} superuser reserved - {} reserve), {others} held by other pools",
-                        budget.available(),
-                        budget.max_connections,
-                        budget.superuser_reserved,
-                        budget.reserve
-                    ));
-                    if capped <= config.max_connections {
-                        rec.applicable = false;
-                        rec.reason.push_str("; no room to grow");
-                    }
-                }
-            }
-            let mut applied_changes = Vec::new();
-            if apply {
-                let mut changed = config.clone();
-                let mut seen = HashSet::new();
-                let mut reasons = Vec::new();
-                for rec in recommendations.iter().filter(|r| r.applicable) {
-                    if seen.insert(rec.parameter.clone())
-                        && set_field(&mut changed, &rec.parameter, &rec.suggested_value)
-                    {
-                        applied_changes.push(format!(
-                            "{}: {} -> {}",
-                            rec.parameter, rec.current_value, rec.suggested_value
-                        ));
-                        reasons.push(format!("{}: {}", rec.sentence, rec.reason));
-                    }
-                }
-                changed.min_connections = changed.min_connections.min(changed.max_connections);
-                if changed != config {
-                    let origin = crate::ChangeOrigin::new(source, reasons.join("; "));
-                    self.update_pool_config_from(name, changed, &origin).await?;
-                    tracing::info!(pool = %name, changes = ?applied_changes, "optimizer applied changes");
-                }
-            }
-            optimizations.push(PoolOptimization {
-                pool_name: name.clone(),
-                current_utilization: live.utilization_rate,
-                recommendations,
-                applied_changes,
-            });
-        }
+impl OptimizationReport {
+    /// The report of `optimizations`, counted as applied or as advised.
+    pub fn of(optimizations: Vec<PoolOptimization>, apply: bool) -> Self {
         let optimized_pools = optimizations
             .iter()
             .filter(|o| {
@@ -671,33 +673,11 @@ impl ConnectionPoolService {
                 }
             })
             .count();
-        Ok(OptimizationReport {
+        Self {
             total_pools: optimizations.len(),
             optimized_pools,
             optimizations,
-        })
-    }
-
-    /// The budget of the server `name` points at (as its connections read it)
-    /// and the max_connections the other pools on that server hold; `None` while
-    /// the server's settings are not known.
-    fn server_budget(&self, name: &str) -> Option<(ServerBudget, u32)> {
-        let limits = self.budget_of(name)?.limits()?;
-        let budget = ServerBudget {
-            max_connections: limits.max_connections,
-            superuser_reserved: limits.reserved_connections,
-            reserve: self.connection_reserve,
-        };
-        let key = self.target(name).map(|t| t.server_key());
-        let others = self
-            .pool_names()
-            .iter()
-            .filter(|other| *other != name)
-            .filter(|other| self.target(other).map(|t| t.server_key()) == key)
-            .filter_map(|other| self.pool(other).ok())
-            .map(|p| p.config().max_connections)
-            .fold(0u32, u32::saturating_add);
-        Some((budget, others))
+        }
     }
 }
 
@@ -707,15 +687,17 @@ mod tests {
 
     #[test]
     fn a_recommendation_displays_its_sentence_change_and_reason() {
-        let r = Recommendation {
-            parameter: "max_connections".into(),
-            current_value: "10".into(),
-            suggested_value: "15".into(),
-            reason: "peak utilization 95% > 85%".into(),
-            severity: Severity::Warning,
-            sentence: "Increase max_connections".into(),
-            applicable: true,
-        };
+        let r = Recommendation::change(
+            ConfigChange::MaxConnections(15),
+            &AdvancedPoolConfig {
+                max_connections: 10,
+                ..AdvancedPoolConfig::default()
+            },
+            "peak utilization 95% > 85%".into(),
+            Severity::Warning,
+            "Increase max_connections",
+        );
+        assert!(r.applicable());
         assert_eq!(
             format!("  - {r}"),
             "  - Increase max_connections (max_connections: 10 -> 15): peak utilization 95% > 85%"
@@ -791,7 +773,7 @@ mod tests {
         let recs = recommend(&i);
         let grow = recs
             .iter()
-            .find(|r| r.parameter == "max_connections" && r.applicable)
+            .find(|r| r.parameter == "max_connections" && r.applicable())
             .unwrap();
         assert_eq!(grow.suggested_value, "46", "32 / 0.7 = 45.7");
         assert_eq!(grow.severity, Severity::Critical);
@@ -892,7 +874,7 @@ mod tests {
             .find(|r| r.parameter == "idle_timeout_secs")
             .expect("raise idle_timeout_secs");
         assert_eq!(
-            (idle.suggested_value.as_str(), idle.applicable),
+            (idle.suggested_value.as_str(), idle.applicable()),
             ("120", true)
         );
         // Slow acquisition at low utilization points at the connection cost.
@@ -1023,14 +1005,17 @@ mod tests {
 
     #[test]
     fn the_budget_caps_the_sum_of_pools() {
-        let budget = ServerBudget {
-            max_connections: 20,
-            superuser_reserved: 3,
+        let room = |others| Headroom {
+            limits: ServerLimits {
+                max_connections: 20,
+                reserved_connections: 3,
+            },
             reserve: 2,
+            others,
         };
-        assert_eq!(budget.available(), 15);
-        assert_eq!(budget.cap(10, 5), (10, false));
-        assert_eq!(budget.cap(11, 5), (10, true));
-        assert_eq!(budget.cap(46, 14), (1, true));
+        assert_eq!(room(0).limits.available(2), 15);
+        assert_eq!(room(5).cap(10), (10, false));
+        assert_eq!(room(5).cap(11), (10, true));
+        assert_eq!(room(14).cap(46), (1, true));
     }
 }

@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::allowlist::TargetAllowlist;
-use crate::conninfo::ConnInfo;
+use crate::conninfo::{ConnInfo, ServerKey};
 use crate::events::{self, PoolEvent, PoolEventKind};
+use crate::optimizer::{self, Headroom, OptimizationReport, OptimizerInput, PoolOptimization};
 use crate::pool::ServerBudget;
 use crate::store::config_changes::ChangeOrigin;
 use crate::store::history::{HourSummary, ScalingRecord};
@@ -19,6 +20,9 @@ use crate::{AdvancedConnectionPool, AdvancedPoolConfig, ControlStore, Error, Poo
 
 /// Pools one registry holds by default (`--max-pools`).
 pub const DEFAULT_MAX_POOLS: usize = 1000;
+
+/// The window of history the optimizer reads.
+const OPTIMIZER_WINDOW: Duration = Duration::from_secs(3600);
 
 /// Scaling events a performance summary carries.
 const RECENT_SCALING_EVENTS: u32 = 10;
@@ -87,11 +91,11 @@ pub struct ConnectionPoolService {
     max_pools: usize,
     /// Connections left free on each PostgreSQL server by its pools' budget
     /// (besides its reserved connections); the optimizer's cap uses it too.
-    pub(crate) connection_reserve: u32,
-    pub(crate) last_load_tests: std::sync::Mutex<HashMap<String, crate::LoadTestResults>>,
+    connection_reserve: u32,
+    last_load_tests: std::sync::Mutex<HashMap<String, crate::LoadTestResults>>,
     running_load_tests: std::sync::Mutex<HashSet<String>>,
     /// The connection budget of each server the pools point at.
-    budgets: std::sync::Mutex<HashMap<String, std::sync::Weak<ServerBudget>>>,
+    budgets: std::sync::Mutex<HashMap<ServerKey, std::sync::Weak<ServerBudget>>>,
 }
 
 /// A name claimed for one change (create, update, delete) until dropped.
@@ -312,13 +316,159 @@ impl ConnectionPoolService {
             .cloned()
     }
 
-    /// The target of a pool (with its password: for the engine's own use).
-    pub(crate) fn target(&self, name: &str) -> Option<Arc<ConnInfo>> {
-        self.pools
-            .read()
-            .expect("pools lock")
-            .get(name)
-            .map(|entry| Arc::clone(&entry.target))
+    /// The seed's `optimize_all_pools`: recommendations for every pool, and with
+    /// `apply` the applicable ones applied (live or by rebuild) and stored.
+    pub async fn optimize_all_pools(&self, apply: bool) -> Result<OptimizationReport, Error> {
+        self.optimize_pools(&[], apply).await
+    }
+
+    /// [`optimize_all_pools`](Self::optimize_all_pools) for the named pools (empty:
+    /// all). Growth of max_connections is capped so that the pools on one server
+    /// never add up to more than its budget (see [`Headroom`]).
+    pub async fn optimize_pools(
+        &self,
+        names: &[String],
+        apply: bool,
+    ) -> Result<OptimizationReport, Error> {
+        self.optimize_pools_as(names, apply, "embedded").await
+    }
+
+    /// [`optimize_pools`](Self::optimize_pools) on behalf of `source` (the
+    /// caller's role, or `optimizer` for automated tuning): applied changes are
+    /// recorded in pool_config_changes with it and the recommendations' reasons.
+    pub async fn optimize_pools_as(
+        &self,
+        names: &[String],
+        apply: bool,
+        source: &str,
+    ) -> Result<OptimizationReport, Error> {
+        let names = if names.is_empty() {
+            self.pool_names()
+        } else {
+            for name in names {
+                self.pool(name)?;
+            }
+            names.to_vec()
+        };
+        let mut optimizations = Vec::with_capacity(names.len());
+        for name in &names {
+            optimizations.push(self.optimize_pool(name, apply, source).await?);
+        }
+        Ok(OptimizationReport::of(optimizations, apply))
+    }
+
+    /// The optimizer's pass over one pool (see [`optimize_pools_as`](Self::optimize_pools_as)).
+    async fn optimize_pool(
+        &self,
+        name: &str,
+        apply: bool,
+        source: &str,
+    ) -> Result<PoolOptimization, Error> {
+        let pool = self.pool(name)?;
+        let live = pool.pool_stats();
+        let input = self.optimizer_input(name, &pool, &live).await?;
+        let mut recommendations = optimizer::recommend(&input);
+        if let Some(headroom) = self.headroom(name) {
+            headroom.cap_growth(&input.config, &mut recommendations);
+        }
+        let mut applied_changes = Vec::new();
+        if apply {
+            let plan = optimizer::plan(&input.config, &recommendations);
+            if plan.config != input.config {
+                let origin = ChangeOrigin::new(source, plan.reason);
+                self.update_pool_config_from(name, plan.config, &origin)
+                    .await?;
+                tracing::info!(pool = %name, changes = ?plan.applied_changes, "optimizer applied changes");
+                applied_changes = plan.applied_changes;
+            }
+        }
+        Ok(PoolOptimization {
+            pool_name: name.to_owned(),
+            current_utilization: live.utilization_rate,
+            recommendations,
+            applied_changes,
+        })
+    }
+
+    /// What the optimizer reads for one pool: the last hour of its history with
+    /// the live figures folded in, its health, cache and last load test.
+    async fn optimizer_input(
+        &self,
+        name: &str,
+        pool: &AdvancedConnectionPool,
+        live: &PoolStats,
+    ) -> Result<OptimizerInput, Error> {
+        let since = SystemTime::now() - OPTIMIZER_WINDOW;
+        let (mut window, failed_health_checks) = self.store.stats_window(name, since).await?;
+        window.peak_utilization = window.peak_utilization.max(live.utilization_rate);
+        window.peak_demand = window
+            .peak_demand
+            .max(live.active_connections + live.waiting_requests);
+        window.peak_size = window.peak_size.max(live.current_size);
+        Ok(OptimizerInput {
+            config: pool.config(),
+            window,
+            health: pool.get_health_status().await,
+            failed_health_checks,
+            cache: pool.get_statement_cache_stats().await,
+            last_load_test: self.last_load_test(name),
+            held_back_by_budget: live.budget.as_ref().is_some_and(|b| b.held_back),
+        })
+    }
+
+    /// The room the budget of `name`'s server leaves its max_connections beside
+    /// the other pools there; `None` while the server's settings are not known.
+    fn headroom(&self, name: &str) -> Option<Headroom> {
+        let (target, others) = {
+            let pools = self.pools.read().expect("pools lock");
+            let target = Arc::clone(&pools.get(name)?.target);
+            let key = target.server_key();
+            let others = pools
+                .iter()
+                .filter(|(other, entry)| *other != name && entry.target.server_key() == key)
+                .map(|(_, entry)| entry.pool.config().max_connections)
+                .fold(0u32, u32::saturating_add);
+            (target, others)
+        };
+        let limits = self.budget_for(&target).limits()?;
+        Some(Headroom {
+            limits,
+            reserve: self.connection_reserve,
+            others,
+        })
+    }
+
+    /// Automated tuning: every `interval`, applies the optimizer's applicable
+    /// recommendations to every pool (source `optimizer` in pool_config_changes),
+    /// until `stop`. A round that fails (a pool busy with another change, the
+    /// control database away) is logged and the next one tries again; a pool
+    /// under a load test is left alone (a rebuild would close the pool it runs on).
+    pub async fn auto_tune(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            // Pool by pool: one that cannot be tuned now does not hold the others.
+            for name in self.pool_names() {
+                if self.is_load_testing(&name) {
+                    continue;
+                }
+                let round = self.optimize_pools_as(std::slice::from_ref(&name), true, "optimizer");
+                let report = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return,
+                    report = round => report,
+                };
+                if let Err(error) = report {
+                    tracing::warn!(pool = %name, %error, "automated tuning skipped the pool this round");
+                }
+            }
+        }
     }
 
     /// Recreates every stored pool without waiting for any database: each starts
@@ -498,6 +648,7 @@ impl ConnectionPoolService {
     fn spawn_forwarder(&self, pool: &AdvancedConnectionPool, stop: CancellationToken) {
         let mut from = pool.subscribe();
         let to = self.events.clone();
+        let name = pool.name().to_owned();
         self.tasks.spawn(async move {
             loop {
                 tokio::select! {
@@ -505,7 +656,9 @@ impl ConnectionPoolService {
                     () = stop.cancelled() => break,
                     received = from.recv() => match received {
                         Ok(event) => { let _ = to.send(event); }
-                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Lagged(count)) => {
+                            let _ = to.send(events::event(&name, PoolEventKind::MissedEvents { count }));
+                        }
                         Err(broadcast::error::RecvError::Closed) => break,
                     },
                 }

@@ -2,7 +2,6 @@
 //! `sslrootcert`, `sslcert` and `sslkey`: one [`PgTls`] per target, used by its
 //! pool, health checks, cancel requests and the control store.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::DigitallySignedStruct;
@@ -14,7 +13,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_postgres::config::SslMode as DriverSslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::conninfo::{ConnInfo, ConnInfoError};
+use crate::conninfo::{ConnInfo, ConnInfoError, RootCert, SslMode, TlsSettings};
 
 /// The connector type every outgoing connection uses (TLS or not).
 pub type Connector = MakeRustlsConnect;
@@ -25,111 +24,6 @@ pub type TlsStream =
 
 /// A connection's driver, as [`PgTls::connect`] returns it.
 pub type PgConnection = tokio_postgres::Connection<tokio_postgres::Socket, TlsStream>;
-
-/// libpq's `sslmode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
-    /// Never TLS.
-    Disable,
-    /// Plaintext first; TLS if the server insists.
-    Allow,
-    /// TLS if the server offers it (libpq's default), no verification.
-    Prefer,
-    /// TLS or nothing; verified as `verify-ca` only if `sslrootcert` is given.
-    Require,
-    /// TLS, the server's chain verified against the roots, not its name.
-    VerifyCa,
-    /// TLS, chain and host name verified.
-    VerifyFull,
-}
-
-impl SslMode {
-    /// The mode named `value`; `None` for anything else.
-    pub fn parse(value: &str) -> Option<Self> {
-        Some(match value {
-            "disable" => Self::Disable,
-            "allow" => Self::Allow,
-            "prefer" => Self::Prefer,
-            "require" => Self::Require,
-            "verify-ca" => Self::VerifyCa,
-            "verify-full" => Self::VerifyFull,
-            _ => return None,
-        })
-    }
-
-    /// What tokio-postgres is told (`allow` starts plaintext: see [`PgTls`]).
-    pub fn driver_mode(self) -> DriverSslMode {
-        match self {
-            Self::Disable | Self::Allow => DriverSslMode::Disable,
-            Self::Prefer => DriverSslMode::Prefer,
-            Self::Require | Self::VerifyCa | Self::VerifyFull => DriverSslMode::Require,
-        }
-    }
-}
-
-/// The options of a target that poolplane handles itself (tokio-postgres does not
-/// know them): they are taken out before the rest goes to its parser.
-pub const TLS_OPTIONS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
-
-/// Where trusted roots come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RootCert {
-    /// A PEM file.
-    File(PathBuf),
-    /// The platform's roots (`sslrootcert=system`).
-    System,
-}
-
-/// A target's TLS settings, as its connection string gives them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSettings {
-    /// `sslmode` (default `prefer`).
-    pub mode: SslMode,
-    /// `sslrootcert`.
-    pub root_cert: Option<RootCert>,
-    /// `sslcert` and `sslkey`.
-    pub client_cert: Option<(PathBuf, PathBuf)>,
-}
-
-impl TlsSettings {
-    /// The settings of `info`; an unknown `sslmode`, or `sslcert` without `sslkey`
-    /// (or the reverse), is refused by name.
-    pub fn of(info: &ConnInfo) -> Result<Self, ConnInfoError> {
-        let mode = match info.param("sslmode") {
-            None => SslMode::Prefer,
-            Some(value) => SslMode::parse(value).ok_or_else(|| {
-                ConnInfoError::from_reason(
-                    "invalid value for option `sslmode`: use disable, allow, prefer, require, \
-                     verify-ca or verify-full",
-                )
-            })?,
-        };
-        let root_cert = info.param("sslrootcert").map(|v| match v {
-            "system" => RootCert::System,
-            path => RootCert::File(PathBuf::from(path)),
-        });
-        let client_cert = match (info.param("sslcert"), info.param("sslkey")) {
-            (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(ConnInfoError::from_reason("`sslcert` needs `sslkey`"));
-            }
-            (None, Some(_)) => {
-                return Err(ConnInfoError::from_reason("`sslkey` needs `sslcert`"));
-            }
-        };
-        if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && root_cert.is_none() {
-            return Err(ConnInfoError::from_reason(
-                "`sslmode` verify-ca and verify-full need `sslrootcert` (a file, or `system`)",
-            ));
-        }
-        Ok(Self {
-            mode,
-            root_cert,
-            client_cert,
-        })
-    }
-}
 
 /// How a target's connections are made: the TLS mode and the connector.
 #[derive(Clone)]

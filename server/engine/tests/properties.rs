@@ -113,7 +113,7 @@ proptest! {
             format!("{info:?}"),
             info.without_password(),
             poolplane::conninfo::redact(&text),
-            info.server_key(),
+            info.server_key().to_string(),
         ] {
             prop_assert!(!shown.contains("ZQXPW"), "{} shows {}", text, shown);
         }

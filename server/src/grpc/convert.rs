@@ -229,10 +229,7 @@ pub fn event_to_proto(event: &PoolEvent) -> Option<v1::PoolEvent> {
             utilization,
             reason,
         } => Kind::Scaled(v1::Scaled {
-            direction: match direction {
-                ScaleDirection::Up => v1::ScaleDirection::Up,
-                ScaleDirection::Down => v1::ScaleDirection::Down,
-            } as i32,
+            direction: self::direction(*direction) as i32,
             from: *from,
             to: *to,
             utilization: *utilization,
@@ -246,6 +243,9 @@ pub fn event_to_proto(event: &PoolEvent) -> Option<v1::PoolEvent> {
             Kind::PoolUpdated(v1::PoolUpdated { rebuilt: *rebuilt })
         }
         PoolEventKind::PoolDeleted => Kind::PoolDeleted(v1::PoolDeleted {}),
+        PoolEventKind::MissedEvents { count } => {
+            Kind::MissedEvents(v1::MissedEvents { count: *count })
+        }
         PoolEventKind::ConfigChanged {
             changes,
             source,
@@ -297,11 +297,10 @@ pub fn warnings_to_proto(config: &AdvancedPoolConfig) -> Vec<v1::ConfigWarning> 
         .collect()
 }
 
-fn direction(direction: &str) -> v1::ScaleDirection {
+fn direction(direction: ScaleDirection) -> v1::ScaleDirection {
     match direction {
-        "up" => v1::ScaleDirection::Up,
-        "down" => v1::ScaleDirection::Down,
-        _ => v1::ScaleDirection::Unspecified,
+        ScaleDirection::Up => v1::ScaleDirection::Up,
+        ScaleDirection::Down => v1::ScaleDirection::Down,
     }
 }
 
@@ -310,7 +309,7 @@ pub fn scaling_record_to_proto(r: &ScalingRecord) -> v1::ScalingEventRecord {
     v1::ScalingEventRecord {
         pool_name: r.pool_name.clone(),
         at: Some(timestamp(r.at)),
-        direction: direction(&r.direction) as i32,
+        direction: direction(r.direction) as i32,
         from: u32::try_from(r.from).unwrap_or(0),
         to: u32::try_from(r.to).unwrap_or(0),
         utilization: r.utilization,
@@ -432,7 +431,7 @@ pub fn report_to_proto(r: &OptimizationReport) -> v1::OptimizationReport {
                             Severity::Critical => v1::Severity::Critical,
                         } as i32,
                         sentence: rec.sentence.clone(),
-                        applicable: rec.applicable,
+                        applicable: rec.applicable(),
                     })
                     .collect(),
                 applied_changes: o.applied_changes.clone(),

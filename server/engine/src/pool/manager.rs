@@ -9,9 +9,9 @@ use std::time::Instant;
 use tokio::task::JoinHandle;
 
 use super::Shared;
-use super::budget::ServerLimits;
 use super::statement_cache::StatementCache;
 use super::stats::Counters;
+use crate::budget::ServerLimits;
 use crate::events::PoolEventKind;
 
 /// One pooled PostgreSQL connection.
@@ -31,7 +31,7 @@ pub(crate) struct Connection {
     /// Its TLS and host, as the server saw it.
     security: super::stats::ConnSecurity,
     /// Its slot in the server's connection budget.
-    _slot: Option<super::budget::BudgetSlot>,
+    _slot: Option<crate::budget::BudgetSlot>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -115,7 +115,7 @@ impl PoolManager {
 
     async fn open_unbounded(
         &self,
-        slot: Option<super::budget::BudgetSlot>,
+        slot: Option<crate::budget::BudgetSlot>,
     ) -> Result<Connection, tokio_postgres::Error> {
         let started = Instant::now();
         let (client, connection) = self.shared.tls.connect(&self.pg).await?;

@@ -2,7 +2,6 @@
 //! admission gate (the pool's current size), with stats, a statement cache per
 //! connection, health monitoring and dynamic sizing in background tasks it owns.
 
-pub mod budget;
 mod connection;
 pub(crate) mod health;
 pub(crate) mod manager;
@@ -21,10 +20,12 @@ use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use budget::{BudgetRefusal, BudgetStats, ServerBudget};
+use crate::budget;
+pub use crate::budget::{BudgetRefusal, BudgetStats, ServerBudget};
+pub use crate::events::ScaleDirection;
 pub use connection::{PooledConnection, Transaction};
 pub use health::HealthStatus;
-pub use sizing::{ScaleDirection, ScalingDecision};
+pub use sizing::ScalingDecision;
 pub use stats::{ConnectionSecurity, Histogram, PoolStats, StatementCacheStats};
 
 use crate::conninfo::ConnInfo;
@@ -229,20 +230,7 @@ impl Shared {
     }
 
     fn budget_server(&self) -> Option<String> {
-        self.budget.as_ref().map(|m| m.budget.server().to_owned())
-    }
-
-    /// What the pool brings to its budget's split.
-    pub(crate) fn budget_claim(&self) -> budget::Claim {
-        let settings = self.settings();
-        let need = self.need.load(Ordering::Acquire);
-        budget::Claim {
-            // A pool with demand gets at least one connection.
-            min: settings.min_connections.max(need.min(1)),
-            max: settings.max_connections,
-            size: self.open.load(Ordering::Acquire),
-            need,
-        }
+        self.budget.as_ref().map(|m| m.budget.server().to_string())
     }
 
     /// Records the demand's need; a change rebalances the budget.
@@ -273,6 +261,36 @@ impl Shared {
             u64::MAX
         };
         self.validation_idle_ms.store(validation, Ordering::Relaxed);
+    }
+}
+
+impl budget::Member for Shared {
+    fn pool_name(&self) -> &str {
+        &self.name
+    }
+
+    fn min_connections(&self) -> u32 {
+        self.settings().min_connections
+    }
+
+    fn claim(&self) -> budget::Claim {
+        let settings = self.settings();
+        let need = self.need.load(Ordering::Acquire);
+        budget::Claim {
+            // A pool with demand gets at least one connection.
+            min: settings.min_connections.max(need.min(1)),
+            max: settings.max_connections,
+            size: self.open.load(Ordering::Acquire),
+            need,
+        }
+    }
+
+    fn set_share(&self, share: u32) {
+        self.budget_share.store(share, Ordering::Release);
+    }
+
+    fn is_closed(&self) -> bool {
+        Shared::is_closed(self)
     }
 }
 
@@ -494,13 +512,14 @@ impl AdvancedConnectionPool {
                 budget,
                 held_back: AtomicBool::new(false),
             }),
-            budget_share: AtomicU32::new(u32::MAX),
+            budget_share: AtomicU32::new(budget::UNKNOWN),
             // Until its first second of demand, a pool claims what it opens at start.
             need: AtomicU32::new(config.initial_size()),
         });
         shared.apply_hot_settings(&config);
         if let Some(m) = &shared.budget {
-            m.budget.join(&shared);
+            m.budget
+                .join(Arc::downgrade(&shared) as std::sync::Weak<dyn budget::Member>);
             let share = shared.share().max(1);
             if size > share {
                 shared.set_target(share);

@@ -2,16 +2,7 @@
 //! interval, config) -> the next size, if it should change.
 
 use crate::AdvancedPoolConfig;
-
-/// Which way a scaling step went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScaleDirection {
-    /// The pool grew.
-    Up,
-    /// The pool shrank.
-    Down,
-}
+use crate::events::ScaleDirection;
 
 /// One scaling step.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,9 +7,98 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::ControlStore;
-use super::recorder::MetricRow;
 use crate::Error;
-use crate::pool::ScaleDirection;
+use crate::events::ScaleDirection;
+use crate::pool::{HealthStatus, PoolStats, StatementCacheStats};
+
+/// One history row to write.
+#[derive(Debug, Clone)]
+pub enum MetricRow {
+    /// A row of connection_pool_metrics.
+    Pool {
+        /// The pool.
+        pool_name: String,
+        /// When it was sampled.
+        at: SystemTime,
+        /// The snapshot.
+        stats: PoolStats,
+    },
+    /// A row of statement_cache_metrics.
+    Cache {
+        /// The pool.
+        pool_name: String,
+        /// When it was sampled.
+        at: SystemTime,
+        /// The snapshot.
+        stats: StatementCacheStats,
+    },
+    /// A row of connection_health_status.
+    Health {
+        /// The pool.
+        pool_name: String,
+        /// When the check finished.
+        at: SystemTime,
+        /// The health after the check.
+        status: HealthStatus,
+    },
+    /// A row of pool_scaling_events.
+    Scaling {
+        /// The pool.
+        pool_name: String,
+        /// When it was decided.
+        at: SystemTime,
+        /// Up or down.
+        direction: ScaleDirection,
+        /// Size before.
+        from: u32,
+        /// Size after.
+        to: u32,
+        /// The utilization that prompted it.
+        utilization: f64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A pool's stats summarized over a window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatsWindow {
+    /// Mean utilization.
+    pub avg_utilization: f64,
+    /// Highest utilization.
+    pub peak_utilization: f64,
+    /// Most connections in use plus callers waiting at once.
+    pub peak_demand: u32,
+    /// The largest size the pool had.
+    pub peak_size: u32,
+    /// Checkouts in the window.
+    pub acquires: u64,
+    /// Checkouts that timed out in the window.
+    pub acquire_timeouts: u64,
+    /// Connections opened in the window.
+    pub connections_created: u64,
+    /// Connections recycled in the window.
+    pub connections_recycled: u64,
+    /// Mean acquire time of the window's checkouts, ms.
+    pub avg_acquire_time_ms: f64,
+    /// Connections that failed to open in the window.
+    pub connection_errors: u64,
+    /// Statements that failed in the window.
+    pub query_errors: u64,
+}
+
+impl StatsWindow {
+    /// Failed attempts over attempts: acquire timeouts, connections that failed
+    /// to open and statements that failed, over checkouts tried.
+    pub fn error_rate(&self) -> f64 {
+        let attempts = self.acquires + self.acquire_timeouts;
+        if attempts == 0 {
+            return 0.0;
+        }
+        let errors = self.acquire_timeouts + self.connection_errors + self.query_errors;
+        (errors as f64 / attempts as f64).min(1.0)
+    }
+}
 
 /// The history tables, in the order retention visits them.
 const TABLES: [&str; 5] = [
@@ -73,8 +162,8 @@ pub struct ScalingRecord {
     pub pool_name: String,
     /// When it was decided.
     pub at: SystemTime,
-    /// `up` or `down`.
-    pub direction: String,
+    /// Up or down.
+    pub direction: ScaleDirection,
     /// Size before.
     pub from: i32,
     /// Size after.
@@ -97,6 +186,216 @@ fn big(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Pool snapshots as columns of connection_pool_metrics, for one unnest INSERT.
+#[derive(Default)]
+struct PoolColumns {
+    pool_name: Vec<String>,
+    recorded_at: Vec<SystemTime>,
+    connections: Vec<i32>,
+    idle_connections: Vec<i32>,
+    active_connections: Vec<i32>,
+    waiting_requests: Vec<i32>,
+    current_size: Vec<i32>,
+    min_connections: Vec<i32>,
+    max_connections: Vec<i32>,
+    utilization_rate: Vec<f64>,
+    avg_acquire_time_ms: Vec<f64>,
+    p50_acquire_time_ms: Vec<f64>,
+    p95_acquire_time_ms: Vec<f64>,
+    p99_acquire_time_ms: Vec<f64>,
+    total_acquires: Vec<i64>,
+    acquire_timeouts: Vec<i64>,
+    connection_errors: Vec<i64>,
+    connections_created: Vec<i64>,
+    connections_closed: Vec<i64>,
+    connections_recycled: Vec<i64>,
+    total_queries: Vec<i64>,
+    query_errors: Vec<i64>,
+}
+
+impl PoolColumns {
+    fn push(&mut self, pool_name: &str, at: SystemTime, s: &PoolStats) {
+        self.pool_name.push(pool_name.to_owned());
+        self.recorded_at.push(at);
+        self.connections.push(int(s.connections));
+        self.idle_connections.push(int(s.idle_connections));
+        self.active_connections.push(int(s.active_connections));
+        self.waiting_requests.push(int(s.waiting_requests));
+        self.current_size.push(int(s.current_size));
+        self.min_connections.push(int(s.min_connections));
+        self.max_connections.push(int(s.max_connections));
+        self.utilization_rate.push(s.utilization_rate);
+        self.avg_acquire_time_ms.push(s.avg_acquire_time_ms);
+        self.p50_acquire_time_ms.push(s.p50_acquire_time_ms);
+        self.p95_acquire_time_ms.push(s.p95_acquire_time_ms);
+        self.p99_acquire_time_ms.push(s.p99_acquire_time_ms);
+        self.total_acquires.push(big(s.total_acquires));
+        self.acquire_timeouts.push(big(s.acquire_timeouts));
+        self.connection_errors.push(big(s.connection_errors));
+        self.connections_created.push(big(s.connections_created));
+        self.connections_closed.push(big(s.connections_closed));
+        self.connections_recycled.push(big(s.connections_recycled));
+        self.total_queries.push(big(s.total_queries));
+        self.query_errors.push(big(s.query_errors));
+    }
+
+    async fn insert(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), Error> {
+        if self.pool_name.is_empty() {
+            return Ok(());
+        }
+        tx.execute(
+            "INSERT INTO connection_pool_metrics (pool_name, recorded_at, connections, \
+             idle_connections, active_connections, waiting_requests, current_size, min_connections, \
+             max_connections, utilization_rate, avg_acquire_time_ms, p50_acquire_time_ms, \
+             p95_acquire_time_ms, p99_acquire_time_ms, total_acquires, acquire_timeouts, \
+             connection_errors, connections_created, connections_closed, connections_recycled, \
+             total_queries, query_errors) \
+             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::int4[], $5::int4[], \
+             $6::int4[], $7::int4[], $8::int4[], $9::int4[], $10::float8[], $11::float8[], \
+             $12::float8[], $13::float8[], $14::float8[], $15::int8[], $16::int8[], $17::int8[], \
+             $18::int8[], $19::int8[], $20::int8[], $21::int8[], $22::int8[])",
+            &[
+                &self.pool_name,
+                &self.recorded_at,
+                &self.connections,
+                &self.idle_connections,
+                &self.active_connections,
+                &self.waiting_requests,
+                &self.current_size,
+                &self.min_connections,
+                &self.max_connections,
+                &self.utilization_rate,
+                &self.avg_acquire_time_ms,
+                &self.p50_acquire_time_ms,
+                &self.p95_acquire_time_ms,
+                &self.p99_acquire_time_ms,
+                &self.total_acquires,
+                &self.acquire_timeouts,
+                &self.connection_errors,
+                &self.connections_created,
+                &self.connections_closed,
+                &self.connections_recycled,
+                &self.total_queries,
+                &self.query_errors,
+            ],
+        )
+        .await
+        .map_err(query_error("recording pool metrics"))?;
+        Ok(())
+    }
+}
+
+/// Statement cache snapshots as columns of statement_cache_metrics.
+#[derive(Default)]
+struct CacheColumns {
+    pool_name: Vec<String>,
+    recorded_at: Vec<SystemTime>,
+    hits: Vec<i64>,
+    misses: Vec<i64>,
+    hit_rate: Vec<f64>,
+    evictions: Vec<i64>,
+    prepared_statements: Vec<i64>,
+    capacity: Vec<i32>,
+}
+
+impl CacheColumns {
+    fn push(&mut self, pool_name: &str, at: SystemTime, s: &StatementCacheStats) {
+        self.pool_name.push(pool_name.to_owned());
+        self.recorded_at.push(at);
+        self.hits.push(big(s.hits));
+        self.misses.push(big(s.misses));
+        self.hit_rate.push(s.hit_rate);
+        self.evictions.push(big(s.evictions));
+        self.prepared_statements.push(big(s.prepared_statements));
+        self.capacity.push(int(s.capacity));
+    }
+
+    async fn insert(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), Error> {
+        if self.pool_name.is_empty() {
+            return Ok(());
+        }
+        tx.execute(
+            "INSERT INTO statement_cache_metrics (pool_name, recorded_at, hits, misses, hit_rate, \
+             evictions, prepared_statements, capacity) \
+             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int8[], $4::int8[], \
+             $5::float8[], $6::int8[], $7::int8[], $8::int4[])",
+            &[
+                &self.pool_name,
+                &self.recorded_at,
+                &self.hits,
+                &self.misses,
+                &self.hit_rate,
+                &self.evictions,
+                &self.prepared_statements,
+                &self.capacity,
+            ],
+        )
+        .await
+        .map_err(query_error("recording statement cache metrics"))?;
+        Ok(())
+    }
+}
+
+async fn insert_health(
+    tx: &tokio_postgres::Transaction<'_>,
+    pool_name: &str,
+    at: SystemTime,
+    h: &HealthStatus,
+) -> Result<(), Error> {
+    tx.execute(
+        "INSERT INTO connection_health_status (pool_name, recorded_at, is_healthy, \
+         response_time_ms, consecutive_failures, last_check_at, last_success_at, last_error) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &pool_name,
+            &at,
+            &h.is_healthy,
+            &h.response_time_ms,
+            &int(h.consecutive_failures),
+            &h.last_check_at,
+            &h.last_success_at,
+            &h.last_error,
+        ],
+    )
+    .await
+    .map_err(query_error("recording a health check"))?;
+    Ok(())
+}
+
+async fn insert_scaling(
+    tx: &tokio_postgres::Transaction<'_>,
+    row: &MetricRow,
+) -> Result<(), Error> {
+    let MetricRow::Scaling {
+        pool_name,
+        at,
+        direction,
+        from,
+        to,
+        utilization,
+        reason,
+    } = row
+    else {
+        return Ok(());
+    };
+    tx.execute(
+        "INSERT INTO pool_scaling_events (pool_name, recorded_at, direction, from_size, \
+         to_size, utilization, reason) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            pool_name,
+            at,
+            &direction.as_str(),
+            &int(*from),
+            &int(*to),
+            utilization,
+            reason,
+        ],
+    )
+    .await
+    .map_err(query_error("recording a scaling event"))?;
+    Ok(())
+}
+
 impl ControlStore {
     /// Writes a batch of history rows in one transaction: one multi-row INSERT per
     /// table (pool and cache snapshots through unnest), all or nothing.
@@ -106,170 +405,30 @@ impl ControlStore {
             .transaction()
             .await
             .map_err(query_error("starting a metrics batch"))?;
-
-        #[derive(Default)]
-        struct PoolColumns {
-            name: Vec<String>,
-            at: Vec<SystemTime>,
-            ints: [Vec<i32>; 7],
-            floats: [Vec<f64>; 5],
-            bigs: [Vec<i64>; 8],
-        }
-        let mut p = PoolColumns::default();
-        let (
-            mut c_name,
-            mut c_at,
-            mut c_hits,
-            mut c_misses,
-            mut c_rate,
-            mut c_evict,
-            mut c_prep,
-            mut c_cap,
-        ) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
+        let mut pools = PoolColumns::default();
+        let mut caches = CacheColumns::default();
         for row in rows {
             match row {
                 MetricRow::Pool {
                     pool_name,
                     at,
-                    stats: s,
-                } => {
-                    p.name.push(pool_name.clone());
-                    p.at.push(*at);
-                    for (col, v) in p.ints.iter_mut().zip([
-                        s.connections,
-                        s.idle_connections,
-                        s.active_connections,
-                        s.waiting_requests,
-                        s.current_size,
-                        s.min_connections,
-                        s.max_connections,
-                    ]) {
-                        col.push(int(v));
-                    }
-                    for (col, v) in p.floats.iter_mut().zip([
-                        s.utilization_rate,
-                        s.avg_acquire_time_ms,
-                        s.p50_acquire_time_ms,
-                        s.p95_acquire_time_ms,
-                        s.p99_acquire_time_ms,
-                    ]) {
-                        col.push(v);
-                    }
-                    for (col, v) in p.bigs.iter_mut().zip([
-                        s.total_acquires,
-                        s.acquire_timeouts,
-                        s.connection_errors,
-                        s.connections_created,
-                        s.connections_closed,
-                        s.connections_recycled,
-                        s.total_queries,
-                        s.query_errors,
-                    ]) {
-                        col.push(big(v));
-                    }
-                }
+                    stats,
+                } => pools.push(pool_name, *at, stats),
                 MetricRow::Cache {
                     pool_name,
                     at,
-                    stats: s,
-                } => {
-                    c_name.push(pool_name.clone());
-                    c_at.push(*at);
-                    c_hits.push(big(s.hits));
-                    c_misses.push(big(s.misses));
-                    c_rate.push(s.hit_rate);
-                    c_evict.push(big(s.evictions));
-                    c_prep.push(big(s.prepared_statements));
-                    c_cap.push(int(s.capacity));
-                }
+                    stats,
+                } => caches.push(pool_name, *at, stats),
                 MetricRow::Health {
                     pool_name,
                     at,
-                    status: h,
-                } => {
-                    tx.execute(
-                        "INSERT INTO connection_health_status (pool_name, recorded_at, is_healthy, \
-                         response_time_ms, consecutive_failures, last_check_at, last_success_at, last_error) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                        &[
-                            pool_name,
-                            at,
-                            &h.is_healthy,
-                            &h.response_time_ms,
-                            &int(h.consecutive_failures),
-                            &h.last_check_at,
-                            &h.last_success_at,
-                            &h.last_error,
-                        ],
-                    )
-                    .await
-                    .map_err(query_error("recording a health check"))?;
-                }
-                MetricRow::Scaling {
-                    pool_name,
-                    at,
-                    direction,
-                    from,
-                    to,
-                    utilization,
-                    reason,
-                } => {
-                    let direction = match direction {
-                        ScaleDirection::Up => "up",
-                        ScaleDirection::Down => "down",
-                    };
-                    tx.execute(
-                        "INSERT INTO pool_scaling_events (pool_name, recorded_at, direction, from_size, \
-                         to_size, utilization, reason) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                        &[pool_name, at, &direction, &int(*from), &int(*to), utilization, reason],
-                    )
-                    .await
-                    .map_err(query_error("recording a scaling event"))?;
-                }
+                    status,
+                } => insert_health(&tx, pool_name, *at, status).await?,
+                MetricRow::Scaling { .. } => insert_scaling(&tx, row).await?,
             }
         }
-        if !p.name.is_empty() {
-            let [i0, i1, i2, i3, i4, i5, i6] = &p.ints;
-            let [f0, f1, f2, f3, f4] = &p.floats;
-            let [b0, b1, b2, b3, b4, b5, b6, b7] = &p.bigs;
-            tx.execute(
-                "INSERT INTO connection_pool_metrics (pool_name, recorded_at, connections, \
-                 idle_connections, active_connections, waiting_requests, current_size, min_connections, \
-                 max_connections, utilization_rate, avg_acquire_time_ms, p50_acquire_time_ms, \
-                 p95_acquire_time_ms, p99_acquire_time_ms, total_acquires, acquire_timeouts, \
-                 connection_errors, connections_created, connections_closed, connections_recycled, \
-                 total_queries, query_errors) \
-                 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::int4[], $5::int4[], \
-                 $6::int4[], $7::int4[], $8::int4[], $9::int4[], $10::float8[], $11::float8[], \
-                 $12::float8[], $13::float8[], $14::float8[], $15::int8[], $16::int8[], $17::int8[], \
-                 $18::int8[], $19::int8[], $20::int8[], $21::int8[], $22::int8[])",
-                &[
-                    &p.name, &p.at, i0, i1, i2, i3, i4, i5, i6, f0, f1, f2, f3, f4, b0, b1, b2, b3, b4, b5, b6, b7,
-                ],
-            )
-            .await
-            .map_err(query_error("recording pool metrics"))?;
-        }
-        if !c_name.is_empty() {
-            tx.execute(
-                "INSERT INTO statement_cache_metrics (pool_name, recorded_at, hits, misses, hit_rate, \
-                 evictions, prepared_statements, capacity) \
-                 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int8[], $4::int8[], \
-                 $5::float8[], $6::int8[], $7::int8[], $8::int4[])",
-                &[&c_name, &c_at, &c_hits, &c_misses, &c_rate, &c_evict, &c_prep, &c_cap],
-            )
-            .await
-            .map_err(query_error("recording statement cache metrics"))?;
-        }
+        pools.insert(&tx).await?;
+        caches.insert(&tx).await?;
         tx.commit()
             .await
             .map_err(query_error("committing a metrics batch"))
@@ -384,16 +543,19 @@ impl ControlStore {
             )
             .await
             .map_err(query_error("reading scaling events"))?;
+        // The table's CHECK keeps direction to `up` and `down`.
         Ok(rows
             .iter()
-            .map(|r| ScalingRecord {
-                pool_name: r.get(0),
-                at: r.get(1),
-                direction: r.get(2),
-                from: r.get(3),
-                to: r.get(4),
-                utilization: r.get(5),
-                reason: r.get(6),
+            .filter_map(|r| {
+                Some(ScalingRecord {
+                    pool_name: r.get(0),
+                    at: r.get(1),
+                    direction: ScaleDirection::parse(r.get(2))?,
+                    from: r.get(3),
+                    to: r.get(4),
+                    utilization: r.get(5),
+                    reason: r.get(6),
+                })
             })
             .collect())
     }
@@ -496,7 +658,7 @@ impl ControlStore {
         &self,
         pool_name: &str,
         since: SystemTime,
-    ) -> Result<(crate::optimizer::StatsWindow, u64), Error> {
+    ) -> Result<(StatsWindow, u64), Error> {
         let conn = self.conn().await?;
         let row = conn
             .query_one(
@@ -516,7 +678,7 @@ impl ControlStore {
             .map_err(query_error("reading the optimizer's window"))?;
         let unsigned = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
         Ok((
-            crate::optimizer::StatsWindow {
+            StatsWindow {
                 avg_utilization: row.get(0),
                 peak_utilization: row.get(1),
                 peak_demand: u32::try_from(row.get::<_, i64>(2)).unwrap_or(0),

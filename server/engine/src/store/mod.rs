@@ -1,10 +1,9 @@
 //! The control database: its migrations, the stored pool definitions, and (in its
-//! submodules) the metrics history and its recorder.
+//! submodules) the metrics history and the audit trail of config changes.
 
 pub mod config_changes;
 pub mod history;
-pub mod recorder;
-pub mod secrets;
+pub use crate::secrets;
 
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +16,7 @@ use std::sync::Arc;
 
 use crate::Error;
 use crate::conninfo::{ConnInfo, Secret};
-use secrets::SecretsKey;
+use crate::secrets::SecretsKey;
 
 mod embedded {
     refinery::embed_migrations!("../../migrations");

@@ -23,11 +23,26 @@ use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::Notify;
 
-use super::Shared;
+use crate::conninfo::ServerKey;
+
+/// A pool as its budget sees it (the pool module implements it, so that the
+/// budget does not depend on the pool).
+pub(crate) trait Member: Send + Sync {
+    /// The pool's name.
+    fn pool_name(&self) -> &str;
+    /// Its configured min_connections.
+    fn min_connections(&self) -> u32;
+    /// What it brings to the split now.
+    fn claim(&self) -> Claim;
+    /// Its share after a rebalance ([`UNKNOWN`]: no limit known).
+    fn set_share(&self, share: u32);
+    /// Closed pools leave the budget.
+    fn is_closed(&self) -> bool;
+}
 
 /// A budget that is not known yet (no connection has reported the server's
 /// settings): slots are not limited.
-const UNKNOWN: u32 = u32::MAX;
+pub(crate) const UNKNOWN: u32 = u32::MAX;
 
 /// The server's settings a budget comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +54,16 @@ pub struct ServerLimits {
     pub reserved_connections: u32,
 }
 
+impl ServerLimits {
+    /// What pools may use together when `reserve` connections are left to
+    /// everything else: max_connections − reserved − reserve.
+    pub fn available(&self, reserve: u32) -> u32 {
+        self.max_connections
+            .saturating_sub(self.reserved_connections)
+            .saturating_sub(reserve)
+    }
+}
+
 /// What one pool brings to the split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Claim {
@@ -48,7 +73,7 @@ pub struct Claim {
     pub max: u32,
     /// Its current size.
     pub size: u32,
-    /// What its demand needs (see [`super::sizing::need`]).
+    /// What its demand needs (see `pool::sizing::need`).
     pub need: u32,
 }
 
@@ -167,7 +192,7 @@ impl std::fmt::Display for BudgetRefusal {
 
 /// The connection budget of one PostgreSQL server.
 pub struct ServerBudget {
-    server: String,
+    server: ServerKey,
     reserve: u32,
     limits: Mutex<Option<ServerLimits>>,
     /// The budget in connections ([`UNKNOWN`] until read).
@@ -175,7 +200,7 @@ pub struct ServerBudget {
     /// Slots taken: connections open (or opening) in every pool here.
     in_use: AtomicU32,
     freed: Notify,
-    members: Mutex<Vec<Weak<Shared>>>,
+    members: Mutex<Vec<Weak<dyn Member>>>,
 }
 
 impl std::fmt::Debug for ServerBudget {
@@ -202,7 +227,7 @@ impl ServerBudget {
     /// A budget for `server`, `reserve` connections kept free besides the
     /// server's own reserved ones. Unknown until a connection reports the
     /// server's settings.
-    pub fn new(server: String, reserve: u32) -> Arc<Self> {
+    pub fn new(server: ServerKey, reserve: u32) -> Arc<Self> {
         Arc::new(Self {
             server,
             reserve,
@@ -215,7 +240,7 @@ impl ServerBudget {
     }
 
     /// The server this budget is for.
-    pub fn server(&self) -> &str {
+    pub fn server(&self) -> &ServerKey {
         &self.server
     }
 
@@ -245,11 +270,7 @@ impl ServerBudget {
             }
             *known = Some(limits);
         }
-        let limit = limits
-            .max_connections
-            .saturating_sub(limits.reserved_connections)
-            .saturating_sub(self.reserve)
-            .max(1);
+        let limit = limits.available(self.reserve).max(1);
         let before = self.limit.swap(limit, Ordering::AcqRel);
         if before != limit {
             tracing::info!(
@@ -284,16 +305,13 @@ impl ServerBudget {
     }
 
     /// Adds a pool to the budget and rebalances.
-    pub(crate) fn join(&self, pool: &Arc<Shared>) {
-        self.members
-            .lock()
-            .expect("members lock")
-            .push(Arc::downgrade(pool));
+    pub(crate) fn join(&self, pool: Weak<dyn Member>) {
+        self.members.lock().expect("members lock").push(pool);
         self.rebalance();
     }
 
     /// The pools sharing the budget now (closed ones are dropped).
-    fn members(&self) -> Vec<Arc<Shared>> {
+    fn members(&self) -> Vec<Arc<dyn Member>> {
         let mut members = self.members.lock().expect("members lock");
         members.retain(|m| m.upgrade().is_some_and(|s| !s.is_closed()));
         members.iter().filter_map(Weak::upgrade).collect()
@@ -305,13 +323,13 @@ impl ServerBudget {
         let limit = self.limit.load(Ordering::Acquire);
         if limit == UNKNOWN {
             for m in &members {
-                m.budget_share.store(UNKNOWN, Ordering::Release);
+                m.set_share(UNKNOWN);
             }
             return;
         }
-        let claims: Vec<Claim> = members.iter().map(|m| m.budget_claim()).collect();
+        let claims: Vec<Claim> = members.iter().map(|m| m.claim()).collect();
         for (m, share) in members.iter().zip(shares(limit, &claims)) {
-            m.budget_share.store(share, Ordering::Release);
+            m.set_share(share);
         }
     }
 
@@ -326,14 +344,14 @@ impl ServerBudget {
         let others_min: u32 = self
             .members()
             .iter()
-            .filter(|m| m.name != name)
-            .map(|m| m.settings().min_connections)
+            .filter(|m| m.pool_name() != name)
+            .map(|m| m.min_connections())
             .sum();
         if others_min + min <= limit {
             return Ok(());
         }
         Err(BudgetRefusal {
-            server: self.server.clone(),
+            server: self.server.to_string(),
             limit,
             max_connections: limits.max_connections,
             reserved_connections: limits.reserved_connections,
@@ -346,7 +364,7 @@ impl ServerBudget {
     /// Stats for one member.
     pub(crate) fn stats_for(&self, share: u32, held_back: bool) -> BudgetStats {
         BudgetStats {
-            server: self.server.clone(),
+            server: self.server.to_string(),
             limit: self.limit().unwrap_or(0),
             in_use: self.in_use(),
             pools: self.members().len() as u32,

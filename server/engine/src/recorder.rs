@@ -13,58 +13,9 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::ControlStore;
-use crate::pool::ScaleDirection;
-use crate::{ConnectionPoolService, HealthStatus, PoolEventKind, PoolStats, StatementCacheStats};
-
-/// One history row waiting to be written.
-#[derive(Debug, Clone)]
-pub enum MetricRow {
-    /// A row of connection_pool_metrics.
-    Pool {
-        /// The pool.
-        pool_name: String,
-        /// When it was sampled.
-        at: SystemTime,
-        /// The snapshot.
-        stats: PoolStats,
-    },
-    /// A row of statement_cache_metrics.
-    Cache {
-        /// The pool.
-        pool_name: String,
-        /// When it was sampled.
-        at: SystemTime,
-        /// The snapshot.
-        stats: StatementCacheStats,
-    },
-    /// A row of connection_health_status.
-    Health {
-        /// The pool.
-        pool_name: String,
-        /// When the check finished.
-        at: SystemTime,
-        /// The health after the check.
-        status: HealthStatus,
-    },
-    /// A row of pool_scaling_events.
-    Scaling {
-        /// The pool.
-        pool_name: String,
-        /// When it was decided.
-        at: SystemTime,
-        /// Up or down.
-        direction: ScaleDirection,
-        /// Size before.
-        from: u32,
-        /// Size after.
-        to: u32,
-        /// The utilization that prompted it.
-        utilization: f64,
-        /// Why.
-        reason: String,
-    },
-}
+use crate::store::ControlStore;
+use crate::store::history::MetricRow;
+use crate::{ConnectionPoolService, PoolEventKind};
 
 /// How the recorder runs.
 #[derive(Debug, Clone)]
@@ -336,7 +287,8 @@ async fn listen(
             | PoolEventKind::ConnectionRecycled { .. }
             | PoolEventKind::PoolCreated
             | PoolEventKind::PoolUpdated { .. }
-            | PoolEventKind::PoolDeleted => continue,
+            | PoolEventKind::PoolDeleted
+            | PoolEventKind::MissedEvents { .. } => continue,
             // Stored by the registry with the change itself (pool_config_changes).
             PoolEventKind::ConfigChanged { .. } => continue,
         };
@@ -431,6 +383,7 @@ async fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::ScaleDirection;
 
     fn row(n: u32) -> MetricRow {
         MetricRow::Scaling {
