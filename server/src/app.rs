@@ -73,6 +73,28 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// Refuses a config with settings out of range, or one that would expose the
+    /// server without authentication.
+    fn check(&self) -> Result<(), ServerError> {
+        let violations = self.violations();
+        if !violations.is_empty() {
+            return Err(ServerError::Config(violations.join("; ")));
+        }
+        match self.exposure_refusal() {
+            Some(refusal) => Err(ServerError::Config(refusal)),
+            None => Ok(()),
+        }
+    }
+
+    /// The targets pools may connect to (`--allowed-db-hosts`).
+    fn allowlist(&self) -> Result<TargetAllowlist, ServerError> {
+        match &self.allowed_db_hosts {
+            Some(hosts) => TargetAllowlist::parse(hosts)
+                .map_err(|e| ServerError::Config(format!("--allowed-db-hosts: {e}"))),
+            None => Ok(TargetAllowlist::unset()),
+        }
+    }
+
     /// Every setting out of range, as `flag: why` (the server refuses to start).
     pub fn violations(&self) -> Vec<String> {
         let mut out = self.limits.violations();
@@ -226,55 +248,20 @@ impl Server {
     /// Opens the control database (starting the embedded one if no URL is given),
     /// applies migrations, binds the listen address and starts serving.
     pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
-        let violations = config.violations();
-        if !violations.is_empty() {
-            return Err(ServerError::Config(violations.join("; ")));
-        }
-        if let Some(refusal) = config.exposure_refusal() {
-            return Err(ServerError::Config(refusal));
-        }
+        config.check()?;
         let auth = Arc::new(authenticator(&config)?);
-        let allowlist = match &config.allowed_db_hosts {
-            Some(entries) => TargetAllowlist::parse(entries)
-                .map_err(|e| ServerError::Config(format!("--allowed-db-hosts: {e}")))?,
-            None => TargetAllowlist::unset(),
-        };
-        let secrets_key = match &config.secrets_key_file {
-            Some(path) => SecretsKey::load(path),
-            None => SecretsKey::load_or_create(&config.data_dir.join("secrets.key")),
-        }
-        .map_err(poolplane::Error::from)?;
-        let (embedded, database_url) = control_database(&config).await?;
+        let allowlist = config.allowlist()?;
         let tls = config.tls.as_ref().map(server_tls).transpose()?;
-        let store = ControlStore::connect(&database_url, secrets_key).await?;
+        let (embedded, database_url, store) = open_store(&config).await?;
         // The root of every cancellation token of the server. Its child `token`
         // stops serving (SIGTERM): no new calls, streams end. The engine's tokens
         // are cancelled with the root, once in-flight calls finished or the grace
         // period ran out, so that a unary call in flight can still use its pool.
         let root = CancellationToken::new();
         let token = root.child_token();
-        let registry = Arc::new(
-            ConnectionPoolService::new(store.clone(), config.shutdown_grace)
-                .with_parent_token(&root)
-                .with_allowlist(allowlist)
-                .with_max_pools(config.max_pools)
-                .with_connection_reserve(config.connection_reserve),
-        );
-        let restored = registry.restore().await?;
-        if let (true, Some(pg)) = (config.demo, &embedded) {
-            crate::demo::set_up(pg, &registry, &config.data_dir)
-                .await
-                .map_err(|e| ServerError::Config(format!("--demo: {e}")))?;
-        }
-        let recorder = MetricsRecorder::start(
-            store,
-            Arc::clone(&registry),
-            RecorderOptions {
-                interval: config.metrics_interval,
-                retention: config.metrics_retention,
-                buffer_rows: config.metrics_buffer_rows,
-            },
-        );
+        let (registry, restored) =
+            open_registry(&config, allowlist, &store, &root, &embedded).await?;
+        let recorder = start_background(&config, store, &registry, &token);
         let recorder_status = Arc::clone(recorder.status());
         let listeners = Listeners::bind(&config).await?;
         let control_database = conninfo::redact(&database_url);
@@ -294,33 +281,29 @@ impl Server {
             Arc::clone(&recorder_status),
             token.clone(),
         ));
-        let service = PoolService::new(
-            Arc::clone(&registry),
-            token.clone(),
-            config.load_test_limits,
-            StreamSlots::new(&config.limits),
-        );
-        let reloader = tokio::spawn(reload_tokens_on_sighup(Arc::clone(&auth), token.clone()));
-        if let Some(interval) = config.auto_optimize_interval {
-            tracing::info!(?interval, "automated tuning on");
-            tokio::spawn(Arc::clone(&registry).auto_tune(interval, token.clone()));
-        }
-        let watchers = service.watcher_count();
+        let grpc = GrpcParts {
+            listener: listeners.grpc,
+            service: PoolService::new(
+                Arc::clone(&registry),
+                token.clone(),
+                config.load_test_limits,
+                StreamSlots::new(&config.limits),
+            ),
+            tls,
+            auth: Arc::clone(&auth),
+            limits: config.limits,
+        };
+        let watchers = grpc.service.watcher_count();
+        let parts = Parts {
+            grpc,
+            registry: Arc::clone(&registry),
+            recorder,
+            metrics_task,
+            embedded,
+            reloader: tokio::spawn(reload_tokens_on_sighup(auth, token.clone())),
+        };
         let task = tokio::spawn(serve(
-            Parts {
-                grpc: GrpcParts {
-                    listener: listeners.grpc,
-                    service,
-                    tls,
-                    auth,
-                    limits: config.limits,
-                },
-                registry: Arc::clone(&registry),
-                recorder,
-                metrics_task,
-                embedded,
-                reloader,
-            },
+            parts,
             token.clone(),
             root.clone(),
             config.shutdown_grace,
@@ -413,6 +396,70 @@ fn authenticator(config: &ServerConfig) -> Result<Authenticator, ServerError> {
         ) => Authenticator::client_certificates(*client_role),
         (None, _) => Authenticator::open(),
     })
+}
+
+/// The control store, with the secrets key (`--secrets-key-file`, or one kept in
+/// the data directory), on the control database.
+async fn open_store(
+    config: &ServerConfig,
+) -> Result<(Option<EmbeddedPg>, String, ControlStore), ServerError> {
+    let secrets_key = match &config.secrets_key_file {
+        Some(path) => SecretsKey::load(path),
+        None => SecretsKey::load_or_create(&config.data_dir.join("secrets.key")),
+    }
+    .map_err(poolplane::Error::from)?;
+    let (embedded, database_url) = control_database(config).await?;
+    let store = ControlStore::connect(&database_url, secrets_key).await?;
+    Ok((embedded, database_url, store))
+}
+
+/// The registry of pools on `store`, its stored pools restored (and the demo
+/// pool set up with `--demo`); returns it and how many pools were restored.
+async fn open_registry(
+    config: &ServerConfig,
+    allowlist: TargetAllowlist,
+    store: &ControlStore,
+    root: &CancellationToken,
+    embedded: &Option<EmbeddedPg>,
+) -> Result<(Arc<ConnectionPoolService>, usize), ServerError> {
+    let registry = Arc::new(
+        ConnectionPoolService::new(store.clone(), config.shutdown_grace)
+            .with_parent_token(root)
+            .with_allowlist(allowlist)
+            .with_max_pools(config.max_pools)
+            .with_connection_reserve(config.connection_reserve),
+    );
+    let restored = registry.restore().await?;
+    if let (true, Some(pg)) = (config.demo, embedded) {
+        crate::demo::set_up(pg, &registry, &config.data_dir)
+            .await
+            .map_err(|e| ServerError::Config(format!("--demo: {e}")))?;
+    }
+    Ok((registry, restored))
+}
+
+/// The background work on `registry`'s pools: automated tuning (with
+/// `--auto-optimize-interval`, until `token`) and the metrics recorder on `store`,
+/// which is returned.
+fn start_background(
+    config: &ServerConfig,
+    store: ControlStore,
+    registry: &Arc<ConnectionPoolService>,
+    token: &CancellationToken,
+) -> MetricsRecorder {
+    if let Some(interval) = config.auto_optimize_interval {
+        tracing::info!(?interval, "automated tuning on");
+        tokio::spawn(Arc::clone(registry).auto_tune(interval, token.clone()));
+    }
+    MetricsRecorder::start(
+        store,
+        Arc::clone(registry),
+        RecorderOptions {
+            interval: config.metrics_interval,
+            retention: config.metrics_retention,
+            buffer_rows: config.metrics_buffer_rows,
+        },
+    )
 }
 
 /// The control database's URL: `--database-url`, or the embedded cluster's

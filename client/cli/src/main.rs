@@ -95,29 +95,7 @@ enum Command {
     },
     /// Load-test a pool: live progress, then the graded summary.
     #[command(after_help = "Example:\n  poolctl loadtest primary -c 50 -d 60 --query 'SELECT 1'")]
-    Loadtest {
-        /// The pool.
-        name: String,
-        /// Requests in flight at once.
-        #[arg(short = 'c', long, default_value_t = 8)]
-        concurrency: u32,
-        /// Seconds to measure.
-        #[arg(short = 'd', long, default_value_t = 10)]
-        duration: u32,
-        /// The statement (default: the pool's validation query).
-        #[arg(long)]
-        query: Option<String>,
-        /// Seconds of unmeasured warm-up.
-        #[arg(long, default_value_t = 0)]
-        warmup: u32,
-        /// Open loop at this many requests per second.
-        #[arg(long)]
-        rps: Option<f64>,
-        /// Let the query write (admin only; otherwise it runs read-only and is
-        /// rolled back).
-        #[arg(long)]
-        read_write: bool,
-    },
+    Loadtest(LoadtestArgs),
     /// Recommendations for every pool (or --pool ones); --apply makes them.
     Optimize {
         /// Only this pool (repeatable).
@@ -134,20 +112,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  poolctl query demo 'SELECT aid, abalance FROM pgbench_accounts WHERE aid = $1' 42\n  poolctl query demo 'SELECT now()' --output json"
     )]
-    Query {
-        /// The pool.
-        name: String,
-        /// The SQL.
-        sql: String,
-        /// Parameters for $1, $2…
-        params: Vec<String>,
-        /// At most this many rows (default 10000).
-        #[arg(long, default_value_t = 0)]
-        max_rows: u32,
-        /// Time limit in ms (the statement is cancelled in PostgreSQL after it).
-        #[arg(long, default_value_t = 0)]
-        timeout_ms: u32,
-    },
+    Query(QueryArgs),
     /// Print a shell completion script (e.g. `poolctl completions bash >
     /// /etc/bash_completion.d/poolctl`).
     Completions {
@@ -168,6 +133,76 @@ enum Command {
         #[arg(long)]
         changes: bool,
     },
+}
+
+/// `poolctl loadtest`'s arguments.
+#[derive(Debug, Args)]
+struct LoadtestArgs {
+    /// The pool.
+    name: String,
+    /// Requests in flight at once.
+    #[arg(short = 'c', long, default_value_t = 8)]
+    concurrency: u32,
+    /// Seconds to measure.
+    #[arg(short = 'd', long, default_value_t = 10)]
+    duration: u32,
+    /// The statement (default: the pool's validation query).
+    #[arg(long)]
+    query: Option<String>,
+    /// Seconds of unmeasured warm-up.
+    #[arg(long, default_value_t = 0)]
+    warmup: u32,
+    /// Open loop at this many requests per second.
+    #[arg(long)]
+    rps: Option<f64>,
+    /// Let the query write (admin only; otherwise it runs read-only and is
+    /// rolled back).
+    #[arg(long)]
+    read_write: bool,
+}
+
+impl LoadtestArgs {
+    fn into_request(self) -> RunLoadTestRequest {
+        RunLoadTestRequest {
+            pool_name: self.name,
+            concurrency: self.concurrency,
+            duration_secs: self.duration,
+            query: self.query.unwrap_or_default(),
+            warmup_secs: self.warmup,
+            target_rps: self.rps,
+            read_write: self.read_write,
+        }
+    }
+}
+
+/// `poolctl query`'s arguments.
+#[derive(Debug, Args)]
+struct QueryArgs {
+    /// The pool.
+    name: String,
+    /// The SQL.
+    sql: String,
+    /// Parameters for $1, $2…
+    params: Vec<String>,
+    /// At most this many rows (default 10000).
+    #[arg(long, default_value_t = 0)]
+    max_rows: u32,
+    /// Time limit in ms (the statement is cancelled in PostgreSQL after it).
+    #[arg(long, default_value_t = 0)]
+    timeout_ms: u32,
+}
+
+impl QueryArgs {
+    fn into_request(self) -> poolplane_client::proto::QueryRequest {
+        use poolplane_client::IntoValue;
+        poolplane_client::proto::QueryRequest {
+            pool_name: self.name,
+            sql: self.sql,
+            params: self.params.into_iter().map(IntoValue::into_value).collect(),
+            max_rows: self.max_rows,
+            timeout_ms: self.timeout_ms,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -413,11 +448,9 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
     match cli.command {
         Command::Pools(command) => pools(&client, command, out).await?,
         Command::Stats { name, watch: false } => {
-            let mut all = Vec::new();
-            for name in named_or_all(&client, name).await? {
-                all.push(client.get_pool_stats(&name).await?);
-            }
-            out.stats(&all);
+            let names = named_or_all(&client, name).await?;
+            let client = &client;
+            out.stats(&each(names, |n| async move { client.get_pool_stats(&n).await }).await?);
         }
         Command::Stats { name, watch: true } => {
             let names: Vec<&str> = name.iter().map(String::as_str).collect();
@@ -427,64 +460,22 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
             }
         }
         Command::Health { name, watch: false } => {
-            let mut all = Vec::new();
-            for name in named_or_all(&client, name).await? {
-                all.push(client.get_health_status(&name).await?);
-            }
-            out.health(&all);
+            let names = named_or_all(&client, name).await?;
+            let client = &client;
+            out.health(&each(names, |n| async move { client.get_health_status(&n).await }).await?);
         }
         Command::Health { name, watch: true } => {
             print_events(&client, &Vec::from_iter(name), out).await?
         }
         Command::Events { pools } => print_events(&client, &pools, out).await?,
-        Command::Loadtest {
-            name,
-            concurrency,
-            duration,
-            query,
-            warmup,
-            rps,
-            read_write,
-        } => {
-            let request = RunLoadTestRequest {
-                pool_name: name,
-                concurrency,
-                duration_secs: duration,
-                query: query.unwrap_or_default(),
-                warmup_secs: warmup,
-                target_rps: rps,
-                read_write,
-            };
-            load_test(&client, request, out).await?;
-        }
+        Command::Loadtest(args) => load_test(&client, args.into_request(), out).await?,
         Command::Optimize { pools, apply } => {
             let names: Vec<&str> = pools.iter().map(String::as_str).collect();
             out.report(&client.optimize_pools(&names, apply).await?);
         }
         Command::Top => top::run(client, cli.server.clone()).await?,
         Command::Completions { .. } => unreachable!("answered before connecting"),
-        Command::Query {
-            name,
-            sql,
-            params,
-            max_rows,
-            timeout_ms,
-        } => {
-            use poolplane_client::IntoValue;
-            let response = client
-                .query_service()
-                .query(poolplane_client::proto::QueryRequest {
-                    pool_name: name,
-                    sql,
-                    params: params.into_iter().map(IntoValue::into_value).collect(),
-                    max_rows,
-                    timeout_ms,
-                })
-                .await
-                .map_err(poolplane_client::Error::from)?
-                .into_inner();
-            out.query(&response);
-        }
+        Command::Query(args) => out.query(&query(&client, args.into_request()).await?),
         Command::History {
             name,
             points,
@@ -498,13 +489,40 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
             changes: false,
         } => {
             let to = SystemTime::now();
-            let history = client
-                .get_metrics_history(&name, Some(to - since), Some(to), points)
-                .await?;
-            out.history(&history);
+            out.history(
+                &client
+                    .get_metrics_history(&name, Some(to - since), Some(to), points)
+                    .await?,
+            );
         }
     }
     Ok(())
+}
+
+/// `call` for every name, in order; the first error stops.
+async fn each<T, F, Fut>(names: Vec<String>, call: F) -> anyhow::Result<Vec<T>>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, poolplane_client::Error>>,
+{
+    let mut all = Vec::with_capacity(names.len());
+    for name in names {
+        all.push(call(name).await?);
+    }
+    Ok(all)
+}
+
+/// `poolctl query`: one statement through QueryService.
+async fn query(
+    client: &PoolplaneClient,
+    request: poolplane_client::proto::QueryRequest,
+) -> anyhow::Result<poolplane_client::proto::QueryResponse> {
+    Ok(client
+        .query_service()
+        .query(request)
+        .await
+        .map_err(poolplane_client::Error::from)?
+        .into_inner())
 }
 
 /// A client for `--server` with the global options (token, TLS).

@@ -172,15 +172,8 @@ fn bar(fraction: f64, width: usize) -> String {
     format!("{}{}", "█".repeat(filled), "░".repeat(width - filled))
 }
 
-/// Draws the screen.
-pub fn render(frame: &mut Frame<'_>, state: &TopState) {
-    let [pools_area, events_area, help_area] = Layout::vertical([
-        Constraint::Min(4),
-        Constraint::Length(EVENTS_SHOWN as u16 + 2),
-        Constraint::Length(1),
-    ])
-    .areas(frame.area());
-
+/// The table of pools, one row each.
+fn pools_table(state: &TopState) -> Table<'_> {
     let header = Row::new([
         "POOL",
         "UTILIZATION",
@@ -193,37 +186,7 @@ pub fn render(frame: &mut Frame<'_>, state: &TopState) {
         "HEALTH",
     ])
     .style(Style::default().add_modifier(Modifier::BOLD));
-    let rows = state.stats.values().map(|s| {
-        let healthy = state.healthy.get(&s.pool_name).copied().unwrap_or(true);
-        let hit = state
-            .hit_rate
-            .get(&s.pool_name)
-            .map_or("-".to_owned(), |h| format!("{:.1}%", h * 100.0));
-        Row::new(vec![
-            s.pool_name.clone(),
-            format!(
-                "{} {:>3.0}%",
-                bar(s.utilization_rate, 10),
-                s.utilization_rate * 100.0
-            ),
-            s.connections.to_string(),
-            s.current_size.to_string(),
-            s.max_connections.to_string(),
-            s.waiting_requests.to_string(),
-            format!("{:.2} ms", s.p95_acquire_time_ms),
-            hit,
-            if healthy {
-                "healthy".into()
-            } else {
-                "UNHEALTHY".into()
-            },
-        ])
-        .style(if healthy {
-            Style::default()
-        } else {
-            Style::default().fg(Color::Red)
-        })
-    });
+    let rows = state.stats.values().map(|s| pool_row(state, s));
     let widths = [
         Constraint::Length(16),
         Constraint::Length(16),
@@ -240,12 +203,54 @@ pub fn render(frame: &mut Frame<'_>, state: &TopState) {
         state.server,
         state.stats.len()
     );
-    frame.render_widget(
-        Table::new(rows, widths)
-            .header(header)
-            .block(Block::bordered().title(title)),
-        pools_area,
-    );
+    Table::new(rows, widths)
+        .header(header)
+        .block(Block::bordered().title(title))
+}
+
+/// One pool's row (red when unhealthy).
+fn pool_row(state: &TopState, s: &PoolStats) -> Row<'static> {
+    let healthy = state.healthy.get(&s.pool_name).copied().unwrap_or(true);
+    let hit = state
+        .hit_rate
+        .get(&s.pool_name)
+        .map_or("-".to_owned(), |h| format!("{:.1}%", h * 100.0));
+    Row::new(vec![
+        s.pool_name.clone(),
+        format!(
+            "{} {:>3.0}%",
+            bar(s.utilization_rate, 10),
+            s.utilization_rate * 100.0
+        ),
+        s.connections.to_string(),
+        s.current_size.to_string(),
+        s.max_connections.to_string(),
+        s.waiting_requests.to_string(),
+        format!("{:.2} ms", s.p95_acquire_time_ms),
+        hit,
+        if healthy {
+            "healthy".into()
+        } else {
+            "UNHEALTHY".into()
+        },
+    ])
+    .style(if healthy {
+        Style::default()
+    } else {
+        Style::default().fg(Color::Red)
+    })
+}
+
+/// Draws the screen.
+pub fn render(frame: &mut Frame<'_>, state: &TopState) {
+    let [pools_area, events_area, help_area] = Layout::vertical([
+        Constraint::Min(4),
+        Constraint::Length(EVENTS_SHOWN as u16 + 2),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+
+    frame.render_widget(pools_table(state), pools_area);
     let now = Instant::now();
     let events: Vec<ListItem<'_>> = state
         .events
@@ -266,9 +271,8 @@ enum Update {
     Key,
 }
 
-/// Runs the live view until `q`, Esc or Ctrl-C.
-pub async fn run(client: PoolplaneClient, server: String) -> anyhow::Result<()> {
-    let (tx, mut rx) = mpsc::channel(256);
+/// Feeds `tx` with stats, events, cache hit rates (every 2 s) and the quit key.
+fn spawn_feeds(client: &PoolplaneClient, tx: mpsc::Sender<Update>) {
     let stats_tx = tx.clone();
     let stats = client.watch_pool_stats_resuming(&[], 1000);
     tokio::spawn(async move {
@@ -327,6 +331,12 @@ pub async fn run(client: PoolplaneClient, server: String) -> anyhow::Result<()> 
             }
         }
     });
+}
+
+/// Runs the live view until `q`, Esc or Ctrl-C.
+pub async fn run(client: PoolplaneClient, server: String) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel(256);
+    spawn_feeds(&client, tx);
 
     let mut terminal = ratatui::init();
     let mut state = TopState {
