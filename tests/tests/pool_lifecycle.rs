@@ -153,6 +153,27 @@ async fn exhausted_pool_times_out_with_the_timeout_kind() -> anyhow::Result<()> 
     let error = pool.get().await.expect_err("the only connection is held");
     let waited = start.elapsed();
     assert_eq!(error.kind(), ErrorKind::AcquireTimeout, "{error}");
+    // The message names the limit met: max_connections, one connection.
+    assert!(
+        matches!(
+            error,
+            poolplane::Error::AcquireTimeout {
+                limit: poolplane::AcquireLimit::MaxConnections(1),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("all 1 connections (max_connections) were in use"),
+        "{error}"
+    );
+    assert!(
+        !error.to_string().contains("  "),
+        "no run of spaces: {error}"
+    );
     assert!(
         waited >= Duration::from_millis(950) && waited < Duration::from_secs(3),
         "waited {waited:?}"

@@ -1,5 +1,38 @@
 //! The engine's error type.
 
+/// The limit a checkout that timed out met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcquireLimit {
+    /// Every connection of the pool's current size was in use (the pool may
+    /// still grow toward max_connections).
+    CurrentSize {
+        /// The current size.
+        size: u32,
+        /// max_connections.
+        max: u32,
+    },
+    /// Every connection up to max_connections was in use.
+    MaxConnections(u32),
+    /// A connection could not be opened in time.
+    Opening,
+}
+
+impl std::fmt::Display for AcquireLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::CurrentSize { size, max } => write!(
+                f,
+                "all {size} connections of the pool's current size were in use \
+                 (it grows toward max_connections {max} with demand)"
+            ),
+            Self::MaxConnections(max) => {
+                write!(f, "all {max} connections (max_connections) were in use")
+            }
+            Self::Opening => f.write_str("no connection could be opened in time"),
+        }
+    }
+}
+
 /// Everything that can go wrong in the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -53,11 +86,17 @@ pub enum Error {
     /// A pool config broke one or more rules (every violation is listed).
     #[error(transparent)]
     InvalidConfig(#[from] crate::config::ConfigErrors),
+    /// A request's options (e.g. a load test's) broke one or more rules: every
+    /// violation is listed, each naming the request's field.
+    #[error("invalid request: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidRequest(Vec<crate::config::FieldViolation>),
     /// No connection became available within acquire_timeout_secs.
-    #[error("timed out after {timeout:?} waiting for a connection{}", .last_connect_error.as_ref().map(|e| format!(" (last connection error: {e})")).unwrap_or_default())]
+    #[error("timed out after {timeout:?} waiting for a connection: {limit}{}", .last_connect_error.as_ref().map(|e| format!(" (last connection error: {e})")).unwrap_or_default())]
     AcquireTimeout {
         /// The timeout that passed.
         timeout: std::time::Duration,
+        /// The limit the caller met.
+        limit: AcquireLimit,
         /// Why the last attempt to open a connection failed, if one did recently
         /// (passwords redacted).
         last_connect_error: Option<String>,
@@ -178,6 +217,7 @@ impl Error {
         match self {
             Error::InvalidDatabaseUrl(_)
             | Error::InvalidConfig(_)
+            | Error::InvalidRequest(_)
             | Error::InvalidPoolName { .. } => ErrorKind::InvalidArgument,
             Error::PoolNotFound(_) => ErrorKind::NotFound,
             Error::TargetNotAllowed { .. } => ErrorKind::PermissionDenied,
@@ -222,5 +262,39 @@ pub fn describe_pg_error(error: &tokio_postgres::Error) -> String {
     match std::error::Error::source(error) {
         Some(cause) => format!("{error}: {cause}"),
         None => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_acquire_timeout_names_the_limit_met() {
+        let timeout = |limit| Error::AcquireTimeout {
+            timeout: std::time::Duration::from_secs(2),
+            limit,
+            last_connect_error: None,
+        };
+        assert_eq!(
+            timeout(AcquireLimit::CurrentSize { size: 3, max: 10 }).to_string(),
+            "timed out after 2s waiting for a connection: all 3 connections of the pool's \
+             current size were in use (it grows toward max_connections 10 with demand)"
+        );
+        assert_eq!(
+            timeout(AcquireLimit::MaxConnections(10)).to_string(),
+            "timed out after 2s waiting for a connection: all 10 connections (max_connections) \
+             were in use"
+        );
+        let opening = Error::AcquireTimeout {
+            timeout: std::time::Duration::from_secs(2),
+            limit: AcquireLimit::Opening,
+            last_connect_error: Some("connection refused".into()),
+        };
+        assert_eq!(
+            opening.to_string(),
+            "timed out after 2s waiting for a connection: no connection could be opened in time \
+             (last connection error: connection refused)"
+        );
     }
 }

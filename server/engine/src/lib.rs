@@ -51,9 +51,11 @@ pub use allowlist::TargetAllowlist;
 pub use config::{AdvancedPoolConfig, ConfigErrors, FieldChange, FieldViolation};
 pub use conninfo::{ConnInfo, Secret};
 pub use embedded_pg::{EmbeddedPg, EmbeddedPgError, EmbeddedPgOptions, EmbeddedTls};
-pub use error::{Error, ErrorKind, describe_pg_error};
+pub use error::{AcquireLimit, Error, ErrorKind, describe_pg_error};
 pub use events::{PoolEvent, PoolEventKind};
-pub use loadtest::{Grade, LoadTestOptions, LoadTestProgress, LoadTestResults, PoolLoadTester};
+pub use loadtest::{
+    Grade, LoadTestLimits, LoadTestOptions, LoadTestProgress, LoadTestResults, PoolLoadTester,
+};
 pub use optimizer::{OptimizationReport, PoolOptimization, Recommendation, Severity};
 pub use pool::{
     AdvancedConnectionPool, HealthStatus, PoolStats, PooledConnection, StatementCacheStats,

@@ -96,6 +96,88 @@ pub struct LoadTestOptions {
     pub read_only: bool,
 }
 
+/// The most a server lets one load test ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadTestLimits {
+    /// Most requests in flight one test may ask for.
+    pub max_concurrency: u32,
+    /// Longest test (measured part plus warm-up).
+    pub max_duration: Duration,
+}
+
+impl LoadTestLimits {
+    /// No caps (an embedding application's own tests).
+    pub const NONE: Self = Self {
+        max_concurrency: u32::MAX,
+        max_duration: Duration::MAX,
+    };
+}
+
+impl Default for LoadTestLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 512,
+            max_duration: Duration::from_secs(600),
+        }
+    }
+}
+
+impl LoadTestOptions {
+    /// Every option out of range (`limits` are the server's caps), each named
+    /// as the RunLoadTest request's field.
+    pub fn violations(&self, limits: &LoadTestLimits) -> Vec<crate::FieldViolation> {
+        let mut out = Vec::new();
+        let mut fail = |field: &'static str, description: String| {
+            out.push(crate::FieldViolation { field, description });
+        };
+        if self.concurrency == 0 {
+            fail("concurrency", "must be at least 1".into());
+        } else if self.concurrency > limits.max_concurrency {
+            let max = limits.max_concurrency;
+            fail(
+                "concurrency",
+                format!("must be at most {max} (the server's cap)"),
+            );
+        }
+        if self.duration.is_zero() {
+            fail("duration_secs", "must be at least 1".into());
+        } else if self.duration.saturating_add(self.warmup) > limits.max_duration {
+            let max = limits.max_duration.as_secs();
+            fail(
+                "duration_secs",
+                format!("with warmup_secs must be at most {max} s (the server's cap)"),
+            );
+        }
+        if let Some(rps) = self.target_rps
+            && !(MIN_TARGET_RPS..=MAX_TARGET_RPS).contains(&rps)
+        {
+            fail(
+                "target_rps",
+                format!("must be between {MIN_TARGET_RPS} and {MAX_TARGET_RPS}"),
+            );
+        }
+        if self
+            .query
+            .as_ref()
+            .is_some_and(|q| q.len() > crate::config::MAX_SQL_LEN)
+        {
+            let max = crate::config::MAX_SQL_LEN;
+            fail("query", format!("must be at most {max} bytes"));
+        }
+        out
+    }
+
+    /// [`violations`](Self::violations) as an [`Error::InvalidRequest`].
+    pub fn check(&self, limits: &LoadTestLimits) -> Result<(), Error> {
+        let violations = self.violations(limits);
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidRequest(violations))
+        }
+    }
+}
+
 /// A load test's state, once a second while it runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LoadTestProgress {
@@ -255,20 +337,7 @@ impl PoolLoadTester {
         progress: Option<mpsc::Sender<LoadTestProgress>>,
         cancel: CancellationToken,
     ) -> Result<LoadTestResults, Error> {
-        if options.concurrency == 0 {
-            return Err(invalid("concurrency", "must be at least 1"));
-        }
-        if options.duration.is_zero() {
-            return Err(invalid("duration_secs", "must be at least 1"));
-        }
-        if let Some(rps) = options.target_rps
-            && !(MIN_TARGET_RPS..=MAX_TARGET_RPS).contains(&rps)
-        {
-            return Err(invalid(
-                "target_rps",
-                &format!("must be between {MIN_TARGET_RPS} and {MAX_TARGET_RPS}"),
-            ));
-        }
+        options.check(&LoadTestLimits::NONE)?;
         let query = options
             .query
             .clone()
@@ -549,16 +618,53 @@ async fn sample(
     }
 }
 
-fn invalid(field: &'static str, description: &str) -> Error {
-    Error::InvalidConfig(crate::ConfigErrors(vec![crate::FieldViolation {
-        field,
-        description: description.to_owned(),
-    }]))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{Grade, grade};
+    use super::{Grade, LoadTestLimits, LoadTestOptions, grade};
+    use std::time::Duration;
+
+    #[test]
+    fn option_errors_name_the_request_fields() {
+        let options = LoadTestOptions {
+            concurrency: 513,
+            duration: Duration::from_secs(590),
+            query: Some("x".repeat(crate::config::MAX_SQL_LEN + 1)),
+            warmup: Duration::from_secs(20),
+            target_rps: Some(0.0),
+            read_only: true,
+        };
+        let fields = |o: &LoadTestOptions, limits: &LoadTestLimits| -> Vec<&'static str> {
+            o.violations(limits).iter().map(|v| v.field).collect()
+        };
+        assert_eq!(
+            fields(&options, &LoadTestLimits::default()),
+            ["concurrency", "duration_secs", "target_rps", "query"]
+        );
+        let error = options.check(&LoadTestLimits::default()).unwrap_err();
+        assert_eq!(error.kind(), crate::ErrorKind::InvalidArgument);
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid request: concurrency: must be at most 512"),
+            "{error}"
+        );
+        // Without caps only the values that make no sense are refused.
+        let fine = LoadTestOptions {
+            target_rps: None,
+            query: None,
+            ..options.clone()
+        };
+        assert!(fields(&fine, &LoadTestLimits::NONE).is_empty());
+        let zero = LoadTestOptions {
+            concurrency: 0,
+            duration: Duration::ZERO,
+            ..fine
+        };
+        assert_eq!(
+            fields(&zero, &LoadTestLimits::NONE),
+            ["concurrency", "duration_secs"]
+        );
+    }
 
     #[test]
     fn grades_follow_the_seed_table_at_every_boundary() {

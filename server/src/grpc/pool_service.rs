@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use poolplane::{AdvancedPoolConfig, ConnectionPoolService, PoolEventKind};
+use poolplane::{AdvancedPoolConfig, ConnectionPoolService, PoolEvent, PoolEventKind};
 use poolplane_proto::v1::pool_service_server;
 use poolplane_proto::v1::{self as pb};
 use tokio::sync::{broadcast, mpsc};
@@ -45,23 +45,7 @@ pub struct PoolService {
     tasks: TaskTracker,
 }
 
-/// The server's caps on load tests.
-#[derive(Debug, Clone, Copy)]
-pub struct LoadTestLimits {
-    /// Most requests in flight one test may ask for.
-    pub max_concurrency: u32,
-    /// Longest test (measured part plus warm-up).
-    pub max_duration: Duration,
-}
-
-impl Default for LoadTestLimits {
-    fn default() -> Self {
-        Self {
-            max_concurrency: 512,
-            max_duration: Duration::from_secs(600),
-        }
-    }
-}
+pub use poolplane::LoadTestLimits;
 
 /// Counts a running watch task while it exists.
 struct WatcherGuard(Arc<AtomicUsize>);
@@ -393,7 +377,7 @@ impl pool_service_server::PoolService for PoolService {
         let slot = self.stream_slot(&request)?;
         let named = self.selection(&request.into_inner().pool_names)?;
         // Subscribe before reading the current health, so nothing falls between.
-        let mut events = self.registry.subscribe();
+        let events = self.registry.subscribe();
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let registry = Arc::clone(&self.registry);
         let shutdown = self.shutdown.clone();
@@ -401,77 +385,7 @@ impl pool_service_server::PoolService for PoolService {
         self.tasks.spawn(async move {
             let _guard = guard;
             let _slot = slot;
-            let wanted = |name: &str| named.is_empty() || named.contains(name);
-            let mut watching: BTreeSet<String> = registry
-                .pool_names()
-                .into_iter()
-                .filter(|n| wanted(n))
-                .collect();
-            for name in &watching {
-                let Ok(pool) = registry.pool(name) else {
-                    continue;
-                };
-                let health = convert::health_to_proto(name, &pool.get_health_status().await);
-                let event = pb::PoolEvent {
-                    pool_name: name.clone(),
-                    at: Some(convert::timestamp(std::time::SystemTime::now())),
-                    kind: Some(pb::pool_event::Kind::CurrentHealth(health)),
-                };
-                if tx
-                    .send(Ok(pb::WatchHealthEventsResponse { event: Some(event) }))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            loop {
-                let received = tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => {
-                        let _ = tx.try_send(Err(shutting_down()));
-                        break;
-                    }
-                    () = tx.closed() => break,
-                    received = events.recv() => received,
-                };
-                let event = match received {
-                    Ok(event) if wanted(&event.pool_name) => {
-                        match event.kind {
-                            PoolEventKind::PoolCreated => {
-                                watching.insert(event.pool_name.clone());
-                            }
-                            PoolEventKind::PoolDeleted => {
-                                watching.remove(&event.pool_name);
-                            }
-                            _ => {}
-                        }
-                        match convert::event_to_proto(&event) {
-                            Some(event) => event,
-                            None => continue,
-                        }
-                    }
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => pb::PoolEvent {
-                        pool_name: String::new(),
-                        at: Some(convert::timestamp(std::time::SystemTime::now())),
-                        kind: Some(pb::pool_event::Kind::MissedEvents(pb::MissedEvents {
-                            count: missed,
-                        })),
-                    },
-                    Err(broadcast::error::RecvError::Closed) => break,
-                };
-                if tx
-                    .send(Ok(pb::WatchHealthEventsResponse { event: Some(event) }))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                if !named.is_empty() && watching.is_empty() {
-                    break; // every watched pool was deleted
-                }
-            }
+            forward_health_events(&registry, &named, events, &tx, &shutdown).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -606,63 +520,20 @@ impl pool_service_server::PoolService for PoolService {
         self.registry
             .pool(&r.pool_name)
             .map_err(status::from_engine)?;
-        let limits = self.limits;
-        let concurrency = if r.concurrency == 0 { 8 } else { r.concurrency };
-        let duration = Duration::from_secs(u64::from(if r.duration_secs == 0 {
-            10
-        } else {
-            r.duration_secs
-        }));
-        let warmup = Duration::from_secs(u64::from(r.warmup_secs));
-        let mut violations = Vec::new();
-        if concurrency > limits.max_concurrency {
-            violations.push((
-                "concurrency".to_owned(),
-                format!(
-                    "must be at most {} (the server's cap)",
-                    limits.max_concurrency
-                ),
-            ));
-        }
-        if duration + warmup > limits.max_duration {
-            violations.push((
-                "duration_secs".to_owned(),
-                format!(
-                    "with warmup_secs must be at most {} s (the server's cap)",
-                    limits.max_duration.as_secs()
-                ),
-            ));
-        }
-        if let Some(rps) = r.target_rps
-            && !(poolplane::loadtest::MIN_TARGET_RPS..=poolplane::loadtest::MAX_TARGET_RPS)
-                .contains(&rps)
-        {
-            violations.push((
-                "target_rps".to_owned(),
-                format!(
-                    "must be between {} and {}",
-                    poolplane::loadtest::MIN_TARGET_RPS,
-                    poolplane::loadtest::MAX_TARGET_RPS
-                ),
-            ));
-        }
-        if r.query.len() > poolplane::config::MAX_SQL_LEN {
-            violations.push((
-                "query".to_owned(),
-                format!("must be at most {} bytes", poolplane::config::MAX_SQL_LEN),
-            ));
-        }
-        if !violations.is_empty() {
-            return Err(status::bad_request(violations));
-        }
+        // Zero asks for the default: 8 callers for 10 s.
         let options = poolplane::LoadTestOptions {
-            concurrency,
-            duration,
+            concurrency: if r.concurrency == 0 { 8 } else { r.concurrency },
+            duration: Duration::from_secs(u64::from(if r.duration_secs == 0 {
+                10
+            } else {
+                r.duration_secs
+            })),
             query: Some(r.query).filter(|q| !q.trim().is_empty()),
-            warmup,
+            warmup: Duration::from_secs(u64::from(r.warmup_secs)),
             target_rps: r.target_rps,
             read_only: !r.read_write,
         };
+        options.check(&self.limits).map_err(status::from_engine)?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let (progress_tx, mut progress_rx) = mpsc::channel(WATCH_BUFFER);
         // Cancelled when the caller goes away or the server shuts down.
@@ -780,4 +651,87 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(future: &mut F) -> Op
         std::task::Poll::Pending => std::task::Poll::Ready(None),
     })
     .await
+}
+
+/// Sends a WatchHealthEvents call's events: the current health of every watched
+/// pool, then each event of the watched pools as it comes (a lag as
+/// MissedEvents), until the caller leaves, the server stops, or every named pool
+/// is deleted.
+async fn forward_health_events(
+    registry: &ConnectionPoolService,
+    named: &BTreeSet<String>,
+    mut events: broadcast::Receiver<PoolEvent>,
+    tx: &mpsc::Sender<Result<pb::WatchHealthEventsResponse, Status>>,
+    shutdown: &CancellationToken,
+) {
+    let wanted = |name: &str| named.is_empty() || named.contains(name);
+    let mut watching: BTreeSet<String> = registry
+        .pool_names()
+        .into_iter()
+        .filter(|n| wanted(n))
+        .collect();
+    for name in &watching {
+        let Ok(pool) = registry.pool(name) else {
+            continue;
+        };
+        let health = convert::health_to_proto(name, &pool.get_health_status().await);
+        let event = watch_event(name, pb::pool_event::Kind::CurrentHealth(health));
+        if send_event(tx, event).await.is_err() {
+            return;
+        }
+    }
+    loop {
+        let received = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {
+                let _ = tx.try_send(Err(shutting_down()));
+                break;
+            }
+            () = tx.closed() => break,
+            received = events.recv() => received,
+        };
+        let event = match received {
+            Ok(event) if wanted(&event.pool_name) => {
+                match event.kind {
+                    PoolEventKind::PoolCreated => watching.insert(event.pool_name.clone()),
+                    PoolEventKind::PoolDeleted => watching.remove(&event.pool_name),
+                    _ => false,
+                };
+                match convert::event_to_proto(&event) {
+                    Some(event) => event,
+                    None => continue,
+                }
+            }
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(count)) => watch_event(
+                "",
+                pb::pool_event::Kind::MissedEvents(pb::MissedEvents { count }),
+            ),
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        if send_event(tx, event).await.is_err() {
+            break;
+        }
+        if !named.is_empty() && watching.is_empty() {
+            break; // every watched pool was deleted
+        }
+    }
+}
+
+/// An event of `pool_name` (empty: of the stream itself), now.
+fn watch_event(pool_name: &str, kind: pb::pool_event::Kind) -> pb::PoolEvent {
+    pb::PoolEvent {
+        pool_name: pool_name.to_owned(),
+        at: Some(convert::timestamp(std::time::SystemTime::now())),
+        kind: Some(kind),
+    }
+}
+
+async fn send_event(
+    tx: &mpsc::Sender<Result<pb::WatchHealthEventsResponse, Status>>,
+    event: pb::PoolEvent,
+) -> Result<(), ()> {
+    tx.send(Ok(pb::WatchHealthEventsResponse { event: Some(event) }))
+        .await
+        .map_err(|_| ())
 }

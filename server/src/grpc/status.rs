@@ -82,6 +82,12 @@ pub fn from_engine(error: Error) -> Status {
                 .map(|v| (format!("config.{}", v.field), v.description.clone()))
                 .collect(),
         ),
+        Error::InvalidRequest(violations) => bad_request(
+            violations
+                .iter()
+                .map(|v| (v.field.to_owned(), v.description.clone()))
+                .collect(),
+        ),
         Error::InvalidPoolName { .. } => bad_request(vec![("name".into(), error.to_string())]),
         Error::PoolNotFound(_) => Status::not_found(error.to_string()),
         Error::PoolAlreadyExists(_) => Status::already_exists(error.to_string()),

@@ -9,10 +9,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement, ToStatement};
 
+use super::Shared;
+use super::gate::GatePermit;
 use super::manager::PoolManager;
 use super::statement_cache::Lookup;
 use super::stats::Counters;
-use super::{GatePermit, Shared};
 use crate::Error;
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -346,7 +347,10 @@ impl Drop for PooledConnection {
             .counters
             .use_time
             .record(self.checked_out_at.elapsed());
-        self.shared.checked_out.fetch_sub(1, Ordering::Relaxed);
+        if self.shared.checked_out.fetch_sub(1, Ordering::AcqRel) == 1 && self.shared.is_closed() {
+            // The last one back: a graceful close waits for this.
+            self.shared.all_returned.notify_waiters();
+        }
     }
 }
 

@@ -191,7 +191,7 @@ pub(crate) async fn monitor(
                     error,
                 });
                 // Recovery must not hand out connections that died with the database.
-                super::retire_idle(&pool, |conn| conn.broken = true).await;
+                super::maintenance::retire_idle(&pool, |conn| conn.broken = true).await;
             }
             (Some(Transition::Failed), Some(error)) => {
                 tracing::info!(pool = %shared.name, failures, %error, "health check failed");

@@ -3,7 +3,9 @@
 //! connection, health monitoring and dynamic sizing in background tasks it owns.
 
 mod connection;
+mod gate;
 pub(crate) mod health;
+mod maintenance;
 pub(crate) mod manager;
 pub mod sizing;
 pub mod sql;
@@ -14,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use tokio::sync::{Semaphore, broadcast};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
@@ -29,62 +31,13 @@ pub use sizing::ScalingDecision;
 pub use stats::{ConnectionSecurity, Histogram, PoolStats, StatementCacheStats};
 
 use crate::conninfo::ConnInfo;
+use crate::error::AcquireLimit;
 use crate::error::describe_pg_error;
-use crate::events::{EventSender, PoolEvent, PoolEventKind};
+use crate::events::{EventSender, PoolEvent};
 use crate::{AdvancedPoolConfig, Error};
-use manager::{Connection, PoolManager};
+use maintenance::{maintain, open_connections, retire_idle};
+use manager::PoolManager;
 use stats::Counters;
-
-/// How often the maintenance task samples utilization and keeps min_connections.
-const MAINTENANCE_TICK: Duration = Duration::from_millis(100);
-
-/// The window of the fast scale-up path.
-const FAST_WINDOW: Duration = Duration::from_secs(1);
-
-/// Applies a scaling decision: the gate, the counters, the log line and the event.
-/// A growth beyond the pool's share of its server's budget is clipped to the
-/// share (and the pool marked held back); nothing happens if that leaves no growth.
-fn resize(shared: &Shared, mut decision: ScalingDecision) {
-    if decision.direction == ScaleDirection::Up {
-        let share = shared.share();
-        if decision.to > share {
-            shared.set_held_back(true);
-            decision.to = share.max(decision.from.min(share)).max(1);
-            if decision.to <= decision.from {
-                return;
-            }
-            decision.reason = format!(
-                "{}; held at the pool's share ({share}) of the connection budget of {}",
-                decision.reason,
-                shared.budget_server().unwrap_or_default()
-            );
-        }
-    }
-    let _span = tracing::info_span!(
-        "scaling_decision",
-        db.system.name = "postgresql",
-        db.client.connection.pool.name = %shared.name,
-        from = decision.from,
-        to = decision.to,
-    )
-    .entered();
-    shared.set_target(decision.to);
-    Counters::add(&shared.counters.scaling_events, 1);
-    tracing::info!(
-        pool = %shared.name, from = decision.from, to = decision.to,
-        utilization = decision.utilization, reason = %decision.reason, "pool resized"
-    );
-    shared.events.send(PoolEventKind::Scaled {
-        direction: decision.direction,
-        from: decision.from,
-        to: decision.to,
-        utilization: decision.utilization,
-        reason: decision.reason,
-    });
-}
-
-/// How often idle connections above min_connections are checked for idle_timeout.
-const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
 /// State shared by the pool, its connections and its tasks.
 pub(crate) struct Shared {
@@ -105,6 +58,8 @@ pub(crate) struct Shared {
     /// Open connections that still count toward the size.
     open: AtomicU32,
     checked_out: AtomicU32,
+    /// Woken when the last checked-out connection of a closed pool comes back.
+    all_returned: tokio::sync::Notify,
     waiting: AtomicU32,
     /// Permits to forget when they come back (a shrink below what was in use).
     pending_forget: AtomicU32,
@@ -177,30 +132,6 @@ impl Shared {
         last.as_ref()
             .filter(|(at, _)| at.elapsed() <= window)
             .map(|(_, e)| e.clone())
-    }
-
-    /// Moves the admission gate to `to` permits.
-    fn set_target(&self, to: u32) {
-        let from = self.target_size.swap(to, Ordering::AcqRel);
-        if to > from {
-            let mut grow = to - from;
-            // Un-forget permits first: they are still out with callers.
-            let _ = self
-                .pending_forget
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |pending| {
-                    let cancel = pending.min(grow);
-                    Some(pending - cancel)
-                })
-                .map(|pending| grow -= pending.min(grow));
-            if grow > 0 {
-                self.gate.add_permits(grow as usize);
-            }
-        } else if to < from {
-            let shrink = from - to;
-            let forgotten = self.gate.forget_permits(shrink as usize) as u32;
-            self.pending_forget
-                .fetch_add(shrink - forgotten, Ordering::AcqRel);
-        }
     }
 
     /// The size the pool may reach now: max_connections, or its share of the
@@ -325,43 +256,6 @@ pub struct PoolTelemetry<'a> {
     pub statements_cancelled: u64,
 }
 
-/// A permit of the admission gate; given back (or forgotten, after a shrink) on drop.
-pub(crate) struct GatePermit {
-    permit: Option<OwnedSemaphorePermit>,
-    shared: Arc<Shared>,
-}
-
-impl Drop for GatePermit {
-    fn drop(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            let forget = self
-                .shared
-                .pending_forget
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1))
-                .is_ok();
-            if forget {
-                permit.forget();
-            }
-        }
-    }
-}
-
-/// Counts a caller as waiting while it exists.
-struct Waiting<'a>(&'a AtomicU32);
-
-impl<'a> Waiting<'a> {
-    fn new(counter: &'a AtomicU32) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// An advanced PostgreSQL connection pool (the seed's `AdvancedConnectionPool`).
 /// Share it with `Arc`; dropping it (or [`close`](Self::close)) stops its tasks.
 pub struct AdvancedConnectionPool {
@@ -484,38 +378,14 @@ impl AdvancedConnectionPool {
             pg.connect_timeout(config.acquire_timeout());
         }
         let size = config.initial_size();
-        let shared = Arc::new(Shared {
-            name: name.to_owned(),
-            target: target.clone(),
+        let shared = Shared::new(
+            name,
+            target.clone(),
             tls,
-            security: Mutex::new(stats::ConnectionSecurity::default()),
-            recycle_threshold: AtomicU64::new(0),
-            cache_capacity: AtomicU32::new(0),
-            validation_idle_ms: AtomicU64::new(0),
-            target_size: AtomicU32::new(size),
-            open: AtomicU32::new(0),
-            checked_out: AtomicU32::new(0),
-            waiting: AtomicU32::new(0),
-            pending_forget: AtomicU32::new(0),
-            gate: Arc::new(Semaphore::new(size as usize)),
-            counters: Counters::default(),
-            health: Mutex::new(if require_connection {
-                HealthStatus::new(true, None)
-            } else {
-                HealthStatus::new(false, Some("not connected yet".into()))
-            }),
-            last_connect_error: Mutex::new(None),
-            events: EventSender::new(name.to_owned()),
-            closed: AtomicBool::new(false),
-            settings: RwLock::new(Arc::new(config.clone())),
-            budget: budget.map(|budget| budget::Membership {
-                budget,
-                held_back: AtomicBool::new(false),
-            }),
-            budget_share: AtomicU32::new(budget::UNKNOWN),
-            // Until its first second of demand, a pool claims what it opens at start.
-            need: AtomicU32::new(config.initial_size()),
-        });
+            &config,
+            require_connection,
+            budget,
+        );
         shared.apply_hot_settings(&config);
         if let Some(m) = &shared.budget {
             m.budget
@@ -529,52 +399,10 @@ impl AdvancedConnectionPool {
             pg: pg.clone(),
             shared: Arc::clone(&shared),
         };
-        let reaper_rate = [
-            config.idle_timeout() / 2,
-            config.max_lifetime() / 2,
-            Duration::from_secs(30),
-        ]
-        .into_iter()
-        .min()
-        .unwrap_or(Duration::from_secs(1))
-        // At most a second: bb8's reaper task notices a dropped pool only when it
-        // wakes, so a deleted pool leaves no task behind for longer than this.
-        .min(Duration::from_secs(1))
-        .max(Duration::from_millis(100));
-        let bb8 = bb8::Pool::builder()
-            .max_size(config.max_connections)
-            .min_idle(None)
-            .test_on_check_out(false)
-            .max_lifetime(Some(config.max_lifetime()))
-            // Idle connections are closed by the maintenance task, above
-            // min_connections only (bb8 would close the floor too, and the pool
-            // would reopen it: churn every idle_timeout).
-            .idle_timeout(None)
-            .reaper_rate(reaper_rate)
-            .connection_timeout(config.acquire_timeout())
-            .queue_strategy(bb8::QueueStrategy::Fifo)
-            .error_sink(Box::new(SilentSink))
-            .build_unchecked(manager.clone());
+        let bb8 = build_bb8(&config, manager.clone());
 
-        // A checked start opens min_connections now, in parallel (each within the
-        // acquire timeout); at least one must work.
         if require_connection {
-            let wanted = config.min_connections.max(1);
-            if let Some(e) = open_connections(&manager, &bb8, wanted, &token).await {
-                return Err(Error::Connect {
-                    url: target.map_or_else(String::new, |t| t.to_string()),
-                    reason: shared.redact(&describe_pg_error(&e)),
-                    sqlstate: e.code().map(|code| code.code().to_owned()),
-                });
-            }
-            if token.is_cancelled() {
-                return Err(Error::PoolClosed);
-            }
-            // With min_connections 0 the connection that proved the target is not
-            // kept: an idle pool holds no backend.
-            if config.min_connections == 0 {
-                retire_idle(&bb8, |conn| conn.broken = true).await;
-            }
+            prove_target(&manager, &bb8, &config, &token).await?;
         }
 
         let tasks = TaskTracker::new();
@@ -634,23 +462,10 @@ impl AdvancedConnectionPool {
         }
         let start = Instant::now();
         let timeout = self.acquire_timeout;
-        // Fast path: a free permit, no timer. Slow path: wait with the timeout.
-        let (permit, waited) = match Arc::clone(&shared.gate).try_acquire_owned() {
-            Ok(permit) => (permit, false),
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::PoolClosed),
-            Err(tokio::sync::TryAcquireError::NoPermits) => {
-                let _waiting = Waiting::new(&shared.waiting);
-                match tokio::time::timeout(timeout, Arc::clone(&shared.gate).acquire_owned()).await
-                {
-                    Ok(Ok(permit)) => (permit, true),
-                    Ok(Err(_)) => return Err(Error::PoolClosed),
-                    Err(_) => return Err(self.timed_out(timeout)),
-                }
-            }
-        };
-        let permit = GatePermit {
-            permit: Some(permit),
-            shared: Arc::clone(shared),
+        let (permit, waited) = match gate::admit(shared, timeout).await {
+            Ok(admitted) => admitted,
+            Err(gate::Refused::Closed) => return Err(Error::PoolClosed),
+            Err(gate::Refused::TimedOut) => return Err(self.timed_out(timeout, true)),
         };
         loop {
             // bb8 applies acquire_timeout itself; after a wait at the gate only the
@@ -666,7 +481,7 @@ impl AdvancedConnectionPool {
             let mut conn = match got {
                 Ok(conn) => conn,
                 Err(bb8::RunError::User(e)) => return Err(Error::Database(e)),
-                Err(bb8::RunError::TimedOut) => return Err(self.timed_out(timeout)),
+                Err(bb8::RunError::TimedOut) => return Err(self.timed_out(timeout, false)),
             };
             if shared.is_closed() {
                 return Err(Error::PoolClosed);
@@ -704,13 +519,23 @@ impl AdvancedConnectionPool {
         }
     }
 
-    fn timed_out(&self, timeout: Duration) -> Error {
-        Counters::add(&self.shared.counters.acquire_timeouts, 1);
+    /// The timeout error, naming the limit the caller met: the gate (every
+    /// connection of the current size, or of max_connections, in use) or the
+    /// opening of a connection.
+    fn timed_out(&self, timeout: Duration, at_gate: bool) -> Error {
+        let shared = &self.shared;
+        Counters::add(&shared.counters.acquire_timeouts, 1);
+        let size = shared.target_size.load(Ordering::Acquire);
+        let max = shared.settings().max_connections;
+        let limit = match (at_gate, size < max) {
+            (false, _) => AcquireLimit::Opening,
+            (true, true) => AcquireLimit::CurrentSize { size, max },
+            (true, false) => AcquireLimit::MaxConnections(max),
+        };
         Error::AcquireTimeout {
             timeout,
-            last_connect_error: self
-                .shared
-                .recent_connect_error(timeout + Duration::from_secs(1)),
+            limit,
+            last_connect_error: shared.recent_connect_error(timeout + Duration::from_secs(1)),
         }
     }
 
@@ -894,10 +719,13 @@ impl AdvancedConnectionPool {
     /// Closes gracefully: new checkouts fail at once, checked-out connections may
     /// finish for up to `grace`, then everything is closed.
     pub async fn close_gracefully(&self, grace: Duration) {
-        self.shared.mark_closed();
-        let deadline = Instant::now() + grace;
-        while self.shared.checked_out.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let shared = &self.shared;
+        shared.mark_closed();
+        let returned = shared.all_returned.notified();
+        tokio::pin!(returned);
+        returned.as_mut().enable();
+        if shared.checked_out.load(Ordering::Acquire) > 0 {
+            let _ = tokio::time::timeout(grace, returned).await;
         }
         self.close().await;
     }
@@ -919,50 +747,115 @@ impl Drop for AdvancedConnectionPool {
     }
 }
 
-/// Connections opened at once when a pool starts.
-const PARALLEL_OPENS: usize = 16;
-
-/// Opens `wanted` connections into `pool`, up to [`PARALLEL_OPENS`] at a time;
-/// stops at the first error and returns it. Cancelling `token` abandons the
-/// attempts (and their sockets) at once.
-async fn open_connections(
-    manager: &PoolManager,
-    pool: &bb8::Pool<PoolManager>,
-    wanted: u32,
-    token: &CancellationToken,
-) -> Option<tokio_postgres::Error> {
-    let mut opening = tokio::task::JoinSet::new();
-    let mut started = 0;
-    let mut first_error = None;
-    loop {
-        if token.is_cancelled() {
-            return first_error;
-        }
-        while first_error.is_none() && started < wanted && opening.len() < PARALLEL_OPENS {
-            let manager = manager.clone();
-            // The caller's span goes along, so the connections are its children.
-            opening.spawn(tracing::Instrument::instrument(
-                async move { bb8::ManageConnection::connect(&manager).await },
-                tracing::Span::current(),
-            ));
-            started += 1;
-        }
-        let next = tokio::select! {
-            biased;
-            () = token.cancelled() => return first_error,
-            next = opening.join_next() => next,
-        };
-        match next {
-            None => return first_error,
-            Some(Ok(Ok(conn))) => {
-                let _ = pool.add(conn);
-            }
-            Some(Ok(Err(e))) => {
-                first_error.get_or_insert(e);
-            }
-            Some(Err(_)) => {}
-        }
+impl Shared {
+    /// The state of a new pool named `name` at its initial size (healthy when its
+    /// target was proven by a checked start).
+    fn new(
+        name: &str,
+        target: Option<Arc<ConnInfo>>,
+        tls: crate::tls::PgTls,
+        config: &AdvancedPoolConfig,
+        require_connection: bool,
+        budget: Option<Arc<ServerBudget>>,
+    ) -> Arc<Self> {
+        let size = config.initial_size();
+        Arc::new(Self {
+            name: name.to_owned(),
+            target,
+            tls,
+            security: Mutex::new(stats::ConnectionSecurity::default()),
+            recycle_threshold: AtomicU64::new(0),
+            cache_capacity: AtomicU32::new(0),
+            validation_idle_ms: AtomicU64::new(0),
+            target_size: AtomicU32::new(size),
+            open: AtomicU32::new(0),
+            checked_out: AtomicU32::new(0),
+            all_returned: tokio::sync::Notify::new(),
+            waiting: AtomicU32::new(0),
+            pending_forget: AtomicU32::new(0),
+            gate: Arc::new(Semaphore::new(size as usize)),
+            counters: Counters::default(),
+            health: Mutex::new(if require_connection {
+                HealthStatus::new(true, None)
+            } else {
+                HealthStatus::new(false, Some("not connected yet".into()))
+            }),
+            last_connect_error: Mutex::new(None),
+            events: EventSender::new(name.to_owned()),
+            closed: AtomicBool::new(false),
+            settings: RwLock::new(Arc::new(config.clone())),
+            budget: budget.map(|budget| budget::Membership {
+                budget,
+                held_back: AtomicBool::new(false),
+            }),
+            budget_share: AtomicU32::new(budget::UNKNOWN),
+            // Until its first second of demand, a pool claims what it opens at start.
+            need: AtomicU32::new(config.initial_size()),
+        })
     }
+}
+
+/// The bb8 pool at max_connections (the gate holds the pool to its size): no
+/// idle timeout of bb8's own (the maintenance task closes idle connections above
+/// min_connections only), FIFO, connect errors recorded by the manager.
+fn build_bb8(config: &AdvancedPoolConfig, manager: PoolManager) -> bb8::Pool<PoolManager> {
+    let reaper_rate = [
+        config.idle_timeout() / 2,
+        config.max_lifetime() / 2,
+        Duration::from_secs(30),
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(Duration::from_secs(1))
+    // At most a second: bb8's reaper task notices a dropped pool only when it
+    // wakes, so a deleted pool leaves no task behind for longer than this.
+    .min(Duration::from_secs(1))
+    .max(Duration::from_millis(100));
+    bb8::Pool::builder()
+        .max_size(config.max_connections)
+        .min_idle(None)
+        .test_on_check_out(false)
+        .max_lifetime(Some(config.max_lifetime()))
+        // Idle connections are closed by the maintenance task, above
+        // min_connections only (bb8 would close the floor too, and the pool
+        // would reopen it: churn every idle_timeout).
+        .idle_timeout(None)
+        .reaper_rate(reaper_rate)
+        .connection_timeout(config.acquire_timeout())
+        .queue_strategy(bb8::QueueStrategy::Fifo)
+        .error_sink(Box::new(SilentSink))
+        .build_unchecked(manager)
+}
+
+/// A checked start opens min_connections now, in parallel (each within the
+/// acquire timeout); at least one must work.
+async fn prove_target(
+    manager: &PoolManager,
+    bb8: &bb8::Pool<PoolManager>,
+    config: &AdvancedPoolConfig,
+    token: &CancellationToken,
+) -> Result<(), Error> {
+    let wanted = config.min_connections.max(1);
+    if let Some(e) = open_connections(manager, bb8, wanted, token).await {
+        let shared = &manager.shared;
+        return Err(Error::Connect {
+            url: shared
+                .target
+                .as_ref()
+                .map_or_else(String::new, |t| t.to_string()),
+            reason: shared.redact(&describe_pg_error(&e)),
+            sqlstate: e.code().map(|code| code.code().to_owned()),
+        });
+    }
+    if token.is_cancelled() {
+        return Err(Error::PoolClosed);
+    }
+    // With min_connections 0 the connection that proved the target is not kept:
+    // an idle pool holds no backend.
+    if config.min_connections == 0 {
+        retire_idle(bb8, |conn| conn.broken = true).await;
+    }
+    Ok(())
 }
 
 /// bb8 reports connect errors here; ours are recorded by the manager already.
@@ -974,152 +867,5 @@ impl bb8::ErrorSink<tokio_postgres::Error> for SilentSink {
 
     fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
         Box::new(*self)
-    }
-}
-
-/// Takes idle connections out of bb8 one by one, applies `mark` and returns them,
-/// so that `has_broken` closes them (when marked broken, when the pool is closed, or
-/// while more are open than the pool's size). Stops when none is idle.
-pub(crate) async fn retire_idle(pool: &bb8::Pool<PoolManager>, mark: impl Fn(&mut Connection)) {
-    let mut budget = pool.state().idle_connections;
-    while budget > 0 && pool.state().idle_connections > 0 {
-        budget -= 1;
-        match tokio::time::timeout(Duration::from_millis(20), pool.get()).await {
-            Ok(Ok(mut conn)) => mark(&mut conn),
-            _ => break,
-        }
-    }
-}
-
-/// The maintenance task: samples utilization for dynamic sizing and decides once
-/// per min_scale_interval; keeps min_connections open; closes idle connections
-/// beyond the size after a shrink.
-async fn maintain(
-    shared: Arc<Shared>,
-    manager: PoolManager,
-    pool: bb8::Pool<PoolManager>,
-    token: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(MAINTENANCE_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Down slow: the pool shrinks one step when every second of the last
-    // min_scale_interval was at or below load_threshold_low (a sliding
-    // stabilization window, as Kubernetes' autoscaler keeps one), and at most one
-    // step per interval.
-    let mut last_busy_second = Instant::now();
-    let mut last_step = Instant::now();
-    let mut last_second = 0.0f64;
-    let (mut fast_sum, mut fast_samples, mut fast_peak) = (0.0, 0u32, 0u32);
-    let mut fast_start = Instant::now();
-    let mut last_idle_sweep = Instant::now();
-    loop {
-        tokio::select! {
-            biased;
-            () = token.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        let settings = shared.settings();
-        let size = shared.target_size.load(Ordering::Acquire).max(1);
-        let busy =
-            shared.checked_out.load(Ordering::Relaxed) + shared.waiting.load(Ordering::Relaxed);
-        fast_sum += f64::from(busy) / f64::from(size);
-        fast_samples += 1;
-        fast_peak = fast_peak.max(busy);
-
-        // Up fast: every second, demand above the high threshold grows the pool
-        // at once (and restarts the window scale-down waits on).
-        if fast_start.elapsed() >= FAST_WINDOW {
-            shared.claim_need(sizing::need(fast_peak, &settings));
-            shared.set_held_back(false);
-            let utilization = fast_sum / f64::from(fast_samples.max(1));
-            last_second = utilization;
-            if utilization > settings.load_threshold_low {
-                last_busy_second = Instant::now();
-            }
-            if let Some(decision) = sizing::scale_up_now(size, utilization, fast_peak, &settings) {
-                resize(&shared, decision);
-                last_step = Instant::now();
-            }
-            fast_sum = 0.0;
-            fast_samples = 0;
-            fast_peak = 0;
-            fast_start = Instant::now();
-        }
-
-        // Above its share of the server's budget (after a rebalance): down at once,
-        // so that the pools the budget favours get their connections.
-        let share = shared.share();
-        let size = shared.target_size.load(Ordering::Acquire);
-        if size > share {
-            shared.set_held_back(true);
-            resize(
-                &shared,
-                ScalingDecision {
-                    direction: ScaleDirection::Down,
-                    from: size,
-                    to: share,
-                    utilization: f64::from(busy) / f64::from(size.max(1)),
-                    reason: format!(
-                        "the connection budget of {} is shared by demand: this pool's share is {share}",
-                        shared.budget_server().unwrap_or_default()
-                    ),
-                },
-            );
-        }
-
-        // A size outside [min, max] (after a config change) is corrected at once;
-        // otherwise a step down after a whole quiet min_scale_interval.
-        let size = shared.target_size.load(Ordering::Acquire).max(1);
-        let out_of_range =
-            size < settings.min_connections.max(1) || size > settings.max_connections;
-        let interval = settings.min_scale_interval();
-        let quiet = last_busy_second.elapsed() >= interval && last_step.elapsed() >= interval;
-        if out_of_range || quiet || !settings.enable_dynamic_sizing {
-            if let Some(decision) = sizing::decide(size, last_second, &settings) {
-                resize(&shared, decision);
-                last_step = Instant::now();
-            } else if quiet {
-                // At min already: look again after another interval.
-                last_step = Instant::now();
-            }
-        }
-
-        // Surplus idle connections after a shrink.
-        if shared.open.load(Ordering::Acquire) > shared.target_size.load(Ordering::Acquire) {
-            retire_idle(&pool, |_| {}).await;
-        }
-
-        // Connections idle longer than idle_timeout, above min_connections only
-        // (checked once a second).
-        let open = shared.open.load(Ordering::Acquire);
-        if open > settings.min_connections
-            && pool.state().idle_connections > 0
-            && last_idle_sweep.elapsed() >= IDLE_SWEEP
-        {
-            last_idle_sweep = Instant::now();
-            let surplus = AtomicU32::new(open - settings.min_connections);
-            let idle_timeout = settings.idle_timeout();
-            retire_idle(&pool, |conn| {
-                if conn.last_used.elapsed() >= idle_timeout
-                    && surplus
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-                        .is_ok()
-                {
-                    conn.broken = true;
-                }
-            })
-            .await;
-        }
-
-        // Keep min_connections open (while the database answers), in parallel;
-        // a cancelled token abandons the attempts.
-        let healthy = shared.health.lock().expect("health lock").is_healthy;
-        let min = settings
-            .min_connections
-            .min(shared.target_size.load(Ordering::Acquire));
-        let open = shared.open.load(Ordering::Acquire);
-        if healthy && open < min {
-            open_connections(&manager, &pool, min - open, &token).await;
-        }
     }
 }
