@@ -22,7 +22,32 @@ pub async fn set_up(
     data_dir: &Path,
 ) -> Result<(), String> {
     let password = password(&data_dir.join("demo.password"))?;
-    let admin = connect(&pg.url("postgres")).await?;
+    create_role_and_database(&connect(&pg.url("postgres")).await?, &password).await?;
+    let url = format!(
+        "postgres://{ROLE}:{password}@127.0.0.1:{}/{DATABASE}",
+        pg.port()
+    );
+    fill_tables(&connect(&url).await?).await?;
+    ensure_pool(registry, pg.port(), &url).await?;
+    tracing::info!(
+        pool = POOL,
+        database = DATABASE,
+        accounts = ACCOUNTS,
+        "demo ready: try `poolctl top`, `poolctl loadtest demo -c 16 -d 10`, `poolctl stats demo`"
+    );
+    Ok(())
+}
+
+/// What failed, with PostgreSQL's own words.
+fn failed(step: &'static str) -> impl FnOnce(tokio_postgres::Error) -> String {
+    move |e| format!("{step}: {}", poolplane::describe_pg_error(&e))
+}
+
+/// The demo's login role (its password set each time) and its database.
+async fn create_role_and_database(
+    admin: &tokio_postgres::Client,
+    password: &str,
+) -> Result<(), String> {
     admin
         .batch_execute(&format!(
             "DO $$ BEGIN \
@@ -33,33 +58,23 @@ pub async fn set_up(
              ALTER ROLE {ROLE} LOGIN PASSWORD '{password}'"
         ))
         .await
-        .map_err(|e| {
-            format!(
-                "creating the demo role: {}",
-                poolplane::describe_pg_error(&e)
-            )
-        })?;
+        .map_err(failed("creating the demo role"))?;
     let exists = admin
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DATABASE])
         .await
-        .map_err(|e| format!("looking for the demo database: {e}"))?
+        .map_err(failed("looking for the demo database"))?
         .is_some();
     if !exists {
         admin
             .batch_execute(&format!("CREATE DATABASE {DATABASE} OWNER {ROLE}"))
             .await
-            .map_err(|e| {
-                format!(
-                    "creating the demo database: {}",
-                    poolplane::describe_pg_error(&e)
-                )
-            })?;
+            .map_err(failed("creating the demo database"))?;
     }
-    let url = format!(
-        "postgres://{ROLE}:{password}@127.0.0.1:{}/{DATABASE}",
-        pg.port()
-    );
-    let demo = connect(&url).await?;
+    Ok(())
+}
+
+/// pgbench's four tables, filled at scale 1 the first time.
+async fn fill_tables(demo: &tokio_postgres::Client) -> Result<(), String> {
     demo.batch_execute(
         "CREATE TABLE IF NOT EXISTS pgbench_branches (bid int PRIMARY KEY, bbalance int, filler char(88)); \
          CREATE TABLE IF NOT EXISTS pgbench_tellers (tid int PRIMARY KEY, bid int, tbalance int, filler char(84)); \
@@ -67,11 +82,11 @@ pub async fn set_up(
          CREATE TABLE IF NOT EXISTS pgbench_history (tid int, bid int, aid int, delta int, mtime timestamp, filler char(22))",
     )
     .await
-    .map_err(|e| format!("creating the demo tables: {}", poolplane::describe_pg_error(&e)))?;
+    .map_err(failed("creating the demo tables"))?;
     let empty = demo
         .query_opt("SELECT 1 FROM pgbench_accounts LIMIT 1", &[])
         .await
-        .map_err(|e| format!("reading the demo tables: {e}"))?
+        .map_err(failed("reading the demo tables"))?
         .is_none();
     if empty {
         demo.execute(
@@ -81,21 +96,20 @@ pub async fn set_up(
             &[&ACCOUNTS],
         )
         .await
-        .map_err(|e| {
-            format!(
-                "filling the demo tables: {}",
-                poolplane::describe_pg_error(&e)
-            )
-        })?;
+        .map_err(failed("filling the demo tables"))?;
         demo.batch_execute("ANALYZE")
             .await
-            .map_err(|e| format!("analyzing the demo tables: {e}"))?;
+            .map_err(failed("analyzing the demo tables"))?;
     }
-    drop(demo);
-    // A pool restored from an earlier run points at the cluster's old port.
-    let port = format!("127.0.0.1:{}/", pg.port());
+    Ok(())
+}
+
+/// The `demo` pool on `url`; one restored from an earlier run points at the
+/// cluster's old port and is re-created.
+async fn ensure_pool(registry: &ConnectionPoolService, port: u16, url: &str) -> Result<(), String> {
+    let at = format!("127.0.0.1:{port}/");
     match registry.pool_info(POOL) {
-        Ok(info) if info.database_url.contains(&port) => return Ok(()),
+        Ok(info) if info.database_url.contains(&at) => return Ok(()),
         Ok(_) => registry
             .delete_pool(POOL)
             .await
@@ -108,15 +122,9 @@ pub async fn set_up(
         ..AdvancedPoolConfig::default()
     };
     registry
-        .create_pool(POOL.to_owned(), &url, config)
+        .create_pool(POOL.to_owned(), url, config)
         .await
         .map_err(|e| format!("creating the demo pool: {e}"))?;
-    tracing::info!(
-        pool = POOL,
-        database = DATABASE,
-        accounts = ACCOUNTS,
-        "demo ready: try `poolctl top`, `poolctl loadtest demo -c 16 -d 10`, `poolctl stats demo`"
-    );
     Ok(())
 }
 

@@ -201,6 +201,50 @@ fn parse_role(text: &str) -> Result<Role, String> {
     Role::parse(text).ok_or_else(|| format!("`{text}`: use viewer, operator or admin"))
 }
 
+impl Flags {
+    /// The server's config from the command line.
+    fn into_config(self) -> ServerConfig {
+        ServerConfig {
+            listen: self.listen,
+            database_url: self.database_url,
+            data_dir: self.data_dir.unwrap_or_else(poolplane::default_data_dir),
+            metrics_listen: self.metrics_listen,
+            metrics_interval: self.metrics_interval,
+            metrics_retention: self.metrics_retention,
+            metrics_buffer_rows: self.metrics_buffer,
+            load_test_limits: poolplane_server::grpc::pool_service::LoadTestLimits {
+                max_concurrency: self.max_load_test_concurrency,
+                max_duration: self.max_load_test_duration,
+            },
+            connection_reserve: self.connection_reserve,
+            tls: self
+                .tls_cert
+                .zip(self.tls_key)
+                .map(|(cert, key)| poolplane_server::TlsFiles {
+                    cert,
+                    key,
+                    client_ca: self.tls_client_ca,
+                    client_role: self.tls_client_role,
+                }),
+            shutdown_grace: self.shutdown_grace,
+            auth_tokens_file: self.auth_tokens_file,
+            insecure_no_auth: self.insecure_no_auth,
+            secrets_key_file: self.secrets_key_file,
+            allowed_db_hosts: self.allowed_db_hosts,
+            max_pools: self.max_pools,
+            auto_optimize_interval: Some(self.auto_optimize_interval).filter(|d| !d.is_zero()),
+            demo: self.demo,
+            limits: ServerLimits {
+                max_watch_streams: self.max_watch_streams,
+                max_watch_streams_per_connection: self.max_watch_streams_per_connection,
+                max_concurrent_streams: self.max_concurrent_streams,
+                http2_keepalive_interval: self.http2_keepalive_interval,
+                http2_keepalive_timeout: self.http2_keepalive_timeout,
+            },
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let flags = Flags::parse();
@@ -211,46 +255,7 @@ async fn main() -> anyhow::Result<()> {
     if !telemetry.otlp() {
         tracing::info!("OTLP export off (no OTEL_EXPORTER_OTLP_*ENDPOINT set): no exporter runs");
     }
-    let data_dir = flags.data_dir.unwrap_or_else(poolplane::default_data_dir);
-    let server = Server::start(ServerConfig {
-        listen: flags.listen,
-        database_url: flags.database_url,
-        data_dir,
-        metrics_listen: flags.metrics_listen,
-        metrics_interval: flags.metrics_interval,
-        metrics_retention: flags.metrics_retention,
-        metrics_buffer_rows: flags.metrics_buffer,
-        load_test_limits: poolplane_server::grpc::pool_service::LoadTestLimits {
-            max_concurrency: flags.max_load_test_concurrency,
-            max_duration: flags.max_load_test_duration,
-        },
-        connection_reserve: flags.connection_reserve,
-        tls: flags
-            .tls_cert
-            .zip(flags.tls_key)
-            .map(|(cert, key)| poolplane_server::TlsFiles {
-                cert,
-                key,
-                client_ca: flags.tls_client_ca,
-                client_role: flags.tls_client_role,
-            }),
-        shutdown_grace: flags.shutdown_grace,
-        auth_tokens_file: flags.auth_tokens_file,
-        insecure_no_auth: flags.insecure_no_auth,
-        secrets_key_file: flags.secrets_key_file,
-        allowed_db_hosts: flags.allowed_db_hosts,
-        max_pools: flags.max_pools,
-        auto_optimize_interval: Some(flags.auto_optimize_interval).filter(|d| !d.is_zero()),
-        demo: flags.demo,
-        limits: ServerLimits {
-            max_watch_streams: flags.max_watch_streams,
-            max_watch_streams_per_connection: flags.max_watch_streams_per_connection,
-            max_concurrent_streams: flags.max_concurrent_streams,
-            http2_keepalive_interval: flags.http2_keepalive_interval,
-            http2_keepalive_timeout: flags.http2_keepalive_timeout,
-        },
-    })
-    .await;
+    let server = Server::start(flags.into_config()).await;
     let server = match server {
         Ok(server) => server,
         Err(error) => {

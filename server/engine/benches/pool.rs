@@ -96,73 +96,90 @@ where
     start.elapsed()
 }
 
+/// The pools every benchmark compares.
+struct Pools {
+    poolplane: Arc<AdvancedConnectionPool>,
+    uncached: Arc<AdvancedConnectionPool>,
+    bb8_fast: bb8::Pool<PostgresConnectionManager<NoTls>>,
+    bb8_default: bb8::Pool<PostgresConnectionManager<NoTls>>,
+}
+
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let setup = setup(&rt);
+    let pool = |cached| {
+        Arc::new(
+            rt.block_on(AdvancedConnectionPool::new(&setup.url, config(cached)))
+                .expect("pool"),
+        )
+    };
+    let pools = Pools {
+        poolplane: pool(true),
+        uncached: pool(false),
+        bb8_fast: rt.block_on(raw_bb8(&setup.url, false)),
+        bb8_default: rt.block_on(raw_bb8(&setup.url, true)),
+    };
+    checkout_return(c, &rt, &pools);
+    point_select(c, &rt, &pools);
+    rt.block_on(async {
+        pools.poolplane.close().await;
+        pools.uncached.close().await;
+    });
+}
 
-    let poolplane = Arc::new(
-        rt.block_on(AdvancedConnectionPool::new(&setup.url, config(true)))
-            .expect("pool"),
-    );
-    let uncached = Arc::new(
-        rt.block_on(AdvancedConnectionPool::new(&setup.url, config(false)))
-            .expect("pool"),
-    );
-    let bb8_fast = rt.block_on(raw_bb8(&setup.url, false));
-    let bb8_default = rt.block_on(raw_bb8(&setup.url, true));
-
+fn checkout_return(c: &mut Criterion, rt: &tokio::runtime::Runtime, pools: &Pools) {
     let mut group = c.benchmark_group("checkout_return");
     group.bench_function("poolplane", |b| {
-        b.to_async(&rt).iter(|| async {
-            black_box(poolplane.get().await.expect("get"));
+        b.to_async(rt).iter(|| async {
+            black_box(pools.poolplane.get().await.expect("get"));
         })
     });
     group.bench_function("bb8_no_test_on_check_out", |b| {
-        b.to_async(&rt).iter(|| async {
-            black_box(bb8_fast.get().await.expect("get"));
+        b.to_async(rt).iter(|| async {
+            black_box(pools.bb8_fast.get().await.expect("get"));
         })
     });
     group.bench_function("bb8_defaults", |b| {
-        b.to_async(&rt).iter(|| async {
-            black_box(bb8_default.get().await.expect("get"));
+        b.to_async(rt).iter(|| async {
+            black_box(pools.bb8_default.get().await.expect("get"));
         })
     });
     group.finish();
+}
 
+/// A point select through a poolplane pool.
+fn poolplane_select(
+    pool: &Arc<AdvancedConnectionPool>,
+) -> Arc<dyn Fn(i32) -> BoxedSelect + Send + Sync> {
+    let pool = Arc::clone(pool);
+    Arc::new(move |k| {
+        let pool = Arc::clone(&pool);
+        Box::pin(async move {
+            black_box(pool.query_one(SELECT, &[&k]).await.expect("select"));
+        })
+    })
+}
+
+fn point_select(c: &mut Criterion, rt: &tokio::runtime::Runtime, pools: &Pools) {
     let mut group = c.benchmark_group("point_select_32_tasks");
     group.throughput(criterion::Throughput::Elements(1));
     let mut concurrent = |name: &str, op: Arc<dyn Fn(i32) -> BoxedSelect + Send + Sync>| {
         group.bench_function(name, |b| {
-            b.to_async(&rt).iter_custom(|iters| {
+            b.to_async(rt).iter_custom(|iters| {
                 let op = Arc::clone(&op);
                 concurrently(iters, move |k| op(k))
             })
         });
     };
-    let pool = Arc::clone(&poolplane);
-    concurrent(
-        "poolplane_cached",
-        Arc::new(move |k| {
-            let pool = Arc::clone(&pool);
-            Box::pin(async move {
-                black_box(pool.query_one(SELECT, &[&k]).await.expect("select"));
-            })
-        }),
-    );
-    let pool = Arc::clone(&uncached);
+    concurrent("poolplane_cached", poolplane_select(&pools.poolplane));
     concurrent(
         "poolplane_prepare_every_call",
-        Arc::new(move |k| {
-            let pool = Arc::clone(&pool);
-            Box::pin(async move {
-                black_box(pool.query_one(SELECT, &[&k]).await.expect("select"));
-            })
-        }),
+        poolplane_select(&pools.uncached),
     );
-    let pool = bb8_fast.clone();
+    let pool = pools.bb8_fast.clone();
     concurrent(
         "bb8_prepare_every_call",
         Arc::new(move |k| {
@@ -174,10 +191,6 @@ fn benches(c: &mut Criterion) {
         }),
     );
     group.finish();
-    rt.block_on(async {
-        poolplane.close().await;
-        uncached.close().await;
-    });
 }
 
 criterion_group! {

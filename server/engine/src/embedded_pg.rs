@@ -185,6 +185,79 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Embedde
     move |source| EmbeddedPgError::Io { what, path, source }
 }
 
+/// The cluster's base directory: the data directory given, or a temporary one
+/// (kept alive by the returned handle).
+fn base_dir(
+    options: &EmbeddedPgOptions,
+) -> Result<(PathBuf, Option<tempfile::TempDir>), EmbeddedPgError> {
+    Ok(match &options.data_dir {
+        Some(dir) => {
+            fs::create_dir_all(dir).map_err(io("creating", dir))?;
+            (dir.clone(), None)
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("poolplane-pg-")
+                .tempdir()
+                .map_err(io(
+                    "creating a temporary directory in",
+                    &std::env::temp_dir(),
+                ))?;
+            (temp.path().to_owned(), Some(temp))
+        }
+    })
+}
+
+/// The server settings: the caller's, TLS (its files written into the data
+/// directory), and for a throwaway cluster durability traded for speed; the
+/// pg_hba.conf lines are written too.
+fn cluster_settings(
+    options: &EmbeddedPgOptions,
+    layout: &Layout,
+    run_as: RunAs,
+    throwaway: bool,
+) -> Result<Vec<(String, String)>, EmbeddedPgError> {
+    let mut settings = options.settings.clone();
+    if let Some(tls) = &options.tls {
+        let files = [
+            ("server.crt", Some(&tls.cert_pem)),
+            ("server.key", Some(&tls.key_pem)),
+            ("root.crt", tls.client_ca_pem.as_ref()),
+        ];
+        for (name, contents) in files {
+            if let Some(contents) = contents {
+                let path = layout.pgdata.join(name);
+                write_private(&path, contents)?;
+                run_as.give(&path)?;
+            }
+        }
+        settings.push(("ssl".into(), "on".into()));
+        settings.push(("ssl_cert_file".into(), "server.crt".into()));
+        settings.push(("ssl_key_file".into(), "server.key".into()));
+        if tls.client_ca_pem.is_some() {
+            settings.push(("ssl_ca_file".into(), "root.crt".into()));
+        }
+    }
+    if let Some(lines) = &options.hba {
+        let path = layout.pgdata.join("pg_hba.conf");
+        write_private(&path, &(lines.join("\n") + "\n"))?;
+        run_as.give(&path)?;
+    }
+    if throwaway {
+        // A throwaway cluster trades durability for speed.
+        for (name, value) in [
+            ("fsync", "off"),
+            ("synchronous_commit", "off"),
+            ("full_page_writes", "off"),
+        ] {
+            if !settings.iter().any(|(n, _)| n == name) {
+                settings.push((name.into(), value.into()));
+            }
+        }
+    }
+    Ok(settings)
+}
+
 impl EmbeddedPg {
     /// Starts a throwaway cluster in a temporary directory.
     pub async fn start_temporary() -> Result<Self, EmbeddedPgError> {
@@ -196,22 +269,7 @@ impl EmbeddedPg {
     pub async fn start(options: EmbeddedPgOptions) -> Result<Self, EmbeddedPgError> {
         let bindir = find_bindir()?;
         let run_as = RunAs::detect()?;
-        let (base, temp) = match &options.data_dir {
-            Some(dir) => {
-                fs::create_dir_all(dir).map_err(io("creating", dir))?;
-                (dir.clone(), None)
-            }
-            None => {
-                let temp = tempfile::Builder::new()
-                    .prefix("poolplane-pg-")
-                    .tempdir()
-                    .map_err(io(
-                        "creating a temporary directory in",
-                        &std::env::temp_dir(),
-                    ))?;
-                (temp.path().to_owned(), Some(temp))
-            }
-        };
+        let (base, temp) = base_dir(&options)?;
         // The postgres user must be able to traverse into its directories.
         fs::set_permissions(&base, fs::Permissions::from_mode(0o711))
             .map_err(io("setting permissions of", &base))?;
@@ -234,44 +292,7 @@ impl EmbeddedPg {
             .map_err(io("setting permissions of", run))?;
         run_as.give(run)?;
 
-        let mut settings = options.settings.clone();
-        if let Some(tls) = &options.tls {
-            let files = [
-                ("server.crt", Some(&tls.cert_pem)),
-                ("server.key", Some(&tls.key_pem)),
-                ("root.crt", tls.client_ca_pem.as_ref()),
-            ];
-            for (name, contents) in files {
-                if let Some(contents) = contents {
-                    let path = layout.pgdata.join(name);
-                    write_private(&path, contents)?;
-                    run_as.give(&path)?;
-                }
-            }
-            settings.push(("ssl".into(), "on".into()));
-            settings.push(("ssl_cert_file".into(), "server.crt".into()));
-            settings.push(("ssl_key_file".into(), "server.key".into()));
-            if tls.client_ca_pem.is_some() {
-                settings.push(("ssl_ca_file".into(), "root.crt".into()));
-            }
-        }
-        if let Some(lines) = &options.hba {
-            let path = layout.pgdata.join("pg_hba.conf");
-            write_private(&path, &(lines.join("\n") + "\n"))?;
-            run_as.give(&path)?;
-        }
-        if throwaway {
-            // A throwaway cluster trades durability for speed.
-            for (name, value) in [
-                ("fsync", "off"),
-                ("synchronous_commit", "off"),
-                ("full_page_writes", "off"),
-            ] {
-                if !settings.iter().any(|(n, _)| n == name) {
-                    settings.push((name.into(), value.into()));
-                }
-            }
-        }
+        let settings = cluster_settings(&options, &layout, run_as, throwaway)?;
 
         // A just-killed previous owner's postmaster may still hold the data
         // directory's lock for a moment; a port may be taken between our probe and
@@ -399,14 +420,34 @@ impl EmbeddedPg {
     }
 }
 
+/// Dropped without [`EmbeddedPg::stop`]: never blocks the (possibly async) caller
+/// for long. A throwaway cluster gets PostgreSQL's immediate shutdown (SIGQUIT:
+/// no checkpoint, gone in milliseconds) and is waited for briefly, so that its
+/// temporary directory is removed after it exits; a kept data directory gets a
+/// fast shutdown (SIGINT, with its checkpoint) waited for on a thread of its own.
 impl Drop for EmbeddedPg {
     fn drop(&mut self) {
-        if let Some(mut postmaster) = self.postmaster.take() {
-            stop_child(&mut postmaster, Duration::from_secs(20));
+        let postmaster = self.postmaster.take();
+        let watchdog = self.watchdog.take();
+        if self._temp.is_some() {
+            if let Some(mut postmaster) = postmaster {
+                let pid = Pid::from_raw(postmaster.id() as i32);
+                let _ = kill(pid, Signal::SIGQUIT);
+                stop_child(&mut postmaster, Duration::from_secs(2));
+            }
+            if let Some(watchdog) = watchdog {
+                stop_watchdog(watchdog);
+            }
+            return;
         }
-        if let Some(watchdog) = self.watchdog.take() {
-            stop_watchdog(watchdog);
-        }
+        std::thread::spawn(move || {
+            if let Some(mut postmaster) = postmaster {
+                stop_child(&mut postmaster, Duration::from_secs(20));
+            }
+            if let Some(watchdog) = watchdog {
+                stop_watchdog(watchdog);
+            }
+        });
     }
 }
 

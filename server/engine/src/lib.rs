@@ -240,3 +240,117 @@ mod module_order {
         assert_eq!(names.get("Error").map(String::as_str), Some("error"));
     }
 }
+
+#[cfg(test)]
+mod function_length {
+    //! No function in server/ or client/ runs over 80 lines, unless a comment
+    //! `// long: <why>` stands right above it.
+
+    use std::path::{Path, PathBuf};
+
+    const LIMIT: usize = 80;
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("readable") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n != "target") {
+                    rust_files(&path, out);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// `(name, first line, length)` of every function in `source` longer than
+    /// `limit` lines without a `// long:` comment above it. A function runs from
+    /// its `fn` line to the first line that closes it at its own indentation.
+    fn long_functions(source: &str, limit: usize) -> Vec<(String, usize, usize)> {
+        let lines: Vec<&str> = source.lines().collect();
+        let mut out = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let code = line.trim_start();
+            let indent = line.len() - code.len();
+            let Some(name) = fn_name(code) else { continue };
+            if code.trim_end().ends_with('}') {
+                continue; // a one-line body
+            }
+            let Some(open) = (i..lines.len()).find(|&j| {
+                let l = lines[j].trim_end();
+                l.ends_with('{') || l.ends_with(';')
+            }) else {
+                continue;
+            };
+            if lines[open].trim_end().ends_with(';') {
+                continue; // a declaration without a body
+            }
+            let close = format!("{}}}", " ".repeat(indent));
+            let Some(end) = (open + 1..lines.len()).find(|&j| lines[j].trim_end() == close) else {
+                continue;
+            };
+            let length = end - i + 1;
+            let excused = i > 0
+                && lines[..i]
+                    .iter()
+                    .rev()
+                    .take(3)
+                    .any(|l| l.trim_start().starts_with("// long:"));
+            if length > limit && !excused {
+                out.push((name, i + 1, length));
+            }
+        }
+        out
+    }
+
+    fn fn_name(code: &str) -> Option<String> {
+        let mut rest = code;
+        for prefix in [
+            "pub(crate) ",
+            "pub(super) ",
+            "pub ",
+            "const ",
+            "async ",
+            "unsafe ",
+        ] {
+            rest = rest.strip_prefix(prefix).unwrap_or(rest);
+        }
+        for prefix in ["async ", "unsafe "] {
+            rest = rest.strip_prefix(prefix).unwrap_or(rest);
+        }
+        let rest = rest.strip_prefix("fn ")?;
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        (!name.is_empty()).then_some(name)
+    }
+
+    #[test]
+    fn no_function_in_server_or_client_runs_over_80_lines() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut files = Vec::new();
+        rust_files(&root.join("server"), &mut files);
+        rust_files(&root.join("client"), &mut files);
+        assert!(files.len() > 20, "the sources were found: {}", files.len());
+        let mut long = Vec::new();
+        for file in files {
+            let source = std::fs::read_to_string(&file).expect("source");
+            for (name, line, length) in long_functions(&source, LIMIT) {
+                long.push(format!("{}:{line} {name}: {length} lines", file.display()));
+            }
+        }
+        assert!(long.is_empty(), "functions over {LIMIT} lines: {long:#?}");
+    }
+
+    #[test]
+    fn the_length_check_sees_a_long_function_and_its_excuse() {
+        let body = "    let x = 1;\n".repeat(5);
+        let long = format!("pub async fn big() {{\n{body}}}\nfn small() {{}}\n");
+        assert_eq!(long_functions(&long, 4), [("big".to_owned(), 1, 7)]);
+        let excused = format!("// long: one match arm per variant\n{long}");
+        assert!(long_functions(&excused, 4).is_empty());
+        let nested = format!("impl X {{\n    fn inner(&self) {{\n{body}    }}\n}}\n");
+        assert_eq!(long_functions(&nested, 4), [("inner".to_owned(), 2, 7)]);
+    }
+}

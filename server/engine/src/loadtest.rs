@@ -375,21 +375,37 @@ impl PoolLoadTester {
             return Err(Error::PoolClosed);
         }
 
+        Ok(self.results(&options, query, &tally, utilization, started_at, duration))
+    }
+
+    /// The graded results of a finished test.
+    fn results(
+        &self,
+        options: &LoadTestOptions,
+        query: String,
+        tally: &Tally,
+        utilization: Utilization,
+        started_at: SystemTime,
+        duration: Duration,
+    ) -> LoadTestResults {
         let h = tally.histogram.lock().expect("histogram lock").clone();
         let total = tally.requests.load(Ordering::Relaxed);
         let failed = tally.errors.load(Ordering::Relaxed);
-        let ms = |micros: u64| micros as f64 / 1000.0;
         let error_rate = if total == 0 {
             0.0
         } else {
             failed as f64 / total as f64
         };
-        let p95 = if h.is_empty() {
-            0.0
-        } else {
-            ms(h.value_at_quantile(0.95))
+        // Milliseconds at quantile `q` (0 without requests).
+        let at = |q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(q) as f64 / 1000.0
+            }
         };
-        Ok(LoadTestResults {
+        let p95 = at(0.95);
+        LoadTestResults {
             pool_name: self.pool.name().to_owned(),
             concurrency: options.concurrency,
             query,
@@ -400,25 +416,21 @@ impl PoolLoadTester {
             error_rate,
             requests_per_second: total as f64 / duration.as_secs_f64().max(1e-9),
             avg_response_time_ms: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
-            p50_response_time_ms: if h.is_empty() {
-                0.0
-            } else {
-                ms(h.value_at_quantile(0.5))
-            },
+            p50_response_time_ms: at(0.5),
             p95_response_time_ms: p95,
-            p99_response_time_ms: if h.is_empty() {
+            p99_response_time_ms: at(0.99),
+            max_response_time_ms: if h.is_empty() {
                 0.0
             } else {
-                ms(h.value_at_quantile(0.99))
+                h.max() as f64 / 1000.0
             },
-            max_response_time_ms: if h.is_empty() { 0.0 } else { ms(h.max()) },
             avg_utilization: utilization.mean,
             peak_utilization: utilization.peak,
             capacity: utilization.capacity,
             grade: grade(error_rate, p95, utilization.mean),
             started_at,
             duration,
-        })
+        }
     }
 
     /// Issues requests for `length` (closed or open loop) until done or cancelled.

@@ -535,7 +535,7 @@ impl pool_service_server::PoolService for PoolService {
         };
         options.check(&self.limits).map_err(status::from_engine)?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        let (progress_tx, mut progress_rx) = mpsc::channel(WATCH_BUFFER);
+        let (progress_tx, progress_rx) = mpsc::channel(WATCH_BUFFER);
         // Cancelled when the caller goes away or the server shuts down.
         let cancel = self.shutdown.child_token();
         let shutdown = self.shutdown.clone();
@@ -560,40 +560,7 @@ impl pool_service_server::PoolService for PoolService {
         let guard = WatcherGuard::new(&self.watchers);
         self.tasks.spawn(async move {
             let _guard = guard;
-            let mut done = first;
-            loop {
-                if let Some(result) = done.take() {
-                    let message = match result {
-                        // Stopped by the shutdown: no result to grade.
-                        Ok(_) if shutdown.is_cancelled() => Err(shutting_down()),
-                        Ok(results) => Ok(pb::RunLoadTestResponse {
-                            update: Some(pb::run_load_test_response::Update::Result(
-                                convert::load_test_to_proto(&results),
-                            )),
-                        }),
-                        Err(e) => Err(status::from_engine(e)),
-                    };
-                    // Progress still queued goes first.
-                    while let Ok(p) = progress_rx.try_recv() {
-                        let _ = tx.try_send(Ok(progress_message(&p)));
-                    }
-                    let _ = tx.send(message).await;
-                    break;
-                }
-                tokio::select! {
-                    biased;
-                    () = tx.closed() => {
-                        cancel.cancel();
-                        let _ = (&mut test).await;
-                        break;
-                    }
-                    result = &mut test => done = Some(result),
-                    Some(p) = progress_rx.recv() => {
-                        // A slow reader skips progress messages.
-                        let _ = tx.try_send(Ok(progress_message(&p)));
-                    }
-                }
-            }
+            stream_load_test(test, first, progress_rx, tx, cancel, shutdown).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -651,6 +618,53 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(future: &mut F) -> Op
         std::task::Poll::Pending => std::task::Poll::Ready(None),
     })
     .await
+}
+
+/// Streams a running load test to its caller: progress as it comes (a slow
+/// reader skips some), then the graded result, or the error. A caller that goes
+/// away cancels the test.
+async fn stream_load_test<F>(
+    mut test: std::pin::Pin<Box<F>>,
+    mut done: Option<Result<poolplane::LoadTestResults, poolplane::Error>>,
+    mut progress_rx: mpsc::Receiver<poolplane::LoadTestProgress>,
+    tx: mpsc::Sender<Result<pb::RunLoadTestResponse, Status>>,
+    cancel: CancellationToken,
+    shutdown: CancellationToken,
+) where
+    F: std::future::Future<Output = Result<poolplane::LoadTestResults, poolplane::Error>>,
+{
+    loop {
+        if let Some(result) = done.take() {
+            let message = match result {
+                // Stopped by the shutdown: no result to grade.
+                Ok(_) if shutdown.is_cancelled() => Err(shutting_down()),
+                Ok(results) => Ok(pb::RunLoadTestResponse {
+                    update: Some(pb::run_load_test_response::Update::Result(
+                        convert::load_test_to_proto(&results),
+                    )),
+                }),
+                Err(e) => Err(status::from_engine(e)),
+            };
+            // Progress still queued goes first.
+            while let Ok(p) = progress_rx.try_recv() {
+                let _ = tx.try_send(Ok(progress_message(&p)));
+            }
+            let _ = tx.send(message).await;
+            return;
+        }
+        tokio::select! {
+            biased;
+            () = tx.closed() => {
+                cancel.cancel();
+                let _ = (&mut test).await;
+                return;
+            }
+            result = &mut test => done = Some(result),
+            Some(p) = progress_rx.recv() => {
+                let _ = tx.try_send(Ok(progress_message(&p)));
+            }
+        }
+    }
 }
 
 /// Sends a WatchHealthEvents call's events: the current health of every watched

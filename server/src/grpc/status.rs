@@ -64,6 +64,45 @@ pub fn sqlstate_of(status: &Status) -> Option<String> {
         .map(|info| info.reason.clone())
 }
 
+/// INVALID_ARGUMENT with a BadRequest naming each field (after `prefix`).
+fn field_violations(prefix: &str, violations: &[poolplane::FieldViolation]) -> Status {
+    bad_request(
+        violations
+            .iter()
+            .map(|v| (format!("{prefix}{}", v.field), v.description.clone()))
+            .collect(),
+    )
+}
+
+/// FAILED_PRECONDITION with a PreconditionFailure of type CONNECTION_BUDGET.
+fn budget_refusal(refusal: &poolplane::budget::BudgetRefusal, error: &Error) -> Status {
+    Status::with_error_details(
+        Code::FailedPrecondition,
+        error.to_string(),
+        ErrorDetails::with_precondition_failure_violation(
+            "CONNECTION_BUDGET",
+            refusal.server.clone(),
+            format!(
+                "config.min_connections: {} does not fit the budget of {} connections \
+                 ({} kept by the other pools)",
+                refusal.min, refusal.limit, refusal.others_min
+            ),
+        ),
+    )
+}
+
+/// The code of a PostgreSQL error, by its SQLSTATE (and class).
+fn database_code(sqlstate: &str) -> Code {
+    match (sqlstate, sqlstate.get(..2)) {
+        ("23505", _) => Code::AlreadyExists,
+        ("57014", _) => Code::DeadlineExceeded,
+        (_, Some("08" | "57")) => Code::Unavailable,
+        (_, Some("40")) => Code::Aborted,
+        (_, Some("22" | "42")) => Code::InvalidArgument,
+        _ => Code::FailedPrecondition,
+    }
+}
+
 /// Maps an engine error to a status. Every variant is decided here (no `_` arm);
 /// internal errors are logged with their whole chain and answered briefly.
 pub fn from_engine(error: Error) -> Status {
@@ -75,36 +114,13 @@ pub fn from_engine(error: Error) -> Status {
             Status::permission_denied(format!("database_url: {error} (--allowed-db-hosts)"))
         }
         Error::TooManyPools { .. } => Status::resource_exhausted(format!("{error} (--max-pools)")),
-        Error::InvalidConfig(errors) => bad_request(
-            errors
-                .0
-                .iter()
-                .map(|v| (format!("config.{}", v.field), v.description.clone()))
-                .collect(),
-        ),
-        Error::InvalidRequest(violations) => bad_request(
-            violations
-                .iter()
-                .map(|v| (v.field.to_owned(), v.description.clone()))
-                .collect(),
-        ),
+        Error::InvalidConfig(errors) => field_violations("config.", &errors.0),
+        Error::InvalidRequest(violations) => field_violations("", violations),
         Error::InvalidPoolName { .. } => bad_request(vec![("name".into(), error.to_string())]),
         Error::PoolNotFound(_) => Status::not_found(error.to_string()),
         Error::PoolAlreadyExists(_) => Status::already_exists(error.to_string()),
         Error::LoadTestRunning(_) => Status::failed_precondition(error.to_string()),
-        Error::BudgetExceeded(refusal) => Status::with_error_details(
-            Code::FailedPrecondition,
-            error.to_string(),
-            ErrorDetails::with_precondition_failure_violation(
-                "CONNECTION_BUDGET",
-                refusal.server.clone(),
-                format!(
-                    "config.min_connections: {} does not fit the budget of {} connections \
-                     ({} kept by the other pools)",
-                    refusal.min, refusal.limit, refusal.others_min
-                ),
-            ),
-        ),
+        Error::BudgetExceeded(refusal) => budget_refusal(refusal, &error),
         Error::PoolBusy(_) => Status::aborted(error.to_string()),
         Error::ShuttingDown => Status::unavailable(error.to_string()),
         Error::ControlDatabase { .. } | Error::ControlDatabaseTimeout => {
@@ -122,16 +138,7 @@ pub fn from_engine(error: Error) -> Status {
         Error::PoolClosed => Status::failed_precondition(error.to_string()),
         Error::Connect { .. } => with_sqlstate(Code::Unavailable, &error),
         Error::Database(_) => {
-            let sqlstate = error.sqlstate().unwrap_or_default();
-            let code = match (sqlstate, sqlstate.get(..2)) {
-                ("23505", _) => Code::AlreadyExists,
-                ("57014", _) => Code::DeadlineExceeded,
-                (_, Some("08" | "57")) => Code::Unavailable,
-                (_, Some("40")) => Code::Aborted,
-                (_, Some("22" | "42")) => Code::InvalidArgument,
-                _ => Code::FailedPrecondition,
-            };
-            with_sqlstate(code, &error)
+            with_sqlstate(database_code(error.sqlstate().unwrap_or_default()), &error)
         }
         Error::StatementCancelled {
             deadline_exceeded: true,

@@ -129,24 +129,10 @@ pub(crate) async fn monitor(
                 () = tokio::time::sleep(settings.health_check_interval()) => {}
             }
         }
-        // A check holds a slot of the server's connection budget like any pool
-        // connection; when every slot stays busy for the check's timeout, the
-        // server is evidently answering: the check is skipped, not failed.
-        let _slot = match &shared.budget {
-            Some(m) => tokio::select! {
-                biased;
-                () = token.cancelled() => break,
-                slot = tokio::time::timeout(settings.health_check_timeout(), m.budget.slot()) => {
-                    match slot {
-                        Ok(slot) => Some(slot),
-                        Err(_) => {
-                            tracing::debug!(pool = %shared.name, "health check skipped: the connection budget is in use");
-                            continue;
-                        }
-                    }
-                }
-            },
-            None => None,
+        let _slot = match budget_slot(&shared, &settings, &token).await {
+            Slot::Held(slot) => slot,
+            Slot::Busy => continue,
+            Slot::Cancelled => break,
         };
         let started = std::time::Instant::now();
         let span = tracing::info_span!(
@@ -169,50 +155,91 @@ pub(crate) async fn monitor(
             result = checked => result.map_err(|e| shared.redact(&e)),
         };
         shared.counters.health_check_time.record(started.elapsed());
-        let error = result.as_ref().err().cloned();
-        let response_time_ms = result
-            .as_ref()
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0);
-        let (transition, failures) = {
-            let mut status = shared.health.lock().expect("health lock");
-            let transition = apply(&mut status, result, settings.max_failed_health_checks);
-            (transition, status.consecutive_failures)
-        };
-        match (transition, error) {
-            (Some(Transition::BecameUnhealthy), Some(error)) => {
-                tracing::warn!(pool = %shared.name, failures, %error, "pool became unhealthy");
-                shared.events.send(PoolEventKind::HealthCheckFailed {
-                    consecutive_failures: failures,
-                    error: error.clone(),
-                });
-                shared.events.send(PoolEventKind::BecameUnhealthy {
-                    consecutive_failures: failures,
-                    error,
-                });
-                // Recovery must not hand out connections that died with the database.
-                super::maintenance::retire_idle(&pool, |conn| conn.broken = true).await;
+        record(&shared, &pool, result, settings.max_failed_health_checks).await;
+    }
+}
+
+/// A health check's slot of the server's connection budget.
+enum Slot {
+    /// Taken (or `None`: the pool shares no budget).
+    Held(Option<crate::budget::BudgetSlot>),
+    /// Every slot stayed busy for the check's timeout.
+    Busy,
+    /// The pool is stopping.
+    Cancelled,
+}
+
+/// A check holds a slot of the server's connection budget like any pool
+/// connection; when every slot stays busy for the check's timeout, the server is
+/// evidently answering: the check is skipped, not failed.
+async fn budget_slot(
+    shared: &Shared,
+    settings: &crate::AdvancedPoolConfig,
+    token: &CancellationToken,
+) -> Slot {
+    let Some(m) = &shared.budget else {
+        return Slot::Held(None);
+    };
+    tokio::select! {
+        biased;
+        () = token.cancelled() => Slot::Cancelled,
+        slot = tokio::time::timeout(settings.health_check_timeout(), m.budget.slot()) => match slot {
+            Ok(slot) => Slot::Held(Some(slot)),
+            Err(_) => {
+                tracing::debug!(pool = %shared.name, "health check skipped: the connection budget is in use");
+                Slot::Busy
             }
-            (Some(Transition::Failed), Some(error)) => {
-                tracing::info!(pool = %shared.name, failures, %error, "health check failed");
-                shared.events.send(PoolEventKind::HealthCheckFailed {
-                    consecutive_failures: failures,
-                    error,
-                });
-            }
-            (Some(Transition::Recovered), _) => {
-                tracing::info!(pool = %shared.name, response_time_ms, "pool recovered");
-                shared
-                    .events
-                    .send(PoolEventKind::Recovered { response_time_ms });
-            }
-            (None, None) => {
-                shared
-                    .events
-                    .send(PoolEventKind::HealthCheckSucceeded { response_time_ms });
-            }
-            _ => {}
+        },
+    }
+}
+
+/// Applies a check's result to the pool's health and tells what changed: a log
+/// line and the events; a pool that became unhealthy retires its idle
+/// connections (recovery must not hand out connections that died with the
+/// database).
+async fn record(
+    shared: &Shared,
+    pool: &bb8::Pool<super::manager::PoolManager>,
+    result: Result<Duration, String>,
+    max_failed: u32,
+) {
+    let error = result.as_ref().err().cloned();
+    let response_time_ms = result
+        .as_ref()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0);
+    let (transition, failures) = {
+        let mut status = shared.health.lock().expect("health lock");
+        let transition = apply(&mut status, result, max_failed);
+        (transition, status.consecutive_failures)
+    };
+    let events = &shared.events;
+    match (transition, error) {
+        (Some(Transition::BecameUnhealthy), Some(error)) => {
+            tracing::warn!(pool = %shared.name, failures, %error, "pool became unhealthy");
+            events.send(PoolEventKind::HealthCheckFailed {
+                consecutive_failures: failures,
+                error: error.clone(),
+            });
+            events.send(PoolEventKind::BecameUnhealthy {
+                consecutive_failures: failures,
+                error,
+            });
+            super::maintenance::retire_idle(pool, |conn| conn.broken = true).await;
         }
+        (Some(Transition::Failed), Some(error)) => {
+            tracing::info!(pool = %shared.name, failures, %error, "health check failed");
+            events.send(PoolEventKind::HealthCheckFailed {
+                consecutive_failures: failures,
+                error,
+            });
+        }
+        (Some(Transition::Recovered), _) => {
+            tracing::info!(pool = %shared.name, response_time_ms, "pool recovered");
+            events.send(PoolEventKind::Recovered { response_time_ms });
+        }
+        (None, None) => events.send(PoolEventKind::HealthCheckSucceeded { response_time_ms }),
+        _ => {}
     }
 }
 
