@@ -176,6 +176,15 @@ impl ClientBuilder {
     }
 }
 
+/// Whether a unary call may be sent again after UNAVAILABLE.
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    /// A read: retried as the client's options say.
+    Idempotent,
+    /// A change: sent once.
+    Never,
+}
+
 /// A small pseudo-random jitter in [0, 1) from the clock (no RNG dependency).
 fn jitter() -> f64 {
     let nanos = std::time::SystemTime::now()
@@ -261,24 +270,37 @@ impl PoolplaneClient {
         request
     }
 
-    /// Runs an idempotent call, retrying on UNAVAILABLE as configured.
-    async fn idempotent<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
+    /// One unary PoolService call: `rpc` on a fresh client stub with `message`
+    /// (token and deadline added). A `Retry::Idempotent` call is retried on
+    /// UNAVAILABLE as configured, with jittered exponential backoff.
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        retry: Retry,
+        message: Req,
+        rpc: F,
+    ) -> Result<Resp, Error>
     where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+        Req: Clone,
+        F: Fn(PoolServiceClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
+        let retries = match retry {
+            Retry::Idempotent => self.options.retries,
+            Retry::Never => 0,
+        };
         let mut attempt = 0;
         loop {
-            match call().await {
-                Err(status)
-                    if status.code() == tonic::Code::Unavailable
-                        && attempt < self.options.retries =>
-                {
+            match rpc(self.pool_service(), self.request(message.clone())).await {
+                Err(status) if status.code() == tonic::Code::Unavailable && attempt < retries => {
                     let backoff = 0.1 * 2f64.powi(attempt as i32) * (0.5 + jitter());
                     tokio::time::sleep(Duration::from_secs_f64(backoff.min(5.0))).await;
                     attempt += 1;
                 }
-                result => return result.map_err(Error::Status),
+                result => {
+                    return result
+                        .map(tonic::Response::into_inner)
+                        .map_err(Error::Status);
+                }
             }
         }
     }
@@ -309,42 +331,43 @@ impl PoolplaneClient {
         database_url: &str,
         config: PoolConfig,
     ) -> Result<(Pool, Vec<ConfigWarning>), Error> {
+        let request = CreatePoolRequest {
+            name: name.to_owned(),
+            database_url: database_url.to_owned(),
+            config: Some(config),
+        };
         let response = self
-            .pool_service()
-            .create_pool(self.request(CreatePoolRequest {
-                name: name.to_owned(),
-                database_url: database_url.to_owned(),
-                config: Some(config),
-            }))
-            .await?
-            .into_inner();
+            .unary(Retry::Never, request, |mut s, r| async move {
+                s.create_pool(r).await
+            })
+            .await?;
         Ok((present(response.pool, "pool")?, response.warnings))
     }
 
     /// One pool.
     pub async fn get_pool(&self, name: &str) -> Result<Pool, Error> {
         let response = self
-            .idempotent(|| {
-                let mut service = self.pool_service();
-                let request = self.request(GetPoolRequest {
+            .unary(
+                Retry::Idempotent,
+                GetPoolRequest {
                     name: name.to_owned(),
-                });
-                async move { service.get_pool(request).await }
-            })
+                },
+                |mut s, r| async move { s.get_pool(r).await },
+            )
             .await?;
-        present(response.into_inner().pool, "pool")
+        present(response.pool, "pool")
     }
 
     /// Every pool the server hosts, ordered by name.
     pub async fn list_pools(&self) -> Result<Vec<Pool>, Error> {
         let response = self
-            .idempotent(|| {
-                let mut service = self.pool_service();
-                let request = self.request(ListPoolsRequest {});
-                async move { service.list_pools(request).await }
-            })
+            .unary(
+                Retry::Idempotent,
+                ListPoolsRequest {},
+                |mut s, r| async move { s.list_pools(r).await },
+            )
             .await?;
-        Ok(response.into_inner().pools)
+        Ok(response.pools)
     }
 
     /// Changes the config fields set in `config`.
@@ -359,14 +382,15 @@ impl PoolplaneClient {
         name: &str,
         config: PoolConfig,
     ) -> Result<(Pool, Vec<ConfigWarning>), Error> {
+        let request = UpdatePoolConfigRequest {
+            name: name.to_owned(),
+            config: Some(config),
+        };
         let response = self
-            .pool_service()
-            .update_pool_config(self.request(UpdatePoolConfigRequest {
-                name: name.to_owned(),
-                config: Some(config),
-            }))
-            .await?
-            .into_inner();
+            .unary(Retry::Never, request, |mut s, r| async move {
+                s.update_pool_config(r).await
+            })
+            .await?;
         Ok((present(response.pool, "pool")?, response.warnings))
     }
 
@@ -378,54 +402,56 @@ impl PoolplaneClient {
         limit: u32,
     ) -> Result<Vec<ConfigChangeRecord>, Error> {
         let response = self
-            .idempotent(|| {
-                let mut service = self.pool_service();
-                let request = self.request(ListConfigChangesRequest {
+            .unary(
+                Retry::Idempotent,
+                ListConfigChangesRequest {
                     pool_name: pool_name.to_owned(),
                     limit,
-                });
-                async move { service.list_config_changes(request).await }
-            })
+                },
+                |mut s, r| async move { s.list_config_changes(r).await },
+            )
             .await?;
-        Ok(response.into_inner().changes)
+        Ok(response.changes)
     }
 
     /// Deletes a pool (its checked-out connections may finish first).
     pub async fn delete_pool(&self, name: &str) -> Result<(), Error> {
-        self.pool_service()
-            .delete_pool(self.request(DeletePoolRequest {
-                name: name.to_owned(),
-            }))
-            .await?;
+        let request = DeletePoolRequest {
+            name: name.to_owned(),
+        };
+        self.unary(Retry::Never, request, |mut s, r| async move {
+            s.delete_pool(r).await
+        })
+        .await?;
         Ok(())
     }
 
     /// A pool's stats snapshot.
     pub async fn get_pool_stats(&self, pool_name: &str) -> Result<PoolStats, Error> {
         let response = self
-            .idempotent(|| {
-                let mut service = self.pool_service();
-                let request = self.request(GetPoolStatsRequest {
+            .unary(
+                Retry::Idempotent,
+                GetPoolStatsRequest {
                     pool_name: pool_name.to_owned(),
-                });
-                async move { service.get_pool_stats(request).await }
-            })
+                },
+                |mut s, r| async move { s.get_pool_stats(r).await },
+            )
             .await?;
-        present(response.into_inner().stats, "stats")
+        present(response.stats, "stats")
     }
 
     /// A pool's health.
     pub async fn get_health_status(&self, pool_name: &str) -> Result<HealthStatus, Error> {
         let response = self
-            .idempotent(|| {
-                let mut service = self.pool_service();
-                let request = self.request(GetHealthStatusRequest {
+            .unary(
+                Retry::Idempotent,
+                GetHealthStatusRequest {
                     pool_name: pool_name.to_owned(),
-                });
-                async move { service.get_health_status(request).await }
-            })
+                },
+                |mut s, r| async move { s.get_health_status(r).await },
+            )
             .await?;
-        present(response.into_inner().health, "health")
+        present(response.health, "health")
     }
 
     /// A pool's statement-cache counters.
@@ -434,15 +460,15 @@ impl PoolplaneClient {
         pool_name: &str,
     ) -> Result<StatementCacheStats, Error> {
         let response = self
-            .idempotent(|| {
-                let mut service = self.pool_service();
-                let request = self.request(GetStatementCacheStatsRequest {
+            .unary(
+                Retry::Idempotent,
+                GetStatementCacheStatsRequest {
                     pool_name: pool_name.to_owned(),
-                });
-                async move { service.get_statement_cache_stats(request).await }
-            })
+                },
+                |mut s, r| async move { s.get_statement_cache_stats(r).await },
+            )
             .await?;
-        present(response.into_inner().stats, "stats")
+        present(response.stats, "stats")
     }
 
     /// Stats snapshots of `pool_names` (empty: every pool) every `interval_ms`
@@ -489,15 +515,15 @@ impl PoolplaneClient {
         pool_name: &str,
     ) -> Result<PerformanceSummary, Error> {
         let response = self
-            .idempotent(|| {
-                let mut service = self.pool_service();
-                let request = self.request(GetPerformanceSummaryRequest {
+            .unary(
+                Retry::Idempotent,
+                GetPerformanceSummaryRequest {
                     pool_name: pool_name.to_owned(),
-                });
-                async move { service.get_performance_summary(request).await }
-            })
+                },
+                |mut s, r| async move { s.get_performance_summary(r).await },
+            )
             .await?;
-        present(response.into_inner().summary, "summary")
+        present(response.summary, "summary")
     }
 
     /// A pool's recorded metrics between `from` and `to` (defaults: the last hour),
@@ -510,18 +536,18 @@ impl PoolplaneClient {
         max_points: u32,
     ) -> Result<Vec<MetricsPoint>, Error> {
         let response = self
-            .idempotent(|| {
-                let mut service = self.pool_service();
-                let request = self.request(GetMetricsHistoryRequest {
+            .unary(
+                Retry::Idempotent,
+                GetMetricsHistoryRequest {
                     pool_name: pool_name.to_owned(),
                     from: from.map(Into::into),
                     to: to.map(Into::into),
                     max_points,
-                });
-                async move { service.get_metrics_history(request).await }
-            })
+                },
+                |mut s, r| async move { s.get_metrics_history(r).await },
+            )
             .await?;
-        Ok(response.into_inner().points)
+        Ok(response.points)
     }
 
     /// A pool's recorded scaling decisions, newest first (`limit` 0: 20).
@@ -531,16 +557,16 @@ impl PoolplaneClient {
         limit: u32,
     ) -> Result<Vec<ScalingEventRecord>, Error> {
         let response = self
-            .idempotent(|| {
-                let mut service = self.pool_service();
-                let request = self.request(ListScalingEventsRequest {
+            .unary(
+                Retry::Idempotent,
+                ListScalingEventsRequest {
                     pool_name: pool_name.to_owned(),
                     limit,
-                });
-                async move { service.list_scaling_events(request).await }
-            })
+                },
+                |mut s, r| async move { s.list_scaling_events(r).await },
+            )
             .await?;
-        Ok(response.into_inner().events)
+        Ok(response.events)
     }
 
     /// Starts a load test; the stream yields progress about once a second, then
@@ -569,14 +595,16 @@ impl PoolplaneClient {
         pool_names: &[&str],
         apply: bool,
     ) -> Result<OptimizationReport, Error> {
+        let request = OptimizePoolsRequest {
+            pool_names: pool_names.iter().map(|n| (*n).to_owned()).collect(),
+            apply,
+        };
         let response = self
-            .pool_service()
-            .optimize_pools(self.request(OptimizePoolsRequest {
-                pool_names: pool_names.iter().map(|n| (*n).to_owned()).collect(),
-                apply,
-            }))
+            .unary(Retry::Never, request, |mut s, r| async move {
+                s.optimize_pools(r).await
+            })
             .await?;
-        present(response.into_inner().report, "report")
+        present(response.report, "report")
     }
 
     /// [`watch_pool_stats`](Self::watch_pool_stats) that survives a server restart:

@@ -189,70 +189,50 @@ fn each_pool(registry: &ConnectionPoolService, mut f: impl FnMut(&PoolReading<'_
 /// One observable instrument per metric of the engine's catalogue (histograms
 /// are replayed by [`replay_histograms`]).
 fn register_observables(meter: &Meter, registry: &Arc<ConnectionPoolService>) {
+    // One instrument: `$builder` named and described as the metric, running
+    // `$body` with the observer for every pool's reading.
+    macro_rules! observable {
+        ($builder:ident, $def:expr, |$o:ident, $reading:ident, $pool:ident| $body:block) => {{
+            let r = Arc::clone(registry);
+            meter
+                .$builder($def.name)
+                .with_description($def.description)
+                .with_unit($def.unit)
+                .with_callback(move |$o| each_pool(&r, |$reading, $pool| $body))
+                .build();
+        }};
+    }
     for def in metrics::CATALOGUE {
-        let r = Arc::clone(registry);
-        let (name, description, unit) = (def.name, def.description, def.unit);
         match (def.instrument, def.reading) {
             (_, Reading::Histogram(_)) => {}
             (_, Reading::ByState(read)) => {
-                meter
-                    .i64_observable_up_down_counter(name)
-                    .with_description(description)
-                    .with_unit(unit)
-                    .with_callback(move |o| {
-                        each_pool(&r, |reading, pool| {
-                            let (idle, used) = read(reading);
-                            for (state, value) in [("idle", idle), ("used", used)] {
-                                o.observe(
-                                    value,
-                                    &[pool.clone(), KeyValue::new(metrics::STATE_LABEL, state)],
-                                );
-                            }
-                        });
-                    })
-                    .build();
+                observable!(i64_observable_up_down_counter, def, |o, reading, pool| {
+                    let (idle, used) = read(reading);
+                    for (state, value) in [("idle", idle), ("used", used)] {
+                        let state = KeyValue::new(metrics::STATE_LABEL, state);
+                        o.observe(value, &[pool.clone(), state]);
+                    }
+                })
             }
             (Instrument::Counter, Reading::Int(read)) => {
-                meter
-                    .u64_observable_counter(name)
-                    .with_description(description)
-                    .with_unit(unit)
-                    .with_callback(move |o| {
-                        each_pool(&r, |reading, pool| {
-                            o.observe(u64::try_from(read(reading)).unwrap_or(0), &[pool]);
-                        });
-                    })
-                    .build();
+                observable!(u64_observable_counter, def, |o, reading, pool| {
+                    o.observe(u64::try_from(read(reading)).unwrap_or(0), &[pool]);
+                })
             }
             (Instrument::UpDownCounter, Reading::Int(read)) => {
-                meter
-                    .i64_observable_up_down_counter(name)
-                    .with_description(description)
-                    .with_unit(unit)
-                    .with_callback(move |o| {
-                        each_pool(&r, |reading, pool| o.observe(read(reading), &[pool]));
-                    })
-                    .build();
+                observable!(i64_observable_up_down_counter, def, |o, reading, pool| {
+                    o.observe(read(reading), &[pool]);
+                })
             }
             (_, Reading::Int(read)) => {
-                meter
-                    .i64_observable_gauge(name)
-                    .with_description(description)
-                    .with_unit(unit)
-                    .with_callback(move |o| {
-                        each_pool(&r, |reading, pool| o.observe(read(reading), &[pool]));
-                    })
-                    .build();
+                observable!(i64_observable_gauge, def, |o, reading, pool| {
+                    o.observe(read(reading), &[pool]);
+                })
             }
             (_, Reading::Float(read)) => {
-                meter
-                    .f64_observable_gauge(name)
-                    .with_description(description)
-                    .with_unit(unit)
-                    .with_callback(move |o| {
-                        each_pool(&r, |reading, pool| o.observe(read(reading), &[pool]));
-                    })
-                    .build();
+                observable!(f64_observable_gauge, def, |o, reading, pool| {
+                    o.observe(read(reading), &[pool]);
+                })
             }
         }
     }

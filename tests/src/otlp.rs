@@ -28,18 +28,29 @@ struct Received {
     spans: Arc<Mutex<Vec<Span>>>,
 }
 
+/// Keeps every item of every scope of every resource of an export.
+fn gather<R, S, T>(
+    into: &Mutex<Vec<T>>,
+    resources: Vec<R>,
+    scopes: impl Fn(R) -> Vec<S>,
+    items: impl Fn(S) -> Vec<T>,
+) {
+    let mut kept = into.lock().expect("received lock");
+    for resource in resources {
+        for scope in scopes(resource) {
+            kept.extend(items(scope));
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl MetricsService for Received {
     async fn export(
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let mut metrics = self.metrics.lock().expect("metrics lock");
-        for resource in request.into_inner().resource_metrics {
-            for scope in resource.scope_metrics {
-                metrics.extend(scope.metrics);
-            }
-        }
+        let resources = request.into_inner().resource_metrics;
+        gather(&self.metrics, resources, |r| r.scope_metrics, |s| s.metrics);
         Ok(Response::new(ExportMetricsServiceResponse {
             partial_success: None,
         }))
@@ -52,12 +63,8 @@ impl TraceService for Received {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let mut spans = self.spans.lock().expect("spans lock");
-        for resource in request.into_inner().resource_spans {
-            for scope in resource.scope_spans {
-                spans.extend(scope.spans);
-            }
-        }
+        let resources = request.into_inner().resource_spans;
+        gather(&self.spans, resources, |r| r.scope_spans, |s| s.spans);
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))

@@ -98,33 +98,26 @@ pub struct ConnectionPoolService {
     budgets: std::sync::Mutex<HashMap<ServerKey, std::sync::Weak<ServerBudget>>>,
 }
 
-/// A name claimed for one change (create, update, delete) until dropped.
-struct Claim<'a> {
-    changing: &'a std::sync::Mutex<HashSet<String>>,
+/// A name held in a set (a change under way, a load test running) until dropped.
+struct Held<'a> {
+    set: &'a std::sync::Mutex<HashSet<String>>,
     name: String,
 }
 
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        self.changing
-            .lock()
-            .expect("changing lock")
-            .remove(&self.name);
+impl<'a> Held<'a> {
+    /// Holds `name` in `set`; `None` if it is held already.
+    fn take(set: &'a std::sync::Mutex<HashSet<String>>, name: &str) -> Option<Self> {
+        let inserted = set.lock().expect("name set lock").insert(name.to_owned());
+        inserted.then(|| Self {
+            set,
+            name: name.to_owned(),
+        })
     }
 }
 
-/// Marks a pool's load test as running until dropped.
-struct RunningLoadTest<'a> {
-    running: &'a std::sync::Mutex<HashSet<String>>,
-    name: String,
-}
-
-impl Drop for RunningLoadTest<'_> {
+impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.running
-            .lock()
-            .expect("load tests lock")
-            .remove(&self.name);
+        self.set.lock().expect("name set lock").remove(&self.name);
     }
 }
 
@@ -208,19 +201,8 @@ impl ConnectionPoolService {
 
     /// Claims `name` for one change; a change already under way for it is
     /// [`Error::PoolBusy`].
-    fn claim(&self, name: &str) -> Result<Claim<'_>, Error> {
-        if !self
-            .changing
-            .lock()
-            .expect("changing lock")
-            .insert(name.to_owned())
-        {
-            return Err(Error::PoolBusy(name.to_owned()));
-        }
-        Ok(Claim {
-            changing: &self.changing,
-            name: name.to_owned(),
-        })
+    fn claim(&self, name: &str) -> Result<Held<'_>, Error> {
+        Held::take(&self.changing, name).ok_or_else(|| Error::PoolBusy(name.to_owned()))
     }
 
     /// Sets how many connections the pools of each server leave free (its budget;
@@ -275,18 +257,8 @@ impl ConnectionPoolService {
         cancel: CancellationToken,
     ) -> Result<crate::LoadTestResults, Error> {
         let pool = self.pool(name)?;
-        if !self
-            .running_load_tests
-            .lock()
-            .expect("load tests lock")
-            .insert(name.to_owned())
-        {
-            return Err(Error::LoadTestRunning(name.to_owned()));
-        }
-        let _running = RunningLoadTest {
-            running: &self.running_load_tests,
-            name: name.to_owned(),
-        };
+        let _running = Held::take(&self.running_load_tests, name)
+            .ok_or_else(|| Error::LoadTestRunning(name.to_owned()))?;
         let results = crate::PoolLoadTester::new(pool)
             .run(options, progress, cancel.clone())
             .await?;

@@ -66,7 +66,7 @@ impl PgTls {
             .with_safe_default_protocol_versions()
             .expect("the ring provider supports the default versions")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
+            .with_custom_certificate_verifier(Arc::new(LibpqVerifier::unverified()))
             .with_no_client_auth();
         Self {
             mode: SslMode::Prefer,
@@ -142,10 +142,13 @@ fn client_config(settings: &TlsSettings) -> Result<rustls::ClientConfig, ConnInf
             if check_name {
                 webpki
             } else {
-                Arc::new(ChainOnly(webpki))
+                Arc::new(LibpqVerifier {
+                    chain: Some(webpki),
+                    provider: provider(),
+                })
             }
         }
-        None => Arc::new(NoVerification(provider())),
+        None => Arc::new(LibpqVerifier::unverified()),
     };
     let builder = builder
         .dangerous()
@@ -168,11 +171,31 @@ fn client_config(settings: &TlsSettings) -> Result<rustls::ClientConfig, ConnInf
     }
 }
 
-/// verify-ca: the chain must lead to a trusted root; the name is not checked.
+/// The server verifiers poolplane adds to rustls' own (verify-full):
+/// - verify-ca (`chain`: the roots' verifier): the chain must lead to a trusted
+///   root; the name is not checked;
+/// - prefer and require without a root certificate (`chain: None`): encryption
+///   without authentication of the server, as in libpq.
+///
+/// Either way the handshake's signatures are checked against the certificate
+/// presented, with the provider's algorithms.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct LibpqVerifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl LibpqVerifier {
+    /// No authentication of the server (prefer, require without a root).
+    fn unverified() -> Self {
+        Self {
+            chain: None,
+            provider: provider(),
+        }
+    }
+}
+
+impl ServerCertVerifier for LibpqVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -181,10 +204,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidForName
                 | rustls::CertificateError::NotValidForNameContext { .. },
@@ -199,7 +222,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -208,62 +232,14 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// prefer and require without a root certificate: encryption without
-/// authentication of the server, as in libpq. The handshake's signatures are still
-/// checked against the certificate presented.
-#[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -452,15 +452,12 @@ impl pool_service_server::PoolService for PoolService {
         let (Some(from), Some(to), true) = (from, to, violations.is_empty()) else {
             return Err(status::bad_request(violations));
         };
-        let points = self
-            .registry
-            .store()
+        let store = self.registry.store();
+        let read = store
             .metrics_history(&request.pool_name, from, to, max_points)
-            .await
-            .map_err(status::from_engine)?;
-        Ok(Response::new(pb::GetMetricsHistoryResponse {
-            points: points.iter().map(convert::point_to_proto).collect(),
-        }))
+            .await;
+        let points = to_proto(read, convert::point_to_proto)?;
+        Ok(Response::new(pb::GetMetricsHistoryResponse { points }))
     }
 
     async fn list_config_changes(
@@ -468,20 +465,11 @@ impl pool_service_server::PoolService for PoolService {
         request: Request<pb::ListConfigChangesRequest>,
     ) -> Result<Response<pb::ListConfigChangesResponse>, Status> {
         let request = request.into_inner();
-        required(&request.pool_name, "pool_name")?;
-        let limit = history_limit(request.limit)?;
-        let changes = self
-            .registry
-            .store()
-            .config_changes(&request.pool_name, limit)
-            .await
-            .map_err(status::from_engine)?;
-        Ok(Response::new(pb::ListConfigChangesResponse {
-            changes: changes
-                .iter()
-                .map(convert::config_change_to_proto)
-                .collect(),
-        }))
+        let limit = history_limit(&request.pool_name, request.limit)?;
+        let store = self.registry.store();
+        let read = store.config_changes(&request.pool_name, limit).await;
+        let changes = to_proto(read, convert::config_change_to_proto)?;
+        Ok(Response::new(pb::ListConfigChangesResponse { changes }))
     }
 
     async fn list_scaling_events(
@@ -489,20 +477,11 @@ impl pool_service_server::PoolService for PoolService {
         request: Request<pb::ListScalingEventsRequest>,
     ) -> Result<Response<pb::ListScalingEventsResponse>, Status> {
         let request = request.into_inner();
-        required(&request.pool_name, "pool_name")?;
-        let limit = history_limit(request.limit)?;
-        let events = self
-            .registry
-            .store()
-            .scaling_events(&request.pool_name, limit)
-            .await
-            .map_err(status::from_engine)?;
-        Ok(Response::new(pb::ListScalingEventsResponse {
-            events: events
-                .iter()
-                .map(convert::scaling_record_to_proto)
-                .collect(),
-        }))
+        let limit = history_limit(&request.pool_name, request.limit)?;
+        let store = self.registry.store();
+        let read = store.scaling_events(&request.pool_name, limit).await;
+        let events = to_proto(read, convert::scaling_record_to_proto)?;
+        Ok(Response::new(pb::ListScalingEventsResponse { events }))
     }
 
     type RunLoadTestStream = ResponseStream<pb::RunLoadTestResponse>;
@@ -587,7 +566,21 @@ impl pool_service_server::PoolService for PoolService {
 }
 
 /// A history call's `limit`: 0 means 20, above [`MAX_SCALING_EVENTS`] is refused.
-fn history_limit(limit: u32) -> Result<u32, Status> {
+/// Records read from the history, as their proto messages.
+fn to_proto<R, P>(
+    read: Result<Vec<R>, poolplane::Error>,
+    convert: fn(&R) -> P,
+) -> Result<Vec<P>, Status> {
+    Ok(read
+        .map_err(status::from_engine)?
+        .iter()
+        .map(convert)
+        .collect())
+}
+
+/// A history listing's pool (required) and how many records (0: 20).
+fn history_limit(pool_name: &str, limit: u32) -> Result<u32, Status> {
+    required(pool_name, "pool_name")?;
     match limit {
         0 => Ok(20),
         n if n > MAX_SCALING_EVENTS => Err(status::bad_request(vec![(

@@ -18,39 +18,50 @@ use crate::Error;
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-/// What to do with a statement.
-#[derive(Clone, Copy)]
-enum Op {
-    Query,
-    QueryOne,
-    QueryOpt,
-    Execute,
+/// One way to run a statement (`query`, `query_one`, `query_opt`, `execute`)
+/// and what it gives: the one generic path for the cache, the retry and the
+/// counters.
+trait Op: Copy + Send {
+    type Out: Send;
+
+    async fn call<T>(
+        self,
+        client: &Client,
+        statement: &T,
+        params: Params<'_>,
+    ) -> Result<Self::Out, tokio_postgres::Error>
+    where
+        T: ?Sized + ToStatement + Sync;
 }
 
-/// What it gave.
-enum Out {
-    Rows(Vec<Row>),
-    Row(Row),
-    OptRow(Option<Row>),
-    Count(u64),
+/// Declares an [`Op`] for one of tokio-postgres' client methods.
+macro_rules! op {
+    ($name:ident, $method:ident, $out:ty) => {
+        #[derive(Clone, Copy)]
+        struct $name;
+
+        impl Op for $name {
+            type Out = $out;
+
+            async fn call<T>(
+                self,
+                client: &Client,
+                statement: &T,
+                params: Params<'_>,
+            ) -> Result<$out, tokio_postgres::Error>
+            where
+                T: ?Sized + ToStatement + Sync,
+            {
+                client.$method(statement, params).await
+            }
+        }
+    };
 }
 
-async fn call<T>(
-    client: &Client,
-    statement: &T,
-    params: Params<'_>,
-    op: Op,
-) -> Result<Out, tokio_postgres::Error>
-where
-    T: ?Sized + ToStatement + Sync,
-{
-    Ok(match op {
-        Op::Query => Out::Rows(client.query(statement, params).await?),
-        Op::QueryOne => Out::Row(client.query_one(statement, params).await?),
-        Op::QueryOpt => Out::OptRow(client.query_opt(statement, params).await?),
-        Op::Execute => Out::Count(client.execute(statement, params).await?),
-    })
-}
+op!(Query, query, Vec<Row>);
+op!(QueryOne, query_one, Row);
+op!(QueryOpt, query_opt, Option<Row>);
+op!(Execute, execute, u64);
 
 /// Whether the server rejected a cached statement because the schema under it
 /// changed (or it no longer exists): evict and prepare again.
@@ -152,57 +163,50 @@ impl PooledConnection {
         }
     }
 
-    async fn run(
+    async fn run<O: Op>(
         &mut self,
         sql: &str,
         params: Params<'_>,
-        op: Op,
+        op: O,
         retry: bool,
-    ) -> Result<Out, Error> {
+    ) -> Result<O::Out, Error> {
         let started = Instant::now();
         let span = tracing::debug_span!(
             "db.query",
             db.system.name = "postgresql",
             db.client.connection.pool.name = %self.shared.name,
         );
-        let result =
-            tracing::Instrument::instrument(self.run_untimed(sql, params, op, retry), span).await;
+        let statement = async {
+            self.in_flight = true;
+            let result = self.run_statement(sql, params, op, retry).await;
+            self.in_flight = false;
+            result
+        };
+        let result = tracing::Instrument::instrument(statement, span).await;
         self.shared
             .counters
             .operation_time
             .record(started.elapsed());
-        result
-    }
-
-    async fn run_untimed(
-        &mut self,
-        sql: &str,
-        params: Params<'_>,
-        op: Op,
-        retry: bool,
-    ) -> Result<Out, Error> {
-        self.in_flight = true;
-        let result = self.run_statement(sql, params, op, retry).await;
-        self.in_flight = false;
         self.counted(result)
     }
 
-    async fn run_statement(
+    async fn run_statement<O: Op>(
         &mut self,
         sql: &str,
         params: Params<'_>,
-        op: Op,
+        op: O,
         retry: bool,
-    ) -> Result<Out, Error> {
+    ) -> Result<O::Out, Error> {
         self.conn.queries += 1;
         Counters::add(&self.shared.counters.total_queries, 1);
         if self.shared.cache_capacity() == 0 {
-            return call(&self.conn.client, sql, params, op)
+            return op
+                .call(&self.conn.client, sql, params)
                 .await
                 .map_err(Error::Database);
         }
         let statement = self.prepare_cached(sql).await?;
-        match call(&self.conn.client, &statement, params, op).await {
+        match op.call(&self.conn.client, &statement, params).await {
             Err(e) if is_stale_statement(&e) => {
                 drop(statement);
                 self.forget_statement(sql);
@@ -210,7 +214,7 @@ impl PooledConnection {
                     return Err(Error::Database(e));
                 }
                 let statement = self.prepare_cached(sql).await?;
-                call(&self.conn.client, &statement, params, op)
+                op.call(&self.conn.client, &statement, params)
                     .await
                     .map_err(Error::Database)
             }
@@ -221,34 +225,22 @@ impl PooledConnection {
     /// Runs `sql` (a cached prepared statement) and returns its rows. A statement
     /// the server rejects after a schema change is prepared again and retried once.
     pub async fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-        match self.run(sql, params, Op::Query, true).await? {
-            Out::Rows(rows) => Ok(rows),
-            _ => unreachable!("Op::Query gives rows"),
-        }
+        self.run(sql, params, Query, true).await
     }
 
     /// Runs `sql` and returns its one row (an error if it gives not exactly one).
     pub async fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
-        match self.run(sql, params, Op::QueryOne, true).await? {
-            Out::Row(row) => Ok(row),
-            _ => unreachable!("Op::QueryOne gives a row"),
-        }
+        self.run(sql, params, QueryOne, true).await
     }
 
     /// Runs `sql` and returns its row, if any (an error if more than one).
     pub async fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
-        match self.run(sql, params, Op::QueryOpt, true).await? {
-            Out::OptRow(row) => Ok(row),
-            _ => unreachable!("Op::QueryOpt gives an optional row"),
-        }
+        self.run(sql, params, QueryOpt, true).await
     }
 
     /// Runs `sql` and returns how many rows it affected.
     pub async fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
-        match self.run(sql, params, Op::Execute, true).await? {
-            Out::Count(n) => Ok(n),
-            _ => unreachable!("Op::Execute gives a count"),
-        }
+        self.run(sql, params, Execute, true).await
     }
 
     /// Runs `sql` (no parameters) in a read-only transaction that is then rolled
@@ -367,26 +359,17 @@ pub struct Transaction<'a> {
 impl Transaction<'_> {
     /// Runs `sql` and returns its rows.
     pub async fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-        match self.conn.run(sql, params, Op::Query, false).await? {
-            Out::Rows(rows) => Ok(rows),
-            _ => unreachable!("Op::Query gives rows"),
-        }
+        self.conn.run(sql, params, Query, false).await
     }
 
     /// Runs `sql` and returns its one row.
     pub async fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
-        match self.conn.run(sql, params, Op::QueryOne, false).await? {
-            Out::Row(row) => Ok(row),
-            _ => unreachable!("Op::QueryOne gives a row"),
-        }
+        self.conn.run(sql, params, QueryOne, false).await
     }
 
     /// Runs `sql` and returns how many rows it affected.
     pub async fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
-        match self.conn.run(sql, params, Op::Execute, false).await? {
-            Out::Count(n) => Ok(n),
-            _ => unreachable!("Op::Execute gives a count"),
-        }
+        self.conn.run(sql, params, Execute, false).await
     }
 
     /// Commits.
