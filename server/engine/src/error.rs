@@ -1,5 +1,31 @@
 //! The engine's error type.
 
+/// One field of a request at fault: `name`, `database_url`, `config.min_connections`,
+/// `concurrency`…
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestViolation {
+    /// The field, as the request names it.
+    pub field: String,
+    /// What is wrong with it.
+    pub description: String,
+}
+
+impl RequestViolation {
+    /// A violation of `field`.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for RequestViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.description)
+    }
+}
+
 /// The limit a checkout that timed out met.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AcquireLimit {
@@ -29,6 +55,28 @@ impl std::fmt::Display for AcquireLimit {
                 write!(f, "all {max} connections (max_connections) were in use")
             }
             Self::Opening => f.write_str("no connection could be opened in time"),
+        }
+    }
+}
+
+impl Error {
+    /// The request fields this error is about, for a request made of a pool's
+    /// name, database URL and config (empty for other errors).
+    pub fn request_violations(&self) -> Vec<RequestViolation> {
+        match self {
+            Error::InvalidPoolName { .. } => vec![RequestViolation::new("name", self.to_string())],
+            Error::InvalidDatabaseUrl(reason) => {
+                vec![RequestViolation::new("database_url", reason.to_string())]
+            }
+            Error::InvalidConfig(errors) => errors
+                .0
+                .iter()
+                .map(|v| {
+                    RequestViolation::new(format!("config.{}", v.field), v.description.clone())
+                })
+                .collect(),
+            Error::InvalidRequest(violations) => violations.clone(),
+            _ => Vec::new(),
         }
     }
 }
@@ -89,7 +137,7 @@ pub enum Error {
     /// A request's options (e.g. a load test's) broke one or more rules: every
     /// violation is listed, each naming the request's field.
     #[error("invalid request: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
-    InvalidRequest(Vec<crate::config::FieldViolation>),
+    InvalidRequest(Vec<RequestViolation>),
     /// No connection became available within acquire_timeout_secs.
     #[error("timed out after {timeout:?} waiting for a connection: {limit}{}", .last_connect_error.as_ref().map(|e| format!(" (last connection error: {e})")).unwrap_or_default())]
     AcquireTimeout {

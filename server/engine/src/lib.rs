@@ -51,7 +51,7 @@ pub use allowlist::TargetAllowlist;
 pub use config::{AdvancedPoolConfig, ConfigErrors, FieldChange, FieldViolation};
 pub use conninfo::{ConnInfo, Secret};
 pub use embedded_pg::{EmbeddedPg, EmbeddedPgError, EmbeddedPgOptions, EmbeddedTls};
-pub use error::{AcquireLimit, Error, ErrorKind, describe_pg_error};
+pub use error::{AcquireLimit, Error, ErrorKind, RequestViolation, describe_pg_error};
 pub use events::{PoolEvent, PoolEventKind};
 pub use loadtest::{
     Grade, LoadTestLimits, LoadTestOptions, LoadTestProgress, LoadTestResults, PoolLoadTester,

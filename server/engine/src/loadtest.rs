@@ -125,10 +125,10 @@ impl Default for LoadTestLimits {
 impl LoadTestOptions {
     /// Every option out of range (`limits` are the server's caps), each named
     /// as the RunLoadTest request's field.
-    pub fn violations(&self, limits: &LoadTestLimits) -> Vec<crate::FieldViolation> {
+    pub fn violations(&self, limits: &LoadTestLimits) -> Vec<crate::RequestViolation> {
         let mut out = Vec::new();
-        let mut fail = |field: &'static str, description: String| {
-            out.push(crate::FieldViolation { field, description });
+        let mut fail = |field: &str, description: String| {
+            out.push(crate::RequestViolation::new(field, description));
         };
         if self.concurrency == 0 {
             fail("concurrency", "must be at least 1".into());
@@ -645,8 +645,8 @@ mod tests {
             target_rps: Some(0.0),
             read_only: true,
         };
-        let fields = |o: &LoadTestOptions, limits: &LoadTestLimits| -> Vec<&'static str> {
-            o.violations(limits).iter().map(|v| v.field).collect()
+        let fields = |o: &LoadTestOptions, limits: &LoadTestLimits| -> Vec<String> {
+            o.violations(limits).into_iter().map(|v| v.field).collect()
         };
         assert_eq!(
             fields(&options, &LoadTestLimits::default()),

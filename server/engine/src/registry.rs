@@ -128,6 +128,35 @@ impl std::fmt::Debug for ConnectionPoolService {
     }
 }
 
+/// Checks a new pool's name, database URL and config together: the one place a
+/// create request is validated. One kind of fault gives its own error; several
+/// give [`Error::InvalidRequest`] naming every field at fault. Returns the
+/// parsed target.
+pub fn check_new_pool(
+    name: &str,
+    database_url: &str,
+    config: &AdvancedPoolConfig,
+) -> Result<ConnInfo, Error> {
+    let mut errors: Vec<Error> = Vec::new();
+    errors.extend(validate_pool_name(name).err());
+    let target = ConnInfo::parse(database_url).map_err(Error::InvalidDatabaseUrl);
+    let target = match target {
+        Ok(target) => Some(target),
+        Err(error) => {
+            errors.push(error);
+            None
+        }
+    };
+    errors.extend(config.validate().err().map(Error::InvalidConfig));
+    match (target, errors.len()) {
+        (Some(target), 0) => Ok(target),
+        (_, 1) => Err(errors.remove(0)),
+        _ => Err(Error::InvalidRequest(
+            errors.iter().flat_map(Error::request_violations).collect(),
+        )),
+    }
+}
+
 /// Checks a pool name against `[a-z0-9][a-z0-9_-]{0,62}`.
 pub fn validate_pool_name(name: &str) -> Result<(), Error> {
     let invalid = |reason| Error::InvalidPoolName {
@@ -519,19 +548,17 @@ impl ConnectionPoolService {
         database_url: &str,
         config: AdvancedPoolConfig,
     ) -> Result<Arc<AdvancedConnectionPool>, Error> {
-        let target = ConnInfo::parse(database_url).map_err(Error::InvalidDatabaseUrl)?;
-        self.create_pool_on(name, target, config).await
+        let target = check_new_pool(&name, database_url, &config)?;
+        self.create_checked(name, target, config).await
     }
 
-    /// [`create_pool`](Self::create_pool) on a parsed target.
-    pub async fn create_pool_on(
+    /// Creates a pool whose name and config were checked.
+    async fn create_checked(
         &self,
         name: String,
         target: ConnInfo,
         config: AdvancedPoolConfig,
     ) -> Result<Arc<AdvancedConnectionPool>, Error> {
-        validate_pool_name(&name)?;
-        config.validate()?;
         self.check_target(&target)?;
         let target = Arc::new(target);
         let _claim = self.claim(&name)?;

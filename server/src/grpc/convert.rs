@@ -495,6 +495,175 @@ mod tests {
         })
     }
 
+    #[test]
+    fn every_event_kind_converts_with_its_values() {
+        use v1::pool_event::Kind;
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let event = |kind| PoolEvent {
+            pool_name: "p".into(),
+            at,
+            kind,
+        };
+        let convert = |kind| event_to_proto(&event(kind)).and_then(|e| e.kind);
+        assert_eq!(
+            convert(PoolEventKind::HealthCheckSucceeded {
+                response_time_ms: 1.0
+            }),
+            None,
+            "successful checks are for the history only"
+        );
+        let shown = event_to_proto(&event(PoolEventKind::PoolCreated)).expect("shown");
+        assert_eq!(shown.pool_name, "p");
+        assert_eq!(shown.at, Some(timestamp(at)));
+        assert_eq!(shown.kind, Some(Kind::PoolCreated(v1::PoolCreated {})));
+        let cases = [
+            (
+                PoolEventKind::HealthCheckFailed {
+                    consecutive_failures: 2,
+                    error: "e".into(),
+                },
+                Kind::HealthCheckFailed(v1::HealthCheckFailed {
+                    consecutive_failures: 2,
+                    error: "e".into(),
+                }),
+            ),
+            (
+                PoolEventKind::BecameUnhealthy {
+                    consecutive_failures: 3,
+                    error: "x".into(),
+                },
+                Kind::BecameUnhealthy(v1::BecameUnhealthy {
+                    consecutive_failures: 3,
+                    error: "x".into(),
+                }),
+            ),
+            (
+                PoolEventKind::Recovered {
+                    response_time_ms: 2.5,
+                },
+                Kind::Recovered(v1::Recovered {
+                    response_time_ms: 2.5,
+                }),
+            ),
+            (
+                PoolEventKind::Scaled {
+                    direction: ScaleDirection::Down,
+                    from: 10,
+                    to: 9,
+                    utilization: 0.1,
+                    reason: "quiet".into(),
+                },
+                Kind::Scaled(v1::Scaled {
+                    direction: v1::ScaleDirection::Down as i32,
+                    from: 10,
+                    to: 9,
+                    utilization: 0.1,
+                    reason: "quiet".into(),
+                }),
+            ),
+            (
+                PoolEventKind::ConnectionRecycled { queries: 50 },
+                Kind::ConnectionRecycled(v1::ConnectionRecycled { queries: 50 }),
+            ),
+            (
+                PoolEventKind::PoolUpdated { rebuilt: true },
+                Kind::PoolUpdated(v1::PoolUpdated { rebuilt: true }),
+            ),
+            (
+                PoolEventKind::PoolDeleted,
+                Kind::PoolDeleted(v1::PoolDeleted {}),
+            ),
+            (
+                PoolEventKind::MissedEvents { count: 7 },
+                Kind::MissedEvents(v1::MissedEvents { count: 7 }),
+            ),
+            (
+                PoolEventKind::ConfigChanged {
+                    changes: vec![poolplane::FieldChange {
+                        field: "max_connections".into(),
+                        old_value: "2".into(),
+                        new_value: "3".into(),
+                    }],
+                    source: "optimizer".into(),
+                    reason: "why".into(),
+                    applied: false,
+                },
+                Kind::ConfigChanged(v1::ConfigChanged {
+                    changes: vec![v1::FieldChange {
+                        field: "max_connections".into(),
+                        old_value: "2".into(),
+                        new_value: "3".into(),
+                    }],
+                    source: "optimizer".into(),
+                    reason: "why".into(),
+                    applied: false,
+                }),
+            ),
+        ];
+        for (kind, expected) in cases {
+            assert_eq!(convert(kind), Some(expected));
+        }
+    }
+
+    #[test]
+    fn scaling_records_and_recommendations_keep_their_values() {
+        let record = ScalingRecord {
+            pool_name: "p".into(),
+            at: SystemTime::UNIX_EPOCH,
+            direction: ScaleDirection::Up,
+            from: 2,
+            to: -1,
+            utilization: 0.9,
+            reason: "busy".into(),
+        };
+        let shown = scaling_record_to_proto(&record);
+        assert_eq!(shown.direction, v1::ScaleDirection::Up as i32);
+        assert_eq!((shown.from, shown.to), (2, 0), "a negative size shows as 0");
+        assert_eq!(shown.reason, "busy");
+
+        let config = AdvancedPoolConfig {
+            max_connections: 10,
+            ..AdvancedPoolConfig::default()
+        };
+        let grow = poolplane::Recommendation::change(
+            poolplane::optimizer::ConfigChange::MaxConnections(15),
+            &config,
+            "busy".into(),
+            poolplane::Severity::Warning,
+            "Increase max_connections",
+        );
+        let advice = poolplane::Recommendation::advice(
+            "queries",
+            "p95 200 ms",
+            "",
+            "slow".into(),
+            poolplane::Severity::Warning,
+            "Optimize queries",
+        );
+        let report = report_to_proto(&poolplane::OptimizationReport::of(
+            vec![poolplane::PoolOptimization {
+                pool_name: "p".into(),
+                current_utilization: 0.9,
+                recommendations: vec![grow, advice],
+                applied_changes: vec![],
+            }],
+            false,
+        ));
+        assert_eq!((report.total_pools, report.optimized_pools), (1, 1));
+        let recs = &report.optimizations[0].recommendations;
+        assert_eq!(
+            (
+                recs[0].parameter.as_str(),
+                recs[0].current_value.as_str(),
+                recs[0].suggested_value.as_str(),
+                recs[0].applicable
+            ),
+            ("max_connections", "10", "15", true)
+        );
+        assert!(!recs[1].applicable);
+        assert_eq!(recs[1].suggested_value, "");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
 

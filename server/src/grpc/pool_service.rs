@@ -157,41 +157,11 @@ impl pool_service_server::PoolService for PoolService {
         request: Request<pb::CreatePoolRequest>,
     ) -> Result<Response<pb::CreatePoolResponse>, Status> {
         let request = request.into_inner();
-        let mut violations = Vec::new();
-        if let Err(e) = poolplane::registry::validate_pool_name(&request.name) {
-            violations.push(("name".to_owned(), e.to_string()));
-        }
-        let target = match poolplane::ConnInfo::parse(&request.database_url) {
-            Ok(target) => Some(target),
-            Err(why) => {
-                violations.push(("database_url".to_owned(), why.to_string()));
-                None
-            }
-        };
-        let config =
-            match convert::apply_config(AdvancedPoolConfig::default(), request.config.as_ref()) {
-                Ok(config) => {
-                    if let Err(errors) = config.validate() {
-                        violations.extend(
-                            errors
-                                .0
-                                .into_iter()
-                                .map(|v| (format!("config.{}", v.field), v.description)),
-                        );
-                    }
-                    config
-                }
-                Err(more) => {
-                    violations.extend(more);
-                    AdvancedPoolConfig::default()
-                }
-            };
-        let Some(target) = target.filter(|_| violations.is_empty()) else {
-            return Err(status::bad_request(violations));
-        };
+        let config = convert::apply_config(AdvancedPoolConfig::default(), request.config.as_ref())
+            .map_err(status::bad_request)?;
         let warnings = convert::warnings_to_proto(&config);
         self.registry
-            .create_pool_on(request.name.clone(), target, config)
+            .create_pool(request.name.clone(), &request.database_url, config)
             .await
             .map_err(status::from_engine)?;
         Ok(Response::new(pb::CreatePoolResponse {
