@@ -577,32 +577,32 @@ mod tests {
                 PoolEventKind::MissedEvents { count: 7 },
                 Kind::MissedEvents(v1::MissedEvents { count: 7 }),
             ),
-            (
-                PoolEventKind::ConfigChanged {
-                    changes: vec![poolplane::FieldChange {
-                        field: "max_connections".into(),
-                        old_value: "2".into(),
-                        new_value: "3".into(),
-                    }],
-                    source: "optimizer".into(),
-                    reason: "why".into(),
-                    applied: false,
-                },
-                Kind::ConfigChanged(v1::ConfigChanged {
-                    changes: vec![v1::FieldChange {
-                        field: "max_connections".into(),
-                        old_value: "2".into(),
-                        new_value: "3".into(),
-                    }],
-                    source: "optimizer".into(),
-                    reason: "why".into(),
-                    applied: false,
-                }),
-            ),
         ];
         for (kind, expected) in cases {
             assert_eq!(convert(kind), Some(expected));
         }
+        let changed = convert(PoolEventKind::ConfigChanged {
+            changes: vec![poolplane::FieldChange {
+                field: "max_connections".into(),
+                old_value: "2".into(),
+                new_value: "3".into(),
+            }],
+            source: "optimizer".into(),
+            reason: "why".into(),
+            applied: false,
+        });
+        let Some(Kind::ConfigChanged(c)) = changed else {
+            panic!("{changed:?}");
+        };
+        let change = &c.changes[0];
+        assert_eq!(
+            (&*change.field, &*change.old_value, &*change.new_value),
+            ("max_connections", "2", "3")
+        );
+        assert_eq!(
+            (&*c.source, &*c.reason, c.applied),
+            ("optimizer", "why", false)
+        );
     }
 
     #[test]
@@ -632,14 +632,10 @@ mod tests {
             poolplane::Severity::Warning,
             "Increase max_connections",
         );
-        let advice = poolplane::Recommendation::advice(
-            "queries",
-            "p95 200 ms",
-            "",
-            "slow".into(),
-            poolplane::Severity::Warning,
-            "Optimize queries",
-        );
+        let mut advice = grow.clone();
+        advice.parameter = "queries".into();
+        advice.suggested_value.clear();
+        advice.change = None;
         let report = report_to_proto(&poolplane::OptimizationReport::of(
             vec![poolplane::PoolOptimization {
                 pool_name: "p".into(),

@@ -157,6 +157,18 @@ mod tests {
     use poolplane::budget::BudgetRefusal;
     use std::time::Duration;
 
+    fn refusal() -> BudgetRefusal {
+        BudgetRefusal {
+            server: "127.0.0.1:5432".into(),
+            limit: 22,
+            max_connections: 30,
+            reserved_connections: 3,
+            reserve: 5,
+            others_min: 10,
+            min: 17,
+        }
+    }
+
     fn bad_fields(status: &Status) -> Vec<String> {
         status
             .get_error_details()
@@ -207,15 +219,7 @@ mod tests {
 
     #[test]
     fn every_other_error_has_its_code() {
-        let refusal = BudgetRefusal {
-            server: "127.0.0.1:5432".into(),
-            limit: 22,
-            max_connections: 30,
-            reserved_connections: 3,
-            reserve: 5,
-            others_min: 10,
-            min: 17,
-        };
+        let refusal = refusal();
         let cases = [
             (
                 Error::TargetNotAllowed {
@@ -288,15 +292,7 @@ mod tests {
             },
         ));
         assert_eq!(internal.message(), "internal error; see the server log");
-        let refusal = BudgetRefusal {
-            server: "127.0.0.1:5432".into(),
-            limit: 22,
-            max_connections: 30,
-            reserved_connections: 3,
-            reserve: 5,
-            others_min: 10,
-            min: 17,
-        };
+        let refusal = refusal();
         let status = from_engine(Error::BudgetExceeded(refusal));
         let failure = status
             .get_error_details()
