@@ -36,10 +36,8 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 
 fn config(max: u32, min: u32) -> PoolConfig {
     PoolConfig {
-        max_connections: Some(max),
-        min_connections: Some(min),
         enable_dynamic_sizing: Some(false),
-        ..PoolConfig::default()
+        ..poolplane_tests::proto_config(min, max)
     }
 }
 

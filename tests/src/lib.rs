@@ -23,6 +23,6 @@ pub use leak::{
 pub use load::run_load_test;
 pub use otlp::OtlpCollector;
 pub use process::{ServerProcess, built_binary, process_alive, wait_health, wait_until};
-pub use server::{TestServer, test_secrets_key_file};
-pub use test_pg::{TestDatabase, TestPg, connect, count_backends, test_config};
+pub use server::{ServingStatus, TestServer, test_secrets_key_file};
+pub use test_pg::{TestDatabase, TestPg, connect, count_backends, proto_config, test_config};
 pub use tls::{Issued, TestCa};

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use poolplane_client::PoolplaneClient;
 use poolplane_server::{Server, ServerConfig};
+use tonic_health::pb::HealthCheckRequest;
+pub use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::{TestDatabase, TestPg};
 
@@ -93,6 +96,27 @@ impl TestServer {
     /// Watch streams whose server task is still running.
     pub fn active_watchers(&self) -> usize {
         self.server.as_ref().map_or(0, Server::active_watchers)
+    }
+
+    /// A plain gRPC channel to the server, for the generated clients.
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        let endpoint = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))?;
+        Ok(endpoint.connect().await?)
+    }
+
+    /// What grpc.health.v1 says of `service` (e.g. [`pool_health_name`] or
+    /// [`METRICS_STORE_SERVICE`]); an error if the call fails (NOT_FOUND for a
+    /// service the server does not know).
+    ///
+    /// [`pool_health_name`]: poolplane_server::app::pool_health_name
+    /// [`METRICS_STORE_SERVICE`]: poolplane_server::app::METRICS_STORE_SERVICE
+    pub async fn health(&self, service: &str) -> anyhow::Result<ServingStatus> {
+        let mut health = HealthClient::new(self.channel().await?);
+        let request = HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        let status = health.check(request).await?.into_inner().status;
+        Ok(ServingStatus::try_from(status)?)
     }
 
     /// Shuts the server down gracefully and waits for it.

@@ -189,3 +189,15 @@ pub fn test_config(min: u32, max: u32) -> poolplane::AdvancedPoolConfig {
         ..poolplane::AdvancedPoolConfig::default()
     }
 }
+
+/// A pool config message for tests: `min`..`max` connections, health checked
+/// every 2 s with a 1 s timeout, the rest the server's defaults.
+pub fn proto_config(min: u32, max: u32) -> poolplane_client::proto::PoolConfig {
+    poolplane_client::proto::PoolConfig {
+        min_connections: Some(min),
+        max_connections: Some(max),
+        health_check_interval_secs: Some(2),
+        health_check_timeout_secs: Some(1),
+        ..Default::default()
+    }
+}

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use poolplane_client::PoolConfigBuilder;
 use poolplane_tests::{TestPg, TestServer};
 use tokio::net::{TcpListener, UnixListener};
 use tonic::Code;
@@ -23,10 +22,7 @@ async fn never_dialled_unix(listener: &UnixListener) {
 }
 
 fn small() -> poolplane_client::proto::PoolConfig {
-    PoolConfigBuilder::new()
-        .max_connections(2)
-        .min_connections(1)
-        .build()
+    poolplane_tests::proto_config(1, 2)
 }
 
 #[tokio::test]

@@ -249,13 +249,7 @@ async fn call(
 }
 
 fn small_config() -> pb::PoolConfig {
-    pb::PoolConfig {
-        max_connections: Some(3),
-        min_connections: Some(1),
-        health_check_interval_secs: Some(2),
-        health_check_timeout_secs: Some(1),
-        ..Default::default()
-    }
+    poolplane_tests::proto_config(1, 3)
 }
 
 #[tokio::test]
@@ -494,9 +488,7 @@ async fn query_service_roles_operators_read_admins_write() -> anyhow::Result<()>
     let control = TestPg::database().await?;
     let server = TestServer::spawn_with(control, |c| c.auth_tokens_file = Some(tokens)).await?;
     let db = TestPg::database().await?;
-    let channel = Channel::from_shared(format!("http://{}", server.addr))?
-        .connect()
-        .await?;
+    let channel = server.channel().await?;
     let mut pools = PoolServiceClient::new(channel.clone());
     pools
         .create_pool(request(

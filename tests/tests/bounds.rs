@@ -9,10 +9,7 @@ use poolplane_tests::{FaultProxy, TestDatabase, TestPg, TestServer, wait_until};
 use tonic::Code;
 
 fn small() -> PoolConfig {
-    PoolConfigBuilder::new()
-        .max_connections(2)
-        .min_connections(1)
-        .build()
+    poolplane_tests::proto_config(1, 2)
 }
 
 /// Asserts `result` is INVALID_ARGUMENT naming `field`, then that an ordinary call

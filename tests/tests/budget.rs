@@ -20,10 +20,8 @@ const BUDGET: i64 = 30 - 3 - 5;
 
 fn config(min: u32, max: u32) -> PoolConfig {
     PoolConfig {
-        min_connections: Some(min),
-        max_connections: Some(max),
         acquire_timeout_secs: Some(10),
-        ..PoolConfig::default()
+        ..poolplane_tests::proto_config(min, max)
     }
 }
 

@@ -12,10 +12,8 @@ use poolplane_tests::{TestPg, TestServer, run_load_test, wait_until};
 
 fn fixed(min: u32, max: u32) -> PoolConfig {
     PoolConfig {
-        min_connections: Some(min),
-        max_connections: Some(max),
         enable_dynamic_sizing: Some(false),
-        ..PoolConfig::default()
+        ..poolplane_tests::proto_config(min, max)
     }
 }
 

@@ -12,8 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 async fn query_one_string(url: &str, sql: &str) -> anyhow::Result<String> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    let client = poolplane_tests::connect(url).await?;
     Ok(client.query_one(sql, &[]).await?.get(0))
 }
 
@@ -63,9 +62,7 @@ async fn data_dir_and_settings_survive_a_restart() -> anyhow::Result<()> {
     };
     let first = EmbeddedPg::start(options.clone()).await?;
     let password = first.password().to_owned();
-    let (client, connection) =
-        tokio_postgres::connect(&first.url("postgres"), tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    let client = poolplane_tests::connect(&first.url("postgres")).await?;
     client
         .batch_execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)")
         .await?;

@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use poolplane_client::PoolplaneClient;
 use poolplane_client::proto::run_load_test_response::Update;
 use poolplane_client::proto::{LoadTestResult, PoolConfig, RunLoadTestRequest};
-use poolplane_client::{PoolConfigBuilder, PoolplaneClient};
 use poolplane_tests::{
     FaultProxy, TestPg, TestServer, active_backends, pool_backends, server_resources, wait_back_to,
     wait_health, wait_no_backends, wait_until,
@@ -27,15 +27,10 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 fn quick(max: u32, min: u32) -> PoolConfig {
     PoolConfig {
         acquire_timeout_secs: Some(2),
-        health_check_interval_secs: Some(2),
-        health_check_timeout_secs: Some(1),
         max_failed_health_checks: Some(1),
         enable_dynamic_sizing: Some(false),
         validation_idle_threshold_ms: Some(0),
-        ..PoolConfigBuilder::new()
-            .max_connections(max)
-            .min_connections(min)
-            .build()
+        ..poolplane_tests::proto_config(min, max)
     }
 }
 

@@ -16,12 +16,8 @@ use tonic::Code;
 
 fn config(acquire_timeout_secs: u64) -> PoolConfig {
     PoolConfig {
-        max_connections: Some(2),
-        min_connections: Some(1),
         acquire_timeout_secs: Some(acquire_timeout_secs),
-        health_check_interval_secs: Some(2),
-        health_check_timeout_secs: Some(1),
-        ..PoolConfig::default()
+        ..poolplane_tests::proto_config(1, 2)
     }
 }
 

@@ -17,13 +17,7 @@ const SPACE: &str = "abc def=x-Zz09";
 const WRONG: &str = "Wr0ng-pass-Qw77";
 
 fn config() -> PoolConfig {
-    PoolConfig {
-        max_connections: Some(3),
-        min_connections: Some(1),
-        health_check_interval_secs: Some(2),
-        health_check_timeout_secs: Some(1),
-        ..PoolConfig::default()
-    }
+    poolplane_tests::proto_config(1, 3)
 }
 
 /// Every way a secret could show: itself and its distinctive pieces.

@@ -5,15 +5,12 @@
 
 use std::time::{Duration, Instant};
 
+use poolplane_client::PoolplaneClient;
 use poolplane_client::proto::{LoadTestResult, PoolConfig, RunLoadTestRequest};
-use poolplane_client::{PoolConfigBuilder, PoolplaneClient};
 use poolplane_tests::{TestPg, TestServer, run_load_test};
 
 fn config() -> PoolConfig {
-    PoolConfigBuilder::new()
-        .max_connections(2)
-        .min_connections(1)
-        .build()
+    poolplane_tests::proto_config(1, 2)
 }
 
 async fn run(

@@ -15,12 +15,8 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 fn fixed(min: u32, max: u32) -> PoolConfig {
     PoolConfig {
-        min_connections: Some(min),
-        max_connections: Some(max),
         enable_dynamic_sizing: Some(false),
-        health_check_interval_secs: Some(2),
-        health_check_timeout_secs: Some(1),
-        ..PoolConfig::default()
+        ..poolplane_tests::proto_config(min, max)
     }
 }
 

@@ -7,18 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use poolplane_client::proto::PoolConfig;
-use poolplane_tests::{FaultProxy, TestPg, TestServer, http_get, metric_value, wait_until};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
+use poolplane_server::app::METRICS_STORE_SERVICE;
+use poolplane_tests::{
+    FaultProxy, ServingStatus, TestPg, TestServer, http_get, metric_value, wait_until,
+};
 
 fn pool_config() -> PoolConfig {
-    PoolConfig {
-        min_connections: Some(1),
-        max_connections: Some(4),
-        health_check_interval_secs: Some(2),
-        health_check_timeout_secs: Some(1),
-        ..PoolConfig::default()
-    }
+    poolplane_tests::proto_config(1, 4)
 }
 
 async fn per_pool(
@@ -140,24 +135,13 @@ async fn a_control_database_outage_loses_no_sample_and_fails_no_query() -> anyho
             }));
         }
     }
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))?
-        .connect()
-        .await?;
-    let store_status = || {
-        let mut health = HealthClient::new(channel.clone());
-        async move {
-            health
-                .check(HealthCheckRequest {
-                    service: "poolplane.v1.MetricsStore".into(),
-                })
-                .await
-                .map(|r| r.into_inner().status)
-                .unwrap_or(-1)
-        }
+    let store_status = || async {
+        server
+            .health(METRICS_STORE_SERVICE)
+            .await
+            .unwrap_or(ServingStatus::Unknown)
     };
-    const SERVING: i32 = 1;
-    const NOT_SERVING: i32 = 2;
-    assert_eq!(store_status().await, SERVING);
+    assert_eq!(store_status().await, ServingStatus::Serving);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let cut_at = SystemTime::now();
@@ -165,7 +149,7 @@ async fn a_control_database_outage_loses_no_sample_and_fails_no_query() -> anyho
     wait_until(
         Duration::from_secs(10),
         "MetricsStore is NOT_SERVING",
-        || async { store_status().await == NOT_SERVING },
+        || async { store_status().await == ServingStatus::NotServing },
     )
     .await?;
     let outage = Instant::now();
@@ -187,7 +171,8 @@ async fn a_control_database_outage_loses_no_sample_and_fails_no_query() -> anyho
     proxy.restore();
     let recorder = Arc::clone(server.server().recorder_status());
     wait_until(Duration::from_secs(20), "the buffer is written", || async {
-        store_status().await == SERVING && recorder.buffered.load(Ordering::Relaxed) == 0
+        store_status().await == ServingStatus::Serving
+            && recorder.buffered.load(Ordering::Relaxed) == 0
     })
     .await?;
     let text = http_get(metrics, "/metrics").await?;

@@ -6,21 +6,14 @@ use std::time::Duration;
 use poolplane_client::Error;
 use poolplane_client::proto::pool_event::Kind;
 use poolplane_client::proto::{PoolConfig, PoolState, WarmupQueries};
+use poolplane_server::app::pool_health_name;
+use poolplane_tests::ServingStatus;
 use poolplane_tests::{FaultProxy, TestServer, wait_until};
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
 fn small() -> PoolConfig {
-    PoolConfig {
-        min_connections: Some(1),
-        max_connections: Some(4),
-        health_check_interval_secs: Some(2),
-        health_check_timeout_secs: Some(1),
-        ..PoolConfig::default()
-    }
+    poolplane_tests::proto_config(1, 4)
 }
 
 fn status(error: Error) -> tonic::Status {
@@ -52,16 +45,8 @@ async fn stored(server: &TestServer, name: &str) -> anyhow::Result<Option<serde_
         .map(|row| row.get(0)))
 }
 
-async fn pool_health(server: &TestServer, name: &str) -> anyhow::Result<i32> {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))?
-        .connect()
-        .await?;
-    let response = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: format!("pool/{name}"),
-        })
-        .await?;
-    Ok(response.into_inner().status)
+async fn pool_health(server: &TestServer, name: &str) -> anyhow::Result<ServingStatus> {
+    server.health(&pool_health_name(name)).await
 }
 
 #[tokio::test]
@@ -99,7 +84,7 @@ async fn create_inspect_update_and_delete_a_pool() -> anyhow::Result<()> {
     assert_eq!(cache.capacity, 2000);
     assert_eq!(
         pool_health(&server, "primary").await?,
-        ServingStatus::Serving as i32
+        ServingStatus::Serving
     );
 
     // Live: min and the cache capacity change in place.
@@ -382,9 +367,7 @@ async fn a_cut_database_turns_the_pool_not_serving_and_back() -> anyhow::Result<
     wait_until(
         Duration::from_secs(5),
         "pool/edge is NOT_SERVING",
-        || async {
-            pool_health(&server, "edge").await.ok() == Some(ServingStatus::NotServing as i32)
-        },
+        || async { pool_health(&server, "edge").await.ok() == Some(ServingStatus::NotServing) },
     )
     .await?;
     assert_eq!(
@@ -403,7 +386,7 @@ async fn a_cut_database_turns_the_pool_not_serving_and_back() -> anyhow::Result<
     wait_until(
         Duration::from_secs(5),
         "pool/edge is SERVING again",
-        || async { pool_health(&server, "edge").await.ok() == Some(ServingStatus::Serving as i32) },
+        || async { pool_health(&server, "edge").await.ok() == Some(ServingStatus::Serving) },
     )
     .await?;
     server.shutdown().await

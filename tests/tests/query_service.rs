@@ -12,11 +12,7 @@ use poolplane_tests::{TestPg, TestServer, wait_until};
 use tonic::Code;
 
 fn config() -> PoolConfig {
-    PoolConfig {
-        min_connections: Some(1),
-        max_connections: Some(4),
-        ..PoolConfig::default()
-    }
+    poolplane_tests::proto_config(1, 4)
 }
 
 fn v(kind: Kind) -> Value {

@@ -82,9 +82,7 @@ async fn grpcurl_lists_describes_and_checks_health() -> anyhow::Result<()> {
 #[tokio::test]
 async fn reflection_v1_lists_every_service() -> anyhow::Result<()> {
     let server = TestServer::spawn().await?;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))?
-        .connect()
-        .await?;
+    let channel = server.channel().await?;
     let mut client = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),

@@ -45,8 +45,7 @@ async fn embedded_default_serves_stops_on_sigterm_and_is_reused() -> anyhow::Res
         "postgres://postgres:{}@127.0.0.1:{port}/postgres",
         password.trim()
     );
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    let client = poolplane_tests::connect(&url).await?;
     client
         .batch_execute(
             "INSERT INTO pool_definitions (name, database_url) \

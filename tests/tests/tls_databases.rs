@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use poolplane::{EmbeddedPg, EmbeddedPgOptions, EmbeddedTls};
-use poolplane_client::PoolConfigBuilder;
 use poolplane_client::proto::PoolConfig;
 use poolplane_tests::{TestCa, TestPg, TestServer, connect, wait_until};
 use tokio::sync::OnceCell;
@@ -60,10 +59,7 @@ async fn cluster() -> anyhow::Result<&'static TlsCluster> {
 fn small() -> PoolConfig {
     PoolConfig {
         acquire_timeout_secs: Some(5),
-        ..PoolConfigBuilder::new()
-            .max_connections(3)
-            .min_connections(2)
-            .build()
+        ..poolplane_tests::proto_config(2, 3)
     }
 }
 
