@@ -142,7 +142,19 @@ async fn a_control_database_outage_loses_no_sample_and_fails_no_query() -> anyho
             .unwrap_or(ServingStatus::Unknown)
     };
     assert_eq!(store_status().await, ServingStatus::Serving);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Samples of both pools are stored before the cut (so the gaps are checked
+    // across it).
+    let sql = server.control.connect().await?;
+    wait_until(Duration::from_secs(10), "two samples of each pool", || async {
+        let counts = sql
+            .query(
+                "SELECT count(*) FROM connection_pool_metrics GROUP BY pool_name HAVING count(*) >= 2",
+                &[],
+            )
+            .await;
+        counts.is_ok_and(|rows| rows.len() == names.len())
+    })
+    .await?;
 
     let cut_at = SystemTime::now();
     proxy.cut();
@@ -198,7 +210,6 @@ async fn a_control_database_outage_loses_no_sample_and_fails_no_query() -> anyho
     assert!(queries.load(Ordering::Relaxed) > 500);
     assert_eq!(recorder.dropped.load(Ordering::Relaxed), 0);
 
-    let sql = server.control.connect().await?;
     for name in names {
         let times: Vec<SystemTime> = sql
             .query(

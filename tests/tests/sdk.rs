@@ -60,6 +60,36 @@ async fn the_builder_sends_a_token_sets_deadlines_and_retries_reads() -> anyhow:
             .is_err()
     );
 
+    // The deadline goes with the call: a statement slower than it is cut short.
+    let db = TestPg::database().await?;
+    client
+        .create_pool("slow", db.url(), poolplane_tests::proto_config(1, 2))
+        .await?;
+    let hasty = PoolplaneClient::builder(addr.to_string())
+        .request_timeout(Duration::from_millis(300))
+        .connect()
+        .await?;
+    let started = std::time::Instant::now();
+    let late = hasty
+        .query("slow", "SELECT pg_sleep(5)", vec![])
+        .await
+        .expect_err("past the deadline");
+    let waited = started.elapsed();
+    assert!(
+        matches!(
+            late.status().map(tonic::Status::code),
+            Some(tonic::Code::DeadlineExceeded | tonic::Code::Cancelled)
+        ),
+        "{late:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "waited {waited:?} for a 300 ms deadline"
+    );
+    // Within its own (longer) deadline the same call succeeds.
+    client.query("slow", "SELECT pg_sleep(0.5)", vec![]).await?;
+    client.delete_pool("slow").await?;
+
     // The server goes away and comes back on the same address: a read retries
     // through the gap (a client without retries sees UNAVAILABLE).
     let no_retries = PoolplaneClient::connect(addr.to_string()).await?;

@@ -173,8 +173,7 @@ mod module_order {
         let declared: Vec<String> = lib
             .lines()
             .filter_map(|l| l.trim_start_matches("pub ").strip_prefix("mod "))
-            .map(|l| l.trim_end_matches(';').to_owned())
-            .filter(|name| name != "module_order {")
+            .filter_map(|l| l.strip_suffix(';').map(str::to_owned))
             .collect();
         let mut sorted_order = order.clone();
         sorted_order.sort();

@@ -645,24 +645,11 @@ impl ConnectionPoolService {
 
     /// Forwards a pool's events to the registry's broadcast until `stop`.
     fn spawn_forwarder(&self, pool: &AdvancedConnectionPool, stop: CancellationToken) {
-        let mut from = pool.subscribe();
+        let from = pool.subscribe();
         let to = self.events.clone();
         let name = pool.name().to_owned();
-        self.tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    biased;
-                    () = stop.cancelled() => break,
-                    received = from.recv() => match received {
-                        Ok(event) => { let _ = to.send(event); }
-                        Err(broadcast::error::RecvError::Lagged(count)) => {
-                            let _ = to.send(events::event(&name, PoolEventKind::MissedEvents { count }));
-                        }
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    },
-                }
-            }
-        });
+        self.tasks
+            .spawn(async move { forward(&name, from, &to, &stop).await });
     }
 
     /// The pool named `name` (the seed's `get_pool`).
@@ -963,6 +950,32 @@ impl ConnectionPoolService {
     }
 }
 
+/// Forwards the events of pool `name` from its own broadcast to the registry's
+/// until `stop` or the pool's sender goes; events the forwarder fell behind on
+/// become one MissedEvents event, so that watchers know their view has a gap.
+async fn forward(
+    name: &str,
+    mut from: broadcast::Receiver<PoolEvent>,
+    to: &broadcast::Sender<PoolEvent>,
+    stop: &CancellationToken,
+) {
+    loop {
+        let received = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            received = from.recv() => received,
+        };
+        let event = match received {
+            Ok(event) => event,
+            Err(broadcast::error::RecvError::Lagged(count)) => {
+                events::event(name, PoolEventKind::MissedEvents { count })
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        let _ = to.send(event);
+    }
+}
+
 fn info(name: &str, entry: &Entry) -> PoolInfo {
     PoolInfo {
         name: name.to_owned(),
@@ -981,7 +994,40 @@ fn config_json(config: &AdvancedPoolConfig) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::validate_pool_name;
+    use super::{
+        CancellationToken, PoolEventKind, broadcast, events, forward, validate_pool_name,
+    };
+
+    #[tokio::test]
+    async fn a_forwarder_that_falls_behind_says_how_many_events_it_missed() {
+        let (pool_events, from) = broadcast::channel(2);
+        let (to, mut watcher) = broadcast::channel(16);
+        for queries in 1..=5 {
+            pool_events
+                .send(events::event(
+                    "p",
+                    PoolEventKind::ConnectionRecycled { queries },
+                ))
+                .expect("a receiver");
+        }
+        drop(pool_events);
+        let stop = CancellationToken::new();
+        forward("p", from, &to, &stop).await; // returns once the pool's sender is gone
+        let kinds: Vec<PoolEventKind> = std::iter::from_fn(|| watcher.try_recv().ok())
+            .map(|e| {
+                assert_eq!(e.pool_name, "p");
+                e.kind
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                PoolEventKind::MissedEvents { count: 3 },
+                PoolEventKind::ConnectionRecycled { queries: 4 },
+                PoolEventKind::ConnectionRecycled { queries: 5 },
+            ]
+        );
+    }
 
     #[test]
     fn pool_names_at_their_boundaries() {

@@ -495,28 +495,10 @@ mod tests {
         })
     }
 
-    #[test]
-    fn every_event_kind_converts_with_its_values() {
+    /// Each event kind with the message it must become.
+    fn event_cases() -> Vec<(PoolEventKind, v1::pool_event::Kind)> {
         use v1::pool_event::Kind;
-        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        let event = |kind| PoolEvent {
-            pool_name: "p".into(),
-            at,
-            kind,
-        };
-        let convert = |kind| event_to_proto(&event(kind)).and_then(|e| e.kind);
-        assert_eq!(
-            convert(PoolEventKind::HealthCheckSucceeded {
-                response_time_ms: 1.0
-            }),
-            None,
-            "successful checks are for the history only"
-        );
-        let shown = event_to_proto(&event(PoolEventKind::PoolCreated)).expect("shown");
-        assert_eq!(shown.pool_name, "p");
-        assert_eq!(shown.at, Some(timestamp(at)));
-        assert_eq!(shown.kind, Some(Kind::PoolCreated(v1::PoolCreated {})));
-        let cases = [
+        vec![
             (
                 PoolEventKind::HealthCheckFailed {
                     consecutive_failures: 2,
@@ -577,7 +559,31 @@ mod tests {
                 PoolEventKind::MissedEvents { count: 7 },
                 Kind::MissedEvents(v1::MissedEvents { count: 7 }),
             ),
-        ];
+        ]
+    }
+
+    #[test]
+    fn every_event_kind_converts_with_its_values() {
+        use v1::pool_event::Kind;
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let event = |kind| PoolEvent {
+            pool_name: "p".into(),
+            at,
+            kind,
+        };
+        let convert = |kind| event_to_proto(&event(kind)).and_then(|e| e.kind);
+        assert_eq!(
+            convert(PoolEventKind::HealthCheckSucceeded {
+                response_time_ms: 1.0
+            }),
+            None,
+            "successful checks are for the history only"
+        );
+        let shown = event_to_proto(&event(PoolEventKind::PoolCreated)).expect("shown");
+        assert_eq!(shown.pool_name, "p");
+        assert_eq!(shown.at, Some(timestamp(at)));
+        assert_eq!(shown.kind, Some(Kind::PoolCreated(v1::PoolCreated {})));
+        let cases = event_cases();
         for (kind, expected) in cases {
             assert_eq!(convert(kind), Some(expected));
         }

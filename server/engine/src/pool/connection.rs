@@ -176,50 +176,39 @@ impl PooledConnection {
             db.system.name = "postgresql",
             db.client.connection.pool.name = %self.shared.name,
         );
+        self.in_flight = true;
         let statement = async {
-            self.in_flight = true;
-            let result = self.run_statement(sql, params, op, retry).await;
-            self.in_flight = false;
-            result
+            self.conn.queries += 1;
+            Counters::add(&self.shared.counters.total_queries, 1);
+            if self.shared.cache_capacity() == 0 {
+                return op
+                    .call(&self.conn.client, sql, params)
+                    .await
+                    .map_err(Error::Database);
+            }
+            let statement = self.prepare_cached(sql).await?;
+            match op.call(&self.conn.client, &statement, params).await {
+                Err(e) if is_stale_statement(&e) => {
+                    drop(statement);
+                    self.forget_statement(sql);
+                    if !retry {
+                        return Err(Error::Database(e));
+                    }
+                    let statement = self.prepare_cached(sql).await?;
+                    op.call(&self.conn.client, &statement, params)
+                        .await
+                        .map_err(Error::Database)
+                }
+                result => result.map_err(Error::Database),
+            }
         };
         let result = tracing::Instrument::instrument(statement, span).await;
+        self.in_flight = false;
         self.shared
             .counters
             .operation_time
             .record(started.elapsed());
         self.counted(result)
-    }
-
-    async fn run_statement<O: Op>(
-        &mut self,
-        sql: &str,
-        params: Params<'_>,
-        op: O,
-        retry: bool,
-    ) -> Result<O::Out, Error> {
-        self.conn.queries += 1;
-        Counters::add(&self.shared.counters.total_queries, 1);
-        if self.shared.cache_capacity() == 0 {
-            return op
-                .call(&self.conn.client, sql, params)
-                .await
-                .map_err(Error::Database);
-        }
-        let statement = self.prepare_cached(sql).await?;
-        match op.call(&self.conn.client, &statement, params).await {
-            Err(e) if is_stale_statement(&e) => {
-                drop(statement);
-                self.forget_statement(sql);
-                if !retry {
-                    return Err(Error::Database(e));
-                }
-                let statement = self.prepare_cached(sql).await?;
-                op.call(&self.conn.client, &statement, params)
-                    .await
-                    .map_err(Error::Database)
-            }
-            result => result.map_err(Error::Database),
-        }
     }
 
     /// Runs `sql` (a cached prepared statement) and returns its rows. A statement
