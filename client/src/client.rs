@@ -217,6 +217,14 @@ impl<M: Send + 'static, T: Send + 'static> Watch<M, T> {
 }
 
 impl<M, T> Watch<M, T> {
+    /// The items of a server stream, each taken out of its message by `unwrap`.
+    fn new(response: tonic::Response<Streaming<M>>, unwrap: fn(M) -> Option<T>) -> Self {
+        Self {
+            inner: response.into_inner(),
+            unwrap,
+        }
+    }
+
     /// The next item; `None` when the server ends the stream.
     pub async fn next(&mut self) -> Result<Option<T>, Error> {
         loop {
@@ -234,6 +242,40 @@ impl<M, T> Watch<M, T> {
 
 fn present<T>(value: Option<T>, what: &str) -> Result<T, Error> {
     value.ok_or_else(|| Error::Status(tonic::Status::internal(format!("response without {what}"))))
+}
+
+/// A read of one pool by name: `$rpc` with a `$Req { pool_name }` (and `limit`
+/// for a listing), retried as configured, answering the response's `$field`.
+macro_rules! pool_read {
+    ($(#[$doc:meta])* $rpc:ident, $Req:ident, $field:ident, $T:ty) => {
+        $(#[$doc])*
+        pub async fn $rpc(&self, pool_name: &str) -> Result<$T, Error> {
+            let request = $Req {
+                pool_name: pool_name.to_owned(),
+            };
+            let response = self
+                .unary(Retry::Idempotent, request, |mut s, r| async move {
+                    s.$rpc(r).await
+                })
+                .await?;
+            present(response.$field, stringify!($field))
+        }
+    };
+    ($(#[$doc:meta])* $rpc:ident, $Req:ident, $field:ident, $T:ty, limit) => {
+        $(#[$doc])*
+        pub async fn $rpc(&self, pool_name: &str, limit: u32) -> Result<Vec<$T>, Error> {
+            let request = $Req {
+                pool_name: pool_name.to_owned(),
+                limit,
+            };
+            let response = self
+                .unary(Retry::Idempotent, request, |mut s, r| async move {
+                    s.$rpc(r).await
+                })
+                .await?;
+            Ok(response.$field)
+        }
+    };
 }
 
 impl PoolplaneClient {
@@ -394,25 +436,15 @@ impl PoolplaneClient {
         Ok((present(response.pool, "pool")?, response.warnings))
     }
 
-    /// A pool's recorded config changes (one per field), newest first: who
-    /// changed what, why, and whether it was applied.
-    pub async fn list_config_changes(
-        &self,
-        pool_name: &str,
-        limit: u32,
-    ) -> Result<Vec<ConfigChangeRecord>, Error> {
-        let response = self
-            .unary(
-                Retry::Idempotent,
-                ListConfigChangesRequest {
-                    pool_name: pool_name.to_owned(),
-                    limit,
-                },
-                |mut s, r| async move { s.list_config_changes(r).await },
-            )
-            .await?;
-        Ok(response.changes)
-    }
+    pool_read!(
+        /// A pool's recorded config changes (one per field), newest first: who
+        /// changed what, why, and whether it was applied.
+        list_config_changes,
+        ListConfigChangesRequest,
+        changes,
+        ConfigChangeRecord,
+        limit
+    );
 
     /// Deletes a pool (its checked-out connections may finish first).
     pub async fn delete_pool(&self, name: &str) -> Result<(), Error> {
@@ -426,50 +458,29 @@ impl PoolplaneClient {
         Ok(())
     }
 
-    /// A pool's stats snapshot.
-    pub async fn get_pool_stats(&self, pool_name: &str) -> Result<PoolStats, Error> {
-        let response = self
-            .unary(
-                Retry::Idempotent,
-                GetPoolStatsRequest {
-                    pool_name: pool_name.to_owned(),
-                },
-                |mut s, r| async move { s.get_pool_stats(r).await },
-            )
-            .await?;
-        present(response.stats, "stats")
-    }
+    pool_read!(
+        /// A pool's stats snapshot.
+        get_pool_stats,
+        GetPoolStatsRequest,
+        stats,
+        PoolStats
+    );
 
-    /// A pool's health.
-    pub async fn get_health_status(&self, pool_name: &str) -> Result<HealthStatus, Error> {
-        let response = self
-            .unary(
-                Retry::Idempotent,
-                GetHealthStatusRequest {
-                    pool_name: pool_name.to_owned(),
-                },
-                |mut s, r| async move { s.get_health_status(r).await },
-            )
-            .await?;
-        present(response.health, "health")
-    }
+    pool_read!(
+        /// A pool's health.
+        get_health_status,
+        GetHealthStatusRequest,
+        health,
+        HealthStatus
+    );
 
-    /// A pool's statement-cache counters.
-    pub async fn get_statement_cache_stats(
-        &self,
-        pool_name: &str,
-    ) -> Result<StatementCacheStats, Error> {
-        let response = self
-            .unary(
-                Retry::Idempotent,
-                GetStatementCacheStatsRequest {
-                    pool_name: pool_name.to_owned(),
-                },
-                |mut s, r| async move { s.get_statement_cache_stats(r).await },
-            )
-            .await?;
-        present(response.stats, "stats")
-    }
+    pool_read!(
+        /// A pool's statement-cache counters.
+        get_statement_cache_stats,
+        GetStatementCacheStatsRequest,
+        stats,
+        StatementCacheStats
+    );
 
     /// Stats snapshots of `pool_names` (empty: every pool) every `interval_ms`
     /// (0: the server's default of 1000).
@@ -485,10 +496,7 @@ impl PoolplaneClient {
                 interval_ms,
             }))
             .await?;
-        Ok(Watch {
-            inner: response.into_inner(),
-            unwrap: |m| m.stats,
-        })
+        Ok(Watch::new(response, |m| m.stats))
     }
 
     /// The current health of `pool_names` (empty: every pool), then every event.
@@ -502,29 +510,17 @@ impl PoolplaneClient {
                 pool_names: pool_names.iter().map(|n| (*n).to_owned()).collect(),
             }))
             .await?;
-        Ok(Watch {
-            inner: response.into_inner(),
-            unwrap: |m| m.event,
-        })
+        Ok(Watch::new(response, |m| m.event))
     }
 
-    /// A pool's performance now and over its last hour, with its recent scaling
-    /// events (the seed's get_pool_performance_summary).
-    pub async fn get_performance_summary(
-        &self,
-        pool_name: &str,
-    ) -> Result<PerformanceSummary, Error> {
-        let response = self
-            .unary(
-                Retry::Idempotent,
-                GetPerformanceSummaryRequest {
-                    pool_name: pool_name.to_owned(),
-                },
-                |mut s, r| async move { s.get_performance_summary(r).await },
-            )
-            .await?;
-        present(response.summary, "summary")
-    }
+    pool_read!(
+        /// A pool's performance now and over its last hour, with its recent scaling
+        /// events (the seed's get_pool_performance_summary).
+        get_performance_summary,
+        GetPerformanceSummaryRequest,
+        summary,
+        PerformanceSummary
+    );
 
     /// A pool's recorded metrics between `from` and `to` (defaults: the last hour),
     /// in at most `max_points` points (0: the server's default of 100).
@@ -550,24 +546,14 @@ impl PoolplaneClient {
         Ok(response.points)
     }
 
-    /// A pool's recorded scaling decisions, newest first (`limit` 0: 20).
-    pub async fn list_scaling_events(
-        &self,
-        pool_name: &str,
-        limit: u32,
-    ) -> Result<Vec<ScalingEventRecord>, Error> {
-        let response = self
-            .unary(
-                Retry::Idempotent,
-                ListScalingEventsRequest {
-                    pool_name: pool_name.to_owned(),
-                    limit,
-                },
-                |mut s, r| async move { s.list_scaling_events(r).await },
-            )
-            .await?;
-        Ok(response.events)
-    }
+    pool_read!(
+        /// A pool's recorded scaling decisions, newest first (`limit` 0: 20).
+        list_scaling_events,
+        ListScalingEventsRequest,
+        events,
+        ScalingEventRecord,
+        limit
+    );
 
     /// Starts a load test; the stream yields progress about once a second, then
     /// the result. Dropping the stream cancels the test.
@@ -582,10 +568,7 @@ impl PoolplaneClient {
             .pool_service()
             .run_load_test(self.request(request))
             .await?;
-        Ok(Watch {
-            inner: response.into_inner(),
-            unwrap: |m| m.update,
-        })
+        Ok(Watch::new(response, |m| m.update))
     }
 
     /// Recommendations for `pool_names` (empty: all); with `apply`, the numeric ones

@@ -994,9 +994,7 @@ fn config_json(config: &AdvancedPoolConfig) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::{
-        CancellationToken, PoolEventKind, broadcast, events, forward, validate_pool_name,
-    };
+    use super::{CancellationToken, PoolEventKind, broadcast, events, forward, validate_pool_name};
 
     #[tokio::test]
     async fn a_forwarder_that_falls_behind_says_how_many_events_it_missed() {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use poolplane::{AdvancedPoolConfig, ConnectionPoolService, PoolEvent, PoolEventKind};
+use poolplane::{
+    AdvancedPoolConfig, ConnectionPoolService, ControlStore, PoolEvent, PoolEventKind,
+};
 use poolplane_proto::v1::pool_service_server;
 use poolplane_proto::v1::{self as pb};
 use tokio::sync::{broadcast, mpsc};
@@ -64,6 +66,22 @@ impl Drop for WatcherGuard {
 }
 
 impl PoolService {
+    /// The newest `limit` (0: 20) history records of a pool, read by `read` and
+    /// converted to their messages.
+    async fn history<R, P>(
+        &self,
+        pool_name: &str,
+        limit: u32,
+        read: impl AsyncFnOnce(&ControlStore, &str, u32) -> Result<Vec<R>, poolplane::Error>,
+        convert: fn(&R) -> P,
+    ) -> Result<Vec<P>, Status> {
+        let limit = history_limit(pool_name, limit)?;
+        let records = read(self.registry.store(), pool_name, limit)
+            .await
+            .map_err(status::from_engine)?;
+        Ok(records.iter().map(convert).collect())
+    }
+
     /// A service over the registry; watch streams end when `shutdown` is cancelled.
     pub fn new(
         registry: Arc<ConnectionPoolService>,
@@ -434,11 +452,12 @@ impl pool_service_server::PoolService for PoolService {
         &self,
         request: Request<pb::ListConfigChangesRequest>,
     ) -> Result<Response<pb::ListConfigChangesResponse>, Status> {
-        let request = request.into_inner();
-        let limit = history_limit(&request.pool_name, request.limit)?;
-        let store = self.registry.store();
-        let read = store.config_changes(&request.pool_name, limit).await;
-        let changes = to_proto(read, convert::config_change_to_proto)?;
+        let r = request.into_inner();
+        let read =
+            async |store: &ControlStore, pool: &str, limit| store.config_changes(pool, limit).await;
+        let changes = self
+            .history(&r.pool_name, r.limit, read, convert::config_change_to_proto)
+            .await?;
         Ok(Response::new(pb::ListConfigChangesResponse { changes }))
     }
 
@@ -446,11 +465,17 @@ impl pool_service_server::PoolService for PoolService {
         &self,
         request: Request<pb::ListScalingEventsRequest>,
     ) -> Result<Response<pb::ListScalingEventsResponse>, Status> {
-        let request = request.into_inner();
-        let limit = history_limit(&request.pool_name, request.limit)?;
-        let store = self.registry.store();
-        let read = store.scaling_events(&request.pool_name, limit).await;
-        let events = to_proto(read, convert::scaling_record_to_proto)?;
+        let r = request.into_inner();
+        let read =
+            async |store: &ControlStore, pool: &str, limit| store.scaling_events(pool, limit).await;
+        let events = self
+            .history(
+                &r.pool_name,
+                r.limit,
+                read,
+                convert::scaling_record_to_proto,
+            )
+            .await?;
         Ok(Response::new(pb::ListScalingEventsResponse { events }))
     }
 
