@@ -63,6 +63,38 @@ op!(QueryOne, query_one, Row);
 op!(QueryOpt, query_opt, Option<Row>);
 op!(Execute, execute, u64);
 
+/// The statement methods `PooledConnection` and `Transaction` share, each through
+/// the one generic `run` of the connection `$conn` (with `$retry`: whether a stale
+/// cached statement is prepared again and retried).
+macro_rules! statement_methods {
+    ($(#[$doc:meta])* $self:ident $(. $conn:ident)?, $retry:expr) => {
+        /// Runs `sql` (a cached prepared statement) and returns its rows.
+        $(#[$doc])*
+        pub async fn query(&mut $self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
+            $self$(.$conn)?.run(sql, params, Query, $retry).await
+        }
+
+        /// Runs `sql` and returns its one row (an error if it gives not exactly one).
+        pub async fn query_one(&mut $self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
+            $self$(.$conn)?.run(sql, params, QueryOne, $retry).await
+        }
+
+        /// Runs `sql` and returns its row, if any (an error if more than one).
+        pub async fn query_opt(
+            &mut $self,
+            sql: &str,
+            params: Params<'_>,
+        ) -> Result<Option<Row>, Error> {
+            $self$(.$conn)?.run(sql, params, QueryOpt, $retry).await
+        }
+
+        /// Runs `sql` and returns how many rows it affected.
+        pub async fn execute(&mut $self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
+            $self$(.$conn)?.run(sql, params, Execute, $retry).await
+        }
+    };
+}
+
 /// Whether the server rejected a cached statement because the schema under it
 /// changed (or it no longer exists): evict and prepare again.
 fn is_stale_statement(error: &tokio_postgres::Error) -> bool {
@@ -211,26 +243,11 @@ impl PooledConnection {
         self.counted(result)
     }
 
-    /// Runs `sql` (a cached prepared statement) and returns its rows. A statement
-    /// the server rejects after a schema change is prepared again and retried once.
-    pub async fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-        self.run(sql, params, Query, true).await
-    }
-
-    /// Runs `sql` and returns its one row (an error if it gives not exactly one).
-    pub async fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
-        self.run(sql, params, QueryOne, true).await
-    }
-
-    /// Runs `sql` and returns its row, if any (an error if more than one).
-    pub async fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
-        self.run(sql, params, QueryOpt, true).await
-    }
-
-    /// Runs `sql` and returns how many rows it affected.
-    pub async fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
-        self.run(sql, params, Execute, true).await
-    }
+    statement_methods!(
+        /// A statement the server rejects after a schema change is prepared again and
+        /// retried once.
+        self, true
+    );
 
     /// Runs `sql` (no parameters) in a read-only transaction that is then rolled
     /// back, with `statement_timeout` set to `timeout` for it: nothing it does
@@ -346,20 +363,11 @@ pub struct Transaction<'a> {
 }
 
 impl Transaction<'_> {
-    /// Runs `sql` and returns its rows.
-    pub async fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-        self.conn.run(sql, params, Query, false).await
-    }
-
-    /// Runs `sql` and returns its one row.
-    pub async fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
-        self.conn.run(sql, params, QueryOne, false).await
-    }
-
-    /// Runs `sql` and returns how many rows it affected.
-    pub async fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
-        self.conn.run(sql, params, Execute, false).await
-    }
+    statement_methods!(
+        /// A statement invalidated by a schema change is not retried (the
+        /// transaction is aborted by then).
+        self.conn, false
+    );
 
     /// Commits.
     pub async fn commit(mut self) -> Result<(), Error> {
