@@ -2,6 +2,7 @@
 //! ephemeral port ([`TestServer`]), the built server binary ([`ServerProcess`]) and the
 //! real grpcurl ([`grpcurl`]).
 
+pub mod bench;
 mod fault_proxy;
 mod grpcurl;
 mod http;
