@@ -234,7 +234,11 @@ impl PooledConnection {
                 result => result.map_err(Error::Database),
             }
         };
-        let result = tracing::Instrument::instrument(statement, span).await;
+        let result = if span.is_disabled() {
+            statement.await
+        } else {
+            tracing::Instrument::instrument(statement, span).await
+        };
         self.in_flight = false;
         self.shared
             .counters
