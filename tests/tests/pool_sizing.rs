@@ -15,17 +15,22 @@ use tokio::sync::broadcast;
 fn steps(
     events: &mut broadcast::Receiver<PoolEvent>,
 ) -> Vec<(SystemTime, ScaleDirection, u32, u32)> {
-    std::iter::from_fn(|| events.try_recv().ok())
-        .filter_map(|e| match e.kind {
-            PoolEventKind::Scaled {
-                direction,
-                from,
-                to,
-                ..
-            } => Some((e.at, direction, from, to)),
-            _ => None,
-        })
-        .collect()
+    std::iter::from_fn(|| match events.try_recv() {
+        Ok(event) => Some(event),
+        Err(broadcast::error::TryRecvError::Empty) => None,
+        // A lost event could hide a step: the test must see them all.
+        Err(e) => panic!("scaling events lost: {e}"),
+    })
+    .filter_map(|e| match e.kind {
+        PoolEventKind::Scaled {
+            direction,
+            from,
+            to,
+            ..
+        } => Some((e.at, direction, from, to)),
+        _ => None,
+    })
+    .collect()
 }
 
 #[tokio::test]

@@ -10,6 +10,12 @@ use tokio::sync::broadcast;
 /// How many events a subscriber may fall behind before it starts missing some.
 pub const EVENT_BUFFER: usize = 1024;
 
+/// How many events of one pool wait for its subscribers (the registry's forwarder
+/// and direct subscribers). Smaller than the registry's: every slot is allocated up
+/// front, per pool (1,024 slots were ~150 KB of each idle pool's memory); the
+/// forwarder drains it at once, and one that falls behind reports MissedEvents.
+pub const POOL_EVENT_BUFFER: usize = 256;
+
 /// One event of one pool.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PoolEvent {
@@ -135,7 +141,7 @@ impl EventSender {
     pub fn new(pool_name: String) -> Self {
         Self {
             pool_name,
-            sender: broadcast::Sender::new(EVENT_BUFFER),
+            sender: broadcast::Sender::new(POOL_EVENT_BUFFER),
         }
     }
 

@@ -674,7 +674,7 @@ impl AdvancedConnectionPool {
     }
 
     /// Subscribes to the pool's events. A subscriber that falls more than
-    /// [`crate::events::EVENT_BUFFER`] behind gets `RecvError::Lagged(missed)`.
+    /// [`crate::events::POOL_EVENT_BUFFER`] behind gets `RecvError::Lagged(missed)`.
     pub fn subscribe(&self) -> broadcast::Receiver<PoolEvent> {
         self.shared.events.subscribe()
     }
