@@ -167,7 +167,7 @@ async fn exhausted_pool_times_out_with_the_timeout_kind() -> anyhow::Result<()> 
     assert!(
         error
             .to_string()
-            .contains("all 1 connections (max_connections) were in use"),
+            .contains("the pool's only connection (max_connections 1) was in use"),
         "{error}"
     );
     assert!(

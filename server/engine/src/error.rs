@@ -46,11 +46,19 @@ pub enum AcquireLimit {
 impl std::fmt::Display for AcquireLimit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::CurrentSize { size: 1, max } => write!(
+                f,
+                "the one connection of the pool's current size was in use \
+                 (it grows toward max_connections {max} with demand)"
+            ),
             Self::CurrentSize { size, max } => write!(
                 f,
                 "all {size} connections of the pool's current size were in use \
                  (it grows toward max_connections {max} with demand)"
             ),
+            Self::MaxConnections(1) => {
+                f.write_str("the pool's only connection (max_connections 1) was in use")
+            }
             Self::MaxConnections(max) => {
                 write!(f, "all {max} connections (max_connections) were in use")
             }
@@ -328,6 +336,11 @@ mod tests {
             timeout(AcquireLimit::CurrentSize { size: 3, max: 10 }).to_string(),
             "timed out after 2s waiting for a connection: all 3 connections of the pool's \
              current size were in use (it grows toward max_connections 10 with demand)"
+        );
+        assert_eq!(
+            timeout(AcquireLimit::MaxConnections(1)).to_string(),
+            "timed out after 2s waiting for a connection: the pool's only connection \
+             (max_connections 1) was in use"
         );
         assert_eq!(
             timeout(AcquireLimit::MaxConnections(10)).to_string(),
