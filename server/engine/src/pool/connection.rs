@@ -1,7 +1,6 @@
 //! `PooledConnection`: a checked-out connection whose queries go through the
 //! statement cache and the pool's counters; `Transaction` on top of it.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -9,8 +8,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement, ToStatement};
 
-use super::Shared;
-use super::gate::GatePermit;
+use super::gate::Permit;
 use super::manager::PoolManager;
 use super::statement_cache::Lookup;
 use super::stats::Counters;
@@ -113,8 +111,8 @@ pub struct PooledConnection {
     // Field order matters: the connection goes back before the permit, so that the
     // next caller through the gate finds it idle.
     pub(super) conn: bb8::PooledConnection<'static, PoolManager>,
-    _permit: GatePermit,
-    pub(super) shared: Arc<Shared>,
+    /// The gate's permit, held with the pool it belongs to.
+    pub(super) shared: Permit,
     checked_out_at: Instant,
     /// A statement was sent and its answer not yet read: if the connection is
     /// dropped now, the statement is cancelled in PostgreSQL and the connection
@@ -134,14 +132,12 @@ impl std::fmt::Debug for PooledConnection {
 impl PooledConnection {
     pub(crate) fn new(
         conn: bb8::PooledConnection<'static, PoolManager>,
-        permit: GatePermit,
-        shared: Arc<Shared>,
+        shared: Permit,
         now: Instant,
     ) -> Self {
         shared.checked_out.fetch_add(1, Ordering::Relaxed);
         Self {
             conn,
-            _permit: permit,
             shared,
             checked_out_at: now,
             in_flight: false,
@@ -344,11 +340,12 @@ impl Drop for PooledConnection {
                 });
             }
         }
-        self.conn.last_used = Instant::now();
+        let now = Instant::now();
+        self.conn.last_used = now;
         self.shared
             .counters
             .use_time
-            .record(self.checked_out_at.elapsed());
+            .record(now.saturating_duration_since(self.checked_out_at));
         if self.shared.checked_out.fetch_sub(1, Ordering::AcqRel) == 1 && self.shared.is_closed() {
             // The last one back: a graceful close waits for this.
             self.shared.all_returned.notify_waiters();

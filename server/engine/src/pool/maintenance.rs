@@ -219,8 +219,7 @@ impl Maintenance {
         let shared = Arc::clone(&self.shared);
         let settings = shared.settings();
         let size = shared.target_size.load(Ordering::Acquire).max(1);
-        let busy =
-            shared.checked_out.load(Ordering::Relaxed) + shared.waiting.load(Ordering::Relaxed);
+        let busy = shared.checked_out.load(Ordering::Relaxed) + shared.gate.waiting();
         self.window.sample(busy, size);
         if self.window.start.elapsed() >= FAST_WINDOW {
             self.scale_up_now(&settings, size);
