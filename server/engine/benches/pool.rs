@@ -5,14 +5,20 @@
 //!   connections, with the statement cache on, and with the SQL prepared on every
 //!   call (poolplane with the cache off, and raw bb8 + tokio-postgres).
 //!
+//! - `statement_cache`: a lookup that hits, in a cache of 100 prepared statements,
+//!   against a plain `HashMap` lookup of the same keys (the LRU's bookkeeping is
+//!   the difference), and one that misses.
+//!
 //! Run: `cargo bench -p poolplane --bench pool`. Results: BENCHMARKS.md.
 
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bb8_postgres::PostgresConnectionManager;
 use criterion::{Criterion, criterion_group, criterion_main};
+use poolplane::pool::statement_cache::StatementCache;
 use poolplane::{AdvancedConnectionPool, AdvancedPoolConfig, EmbeddedPg};
 use tokio::runtime::Runtime;
 use tokio_postgres::NoTls;
@@ -124,6 +130,7 @@ fn benches(c: &mut Criterion) {
     };
     checkout_return(c, &rt, &pools);
     point_select(c, &rt, &pools);
+    statement_cache(c, &rt, &setup.url);
     rt.block_on(async {
         pools.poolplane.close().await;
         pools.uncached.close().await;
@@ -190,6 +197,45 @@ fn point_select(c: &mut Criterion, rt: &tokio::runtime::Runtime, pools: &Pools) 
             })
         }),
     );
+    group.finish();
+}
+
+fn statement_cache(c: &mut Criterion, rt: &tokio::runtime::Runtime, url: &str) {
+    const STATEMENTS: usize = 100;
+    let (keys, statements) = rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        let mut keys = Vec::new();
+        let mut statements = Vec::new();
+        for i in 0..STATEMENTS {
+            let sql = format!("SELECT v FROM kv WHERE k = $1 AND {i} = {i}");
+            statements.push(client.prepare(&sql).await.expect("prepare"));
+            keys.push(sql);
+        }
+        (keys, statements)
+    });
+    let mut cache = StatementCache::new(STATEMENTS);
+    let mut map = HashMap::new();
+    for (sql, statement) in keys.iter().zip(&statements) {
+        cache.insert(sql, statement.clone());
+        map.insert(Box::<str>::from(sql.as_str()), statement.clone());
+    }
+    let mut group = c.benchmark_group("statement_cache");
+    let mut next = 0;
+    group.bench_function("lru_hit_of_100", |b| {
+        b.iter(|| {
+            next = (next + 37) % STATEMENTS;
+            black_box(cache.get(&keys[next]))
+        })
+    });
+    group.bench_function("hashmap_hit_of_100", |b| {
+        b.iter(|| {
+            next = (next + 37) % STATEMENTS;
+            black_box(map.get(keys[next].as_str()).cloned())
+        })
+    });
+    let absent = "SELECT v FROM kv WHERE k = $1 AND 'absent' = 'absent'";
+    group.bench_function("lru_miss", |b| b.iter(|| black_box(cache.get(absent))));
     group.finish();
 }
 

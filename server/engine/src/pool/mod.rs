@@ -9,7 +9,7 @@ mod maintenance;
 pub(crate) mod manager;
 pub mod sizing;
 pub mod sql;
-pub(crate) mod statement_cache;
+pub mod statement_cache;
 pub mod stats;
 
 use std::future::Future;

@@ -1,5 +1,6 @@
-//! The per-connection LRU of prepared statements. Evicting a statement drops the
-//! last handle to it, which makes tokio-postgres close it on the server.
+//! The per-connection LRU of prepared statements (public for its benchmark, not
+//! needed to use a pool). Evicting a statement drops the last handle to it, which
+//! makes tokio-postgres close it on the server.
 
 use std::num::NonZeroUsize;
 
@@ -8,7 +9,7 @@ use tokio_postgres::Statement;
 
 /// What a lookup found.
 #[derive(Debug)]
-pub(crate) enum Lookup {
+pub enum Lookup {
     /// The statement was cached.
     Hit(Statement),
     /// It was not (or the cache is off).
@@ -17,7 +18,7 @@ pub(crate) enum Lookup {
 
 /// An LRU of prepared statements keyed by SQL text. Memory grows with the
 /// statements cached, not with the capacity.
-pub(crate) struct StatementCache {
+pub struct StatementCache {
     entries: LruCache<Box<str>, Statement>,
     capacity: NonZeroUsize,
 }
