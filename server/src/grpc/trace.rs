@@ -69,6 +69,10 @@ where
             enduser.role = tracing::field::Empty,
             poolplane.token_fingerprint = tracing::field::Empty,
         );
+        if span.is_disabled() {
+            // No layer wants it (OTLP off): nothing to continue or record.
+            return Box::pin(self.inner.call(request));
+        }
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&Headers(request.headers()))
         });
