@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use poolplane::{
     AdvancedPoolConfig, ConnectionPoolService, ControlStore, PoolEvent, PoolEventKind,
@@ -41,6 +41,8 @@ pub struct PoolService {
     registry: Arc<ConnectionPoolService>,
     shutdown: CancellationToken,
     watchers: Arc<AtomicUsize>,
+    /// The latest stats snapshot of each watched pool, shared by its streams.
+    snapshots: Arc<Snapshots>,
     limits: LoadTestLimits,
     slots: StreamSlots,
     /// Every watch and load-test task, joined at shutdown.
@@ -93,6 +95,7 @@ impl PoolService {
             registry,
             shutdown,
             watchers: Arc::new(AtomicUsize::new(0)),
+            snapshots: Arc::default(),
             limits,
             slots,
             tasks: TaskTracker::new(),
@@ -311,49 +314,19 @@ impl pool_service_server::PoolService for PoolService {
             ms => ms,
         };
         let named = self.selection(&request.pool_names)?;
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        let registry = Arc::clone(&self.registry);
-        let shutdown = self.shutdown.clone();
-        let guard = WatcherGuard::new(&self.watchers);
-        self.tasks.spawn(async move {
-            let _guard = guard;
-            let _slot = slot;
-            let mut tick = tokio::time::interval(Duration::from_millis(u64::from(interval_ms)));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => {
-                        let _ = tx.try_send(Err(shutting_down()));
-                        break;
-                    }
-                    () = tx.closed() => break,
-                    _ = tick.tick() => {}
-                }
-                let names = if named.is_empty() {
-                    registry.pool_names()
-                } else {
-                    named.iter().cloned().collect()
-                };
-                let mut live = 0;
-                for name in names {
-                    let Ok(pool) = registry.pool(&name) else {
-                        continue;
-                    };
-                    live += 1;
-                    let stats = convert::stats_to_proto(&name, &pool.pool_stats());
-                    match tx.try_send(Ok(pb::WatchPoolStatsResponse { stats: Some(stats) })) {
-                        // A slow reader skips this snapshot.
-                        Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
-                    }
-                }
-                if !named.is_empty() && live == 0 {
-                    break; // every watched pool was deleted
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let watch = StatsWatch {
+            registry: Arc::clone(&self.registry),
+            snapshots: Arc::clone(&self.snapshots),
+            named,
+            shutdown: self.shutdown.clone(),
+            tick: aligned_interval(Duration::from_millis(u64::from(interval_ms))),
+            pending: Vec::new(),
+            first: true,
+            done: false,
+            _guard: WatcherGuard::new(&self.watchers),
+            _slot: slot,
+        };
+        Ok(Response::new(Box::pin(watch.into_stream())))
     }
 
     type WatchHealthEventsStream = ResponseStream<pb::WatchHealthEventsResponse>;
@@ -587,6 +560,122 @@ fn history_limit(pool_name: &str, limit: u32) -> Result<u32, Status> {
 }
 
 /// What a stream ends with when the server shuts down under it.
+/// A WatchPoolStats stream: no task and no channel of its own — the connection
+/// polls it when it can send, so a slow reader delays (and skips) snapshots instead
+/// of queueing them. Every stream of the same interval ticks at the same instants,
+/// so the snapshots of all streams on one connection leave in one write.
+struct StatsWatch {
+    registry: Arc<ConnectionPoolService>,
+    snapshots: Arc<Snapshots>,
+    named: BTreeSet<String>,
+    shutdown: CancellationToken,
+    tick: tokio::time::Interval,
+    /// This tick's snapshots not yet taken (one per pool).
+    pending: Vec<pb::WatchPoolStatsResponse>,
+    /// The first snapshots go at once.
+    first: bool,
+    done: bool,
+    _guard: WatcherGuard,
+    _slot: StreamSlot,
+}
+
+impl StatsWatch {
+    fn into_stream(self) -> impl Stream<Item = Result<pb::WatchPoolStatsResponse, Status>> + Send {
+        futures_util::stream::unfold(self, |mut watch| async move {
+            let item = watch.next().await?;
+            Some((item, watch))
+        })
+    }
+
+    async fn next(&mut self) -> Option<Result<pb::WatchPoolStatsResponse, Status>> {
+        loop {
+            if let Some(snapshot) = self.pending.pop() {
+                return Some(Ok(snapshot));
+            }
+            if self.done {
+                return None;
+            }
+            if !std::mem::take(&mut self.first) {
+                tokio::select! {
+                    biased;
+                    () = self.shutdown.cancelled() => {
+                        self.done = true;
+                        return Some(Err(shutting_down()));
+                    }
+                    _ = self.tick.tick() => {}
+                }
+            }
+            self.take_snapshots();
+            if self.pending.is_empty() && !self.named.is_empty() {
+                return None; // every watched pool was deleted
+            }
+        }
+    }
+
+    fn take_snapshots(&mut self) {
+        let names = if self.named.is_empty() {
+            self.registry.pool_names()
+        } else {
+            self.named.iter().cloned().collect()
+        };
+        // Popped from the back: pushed in reverse, they go out in name order.
+        for name in names.iter().rev() {
+            if let Ok(pool) = self.registry.pool(name) {
+                let stats = self.snapshots.of(name, &pool);
+                self.pending
+                    .push(pb::WatchPoolStatsResponse { stats: Some(stats) });
+            }
+        }
+    }
+}
+
+/// How long a stats snapshot serves every stream that asks: under half the
+/// shortest watch interval (100 ms), so no stream sees the same snapshot twice.
+const SNAPSHOT_SHARED_FOR: Duration = Duration::from_millis(40);
+
+/// The latest stats snapshot per pool. The streams of one interval tick together
+/// (see [`aligned_interval`]): the first computes the snapshot, the others copy it.
+#[derive(Debug, Default)]
+struct Snapshots(std::sync::Mutex<std::collections::HashMap<String, (Instant, pb::PoolStats)>>);
+
+impl Snapshots {
+    fn of(&self, name: &str, pool: &poolplane::AdvancedConnectionPool) -> pb::PoolStats {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, stats)) = map.get(name)
+            && at.elapsed() < SNAPSHOT_SHARED_FOR
+        {
+            return stats.clone();
+        }
+        let stats = convert::stats_to_proto(name, &pool.pool_stats());
+        if !map.contains_key(name) {
+            // A new entry: forget pools no stream asked about for a minute
+            // (deleted, or no longer watched).
+            map.retain(|_, (at, _)| at.elapsed() < Duration::from_secs(60));
+        }
+        map.insert(name.to_owned(), (Instant::now(), stats.clone()));
+        stats
+    }
+}
+
+/// An interval of `period` whose ticks fall on multiples of it since the process
+/// started, so that every stream of one period ticks together.
+fn aligned_interval(period: Duration) -> tokio::time::Interval {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    let since = epoch.elapsed().as_nanos();
+    let period_ns = period.as_nanos().max(1);
+    // The next boundary, or the one after when the next is under half a period
+    // away (the first snapshot has just gone).
+    let mut periods = since / period_ns + 1;
+    if periods * period_ns - since < period_ns / 2 {
+        periods += 1;
+    }
+    let periods = u32::try_from(periods).unwrap_or(u32::MAX);
+    let mut tick = tokio::time::interval_at(epoch + period * periods, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick
+}
+
 fn shutting_down() -> Status {
     Status::unavailable("the server is shutting down")
 }
