@@ -28,7 +28,7 @@ pub fn quantile(values: &mut [f64], q: f64) -> f64 {
     values[at]
 }
 
-/// Rounds of `a` and `b`, alternating (A B A B …) so that drift of the machine
+/// Rounds of `a` and `b`, alternating (A B, B A, A B …) so that drift of the machine
 /// hits both alike; returns each side's figures in round order.
 pub async fn alternate<A, B, FA, FB>(
     rounds: usize,
@@ -42,9 +42,16 @@ where
     FB: std::future::Future<Output = anyhow::Result<f64>>,
 {
     let (mut xs, mut ys) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
-    for _ in 0..rounds {
-        xs.push(a().await?);
-        ys.push(b().await?);
+    for round in 0..rounds {
+        // A B, then B A: neither side always runs first (the first of a pair
+        // meets a colder machine).
+        if round % 2 == 0 {
+            xs.push(a().await?);
+            ys.push(b().await?);
+        } else {
+            ys.push(b().await?);
+            xs.push(a().await?);
+        }
     }
     Ok((xs, ys))
 }
