@@ -140,6 +140,24 @@ async fn pool_select(
     .await
 }
 
+/// `clients` tasks each running the point select on a dedicated tokio-postgres client
+/// with the statement prepared once; queries per second.
+async fn dedicated_select(
+    dedicated: &[Arc<(tokio_postgres::Client, tokio_postgres::Statement)>],
+    clients: u32,
+    secs: u64,
+) -> anyhow::Result<f64> {
+    let dedicated = dedicated.to_vec();
+    throughput(clients, secs, move |w, n| {
+        let pair = Arc::clone(&dedicated[w as usize]);
+        async move {
+            pair.0.query_one(&pair.1, &[&aid(w, n)]).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
 /// Comparison 1: Checkout and return of a warm connection, one task: poolplane vs raw bb8.
 async fn checkout(b: &Bench) -> anyhow::Result<Table> {
     let ours = pool(b, 8, |_| {}).await?;
@@ -230,22 +248,19 @@ async fn select(b: &Bench) -> anyhow::Result<Table> {
             dedicated.push(Arc::new((client, statement)));
         }
         let (mut xs, mut ys, mut zs) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..b.rounds {
-            xs.push(pool_select(&ours, c, b.secs).await?);
-            let clients = dedicated.clone();
-            ys.push(
-                throughput(c, b.secs, move |w, n| {
-                    let pair = Arc::clone(&clients[w as usize]);
-                    async move {
-                        pair.0.query_one(&pair.1, &[&aid(w, n)]).await?;
-                        Ok(())
+        for round in 0..b.rounds {
+            // Each side runs first in turn (the first meets a colder machine).
+            for side in (0..3).map(|i| (i + round) % 3) {
+                match side {
+                    0 => xs.push(pool_select(&ours, c, b.secs).await?),
+                    1 => ys.push(dedicated_select(&dedicated, c, b.secs).await?),
+                    _ => {
+                        let jobs = c.min(2).to_string();
+                        let args = ["-S", "-M", "prepared", "-c", &c.to_string(), "-j", &jobs];
+                        zs.push(pgbench(&args, b.db.url(), b.secs, None).await?.tps);
                     }
-                })
-                .await?,
-            );
-            let jobs = c.min(2).to_string();
-            let args = ["-S", "-M", "prepared", "-c", &c.to_string(), "-j", &jobs];
-            zs.push(pgbench(&args, b.db.url(), b.secs, None).await?.tps);
+                }
+            }
         }
         ours.close().await;
         let (x, y, z) = (median(&xs), median(&ys), median(&zs));
@@ -363,7 +378,7 @@ async fn loadtest(b: &Bench) -> anyhow::Result<Table> {
         let (mut rates, mut p50s, mut p95s) = (Vec::new(), Vec::new(), Vec::new());
         let (mut their_rates, mut their_p50s, mut their_p95s) =
             (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..b.rounds {
+        let run_ours = || async {
             let options = poolplane::LoadTestOptions {
                 concurrency: c,
                 duration: Duration::from_secs(b.secs),
@@ -372,24 +387,26 @@ async fn loadtest(b: &Bench) -> anyhow::Result<Table> {
                 target_rps: None,
                 read_only: false,
             };
-            let r = poolplane::PoolLoadTester::new(Arc::clone(&ours))
+            poolplane::PoolLoadTester::new(Arc::clone(&ours))
                 .run(options, None, tokio_util::sync::CancellationToken::new())
-                .await?;
+                .await
+        };
+        let script = format!("{}", script.display());
+        let clients = c.to_string();
+        let args = ["-M", "prepared", "-f", &script, "-c", &clients, "-j", "2"];
+        let run_theirs = || pgbench(&args, b.db.url(), b.secs, Some(b.logs.path()));
+        for round in 0..b.rounds {
+            // Each side runs first in turn (the first meets a colder machine).
+            let (r, p) = if round % 2 == 0 {
+                let r = run_ours().await?;
+                (r, run_theirs().await?)
+            } else {
+                let p = run_theirs().await?;
+                (run_ours().await?, p)
+            };
             rates.push(r.requests_per_second);
             p50s.push(r.p50_response_time_ms);
             p95s.push(r.p95_response_time_ms);
-            let script = format!("{}", script.display());
-            let args = [
-                "-M",
-                "prepared",
-                "-f",
-                &script,
-                "-c",
-                &c.to_string(),
-                "-j",
-                "2",
-            ];
-            let p = pgbench(&args, b.db.url(), b.secs, Some(b.logs.path())).await?;
             their_rates.push(p.tps);
             their_p50s.push(p.p50_ms);
             their_p95s.push(p.p95_ms);
