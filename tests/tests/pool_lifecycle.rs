@@ -259,12 +259,7 @@ async fn only_connections_idle_past_the_threshold_are_validated() -> anyhow::Res
         ..test_config(1, 1)
     };
     let pool = AdvancedConnectionPool::new(db.url(), config).await?;
-    let validations = || async {
-        let row = admin
-            .query_one("SELECT coalesce(last_value, 0) FROM pg_sequences WHERE sequencename = 'validations'", &[])
-            .await?;
-        anyhow::Ok(row.get::<_, i64>(0))
-    };
+    let validations = || sequence_value(&admin, "validations");
     // Fresh connections are not validated.
     for _ in 0..20 {
         pool.execute("SELECT 1", &[]).await?;
@@ -367,6 +362,34 @@ async fn backend_pids(admin: &tokio_postgres::Client, name: &str) -> anyhow::Res
         .collect())
 }
 
+/// Checks out four connections at once and returns them: four backends open.
+async fn open_four(
+    pool: &AdvancedConnectionPool,
+    admin: &tokio_postgres::Client,
+    name: &str,
+) -> anyhow::Result<()> {
+    let held = (
+        pool.get().await?,
+        pool.get().await?,
+        pool.get().await?,
+        pool.get().await?,
+    );
+    drop(held);
+    assert_eq!(backend_pids(admin, name).await?.len(), 4);
+    Ok(())
+}
+
+/// The last value a sequence handed out (0 before the first).
+async fn sequence_value(admin: &tokio_postgres::Client, name: &str) -> anyhow::Result<i64> {
+    let row = admin
+        .query_one(
+            "SELECT coalesce(last_value, 0) FROM pg_sequences WHERE sequencename = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 #[tokio::test]
 async fn idle_timeout_closes_only_above_the_floor_and_min_zero_holds_nothing() -> anyhow::Result<()>
 {
@@ -377,14 +400,7 @@ async fn idle_timeout_closes_only_above_the_floor_and_min_zero_holds_nothing() -
         ..test_config(2, 4)
     };
     let pool = AdvancedConnectionPool::named("floor", db.url(), config).await?;
-    let held = (
-        pool.get().await?,
-        pool.get().await?,
-        pool.get().await?,
-        pool.get().await?,
-    );
-    drop(held);
-    assert_eq!(backend_pids(&admin, "floor").await?.len(), 4);
+    open_four(&pool, &admin, "floor").await?;
     wait_until(Duration::from_secs(10), "the surplus is closed", || async {
         backend_pids(&admin, "floor")
             .await
@@ -413,5 +429,53 @@ async fn idle_timeout_closes_only_above_the_floor_and_min_zero_holds_nothing() -
     let row = empty.query_one("SELECT 1::int4", &[]).await?;
     assert_eq!(row.get::<_, i32>(0), 1);
     empty.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn light_load_reuses_the_last_returned_connection_and_the_rest_idle_out() -> anyhow::Result<()>
+{
+    let db = TestPg::database().await?;
+    let admin = db.connect().await?;
+    admin
+        .batch_execute("CREATE SEQUENCE hot_validations")
+        .await?;
+    let config = AdvancedPoolConfig {
+        idle_timeout_secs: 1,
+        validation_query: "SELECT nextval('hot_validations')".into(),
+        validation_idle_threshold_ms: 300,
+        // No health check borrowing a connection in between.
+        health_check_interval_secs: 60,
+        ..test_config(1, 4)
+    };
+    let pool = AdvancedConnectionPool::named("hot", db.url(), config).await?;
+    open_four(&pool, &admin, "hot").await?;
+    // One caller, a query every 100 ms for 3 s: each connection would be idle
+    // 400 ms between turns if they were handed out in rotation.
+    let mut pids = Vec::new();
+    for _ in 0..30 {
+        pids.push(
+            pool.query_one("SELECT pg_backend_pid()", &[])
+                .await?
+                .get::<_, i32>(0),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pids.dedup();
+    assert_eq!(pids.len(), 1, "every query on the connection returned last");
+    let validations = sequence_value(&admin, "hot_validations").await?;
+    assert_eq!(validations, 0, "the hot connection is never idle 300 ms");
+    // The three others were idle from the start and are closed after 1 s idle.
+    wait_until(
+        Duration::from_secs(5),
+        "the idle three are closed",
+        || async {
+            backend_pids(&admin, "hot")
+                .await
+                .is_ok_and(|p| p == [pids[0]])
+        },
+    )
+    .await?;
+    pool.close().await;
     Ok(())
 }

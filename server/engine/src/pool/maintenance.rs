@@ -112,17 +112,24 @@ pub(super) async fn open_connections(
     }
 }
 
-/// Takes idle connections out of bb8 one by one, applies `mark` and returns them,
+/// Takes the idle connections out of bb8, applies `mark` to each and returns them,
 /// so that `has_broken` closes them (when marked broken, when the pool is closed, or
-/// while more are open than the pool's size). Stops when none is idle.
+/// while more are open than the pool's size). All are taken before any goes back:
+/// bb8 hands out the connection returned last (LIFO), so taking and returning one
+/// at a time would see the same one every time.
 pub(crate) async fn retire_idle(pool: &bb8::Pool<PoolManager>, mark: impl Fn(&mut Connection)) {
     let mut budget = pool.state().idle_connections;
+    let mut taken = Vec::with_capacity(budget as usize);
     while budget > 0 && pool.state().idle_connections > 0 {
         budget -= 1;
         match tokio::time::timeout(Duration::from_millis(20), pool.get()).await {
-            Ok(Ok(mut conn)) => mark(&mut conn),
+            Ok(Ok(conn)) => taken.push(conn),
             _ => break,
         }
+    }
+    // Back in reverse, so that those kept are in the order they were in.
+    for mut conn in taken.into_iter().rev() {
+        mark(&mut conn);
     }
 }
 

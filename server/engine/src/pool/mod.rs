@@ -827,7 +827,11 @@ async fn noting_wait<F: Future>(mut future: Pin<&mut F>, since: &mut Option<Inst
 
 /// The bb8 pool at max_connections (the gate holds the pool to its size): no
 /// idle timeout of bb8's own (the maintenance task closes idle connections above
-/// min_connections only), FIFO, connect errors recorded by the manager.
+/// min_connections only), connect errors recorded by the manager. LIFO, as
+/// PgBouncer reuses server connections: a checkout gets the connection returned
+/// last, so under light load the same few stay hot (no validation round trip,
+/// which an idle one needs) and the rest go idle and are closed after
+/// idle_timeout; FIFO would rotate through all of them and keep every one warm.
 fn build_bb8(config: &AdvancedPoolConfig, manager: PoolManager) -> bb8::Pool<PoolManager> {
     let reaper_rate = [
         config.idle_timeout() / 2,
@@ -852,7 +856,7 @@ fn build_bb8(config: &AdvancedPoolConfig, manager: PoolManager) -> bb8::Pool<Poo
         .idle_timeout(None)
         .reaper_rate(reaper_rate)
         .connection_timeout(config.acquire_timeout())
-        .queue_strategy(bb8::QueueStrategy::Fifo)
+        .queue_strategy(bb8::QueueStrategy::Lifo)
         .error_sink(Box::new(SilentSink))
         .build_unchecked(manager)
 }
