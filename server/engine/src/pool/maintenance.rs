@@ -151,6 +151,7 @@ pub(super) async fn maintain(
         pool,
         window: Window::new(),
         last_idle_sweep: Instant::now(),
+        short_last_tick: false,
     };
     loop {
         tokio::select! {
@@ -219,6 +220,8 @@ struct Maintenance {
     pool: bb8::Pool<PoolManager>,
     window: Window,
     last_idle_sweep: Instant,
+    /// Whether fewer than min_connections were open at the last tick.
+    short_last_tick: bool,
 }
 
 impl Maintenance {
@@ -241,15 +244,20 @@ impl Maintenance {
             self.close_idle(&settings).await;
         }
         // Keep min_connections open (while the database answers), in parallel;
-        // a cancelled token abandons the attempts.
+        // a cancelled token abandons the attempts. Only when the pool was short at
+        // the last tick too: a connection just retired (recycled, broken) is
+        // usually being replaced already by the checkout that found none idle, and
+        // a second opening would be closed again as surplus.
         let healthy = shared.health.lock().expect("health lock").is_healthy;
         let min = settings
             .min_connections
             .min(shared.target_size.load(Ordering::Acquire));
         let open = shared.open.load(Ordering::Acquire);
-        if healthy && open < min {
+        let short = healthy && open < min;
+        if short && self.short_last_tick {
             open_connections(&self.manager, &self.pool, min - open, token).await;
         }
+        self.short_last_tick = short;
     }
 
     /// Up fast: every second, demand above the high threshold grows the pool at
