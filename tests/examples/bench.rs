@@ -5,7 +5,7 @@
 //! with `pgbench -i -s 10` data. Nothing is asserted: the figures are reported.
 //!
 //! Run: `bash bench/run.sh [all|checkout|select|cache|validation|gateway|loadtest|streams|pools|scaling|health]`
-//! (`BENCH_SECS` seconds per round, default 4; `BENCH_ROUNDS` rounds, default 3).
+//! (`BENCH_SECS` seconds per round, default 4; `BENCH_ROUNDS` rounds, default 5).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,8 +61,10 @@ impl Table {
     }
 }
 
-fn ratio(a: f64, b: f64) -> String {
-    format!("{:.2}x", a / b)
+/// The median of the per-round ratios `xs[i] / ys[i]`: each round's two sides ran
+/// back to back, so a drift of the machine between rounds cancels out of it.
+fn ratio(xs: &[f64], ys: &[f64]) -> String {
+    format!("{:.2}x", bench::paired_ratio(xs, ys))
 }
 
 /// A fixed-size pool of `size` on the bench database, cache on unless changed by
@@ -215,11 +217,10 @@ async fn checkout(b: &Bench) -> anyhow::Result<Table> {
             "target",
         ],
     );
-    let (a, bb) = (median(&a), median(&bb));
     t.rows.push(vec![
-        format!("{a:.0} ns"),
-        format!("{bb:.0} ns"),
-        ratio(a, bb),
+        format!("{:.0} ns", median(&a)),
+        format!("{:.0} ns", median(&bb)),
+        ratio(&a, &bb),
         "≤ 1.25x".into(),
     ]);
     Ok(t)
@@ -262,6 +263,13 @@ async fn select(b: &Bench) -> anyhow::Result<Table> {
                 }
             }
         }
+        let stats = ours.pool_stats();
+        t.notes.push(format!(
+            "c = {c}: poolplane's pool opened {} connections and recycled {} (recycle_threshold_queries {}) over its rounds.",
+            stats.connections_created,
+            stats.connections_recycled,
+            ours.config().recycle_threshold_queries,
+        ));
         ours.close().await;
         let (x, y, z) = (median(&xs), median(&ys), median(&zs));
         t.rows.push(vec![
@@ -269,8 +277,8 @@ async fn select(b: &Bench) -> anyhow::Result<Table> {
             format!("{x:.0}"),
             format!("{y:.0}"),
             format!("{z:.0}"),
-            ratio(x, y),
-            ratio(x, z),
+            ratio(&xs, &ys),
+            ratio(&xs, &zs),
         ]);
     }
     Ok(t)
@@ -299,7 +307,7 @@ async fn two_configs(
     t.rows.push(vec![
         format!("{x:.0} q/s"),
         format!("{y:.0} q/s"),
-        ratio(x, y),
+        ratio(&xs, &ys),
         target.into(),
     ]);
     Ok(t)
@@ -351,7 +359,7 @@ async fn gateway(b: &Bench) -> anyhow::Result<Table> {
     t.rows.push(vec![
         format!("{x:.0}"),
         format!("{y:.0}"),
-        ratio(x, y),
+        ratio(&xs, &ys),
         "≥ 1.0x".into(),
     ]);
     Ok(t)
@@ -417,7 +425,7 @@ async fn loadtest(b: &Bench) -> anyhow::Result<Table> {
             c.to_string(),
             format!("{x:.0}"),
             format!("{y:.0}"),
-            ratio(x, y),
+            ratio(&rates, &their_rates),
             format!("{:.3} / {:.3}", median(&p50s), median(&their_p50s)),
             format!("{:.3} / {:.3}", median(&p95s), median(&their_p95s)),
         ]);
@@ -710,7 +718,7 @@ async fn main() -> anyhow::Result<()> {
     let b = Bench {
         db,
         secs: env_or("BENCH_SECS", 4),
-        rounds: env_or("BENCH_ROUNDS", 3) as usize,
+        rounds: env_or("BENCH_ROUNDS", 5) as usize,
         logs: tempfile::tempdir()?,
     };
     let all = what == "all";
