@@ -61,10 +61,14 @@ impl Table {
     }
 }
 
-/// The median of the per-round ratios `xs[i] / ys[i]`: each round's two sides ran
-/// back to back, so a drift of the machine between rounds cancels out of it.
+/// The median of the per-round ratios `xs[i] / ys[i]` (each round's two sides ran
+/// back to back, so a drift of the machine between rounds cancels out of it), and
+/// in brackets the lowest and highest of them.
 fn ratio(xs: &[f64], ys: &[f64]) -> String {
-    format!("{:.2}x", bench::paired_ratio(xs, ys))
+    let ratios: Vec<f64> = xs.iter().zip(ys).map(|(x, y)| x / y).collect();
+    let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.2}x ({low:.2}–{high:.2})", median(&ratios))
 }
 
 /// A fixed-size pool of `size` on the bench database, cache on unless changed by

@@ -18,12 +18,6 @@ pub fn median(values: &[f64]) -> f64 {
     sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// The median of the ratios `xs[i] / ys[i]` of paired rounds.
-pub fn paired_ratio(xs: &[f64], ys: &[f64]) -> f64 {
-    let ratios: Vec<f64> = xs.iter().zip(ys).map(|(x, y)| x / y).collect();
-    median(&ratios)
-}
-
 /// The value at quantile `q` (0..=1) of `values`.
 pub fn quantile(values: &mut [f64], q: f64) -> f64 {
     if values.is_empty() {
