@@ -3,7 +3,7 @@
 # its own PostgreSQL with pgbench data, and prints every comparison as Markdown
 # tables (medians of alternating rounds, ratios against the baseline run beside).
 #   bash bench/run.sh [all|checkout|select|cache|validation|gateway|loadtest|streams|pools|scaling|health]
-# BENCH_SECS (seconds per round, default 4) and BENCH_ROUNDS (default 5) tune it.
+# BENCH_SECS (seconds per round, default 3) and BENCH_ROUNDS (default 5) tune it.
 # Needs pgbench and pgbouncer: apt-get install -y postgresql-contrib pgbouncer
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,7 +5,7 @@
 //! with `pgbench -i -s 10` data. Nothing is asserted: the figures are reported.
 //!
 //! Run: `bash bench/run.sh [all|checkout|select|cache|validation|gateway|loadtest|streams|pools|scaling|health]`
-//! (`BENCH_SECS` seconds per round, default 4; `BENCH_ROUNDS` rounds, default 5).
+//! (`BENCH_SECS` seconds per round, default 3; `BENCH_ROUNDS` rounds, default 5).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -721,7 +721,7 @@ async fn main() -> anyhow::Result<()> {
     pgbench_init(db.url(), SCALE).await?;
     let b = Bench {
         db,
-        secs: env_or("BENCH_SECS", 4),
+        secs: env_or("BENCH_SECS", 3),
         rounds: env_or("BENCH_ROUNDS", 5) as usize,
         logs: tempfile::tempdir()?,
     };
