@@ -12,6 +12,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::pool::sql::settle;
 use crate::{AdvancedConnectionPool, Error};
 
 /// The seed's performance grade.
@@ -238,7 +239,8 @@ pub struct LoadTestResults {
     pub grade: Grade,
     /// When measuring began.
     pub started_at: SystemTime,
-    /// How long it measured.
+    /// How long it really ran: from its start until the last request running at
+    /// its end had finished. Rates are over this time.
     pub duration: Duration,
 }
 
@@ -313,8 +315,9 @@ impl PoolLoadTester {
     }
 
     /// Runs a test; sends progress once a second to `progress` (if given, without
-    /// waiting on a slow receiver) and stops early when `cancel` is cancelled
-    /// (within a second: workers stop between requests).
+    /// waiting on a slow receiver) and stops early when `cancel` is cancelled: no
+    /// request starts after it, and those running finish (or are cancelled in
+    /// PostgreSQL after [`END_GRACE`]) and are counted by their outcome.
     pub async fn run(
         &self,
         options: LoadTestOptions,
@@ -503,6 +506,10 @@ impl PoolLoadTester {
 /// How close to a test's end a statement timeout counts as the end itself.
 const END_SLACK: Duration = Duration::from_millis(5);
 
+/// How long a request still running when its test ends may take to finish
+/// before its statement is cancelled (and the request counted as failed).
+pub const END_GRACE: Duration = Duration::from_secs(1);
+
 /// What every request of a test needs.
 #[derive(Clone)]
 struct Job {
@@ -512,44 +519,37 @@ struct Job {
     query: Arc<str>,
     /// Requests run read-only, with a statement timeout running to `end`.
     read_only: bool,
-    /// When this phase ends: a request still running then is abandoned (and its
-    /// statement cancelled in PostgreSQL).
+    /// When this phase ends: no request starts after it, and one still running
+    /// then finishes within [`END_GRACE`] or is cancelled in PostgreSQL.
     end: Instant,
     /// Set (and the test stopped) when the pool closes under the test.
     closed: Arc<AtomicBool>,
 }
 
 impl Job {
-    /// One request (checkout, statement, return), timed from `from`; not recorded
-    /// if the test was cancelled or its time ran out meanwhile (the statement is
-    /// then cancelled in PostgreSQL). A closed pool stops the whole test.
+    /// One request (checkout, statement, return), timed from `from`, and counted
+    /// by what happened in PostgreSQL, as `pgbench -T` counts: a request that has
+    /// no connection yet when the test ends (or is cancelled) never starts and is
+    /// not counted; one whose statement is running then finishes (a read-only
+    /// one's statement_timeout ends it with the test; a writing one gets
+    /// [`END_GRACE`], then is cancelled) and is counted by its outcome — a write
+    /// that committed before the cancel reached it is a success. A closed pool
+    /// stops the whole test.
     async fn once(&self, from: Instant) {
-        let work = async {
-            let mut conn = self.pool.get().await?;
-            if self.read_only {
-                let left = self.end.saturating_duration_since(Instant::now());
-                conn.execute_read_only(&self.query, left).await
-            } else {
-                conn.execute(&self.query, &[]).await
-            }
-        };
-        let result = tokio::select! {
+        let checkout = tokio::select! {
             biased;
             () = self.cancel.cancelled() => return,
             () = tokio::time::sleep_until(self.end.into()) => return,
-            result = work => result,
+            conn = self.pool.get() => conn,
         };
+        let result = match checkout {
+            Ok(mut conn) => self.statement(&mut conn).await,
+            Err(e) => Some(Err(e)),
+        };
+        let Some(result) = result else { return };
         if matches!(result, Err(Error::PoolClosed)) {
             self.closed.store(true, Ordering::Release);
             self.cancel.cancel();
-            return;
-        }
-        if let Err(e) = &result
-            && e.sqlstate() == Some("57014")
-            && Instant::now() + END_SLACK >= self.end
-        {
-            // Its statement_timeout (the test's remaining time) ran out with the
-            // test: abandoned at the end, not a failure.
             return;
         }
         self.tally.record(from.elapsed(), result.is_ok());
@@ -557,6 +557,36 @@ impl Job {
         if result.is_err() {
             // A fast-failing request never pins the runtime.
             tokio::task::yield_now().await;
+        }
+    }
+
+    /// Runs the statement on `conn` to its outcome; `None` for a read-only one
+    /// that its statement_timeout ended with the test (nothing it did persists:
+    /// not a request of the test).
+    async fn statement(&self, conn: &mut crate::PooledConnection) -> Option<Result<u64, Error>> {
+        let cancel = conn.cancel_handle();
+        let settled = if self.read_only {
+            let left = self.end.saturating_duration_since(Instant::now());
+            let work = conn.execute_read_only(&self.query, left);
+            settle(&cancel, work, self.end, END_GRACE, &self.cancel).await
+        } else {
+            let work = conn.execute(&self.query, &[]);
+            settle(&cancel, work, self.end, END_GRACE, &self.cancel).await
+        };
+        match settled.outcome {
+            // It never answered, even to the cancel: its connection is closed
+            // and the request failed.
+            None => Some(Err(Error::StatementCancelled {
+                deadline_exceeded: true,
+            })),
+            Some(Err(e))
+                if self.read_only
+                    && e.sqlstate() == Some("57014")
+                    && (settled.cut.is_some() || Instant::now() + END_SLACK >= self.end) =>
+            {
+                None
+            }
+            Some(result) => Some(result),
         }
     }
 }

@@ -323,15 +323,17 @@ impl PooledConnection {
 }
 
 /// How long a cancel request may take to reach PostgreSQL.
-pub(super) const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Drop for PooledConnection {
     fn drop(&mut self) {
         if self.in_flight {
             // Abandoned mid-statement: cancel it in PostgreSQL (on a connection of
-            // its own, as the protocol wants) and close this one.
+            // its own, as the protocol wants) and close this one. Its outcome is
+            // never known here: counted as failed, not as done.
             self.conn.broken = true;
             Counters::add(&self.shared.counters.statements_cancelled, 1);
+            Counters::add(&self.shared.counters.query_errors, 1);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let token = self.conn.client.cancel_token();
                 let tls = self.shared.tls.connector.clone();

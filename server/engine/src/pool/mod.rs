@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::budget;
 pub use crate::budget::{BudgetRefusal, BudgetStats, ServerBudget};
 pub use crate::events::ScaleDirection;
-pub use connection::{PooledConnection, Transaction};
+pub use connection::{CANCEL_TIMEOUT, PooledConnection, Transaction};
 pub use health::HealthStatus;
 pub use sizing::ScalingDecision;
 pub use stats::{ConnectionSecurity, Histogram, PoolStats, StatementCacheStats};

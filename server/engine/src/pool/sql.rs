@@ -51,13 +51,6 @@ pub struct RowBatch {
     pub rows: Vec<Vec<SqlValue>>,
 }
 
-/// Why a call stops before its statement ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Abort {
-    Deadline,
-    Stopped,
-}
-
 impl PooledConnection {
     /// Runs `statements` (see [`TxMode`]) within `deadline`; `stop` (the caller
     /// went away) or the deadline cancel the running statement in PostgreSQL,
@@ -310,7 +303,9 @@ impl PooledConnection {
         }
     }
 
-    fn cancel_handle(&self) -> CancelHandle {
+    /// What cancels this connection's running statement from outside (a cancel
+    /// request on a connection of its own, as the protocol wants).
+    pub fn cancel_handle(&self) -> CancelHandle {
         CancelHandle {
             token: self.conn.client.cancel_token(),
             tls: self.shared.tls.connector.clone(),
@@ -318,10 +313,25 @@ impl PooledConnection {
     }
 }
 
-/// What is needed to cancel this connection's statement from outside.
-struct CancelHandle {
+/// What is needed to cancel a connection's statement from outside.
+pub struct CancelHandle {
     token: tokio_postgres::CancelToken,
     tls: crate::tls::Connector,
+}
+
+impl std::fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelHandle").finish_non_exhaustive()
+    }
+}
+
+impl CancelHandle {
+    /// Sends the cancel request (at most [`CANCEL_TIMEOUT`]); whether it reached
+    /// PostgreSQL in time shows in the statement's own outcome.
+    pub async fn cancel(&self) {
+        let request = self.token.cancel_query(self.tls.clone());
+        let _ = tokio::time::timeout(CANCEL_TIMEOUT, request).await;
+    }
 }
 
 /// How a statement's row loop ended early.
@@ -368,24 +378,78 @@ fn decode(row: &tokio_postgres::Row) -> Result<Vec<SqlValue>, Error> {
 
 /// Runs `work` until it ends, `deadline` passes or `stop` fires; in the last two
 /// cases the statement is cancelled in PostgreSQL and `work` is let run to its
-/// (prompt) end, so that the connection stays in step and can be reused.
+/// (prompt) end, so that the connection stays in step and can be reused. A
+/// statement that completed before the cancel reached it is reported as done:
+/// it happened in PostgreSQL.
 async fn bounded<T>(
     cancel: CancelHandle,
     work: impl Future<Output = Result<T, Error>>,
     deadline: Instant,
     stop: &CancellationToken,
 ) -> Result<T, Error> {
+    let settled = settle(&cancel, work, deadline, std::time::Duration::ZERO, stop).await;
+    match (settled.outcome, settled.cut) {
+        (Some(Ok(done)), _) => Ok(done),
+        (Some(Err(e)), None) => Err(e),
+        (_, Some(cut)) => Err(Error::StatementCancelled {
+            deadline_exceeded: cut == Cut::Deadline,
+        }),
+        (None, None) => unreachable!("work that did not end was cut"),
+    }
+}
+
+/// Why [`settle`] stopped waiting for a statement before it ended by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The deadline passed.
+    Deadline,
+    /// The stop signal fired.
+    Stopped,
+}
+
+/// How a statement run under [`settle`] ended.
+#[derive(Debug)]
+pub struct Settled<T> {
+    /// What the statement gave, whenever it ended; `None` if it never answered,
+    /// even to the cancel request (the connection is then closed, never reused).
+    pub outcome: Option<Result<T, Error>>,
+    /// Set when the deadline or the stop signal came first: the statement was
+    /// then given `grace` and cancelled in PostgreSQL if it still ran.
+    pub cut: Option<Cut>,
+}
+
+/// Runs `work` (a statement on the connection `cancel` belongs to) to its end.
+/// Once `deadline` passes or `stop` fires it gets `grace` more; then its
+/// statement is cancelled in PostgreSQL and its outcome awaited (at most
+/// [`CANCEL_TIMEOUT`]): a statement that completed before the cancel reached it
+/// is reported as completed, one the cancel stopped as its error. Nothing is
+/// abandoned without saying so.
+pub async fn settle<T>(
+    cancel: &CancelHandle,
+    work: impl Future<Output = Result<T, Error>>,
+    deadline: Instant,
+    grace: std::time::Duration,
+    stop: &CancellationToken,
+) -> Settled<T> {
     futures_util::pin_mut!(work);
-    let abort = tokio::select! {
-        result = &mut work => return result,
-        () = tokio::time::sleep_until(deadline.into()) => Abort::Deadline,
-        () = stop.cancelled() => Abort::Stopped,
+    let cut = tokio::select! {
+        result = &mut work => return Settled { outcome: Some(result), cut: None },
+        () = tokio::time::sleep_until(deadline.into()) => Cut::Deadline,
+        () = stop.cancelled() => Cut::Stopped,
     };
-    let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel.token.cancel_query(cancel.tls)).await;
+    if !grace.is_zero()
+        && let Ok(result) = tokio::time::timeout(grace, &mut work).await
+    {
+        return Settled {
+            outcome: Some(result),
+            cut: Some(cut),
+        };
+    }
+    cancel.cancel().await;
     // The statement ends with 57014 at once; if it does not, dropping `work`
     // leaves the connection marked in flight, and it is closed, never reused.
-    let _ = tokio::time::timeout(CANCEL_TIMEOUT, &mut work).await;
-    Err(Error::StatementCancelled {
-        deadline_exceeded: abort == Abort::Deadline,
-    })
+    Settled {
+        outcome: tokio::time::timeout(CANCEL_TIMEOUT, &mut work).await.ok(),
+        cut: Some(cut),
+    }
 }
