@@ -258,12 +258,17 @@ impl Server {
         // are cancelled with the root, once in-flight calls finished or the grace
         // period ran out, so that a unary call in flight can still use its pool.
         let root = CancellationToken::new();
+        // A start that fails from here on cancels the root: no restored pool, no
+        // recorder task and no tuning loop outlives it.
+        let started = root.clone().drop_guard();
         let token = root.child_token();
+        // The listeners first: an address in use fails the start before any pool
+        // is restored or any background work starts.
+        let listeners = Listeners::bind(&config).await?;
         let (registry, restored) =
             open_registry(&config, allowlist, &store, &root, &embedded).await?;
-        let recorder = start_background(&config, store, &registry, &token);
-        let recorder_status = Arc::clone(recorder.status());
-        let listeners = Listeners::bind(&config).await?;
+        let background = start_background(&config, store, &registry, &token, &root);
+        let recorder_status = Arc::clone(background.recorder.status());
         let control_database = conninfo::redact(&database_url);
         log_start(
             &config,
@@ -297,7 +302,7 @@ impl Server {
         let parts = Parts {
             grpc,
             registry: Arc::clone(&registry),
-            recorder,
+            background,
             metrics_task,
             embedded,
             reloader: tokio::spawn(reload_tokens_on_sighup(auth, token.clone())),
@@ -308,6 +313,7 @@ impl Server {
             root.clone(),
             config.shutdown_grace,
         ));
+        started.disarm();
         Ok(Self {
             local_addr,
             metrics_addr,
@@ -438,20 +444,40 @@ async fn open_registry(
     Ok((registry, restored))
 }
 
+/// The server's background work on its pools, owned by the serving task.
+struct Background {
+    /// The metrics recorder (its tasks stop with the server's root token).
+    recorder: MetricsRecorder,
+    /// Automated tuning (`--auto-optimize-interval`), stopped with the serving
+    /// token.
+    tuning: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Stops automated tuning, then the recorder with its final flush.
+    async fn shutdown(self) {
+        if let Some(tuning) = self.tuning {
+            let _ = tuning.await;
+        }
+        self.recorder.shutdown().await;
+    }
+}
+
 /// The background work on `registry`'s pools: automated tuning (with
-/// `--auto-optimize-interval`, until `token`) and the metrics recorder on `store`,
-/// which is returned.
+/// `--auto-optimize-interval`, until `token`) and the metrics recorder on `store`
+/// (until its shutdown, or `root`).
 fn start_background(
     config: &ServerConfig,
     store: ControlStore,
     registry: &Arc<ConnectionPoolService>,
     token: &CancellationToken,
-) -> MetricsRecorder {
-    if let Some(interval) = config.auto_optimize_interval {
+    root: &CancellationToken,
+) -> Background {
+    let tuning = config.auto_optimize_interval.map(|interval| {
         tracing::info!(?interval, "automated tuning on");
-        tokio::spawn(Arc::clone(registry).auto_tune(interval, token.clone()));
-    }
-    MetricsRecorder::start(
+        tokio::spawn(Arc::clone(registry).auto_tune(interval, token.clone()))
+    });
+    let recorder = MetricsRecorder::start(
         store,
         Arc::clone(registry),
         RecorderOptions {
@@ -459,7 +485,9 @@ fn start_background(
             retention: config.metrics_retention,
             buffer_rows: config.metrics_buffer_rows,
         },
-    )
+        root,
+    );
+    Background { recorder, tuning }
 }
 
 /// The control database's URL: `--database-url`, or the embedded cluster's
@@ -571,7 +599,7 @@ fn log_start(
 struct Parts {
     grpc: GrpcParts,
     registry: Arc<ConnectionPoolService>,
-    recorder: MetricsRecorder,
+    background: Background,
     metrics_task: JoinHandle<std::io::Result<()>>,
     embedded: Option<EmbeddedPg>,
     reloader: JoinHandle<()>,
@@ -595,7 +623,7 @@ async fn serve(
     let Parts {
         grpc,
         registry,
-        recorder,
+        background,
         metrics_task,
         embedded,
         reloader,
@@ -613,7 +641,7 @@ async fn serve(
         token.clone(),
     ));
     let store_bridge = tokio::spawn(metrics_store_health(
-        recorder.store_up(),
+        background.recorder.store_up(),
         health_reporter.clone(),
         token.clone(),
     ));
@@ -642,15 +670,17 @@ async fn serve(
         }
     };
     service_tasks.close();
-    let background = async {
+    let serving_tasks = async {
         let _ = reloader.await;
         let _ = bridge.await;
         let _ = store_bridge.await;
         let _ = metrics_task.await;
         service_tasks.wait().await;
     };
-    bounded("watch and load-test tasks")(tokio::time::timeout(grace, background).await);
-    bounded("the metrics flush")(tokio::time::timeout(grace, recorder.shutdown()).await);
+    bounded("watch and load-test tasks")(tokio::time::timeout(grace, serving_tasks).await);
+    bounded("automated tuning and the metrics flush")(
+        tokio::time::timeout(grace, background.shutdown()).await,
+    );
     tracing::info!("metrics flushed");
     root.cancel();
     // Pools get the grace period for their checked-out connections, plus a moment
@@ -689,6 +719,8 @@ async fn serve_grpc(
         builder = builder.tls_config(tls)?;
     }
     let stop = token.clone();
+    // QueryService's tasks are tracked with PoolService's: shutdown waits for both.
+    let query_tasks = grpc.service.tasks();
     let server = builder
         .layer(
             tower::ServiceBuilder::new()
@@ -701,6 +733,7 @@ async fn serve_grpc(
         .add_service(PoolServiceServer::new(grpc.service))
         .add_service(QueryServiceServer::new(crate::grpc::QueryService::new(
             Arc::clone(registry),
+            query_tasks,
         )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc.listener), async move {
             stop.cancelled().await;

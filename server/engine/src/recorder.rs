@@ -122,12 +122,22 @@ impl std::fmt::Debug for MetricsRecorder {
     }
 }
 
+impl Drop for MetricsRecorder {
+    fn drop(&mut self) {
+        // Owned tasks end with their owner.
+        self.token.cancel();
+    }
+}
+
 impl MetricsRecorder {
-    /// Starts sampling `registry`'s pools into `store`.
+    /// Starts sampling `registry`'s pools into `store`. Its tasks stop when
+    /// `parent` is cancelled (without the final flush of [`shutdown`]
+    /// (Self::shutdown)), or when the recorder is dropped.
     pub fn start(
         store: ControlStore,
         registry: Arc<ConnectionPoolService>,
         options: RecorderOptions,
+        parent: &CancellationToken,
     ) -> Self {
         let status = Arc::new(RecorderStatus::default());
         status.store_up.store(true, Ordering::Relaxed);
@@ -138,7 +148,7 @@ impl MetricsRecorder {
             status: Arc::clone(&status),
         });
         let (up_tx, store_up) = watch::channel(true);
-        let token = CancellationToken::new();
+        let token = parent.child_token();
         let tasks = TaskTracker::new();
         tasks.spawn(sample(
             Arc::clone(&registry),

@@ -121,6 +121,51 @@ impl Drop for Held<'_> {
     }
 }
 
+/// A pool reserved for one load test ([`ConnectionPoolService::reserve_load_test`]);
+/// the reservation ends when the test has run or the slot is dropped.
+pub struct LoadTestSlot {
+    registry: Arc<ConnectionPoolService>,
+    name: String,
+    pool: Arc<AdvancedConnectionPool>,
+}
+
+impl std::fmt::Debug for LoadTestSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadTestSlot")
+            .field("pool", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadTestSlot {
+    /// Runs the test (see [`crate::PoolLoadTester::run`]); a test that was not
+    /// cancelled is kept as the pool's last and stored.
+    pub async fn run(
+        self,
+        options: crate::LoadTestOptions,
+        progress: Option<tokio::sync::mpsc::Sender<crate::LoadTestProgress>>,
+        cancel: CancellationToken,
+    ) -> Result<crate::LoadTestResults, Error> {
+        let results = crate::PoolLoadTester::new(Arc::clone(&self.pool))
+            .run(options, progress, cancel.clone())
+            .await?;
+        if !cancel.is_cancelled() {
+            self.registry.keep_load_test(&self.name, &results).await;
+        }
+        Ok(results)
+    }
+}
+
+impl Drop for LoadTestSlot {
+    fn drop(&mut self) {
+        self.registry
+            .running_load_tests
+            .lock()
+            .expect("name set lock")
+            .remove(&self.name);
+    }
+}
+
 impl std::fmt::Debug for ConnectionPoolService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectionPoolService")
@@ -292,19 +337,44 @@ impl ConnectionPoolService {
             .run(options, progress, cancel.clone())
             .await?;
         if !cancel.is_cancelled() {
-            tracing::info!(
-                pool = %name, grade = results.grade.letter(), rps = results.requests_per_second,
-                p95_ms = results.p95_response_time_ms, "load test finished"
-            );
-            self.last_load_tests
-                .lock()
-                .expect("load tests lock")
-                .insert(name.to_owned(), results.clone());
-            if let Err(error) = self.store.insert_load_test(&results).await {
-                tracing::warn!(pool = %name, %error, "load test result not stored");
-            }
+            self.keep_load_test(name, &results).await;
         }
         Ok(results)
+    }
+
+    /// Reserves pool `name` for one load test, at once (no await): a second test
+    /// of the pool is refused (`LoadTestRunning`) until the reservation is run
+    /// or dropped.
+    pub fn reserve_load_test(self: &Arc<Self>, name: &str) -> Result<LoadTestSlot, Error> {
+        let pool = self.pool(name)?;
+        if !self
+            .running_load_tests
+            .lock()
+            .expect("name set lock")
+            .insert(name.to_owned())
+        {
+            return Err(Error::LoadTestRunning(name.to_owned()));
+        }
+        Ok(LoadTestSlot {
+            registry: Arc::clone(self),
+            name: name.to_owned(),
+            pool,
+        })
+    }
+
+    /// Logs a finished test, keeps it as the pool's last and stores it.
+    async fn keep_load_test(&self, name: &str, results: &crate::LoadTestResults) {
+        tracing::info!(
+            pool = %name, grade = results.grade.letter(), rps = results.requests_per_second,
+            p95_ms = results.p95_response_time_ms, "load test finished"
+        );
+        self.last_load_tests
+            .lock()
+            .expect("load tests lock")
+            .insert(name.to_owned(), results.clone());
+        if let Err(error) = self.store.insert_load_test(results).await {
+            tracing::warn!(pool = %name, %error, "load test result not stored");
+        }
     }
 
     /// The last finished load test of a pool (kept across restarts, dropped when the

@@ -464,9 +464,6 @@ impl pool_service_server::PoolService for PoolService {
         if r.read_write {
             caller.require(Role::Admin, "RunLoadTest with read_write")?;
         }
-        self.registry
-            .pool(&r.pool_name)
-            .map_err(status::from_engine)?;
         // Zero asks for the default: 8 callers for 10 s.
         let options = poolplane::LoadTestOptions {
             concurrency: if r.concurrency == 0 { 8 } else { r.concurrency },
@@ -481,33 +478,21 @@ impl pool_service_server::PoolService for PoolService {
             read_only: !r.read_write,
         };
         options.check(&self.limits).map_err(status::from_engine)?;
+        // Reserved before answering, so that a second test on the pool is refused.
+        let slot = self
+            .registry
+            .reserve_load_test(&r.pool_name)
+            .map_err(status::from_engine)?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let (progress_tx, progress_rx) = mpsc::channel(WATCH_BUFFER);
         // Cancelled when the caller goes away or the server shuts down.
         let cancel = self.shutdown.child_token();
         let shutdown = self.shutdown.clone();
-        let registry = Arc::clone(&self.registry);
-        let name = r.pool_name.clone();
-        // Start before answering, so that a second test on the pool is refused.
-        let test = {
-            let cancel = cancel.clone();
-            let registry = Arc::clone(&registry);
-            async move {
-                registry
-                    .run_load_test(&name, options, Some(progress_tx), cancel)
-                    .await
-            }
-        };
-        let mut test = Box::pin(test);
-        // Poll once: the test registers itself as running (or fails) before its first await.
-        let first = futures_poll_once(&mut test).await;
-        if let Some(Err(e)) = first {
-            return Err(status::from_engine(e));
-        }
+        let test = Box::pin(slot.run(options, Some(progress_tx), cancel.clone()));
         let guard = WatcherGuard::new(&self.watchers);
         self.tasks.spawn(async move {
             let _guard = guard;
-            stream_load_test(test, first, progress_rx, tx, cancel, shutdown).await;
+            stream_load_test(test, progress_rx, tx, cancel, shutdown).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -688,21 +673,11 @@ fn progress_message(p: &poolplane::LoadTestProgress) -> pb::RunLoadTestResponse 
     }
 }
 
-/// Polls a future once: `Some(output)` if it finished, `None` if it is pending.
-async fn futures_poll_once<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::Output> {
-    std::future::poll_fn(|cx| match std::pin::Pin::new(&mut *future).poll(cx) {
-        std::task::Poll::Ready(output) => std::task::Poll::Ready(Some(output)),
-        std::task::Poll::Pending => std::task::Poll::Ready(None),
-    })
-    .await
-}
-
 /// Streams a running load test to its caller: progress as it comes (a slow
 /// reader skips some), then the graded result, or the error. A caller that goes
 /// away cancels the test.
 async fn stream_load_test<F>(
     mut test: std::pin::Pin<Box<F>>,
-    mut done: Option<Result<poolplane::LoadTestResults, poolplane::Error>>,
     mut progress_rx: mpsc::Receiver<poolplane::LoadTestProgress>,
     tx: mpsc::Sender<Result<pb::RunLoadTestResponse, Status>>,
     cancel: CancellationToken,
@@ -710,6 +685,7 @@ async fn stream_load_test<F>(
 ) where
     F: std::future::Future<Output = Result<poolplane::LoadTestResults, poolplane::Error>>,
 {
+    let mut done = None;
     loop {
         if let Some(result) = done.take() {
             let message = match result {

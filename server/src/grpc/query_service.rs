@@ -15,6 +15,7 @@ use poolplane_proto::v1::{self as pb};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Caller, Role};
@@ -46,12 +47,15 @@ const MAX_TIMEOUT_MS: u32 = 3_600_000;
 #[derive(Debug, Clone)]
 pub struct QueryService {
     registry: Arc<ConnectionPoolService>,
+    /// Every task a call spawns: the server waits for them when it shuts down.
+    tasks: TaskTracker,
 }
 
 impl QueryService {
-    /// The service over `registry`'s pools.
-    pub fn new(registry: Arc<ConnectionPoolService>) -> Self {
-        Self { registry }
+    /// The service over `registry`'s pools; its calls' tasks are spawned on
+    /// `tasks`.
+    pub fn new(registry: Arc<ConnectionPoolService>, tasks: TaskTracker) -> Self {
+        Self { registry, tasks }
     }
 
     /// Runs one statement in its pool, within a span of its own.
@@ -67,7 +71,7 @@ impl QueryService {
         let span = span(method, pool_name, &statement.sql);
         let pool = self.pool(pool_name)?;
         let result = tracing::Instrument::instrument(
-            run(pool, vec![statement], mode, limits, deadline),
+            run(&self.tasks, pool, vec![statement], mode, limits, deadline),
             span.clone(),
         )
         .await
@@ -290,6 +294,7 @@ async fn checkout(
 /// Runs `statements` in a task of their own; the returned future's drop (the
 /// caller went away) cancels them in PostgreSQL.
 async fn run(
+    tasks: &TaskTracker,
     pool: Arc<AdvancedConnectionPool>,
     statements: Vec<SqlStatement>,
     mode: TxMode,
@@ -298,7 +303,7 @@ async fn run(
 ) -> Result<Vec<StatementResult>, Status> {
     let stop = CancellationToken::new();
     let _cancel_on_drop = stop.clone().drop_guard();
-    let task = tokio::spawn(async move {
+    let task = tasks.spawn(async move {
         let mut conn = checkout(&pool, deadline).await?;
         conn.run_statements(&statements, mode, limits, deadline, &stop)
             .await
@@ -443,7 +448,7 @@ impl query_service_server::QueryService for QueryService {
             read_only: r.read_only,
         };
         let result = tracing::Instrument::instrument(
-            run(pool, statements, mode, limits, deadline),
+            run(&self.tasks, pool, statements, mode, limits, deadline),
             span.clone(),
         )
         .await;
@@ -497,7 +502,7 @@ impl query_service_server::QueryService for QueryService {
         // below ends, the batch channel closes).
         let worker = {
             let stop = stop.clone();
-            tokio::spawn(tracing::Instrument::instrument(
+            self.tasks.spawn(tracing::Instrument::instrument(
                 async move {
                     let mut conn = checkout(&pool, deadline).await?;
                     conn.stream_statement(
@@ -508,9 +513,17 @@ impl query_service_server::QueryService for QueryService {
                 span.clone(),
             ))
         };
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
+            // The caller leaving stops the statement at once (the guard cancels
+            // it in PostgreSQL), not when the next batch finds nobody to take it.
             let _stop = stop.drop_guard();
-            while let Some(batch) = batches_rx.recv().await {
+            loop {
+                let batch = tokio::select! {
+                    biased;
+                    () = tx.closed() => return,
+                    batch = batches_rx.recv() => batch,
+                };
+                let Some(batch) = batch else { break };
                 let message = pb::QueryStreamResponse {
                     columns: columns(&batch.columns),
                     rows: rows(&batch.rows),
