@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -212,6 +214,30 @@ impl Window {
         self.start = Instant::now();
         (utilization, peak)
     }
+
+    /// The step down due now, if any: a size outside [min, max] (after a config
+    /// change) is corrected at once; otherwise one step after a whole quiet
+    /// min_scale_interval since the last busy second and the last step.
+    fn step_down(
+        &mut self,
+        size: u32,
+        settings: &crate::AdvancedPoolConfig,
+    ) -> Option<ScalingDecision> {
+        let out_of_range =
+            size < settings.min_connections.max(1) || size > settings.max_connections;
+        let interval = settings.min_scale_interval();
+        let quiet =
+            self.last_busy_second.elapsed() >= interval && self.last_step.elapsed() >= interval;
+        if !(out_of_range || quiet || !settings.enable_dynamic_sizing) {
+            return None;
+        }
+        let decision = sizing::decide(size, self.last_second, settings);
+        if decision.is_some() || quiet {
+            // At min already, a quiet window looks again after another interval.
+            self.last_step = Instant::now();
+        }
+        decision
+    }
 }
 
 struct Maintenance {
@@ -301,21 +327,8 @@ impl Maintenance {
     /// otherwise a step down after a whole quiet min_scale_interval.
     fn scale_down_when_quiet(&mut self, settings: &crate::AdvancedPoolConfig) {
         let size = self.shared.target_size.load(Ordering::Acquire).max(1);
-        let out_of_range =
-            size < settings.min_connections.max(1) || size > settings.max_connections;
-        let interval = settings.min_scale_interval();
-        let window = &mut self.window;
-        let quiet =
-            window.last_busy_second.elapsed() >= interval && window.last_step.elapsed() >= interval;
-        if !(out_of_range || quiet || !settings.enable_dynamic_sizing) {
-            return;
-        }
-        if let Some(decision) = sizing::decide(size, window.last_second, settings) {
+        if let Some(decision) = self.window.step_down(size, settings) {
             resize(&self.shared, decision);
-            window.last_step = Instant::now();
-        } else if quiet {
-            // At min already: look again after another interval.
-            window.last_step = Instant::now();
         }
     }
 
@@ -338,5 +351,80 @@ impl Maintenance {
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The sizing window on tokio's paused clock: the default 60 s
+    //! min_scale_interval is simulated, not waited out.
+
+    use super::{FAST_WINDOW, MAINTENANCE_TICK, Window};
+    use crate::AdvancedPoolConfig;
+
+    /// Dynamic sizing with the defaults: thresholds 0.8 / 0.3, factors 1.2 /
+    /// 0.9, a 60 s min_scale_interval.
+    fn config() -> AdvancedPoolConfig {
+        AdvancedPoolConfig {
+            enable_dynamic_sizing: true,
+            min_connections: 2,
+            max_connections: 40,
+            ..AdvancedPoolConfig::default()
+        }
+    }
+
+    /// One simulated second of maintenance ticks with `busy` of `size` in use, as
+    /// the task runs them; the steps down decided in it as (from, to).
+    async fn second(window: &mut Window, busy: u32, size: u32) -> Vec<(u32, u32)> {
+        let config = config();
+        let mut steps = Vec::new();
+        for _ in 0..FAST_WINDOW.as_millis() / MAINTENANCE_TICK.as_millis() {
+            tokio::time::advance(MAINTENANCE_TICK).await;
+            window.sample(busy, size);
+            if window.start.elapsed() >= FAST_WINDOW {
+                window.close_second(config.load_threshold_low);
+            }
+            if let Some(step) = window.step_down(size, &config) {
+                steps.push((step.from, step.to));
+            }
+        }
+        steps
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn steady_demand_never_steps_down_and_quiet_steps_once_per_interval() {
+        assert_eq!(config().min_scale_interval_secs, 60);
+        let mut window = Window::new();
+        let mut size = 32;
+        // Two minutes of steady demand at 90%: the size does not move.
+        for s in 0..120 {
+            assert_eq!(second(&mut window, 29, size).await, [], "second {s}");
+        }
+        // Then quiet: nothing for 59 s, a step of 0.9 at 60 s, the next 60 s later.
+        let mut steps = Vec::new();
+        for s in 1..=150 {
+            for (from, to) in second(&mut window, 0, size).await {
+                steps.push((s, from, to));
+                size = to;
+            }
+        }
+        assert_eq!(steps, [(60, 32, 28), (120, 28, 25)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_busy_second_restarts_the_quiet_window() {
+        let mut window = Window::new();
+        for _ in 0..50 {
+            assert_eq!(second(&mut window, 0, 10).await, []);
+        }
+        // A busy second at 50 s: the quiet minute starts again from it.
+        assert_eq!(second(&mut window, 9, 10).await, []);
+        let mut at = None;
+        for s in 1..=70 {
+            if !second(&mut window, 0, 10).await.is_empty() {
+                at.get_or_insert(s);
+            }
+        }
+        assert_eq!(at, Some(60));
     }
 }

@@ -94,3 +94,48 @@ async fn read_only_unless_an_admin_asks_for_writes() -> anyhow::Result<()> {
     assert_eq!(count().await?, result.successful_requests as i64);
     server.shutdown().await
 }
+
+/// A writing load test counts what PostgreSQL did: the requests in flight when it
+/// ends finish (or are cancelled after a grace) and are counted by their outcome,
+/// so the rows written are exactly its successful requests, run after run.
+#[tokio::test]
+async fn a_writing_test_counts_exactly_the_rows_it_wrote() -> anyhow::Result<()> {
+    let db = TestPg::database().await?;
+    let admin = db.connect().await?;
+    admin.batch_execute("CREATE TABLE w (id bigserial)").await?;
+    let pool = std::sync::Arc::new(
+        poolplane::AdvancedConnectionPool::new(db.url(), poolplane_tests::test_config(2, 16))
+            .await?,
+    );
+    let tester = poolplane::PoolLoadTester::new(std::sync::Arc::clone(&pool));
+    let mut written = 0i64;
+    for run in 0..50 {
+        let options = poolplane::LoadTestOptions {
+            concurrency: 16,
+            duration: Duration::from_millis(300),
+            query: Some("INSERT INTO w DEFAULT VALUES".into()),
+            warmup: Duration::ZERO,
+            target_rps: None,
+            read_only: false,
+        };
+        let result = tester
+            .run(options, None, tokio_util::sync::CancellationToken::new())
+            .await?;
+        let rows: i64 = admin.query_one("SELECT count(*) FROM w", &[]).await?.get(0);
+        assert!(result.successful_requests > 0, "run {run}: {result:?}");
+        assert_eq!(
+            rows - written,
+            result.successful_requests as i64,
+            "run {run}: rows written vs successful requests: {result:?}"
+        );
+        assert_eq!(result.failed_requests, 0, "run {run}: {result:?}");
+        // The rate is over the time the test really ran, requests in flight at
+        // its end included.
+        assert!(result.duration >= Duration::from_millis(300), "{result:?}");
+        let rate = result.total_requests as f64 / result.duration.as_secs_f64();
+        assert!((rate - result.requests_per_second).abs() < 1e-6 * rate.max(1.0));
+        written = rows;
+    }
+    pool.close().await;
+    Ok(())
+}

@@ -508,3 +508,52 @@ async fn an_unhealthy_pool_fails_fast_with_unavailable() -> anyhow::Result<()> {
     proxy.restore();
     server.shutdown().await
 }
+
+/// A QueryStream whose caller leaves before the first row: its statement is
+/// cancelled in PostgreSQL within a second, not left running to its deadline.
+#[tokio::test]
+async fn a_stream_left_before_its_first_row_is_cancelled_within_a_second() -> anyhow::Result<()> {
+    let server = TestServer::spawn().await?;
+    let db = TestPg::database().await?;
+    let admin = db.connect().await?;
+    server
+        .client
+        .create_pool("left", db.url(), config())
+        .await?;
+    let sql = "SELECT 42 AS answer FROM pg_sleep(30)";
+    let stream = server.client.query_stream("left", sql, vec![], 100).await?;
+    let running = || async {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+                &[&sql],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(-1)
+    };
+    wait_until(Duration::from_secs(5), "the statement runs", || async {
+        running().await == 1
+    })
+    .await?;
+    drop(stream);
+    let left = Instant::now();
+    wait_until(
+        Duration::from_secs(5),
+        "the statement is cancelled",
+        || async { running().await == 0 },
+    )
+    .await?;
+    assert!(
+        left.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        left.elapsed()
+    );
+    // The pool's connection is usable again.
+    let row = server
+        .client
+        .query("left", "SELECT 1::int4", vec![])
+        .await?;
+    assert_eq!(row.rows.len(), 1);
+    server.shutdown().await
+}

@@ -1,7 +1,7 @@
 //! The in-process server over a real control database: the SDK, both reflection
 //! versions, health, and the stored definitions it lists.
 
-use poolplane_tests::{TestServer, grpcurl};
+use poolplane_tests::{TestPg, TestServer, grpcurl, wait_until};
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
@@ -104,4 +104,49 @@ async fn reflection_v1_lists_every_service() -> anyhow::Result<()> {
         );
     }
     server.shutdown().await
+}
+
+/// A start that fails on an address in use leaves nothing behind in the embedding
+/// process: no restored pool keeps its connections, no background task runs.
+#[tokio::test]
+async fn a_failed_start_leaves_no_pool_or_connection_behind() -> anyhow::Result<()> {
+    let control = TestPg::database().await?;
+    let db = TestPg::database().await?;
+    let first = TestServer::spawn_on(control.clone()).await?;
+    first
+        .client
+        .create_pool(
+            "failed_start",
+            db.url(),
+            poolplane_tests::proto_config(3, 4),
+        )
+        .await?;
+    first.shutdown().await?;
+    let admin = db.connect().await?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let in_use = taken.local_addr()?;
+    let mut config = TestServer::config(&control);
+    config.metrics_listen = in_use;
+    let refused = poolplane_server::Server::start(config).await;
+    assert!(refused.is_err(), "the metrics address is in use");
+    // The stored pool (min 3) was not restored, or was closed with the start.
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "no backend of the stored pool",
+        || async {
+            poolplane_tests::pool_backends(&admin, "failed_start")
+                .await
+                .ok()
+                == Some(0)
+        },
+    )
+    .await?;
+    // And stays so: nothing reconnects it in the background.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        poolplane_tests::pool_backends(&admin, "failed_start").await?,
+        0
+    );
+    drop(taken);
+    Ok(())
 }

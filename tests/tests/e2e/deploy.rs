@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use poolplane_client::proto::{PoolConfig, RunLoadTestRequest};
-use poolplane_tests::{TestPg, TestServer, http_get, run_load_test};
+use poolplane_tests::{TestPg, TestServer, http_get, run_load_test, wait_until};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -88,18 +88,30 @@ async fn every_metric_the_dashboard_and_rules_name_is_served() -> anyhow::Result
         };
         run_load_test(&client, request).await
     });
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let text = http_get(server.server().metrics_addr(), "/metrics").await?;
-    load.await??;
-    let missing: Vec<&String> = wanted
-        .iter()
-        .filter(|name| {
-            !text.lines().any(|line| {
-                line.strip_prefix(name.as_str())
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+    // Every name shows up once the load has moved the pool (polled, not slept).
+    let metrics = server.server().metrics_addr();
+    let missing = || async {
+        let text = http_get(metrics, "/metrics").await.unwrap_or_default();
+        wanted
+            .iter()
+            .filter(|name| {
+                !text.lines().any(|line| {
+                    line.strip_prefix(name.as_str())
+                        .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                })
             })
-        })
-        .collect();
-    assert!(missing.is_empty(), "not on /metrics: {missing:?}");
+            .cloned()
+            .collect::<Vec<String>>()
+    };
+    let seen = wait_until(
+        std::time::Duration::from_secs(10),
+        "every metric the rules and dashboard name is on /metrics",
+        || async { missing().await.is_empty() },
+    )
+    .await;
+    if let Err(e) = seen {
+        panic!("{e}: not on /metrics: {:?}", missing().await);
+    }
+    load.await??;
     server.shutdown().await
 }

@@ -1,5 +1,5 @@
-//! Scenario 3 of the fault suite, in a test binary of its own because it restarts a
-//! PostgreSQL cluster: the pool's database restarted under load — only queries in
+//! Scenario 3 of the fault suite, on a PostgreSQL cluster of its own since it
+//! restarts it: the pool's database restarted under load — only queries in
 //! flight (or started while it was down) fail, every query after it is back
 //! succeeds, and the pool leaves no stale connection behind.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 use poolplane::EmbeddedPg;
 use poolplane_client::PoolConfigBuilder;
 use poolplane_client::proto::{PoolConfig, RunLoadTestRequest};
-use poolplane_tests::{TestServer, run_load_test};
+use poolplane_tests::{TestServer, run_load_test, wait_until};
 
 #[tokio::test]
 async fn scenario_3_the_database_restarted_under_load() -> anyhow::Result<()> {
@@ -41,13 +41,19 @@ async fn scenario_3_the_database_restarted_under_load() -> anyhow::Result<()> {
             anyhow::Ok(run_load_test(&client, request).await?.1)
         })
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Under load: the test has run requests through the pool.
+    let pool = server.server().registry().pool("restarted")?;
+    wait_until(
+        Duration::from_secs(10),
+        "the load test is running",
+        || async { pool.pool_stats().total_queries >= 20 },
+    )
+    .await?;
     let pid = pg.pid();
     pg.restart().await?;
     assert_ne!(pg.pid(), pid, "a new postmaster");
     // Every query after the restart succeeds: dead connections are caught at
     // checkout and replaced.
-    let pool = server.server().registry().pool("restarted")?;
     for i in 0..1000i64 {
         let row = pool
             .query_one("SELECT $1::int8", &[&i])

