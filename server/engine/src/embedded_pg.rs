@@ -258,6 +258,57 @@ fn cluster_settings(
     Ok(settings)
 }
 
+/// A cluster's directories, password and settings, ready for postgres to start.
+struct Prepared {
+    bindir: PathBuf,
+    run_as: RunAs,
+    base: PathBuf,
+    temp: Option<tempfile::TempDir>,
+    layout: Layout,
+    password: String,
+    settings: Vec<(String, String)>,
+}
+
+/// The blocking part of a start: the binaries found, the data directory made
+/// (initdb on first use) and the settings written.
+fn prepare(options: &EmbeddedPgOptions) -> Result<Prepared, EmbeddedPgError> {
+    let bindir = find_bindir()?;
+    let run_as = RunAs::detect()?;
+    let (base, temp) = base_dir(options)?;
+    // The postgres user must be able to traverse into its directories.
+    fs::set_permissions(&base, fs::Permissions::from_mode(0o711))
+        .map_err(io("setting permissions of", &base))?;
+    let layout = Layout::new(&base);
+    let throwaway = temp.is_some();
+
+    let password = if layout.pgdata.join("PG_VERSION").exists() {
+        fs::read_to_string(&layout.password_file)
+            .map(|p| p.trim().to_owned())
+            .map_err(|_| EmbeddedPgError::ForeignDataDir {
+                path: layout.pgdata.clone(),
+                password_file: layout.password_file.clone(),
+            })?
+    } else {
+        initdb(&bindir, run_as, &layout, throwaway)?
+    };
+    let run = &layout.run;
+    fs::create_dir_all(run).map_err(io("creating", run))?;
+    fs::set_permissions(run, fs::Permissions::from_mode(0o700))
+        .map_err(io("setting permissions of", run))?;
+    run_as.give(run)?;
+
+    let settings = cluster_settings(options, &layout, run_as, throwaway)?;
+    Ok(Prepared {
+        bindir,
+        run_as,
+        base,
+        temp,
+        layout,
+        password,
+        settings,
+    })
+}
+
 impl EmbeddedPg {
     /// Starts a throwaway cluster in a temporary directory.
     pub async fn start_temporary() -> Result<Self, EmbeddedPgError> {
@@ -267,32 +318,18 @@ impl EmbeddedPg {
     /// Starts a cluster as `options` say: initdb on first use of a data directory,
     /// then postgres on a free loopback port; returns once it accepts connections.
     pub async fn start(options: EmbeddedPgOptions) -> Result<Self, EmbeddedPgError> {
-        let bindir = find_bindir()?;
-        let run_as = RunAs::detect()?;
-        let (base, temp) = base_dir(&options)?;
-        // The postgres user must be able to traverse into its directories.
-        fs::set_permissions(&base, fs::Permissions::from_mode(0o711))
-            .map_err(io("setting permissions of", &base))?;
-        let layout = Layout::new(&base);
-        let throwaway = temp.is_some();
-
-        let password = if layout.pgdata.join("PG_VERSION").exists() {
-            fs::read_to_string(&layout.password_file)
-                .map(|p| p.trim().to_owned())
-                .map_err(|_| EmbeddedPgError::ForeignDataDir {
-                    path: layout.pgdata.clone(),
-                    password_file: layout.password_file.clone(),
-                })?
-        } else {
-            initdb(&bindir, run_as, &layout, throwaway)?
-        };
-        let run = &layout.run;
-        fs::create_dir_all(run).map_err(io("creating", run))?;
-        fs::set_permissions(run, fs::Permissions::from_mode(0o700))
-            .map_err(io("setting permissions of", run))?;
-        run_as.give(run)?;
-
-        let settings = cluster_settings(&options, &layout, run_as, throwaway)?;
+        // initdb and the file work block for a second or more: off the runtime.
+        let Prepared {
+            bindir,
+            run_as,
+            base,
+            temp,
+            layout,
+            password,
+            settings,
+        } = tokio::task::spawn_blocking(move || prepare(&options))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
 
         // A just-killed previous owner's postmaster may still hold the data
         // directory's lock for a moment; a port may be taken between our probe and
@@ -316,8 +353,12 @@ impl EmbeddedPg {
                     });
                 }
                 Err(reason) => {
-                    stop_child(&mut postmaster, Duration::from_secs(10));
-                    stop_watchdog(watchdog);
+                    tokio::task::spawn_blocking(move || {
+                        stop_child(&mut postmaster, Duration::from_secs(10));
+                        stop_watchdog(watchdog);
+                    })
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
                     let tail = log_tail(&layout.log);
                     let retry = tail.contains("could not bind")
                         || tail.contains("Address already in use")

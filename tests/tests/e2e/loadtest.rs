@@ -90,7 +90,8 @@ async fn an_unsaturated_pool_is_graded_by_the_table_and_the_result_is_stored() -
             &[],
         )
         .await?;
-    assert_eq!(row.get::<_, String>(0), expected.letter());
+    let graded = format!("{:?}", Grade::try_from(result.grade)?);
+    assert_eq!(row.get::<_, String>(0), graded);
     assert_eq!(row.get::<_, i32>(1), 8);
     assert_eq!(row.get::<_, i64>(2) as u64, result.total_requests);
     server.shutdown().await

@@ -479,3 +479,51 @@ async fn light_load_reuses_the_last_returned_connection_and_the_rest_idle_out() 
     pool.close().await;
     Ok(())
 }
+
+/// One deadline over a whole checkout: connections that fail validation one after
+/// another (each taking 0.4 s to fail) do not give bb8 the full acquire_timeout
+/// again at every try; the checkout ends with a timeout within acquire_timeout.
+#[tokio::test]
+async fn a_checkout_never_outlives_acquire_timeout_however_many_validations_fail()
+-> anyhow::Result<()> {
+    let db = TestPg::database().await?;
+    let admin = db.connect().await?;
+    admin
+        .batch_execute(
+            "CREATE TABLE flag (broken bool NOT NULL); INSERT INTO flag VALUES (false);
+             CREATE FUNCTION check_me() RETURNS int LANGUAGE plpgsql AS $$
+             BEGIN
+               IF (SELECT broken FROM flag) THEN
+                 PERFORM pg_sleep(0.4);
+                 RAISE EXCEPTION 'not valid';
+               END IF;
+               RETURN 1;
+             END $$;",
+        )
+        .await?;
+    let config = AdvancedPoolConfig {
+        acquire_timeout_secs: 1,
+        health_check_interval_secs: 5,
+        health_check_timeout_secs: 2,
+        validation_query: "SELECT check_me()".into(),
+        validation_idle_threshold_ms: 0,
+        ..test_config(3, 3)
+    };
+    let pool = AdvancedConnectionPool::named("deadline", db.url(), config).await?;
+    pool.execute("SELECT 1", &[]).await?;
+    admin.batch_execute("UPDATE flag SET broken = true").await?;
+    let started = Instant::now();
+    let checkout = tokio::time::timeout(Duration::from_secs(10), pool.get()).await;
+    let took = started.elapsed();
+    let Ok(result) = checkout else {
+        panic!("the checkout was still running after {took:?}");
+    };
+    let error = result.expect_err("every connection fails validation");
+    assert_eq!(error.kind(), ErrorKind::AcquireTimeout, "{error}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "acquire_timeout is 1 s, the checkout took {took:?}"
+    );
+    pool.close().await;
+    Ok(())
+}

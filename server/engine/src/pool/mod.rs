@@ -479,8 +479,9 @@ impl AdvancedConnectionPool {
         }
         let permit = gate::Permit::new(Arc::clone(shared));
         loop {
-            // bb8 applies acquire_timeout itself; after a wait only the rest of it
-            // is left.
+            // bb8 applies acquire_timeout itself; after a wait (or a connection
+            // found dead) only the rest of it is left: one deadline for the whole
+            // checkout.
             let got = match waiting_since {
                 Some(since) => {
                     let remaining = timeout.saturating_sub(since.elapsed());
@@ -500,17 +501,35 @@ impl AdvancedConnectionPool {
             if shared.is_closed() {
                 return Err(Error::PoolClosed);
             }
+            let now = Instant::now();
             if conn.client.is_closed() {
+                // Another try, within what is left of the one deadline.
                 conn.broken = true;
+                waiting_since.get_or_insert(now);
                 continue;
             }
-            let now = Instant::now();
             let idle_ms = now.saturating_duration_since(conn.last_used).as_millis() as u64;
-            if idle_ms >= shared.validation_idle_ms.load(Ordering::Relaxed)
-                && !Box::pin(still_valid(&conn.client, &shared.settings())).await
-            {
-                conn.broken = true;
-                continue;
+            if idle_ms >= shared.validation_idle_ms.load(Ordering::Relaxed) {
+                // The validation too counts against acquire_timeout.
+                let left =
+                    timeout.saturating_sub(waiting_since.map_or(Duration::ZERO, |s| s.elapsed()));
+                let valid = tokio::time::timeout(
+                    left,
+                    Box::pin(still_valid(&conn.client, &shared.settings())),
+                )
+                .await;
+                match valid {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        conn.broken = true;
+                        waiting_since.get_or_insert(now);
+                        continue;
+                    }
+                    Err(_) => {
+                        conn.broken = true;
+                        return Err(self.timed_out(timeout, false));
+                    }
+                }
             }
             let capacity = shared.cache_capacity();
             if capacity > 0 && capacity != conn.cache.capacity() {
