@@ -83,7 +83,9 @@ say "cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+# The end-to-end tests mostly wait on PostgreSQL, servers and sockets: more
+# threads than cores (POOLPLANE_TEST_THREADS to change it).
+cargo test --workspace --no-fail-fast -- --test-threads "${POOLPLANE_TEST_THREADS:-6}" 2>&1 | tee "$log" || status=$?
 # One closing line for the whole suite, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\nall tests: %d passed, %d failed\n", p, f }' "$log"

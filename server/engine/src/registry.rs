@@ -446,11 +446,17 @@ impl ConnectionPoolService {
         if apply {
             let plan = optimizer::plan(&input.config, &recommendations);
             if plan.config != input.config {
+                // Applied to the config in force when the pool's claim is taken:
+                // a change made meanwhile (the window above reads the control
+                // database) is kept, and the audit diff is against it.
                 let origin = ChangeOrigin::new(source, plan.reason);
-                self.update_pool_config_from(name, plan.config, &origin)
-                    .await?;
-                tracing::info!(pool = %name, changes = ?plan.applied_changes, "optimizer applied changes");
-                applied_changes = plan.applied_changes;
+                self.update_pool_config_with(name, &origin, |current| {
+                    let plan = optimizer::plan(current, &recommendations);
+                    applied_changes = plan.applied_changes;
+                    Ok(plan.config)
+                })
+                .await?;
+                tracing::info!(pool = %name, changes = ?applied_changes, "optimizer applied changes");
             }
         }
         Ok(PoolOptimization {
@@ -789,9 +795,29 @@ impl ConnectionPoolService {
         config: AdvancedPoolConfig,
         origin: &ChangeOrigin,
     ) -> Result<PoolInfo, Error> {
-        let before = self.pool_info(name)?.config;
-        let changes = crate::config::diff(&before, &config);
-        let result = self.replace_config(name, config).await;
+        self.update_pool_config_with(name, origin, |_| Ok(config))
+            .await
+    }
+
+    /// Changes a pool's config by `patch`, which gets the config in force and
+    /// returns the new one. It runs under the pool's claim, so a change that
+    /// landed since the caller last looked is patched, never reverted, and the
+    /// recorded changes are a diff against the config really replaced. An error
+    /// from `patch` changes nothing.
+    pub async fn update_pool_config_with(
+        &self,
+        name: &str,
+        origin: &ChangeOrigin,
+        patch: impl FnOnce(&AdvancedPoolConfig) -> Result<AdvancedPoolConfig, Error>,
+    ) -> Result<PoolInfo, Error> {
+        let mut changes = Vec::new();
+        let result = self
+            .replace_config(name, |current| {
+                let config = patch(current)?;
+                changes = crate::config::diff(current, &config);
+                Ok(config)
+            })
+            .await;
         match &result {
             Ok(_) => {
                 self.record_changes(name, changes, origin.clone(), true)
@@ -844,12 +870,13 @@ impl ConnectionPoolService {
         ));
     }
 
+    /// Replaces a pool's config with what `make` makes of the config in force,
+    /// read under the pool's claim.
     async fn replace_config(
         &self,
         name: &str,
-        config: AdvancedPoolConfig,
+        make: impl FnOnce(&AdvancedPoolConfig) -> Result<AdvancedPoolConfig, Error>,
     ) -> Result<PoolInfo, Error> {
-        config.validate()?;
         let _claim = self.claim(name)?;
         let (pool, target) = {
             let pools = self.pools.read().expect("pools lock");
@@ -858,6 +885,8 @@ impl ConnectionPoolService {
                 .ok_or_else(|| Error::PoolNotFound(name.to_owned()))?;
             (Arc::clone(&entry.pool), Arc::clone(&entry.target))
         };
+        let config = make(&pool.config())?;
+        config.validate()?;
         let budget = self.budget_for(&target);
         budget
             .check_min(name, config.min_connections)

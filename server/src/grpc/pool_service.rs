@@ -223,20 +223,24 @@ impl pool_service_server::PoolService for PoolService {
         let caller = Caller::of(&request);
         let request = request.into_inner();
         required(&request.name, "name")?;
-        let current = self
-            .registry
-            .pool_info(&request.name)
-            .map_err(status::from_engine)?
-            .config;
-        let config =
-            convert::apply_config(current, request.config.as_ref()).map_err(status::bad_request)?;
-        let warnings = convert::warnings_to_proto(&config);
         let origin = poolplane::ChangeOrigin::new(caller.role.name(), "UpdatePoolConfig");
-        let info = self
+        // The patch is merged into the config in force under the pool's claim: two
+        // partial updates of different fields never revert each other.
+        let mut invalid = None;
+        let updated = self
             .registry
-            .update_pool_config_from(&request.name, config, &origin)
-            .await
-            .map_err(status::from_engine)?;
+            .update_pool_config_with(&request.name, &origin, |current| {
+                convert::apply_config(current.clone(), request.config.as_ref()).map_err(|v| {
+                    invalid = Some(v);
+                    poolplane::Error::InvalidRequest(Vec::new())
+                })
+            })
+            .await;
+        if let Some(violations) = invalid {
+            return Err(status::bad_request(violations));
+        }
+        let info = updated.map_err(status::from_engine)?;
+        let warnings = convert::warnings_to_proto(&info.config);
         Ok(Response::new(pb::UpdatePoolConfigResponse {
             pool: Some(convert::pool_to_proto(&info)),
             warnings,
