@@ -1,4 +1,4 @@
-//! The seed's "Load Testing", over gRPC: progress while it runs, then the results.
+//! Load testing over gRPC: progress while it runs, then the results.
 //!
 //! Run: `cargo run -p poolplane-client --example load_testing -- SERVER DATABASE_URL`
 

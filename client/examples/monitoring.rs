@@ -1,4 +1,4 @@
-//! The seed's "Real-time Pool Statistics", over gRPC.
+//! Real-time pool statistics over gRPC.
 //!
 //! Run: `cargo run -p poolplane-client --example monitoring -- SERVER DATABASE_URL`
 

@@ -1,4 +1,4 @@
-//! The seed's "Automatic Optimization", over gRPC: a starved pool, a load test that
+//! Automatic optimization over gRPC: a starved pool, a load test that
 //! shows it, the optimizer's report, and the change applied.
 //!
 //! Run: `cargo run -p poolplane-client --example optimization -- SERVER DATABASE_URL`

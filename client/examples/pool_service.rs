@@ -1,4 +1,4 @@
-//! The seed's "Using the Connection Pool Service", over gRPC: create a primary and a
+//! Using the connection pool service over gRPC: create a primary and a
 //! cache pool, then read the primary's performance summary.
 //!
 //! Run: `cargo run -p poolplane-client --example pool_service -- SERVER DATABASE_URL`

@@ -366,7 +366,7 @@ impl PoolplaneClient {
     }
 
     /// [`create_pool`](Self::create_pool), with the values the server found
-    /// outside the seed's guidance (the pool is created anyway).
+    /// outside the recommended ranges (the pool is created anyway).
     pub async fn create_pool_with_warnings(
         &self,
         name: &str,
@@ -418,7 +418,7 @@ impl PoolplaneClient {
     }
 
     /// [`update_pool_config`](Self::update_pool_config), with the values the
-    /// server found outside the seed's guidance (the change is made anyway).
+    /// server found outside the recommended ranges (the change is made anyway).
     pub async fn update_pool_config_with_warnings(
         &self,
         name: &str,
@@ -515,7 +515,7 @@ impl PoolplaneClient {
 
     pool_read!(
         /// A pool's performance now and over its last hour, with its recent scaling
-        /// events (the seed's get_pool_performance_summary).
+        /// events (get_pool_performance_summary).
         get_performance_summary,
         GetPerformanceSummaryRequest,
         summary,

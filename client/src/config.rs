@@ -35,12 +35,12 @@ impl PoolConfigBuilder {
         Self::default()
     }
 
-    /// The seed's production preset (200 max, 50 min, 10 s acquire timeout, …).
+    /// The production preset (200 max, 50 min, 10 s acquire timeout, …).
     pub fn production() -> Self {
         Self::new().preset("production")
     }
 
-    /// The seed's development preset (20 max, 5 min, fixed size, …).
+    /// The development preset (20 max, 5 min, fixed size, …).
     pub fn development() -> Self {
         Self::new().preset("development")
     }

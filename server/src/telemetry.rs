@@ -189,7 +189,6 @@ impl Telemetry {
     }
 }
 
-/// Every pool with its name attribute, for a callback.
 /// Calls `f` with a reading of every pool of `registry` and its name attribute.
 fn each_pool(registry: &ConnectionPoolService, mut f: impl FnMut(&PoolReading<'_>, KeyValue)) {
     for (name, pool, last_grade) in metrics::read_pools(registry) {

@@ -438,7 +438,7 @@ async fn loadtest(b: &Bench) -> anyhow::Result<Table> {
     Ok(t)
 }
 
-/// The seed's example: 50 workers on the default configuration (min 20, max
+/// The 50-worker example: 50 workers on the default configuration (min 20, max
 /// 100), graded A or B on a machine that keeps up; a sentence for the notes.
 async fn seed_example(b: &Bench, query: &str) -> anyhow::Result<String> {
     let seed =
@@ -456,7 +456,7 @@ async fn seed_example(b: &Bench, query: &str) -> anyhow::Result<String> {
         .await?;
     seed.close().await;
     Ok(format!(
-        "The seed's example (50 workers, the default configuration, {} s): grade {} (target A or B), p95 {:.2} ms, mean utilization {:.2} of {}, {:.0} rps.",
+        "The 50-worker example (the default configuration, {} s): grade {} (target A or B), p95 {:.2} ms, mean utilization {:.2} of {}, {:.0} rps.",
         b.secs,
         r.grade.letter(),
         r.p95_response_time_ms,

@@ -648,7 +648,7 @@ impl Printer {
         }
     }
 
-    /// Config values outside the seed's guidance, on stderr (stdout stays the
+    /// Config values outside the recommended ranges, on stderr (stdout stays the
     /// pool, JSON included).
     pub fn warnings(&self, warnings: &[ConfigWarning]) {
         for w in warnings {

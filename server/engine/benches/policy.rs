@@ -3,7 +3,7 @@
 //! - `sizing`: the scaling decision taken every second per pool (`decide`,
 //!   `scale_up_now`) and a pool's claim on its server's budget (`need`);
 //! - `budget_shares`: the split of a server's connections among 10 and 1,000 pools;
-//! - `grading`: the seed's A–F table applied to a load test's figures.
+//! - `grading`: the A–F grading table applied to a load test's figures.
 //!
 //! Run: `cargo bench -p poolplane --bench policy`. Results: BENCHMARKS.md.
 
@@ -71,7 +71,7 @@ fn budget_shares(c: &mut Criterion) {
 }
 
 fn grading(c: &mut Criterion) {
-    // One row per grade of the seed's table, and its boundaries.
+    // One row per grade of the grading table, and its boundaries.
     let figures: [(f64, f64, f64); 8] = [
         (0.0, 10.0, 0.5),
         (0.009, 49.9, 0.79),

@@ -1,4 +1,4 @@
-//! The seed's "Creating an Advanced Pool" and "Configuration", in-process: a pool
+//! Creating an advanced pool and configuring it, in-process: a pool
 //! with the default, a custom and the production configuration.
 //!
 //! Run: `cargo run -p poolplane --example creating_pools -- DATABASE_URL`
@@ -11,7 +11,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .ok_or("usage: creating_pools DATABASE_URL")?;
 
-    // Custom configuration (the seed's values, scaled to a small database).
+    // Custom configuration (values for a busy service, scaled to a small database).
     let config = AdvancedPoolConfig {
         max_connections: 10,
         min_connections: 2,

@@ -1,4 +1,4 @@
-//! The seed's "Using the Connection Pool Service" and "Service Integration",
+//! Using the connection pool service inside an application of your own,
 //! in-process: a service that owns a ConnectionPoolService, creates a specialized
 //! pool, reads its performance summary and runs a load test.
 //!
@@ -68,7 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         performance.utilization_rate * 100.0
     );
 
-    // Run optimization on all pools (the seed's loop, as written there).
+    // Run optimization on all pools (a loop over every pool's report).
     let report = service.pool_service.optimize_all_pools(false).await?;
     println!(
         "Optimized {}/{} pools",

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// The configuration of one [`crate::AdvancedConnectionPool`]. The field names are
-/// the seed document's; durations stay in the seed's `*_secs` (and `*_ms`) units.
+/// The configuration of one [`crate::AdvancedConnectionPool`]. Durations are whole
+/// `*_secs` (and `*_ms`), as the public API and the stored definitions name them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdvancedPoolConfig {
@@ -68,7 +68,7 @@ pub struct AdvancedPoolConfig {
     /// Queries after which a connection is recycled.
     pub recycle_threshold_queries: u64,
 
-    // Beyond the seed
+    // Beyond the core settings
     /// A checkout skips validation when the connection was used less than this
     /// long ago (as HikariCP's 500 ms bypass window), so a busy pool does not pay a
     /// round trip per checkout. 0 validates every checkout.
@@ -76,7 +76,7 @@ pub struct AdvancedPoolConfig {
 }
 
 impl Default for AdvancedPoolConfig {
-    /// The seed's custom configuration.
+    /// The default configuration.
     fn default() -> Self {
         Self {
             max_connections: 100,
@@ -134,7 +134,7 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl AdvancedPoolConfig {
-    /// The seed's production configuration.
+    /// The production preset.
     pub fn production() -> Self {
         Self {
             max_connections: 200,
@@ -151,7 +151,7 @@ impl AdvancedPoolConfig {
         }
     }
 
-    /// The seed's development configuration.
+    /// The development preset.
     pub fn development() -> Self {
         Self {
             max_connections: 20,
@@ -403,7 +403,7 @@ impl AdvancedPoolConfig {
 }
 
 impl AdvancedPoolConfig {
-    /// Values that are valid but outside the seed's guidance: health checks every
+    /// Values that are valid but outside the recommended ranges: health checks every
     /// 15–60 s, 3–5 failures before unhealthy, and load thresholds with room
     /// between them (at least 0.2, or sizing flaps). Answered with CreatePool and
     /// UpdatePoolConfig; nothing is refused for them.
@@ -503,7 +503,7 @@ mod tests {
     }
 
     #[test]
-    fn presets_are_valid_and_carry_the_seed_values() {
+    fn presets_are_valid_and_carry_their_documented_values() {
         for config in [
             AdvancedPoolConfig::default(),
             AdvancedPoolConfig::production(),

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::pool::sql::settle;
 use crate::{AdvancedConnectionPool, Error};
 
-/// The seed's performance grade.
+/// A load test's performance grade, A to F.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum Grade {
     /// < 1% errors, p95 < 50 ms, utilization < 80%.
@@ -55,7 +55,7 @@ impl Grade {
     }
 }
 
-/// Grades a run by the seed's table: `error_rate` and `utilization` as fractions,
+/// Grades a run by the grading table: `error_rate` and `utilization` as fractions,
 /// `p95_ms` the 95th percentile response time. A load test passes the mean
 /// utilization over the test of the capacity the pool may use
 /// ([`AdvancedConnectionPool::capacity`]): a pool that could still grow is not
@@ -196,7 +196,7 @@ pub struct LoadTestProgress {
     pub utilization: f64,
 }
 
-/// What a load test measured (the seed's results, plus its parameters).
+/// What a load test measured, with its parameters.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LoadTestResults {
     /// The pool.
@@ -284,7 +284,7 @@ impl Tally {
     }
 }
 
-/// Runs load tests against one pool (the seed's `PoolLoadTester`).
+/// Runs load tests against one pool (`PoolLoadTester`).
 #[derive(Debug, Clone)]
 pub struct PoolLoadTester {
     pool: Arc<AdvancedConnectionPool>,
@@ -296,7 +296,7 @@ impl PoolLoadTester {
         Self { pool }
     }
 
-    /// The seed's call: `concurrency` closed-loop workers running the pool's
+    /// `run_load_test(concurrency, duration_secs)`: closed-loop workers running the pool's
     /// validation query for `duration_secs`.
     pub async fn run_load_test(
         &self,
@@ -709,7 +709,7 @@ mod tests {
     }
 
     #[test]
-    fn grades_follow_the_seed_table_at_every_boundary() {
+    fn grades_follow_the_grading_table_at_every_boundary() {
         assert_eq!(grade(0.0, 0.0, 0.0), Grade::A);
         assert_eq!(grade(0.0099, 49.99, 0.7999), Grade::A);
         // Each A threshold reached alone drops to B.

@@ -99,7 +99,7 @@ pub struct Recommendation {
     pub reason: String,
     /// How much it matters.
     pub severity: Severity,
-    /// The seed's sentence (e.g. "Increase max_connections").
+    /// The recommendation in a sentence (e.g. "Increase max_connections").
     pub sentence: String,
     /// The change `apply` makes; `None` for advice a person acts on.
     pub change: Option<ConfigChange>,
@@ -157,7 +157,7 @@ impl Recommendation {
     }
 }
 
-/// The seed's `println!("  - {}", recommendation)`: the sentence, then the figures.
+/// A recommendation as a line of a report: the sentence, then the figures.
 impl std::fmt::Display for Recommendation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.sentence)?;
@@ -235,7 +235,7 @@ impl<'a> Facts<'a> {
 /// One rule: what it recommends (possibly nothing).
 type Rule = fn(&Facts<'_>, &mut Vec<Recommendation>);
 
-/// The rules, in the seed's order.
+/// The rules, in the order the README lists them.
 const RULES: [Rule; 9] = [
     high_utilization,
     high_error_rate,
@@ -649,7 +649,7 @@ pub struct PoolOptimization {
     pub applied_changes: Vec<String>,
 }
 
-/// The seed's OptimizationReport.
+/// What an optimizer round found and changed, for every pool.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OptimizationReport {
     /// Pools looked at.
@@ -853,7 +853,7 @@ mod tests {
     }
 
     #[test]
-    fn the_seeds_other_rules() {
+    fn the_other_rules() {
         // Under-used and churning: raise idle_timeout_secs.
         let mut i = input(AdvancedPoolConfig {
             idle_timeout_secs: 60,

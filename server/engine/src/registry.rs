@@ -27,7 +27,7 @@ const OPTIMIZER_WINDOW: Duration = Duration::from_secs(3600);
 /// Scaling events a performance summary carries.
 const RECENT_SCALING_EVENTS: u32 = 10;
 
-/// A pool's performance now and over its last recorded hour (the seed's
+/// A pool's performance now and over its last recorded hour (
 /// `get_pool_performance_summary`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PerformanceSummary {
@@ -74,7 +74,7 @@ struct Entry {
     forwarder: CancellationToken,
 }
 
-/// The registry of named pools (the seed's `ConnectionPoolService`). Every change
+/// The registry of named pools (`ConnectionPoolService`). Every change
 /// goes to the control database and the registry together: a change the database
 /// refuses leaves the registry as it was.
 pub struct ConnectionPoolService {
@@ -387,7 +387,7 @@ impl ConnectionPoolService {
             .cloned()
     }
 
-    /// The seed's `optimize_all_pools`: recommendations for every pool, and with
+    /// `optimize_all_pools`: recommendations for every pool, and with
     /// `apply` the applicable ones applied (live or by rebuild) and stored.
     pub async fn optimize_all_pools(&self, apply: bool) -> Result<OptimizationReport, Error> {
         self.optimize_pools(&[], apply).await
@@ -615,7 +615,7 @@ impl ConnectionPoolService {
         Ok(restored)
     }
 
-    /// Creates a pool (the seed's `create_pool`): validates, checks the target
+    /// Creates a pool (`create_pool`): validates, checks the target
     /// against the allowlist, connects (at least one connection must open), stores
     /// the definition (password sealed), then registers it.
     pub async fn create_pool(
@@ -728,7 +728,7 @@ impl ConnectionPoolService {
             .spawn(async move { forward(&name, from, &to, &stop).await });
     }
 
-    /// The pool named `name` (the seed's `get_pool`).
+    /// The pool named `name` (`get_pool`).
     pub async fn get_pool(&self, name: &str) -> Option<Arc<AdvancedConnectionPool>> {
         self.pool(name).ok()
     }
@@ -981,7 +981,7 @@ impl ConnectionPoolService {
         &self.store
     }
 
-    /// The seed's `get_pool_performance_summary`: live stats, the last hour from
+    /// `get_pool_performance_summary`: live stats, the last hour from
     /// the history, the cache hit rate and the recent scaling events.
     pub async fn get_pool_performance_summary(
         &self,

@@ -285,7 +285,7 @@ pub fn config_change_to_proto(r: &poolplane::ConfigChangeRecord) -> v1::ConfigCh
     }
 }
 
-/// A config's warnings (values outside the seed's guidance).
+/// A config's warnings (values outside the recommended ranges).
 pub fn warnings_to_proto(config: &AdvancedPoolConfig) -> Vec<v1::ConfigWarning> {
     config
         .warnings()

@@ -28,8 +28,8 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Metrics history points one call may ask for.
 const MAX_POINTS: u32 = 10_000;
-/// Scaling events one call may ask for.
-const MAX_SCALING_EVENTS: u32 = 1_000;
+/// Records one history listing (scaling events, config changes) may ask for.
+const MAX_HISTORY_RECORDS: u32 = 1_000;
 
 /// Snapshots or events a watcher may have queued before it skips (stats) or waits
 /// (events; the broadcast then reports what it missed).
@@ -522,7 +522,6 @@ impl pool_service_server::PoolService for PoolService {
     }
 }
 
-/// A history call's `limit`: 0 means 20, above [`MAX_SCALING_EVENTS`] is refused.
 /// Records read from the history, as their proto messages.
 fn to_proto<R, P>(
     read: Result<Vec<R>, poolplane::Error>,
@@ -535,20 +534,20 @@ fn to_proto<R, P>(
         .collect())
 }
 
-/// A history listing's pool (required) and how many records (0: 20).
+/// A history listing's pool (required) and how many records: 0 means 20, above
+/// [`MAX_HISTORY_RECORDS`] is refused.
 fn history_limit(pool_name: &str, limit: u32) -> Result<u32, Status> {
     required(pool_name, "pool_name")?;
     match limit {
         0 => Ok(20),
-        n if n > MAX_SCALING_EVENTS => Err(status::bad_request(vec![(
+        n if n > MAX_HISTORY_RECORDS => Err(status::bad_request(vec![(
             "limit".into(),
-            format!("must be at most {MAX_SCALING_EVENTS}"),
+            format!("must be at most {MAX_HISTORY_RECORDS}"),
         )])),
         n => Ok(n),
     }
 }
 
-/// What a stream ends with when the server shuts down under it.
 /// A WatchPoolStats stream: no task and no channel of its own — the connection
 /// polls it when it can send, so a slow reader delays (and skips) snapshots instead
 /// of queueing them. Every stream of the same interval ticks at the same instants,
@@ -665,6 +664,7 @@ fn aligned_interval(period: Duration) -> tokio::time::Interval {
     tick
 }
 
+/// What a stream ends with when the server shuts down under it.
 fn shutting_down() -> Status {
     Status::unavailable("the server is shutting down")
 }

@@ -2,7 +2,7 @@
 //! role), OptimizePools with apply, automated tuning (--auto-optimize-interval)
 //! and changes the connection budget refused, in pool_config_changes, streamed
 //! as events and read back with ListConfigChanges; warnings for values outside
-//! the seed's guidance.
+//! the recommended ranges.
 
 use std::time::Duration;
 

@@ -69,7 +69,7 @@ async fn an_unsaturated_pool_is_graded_by_the_table_and_the_result_is_stored() -
         result.peak_utilization
     );
     // 8 callers on a pool of 10..20 connections cannot saturate it: utilization
-    // stays under the A threshold, so the grade is the seed's table applied to
+    // stays under the A threshold, so the grade is the grading table applied to
     // the measured errors and latency (A while p95 < 50 ms) -- not a verdict on
     // this machine's speed.
     assert!(result.avg_utilization < 0.8, "{result:?}");
@@ -112,7 +112,7 @@ async fn utilization_is_graded_against_the_capacity_the_pool_may_use() -> anyhow
     let client = &server.client;
     let point_select = "SELECT abalance FROM accounts WHERE aid = 4242";
 
-    // The seed's example, shortened: 50 workers on the default configuration
+    // The 50-worker example, shortened: 50 workers on the default configuration
     // (min 20, max 100): about 50 of 100 connections in use. Its grade is the
     // table applied to what was measured; whether this machine makes it an A or
     // a B is a benchmark (`bash bench/run.sh`, table 6), not a test.

@@ -1,4 +1,4 @@
-//! The metrics history in the control database: the recorder fills the seed's
+//! The metrics history in the control database: the recorder fills the history's
 //! tables and views, survives a control-database outage without losing a sample
 //! or failing a query, retention prunes, and the history RPCs read it back.
 

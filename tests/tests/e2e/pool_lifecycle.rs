@@ -527,3 +527,25 @@ async fn a_checkout_never_outlives_acquire_timeout_however_many_validations_fail
     pool.close().await;
     Ok(())
 }
+
+/// A change bb8 fixes at build, applied live, is refused naming each such field
+/// that changed (not always max_connections), and the pool keeps its config.
+#[tokio::test]
+async fn a_live_change_of_a_build_time_field_names_that_field() -> anyhow::Result<()> {
+    let db = TestPg::database().await?;
+    let pool = AdvancedConnectionPool::named("fixed_fields", db.url(), test_config(1, 2)).await?;
+    let before = pool.config();
+    let changed = AdvancedPoolConfig {
+        acquire_timeout_secs: before.acquire_timeout_secs + 1,
+        idle_timeout_secs: before.idle_timeout_secs + 1,
+        ..before.clone()
+    };
+    let Err(Error::InvalidConfig(errors)) = pool.apply_config(changed) else {
+        panic!("a build-time field changed live");
+    };
+    let fields: Vec<&str> = errors.0.iter().map(|v| v.field).collect();
+    assert_eq!(fields, ["acquire_timeout_secs", "idle_timeout_secs"]);
+    assert_eq!(pool.config(), before);
+    pool.close().await;
+    Ok(())
+}

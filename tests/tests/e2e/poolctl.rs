@@ -113,7 +113,7 @@ async fn create_list_stats_loadtest_and_delete() -> anyhow::Result<()> {
         stderr(&test)
     );
 
-    // A value outside the seed's guidance is made, with a warning on stderr; the
+    // A value outside the recommended ranges is made, with a warning on stderr; the
     // change is on record.
     let update = poolctl(
         &server,

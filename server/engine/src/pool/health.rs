@@ -12,7 +12,7 @@ use super::Shared;
 use crate::error::describe_pg_error;
 use crate::events::PoolEventKind;
 
-/// The pool's health (the seed's `get_health_status()`).
+/// The pool's health (`get_health_status()`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthStatus {
     /// False after max_failed_health_checks consecutive failures, until a success.

@@ -256,7 +256,7 @@ pub struct PoolTelemetry<'a> {
     pub statements_cancelled: u64,
 }
 
-/// An advanced PostgreSQL connection pool (the seed's `AdvancedConnectionPool`).
+/// An advanced PostgreSQL connection pool (`AdvancedConnectionPool`).
 /// Share it with `Arc`; dropping it (or [`close`](Self::close)) stops its tasks.
 pub struct AdvancedConnectionPool {
     shared: Arc<Shared>,
@@ -586,7 +586,7 @@ impl AdvancedConnectionPool {
         self.get().await?.execute(sql, params).await
     }
 
-    /// The seed's `get_pool_stats()`: a snapshot of sizes, latencies and counters.
+    /// `get_pool_stats()`: a snapshot of sizes, latencies and counters.
     pub async fn get_pool_stats(&self) -> PoolStats {
         self.pool_stats()
     }
@@ -641,7 +641,7 @@ impl AdvancedConnectionPool {
         self.shared.share()
     }
 
-    /// The seed's `get_health_status()`.
+    /// `get_health_status()`: the pool's health.
     pub async fn get_health_status(&self) -> HealthStatus {
         self.health_snapshot()
     }
@@ -651,7 +651,7 @@ impl AdvancedConnectionPool {
         self.shared.health.lock().expect("health lock").clone()
     }
 
-    /// The seed's `get_statement_cache_stats()`.
+    /// `get_statement_cache_stats()`: the statement cache's counters.
     pub async fn get_statement_cache_stats(&self) -> StatementCacheStats {
         self.statement_cache_stats()
     }
@@ -710,11 +710,34 @@ impl AdvancedConnectionPool {
     /// acquire timeout, idle timeout or max lifetime change: bb8 fixes them at
     /// build), the pool must be rebuilt.
     pub fn can_apply_live(&self, config: &AdvancedPoolConfig) -> bool {
+        self.fields_fixed_at_build(config).is_empty()
+    }
+
+    /// The fields of `config` that differ from the pool's and that bb8 fixes at
+    /// build.
+    fn fields_fixed_at_build(&self, config: &AdvancedPoolConfig) -> Vec<&'static str> {
         let current = self.shared.settings();
-        current.max_connections == config.max_connections
-            && current.acquire_timeout_secs == config.acquire_timeout_secs
-            && current.idle_timeout_secs == config.idle_timeout_secs
-            && current.max_lifetime_secs == config.max_lifetime_secs
+        [
+            (
+                current.max_connections == config.max_connections,
+                "max_connections",
+            ),
+            (
+                current.acquire_timeout_secs == config.acquire_timeout_secs,
+                "acquire_timeout_secs",
+            ),
+            (
+                current.idle_timeout_secs == config.idle_timeout_secs,
+                "idle_timeout_secs",
+            ),
+            (
+                current.max_lifetime_secs == config.max_lifetime_secs,
+                "max_lifetime_secs",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(same, field)| (!same).then_some(field))
+        .collect()
     }
 
     /// Applies `config` live: sizes, thresholds, intervals, cache capacity, health
@@ -723,15 +746,18 @@ impl AdvancedConnectionPool {
     /// is invalid or [`can_apply_live`](Self::can_apply_live) says no.
     pub fn apply_config(&self, config: AdvancedPoolConfig) -> Result<(), Error> {
         config.validate()?;
-        if !self.can_apply_live(&config) {
-            return Err(Error::InvalidConfig(crate::ConfigErrors(vec![
-                crate::FieldViolation {
-                    field: "max_connections",
-                    description: "max_connections, acquire_timeout_secs, idle_timeout_secs and \
-                                  max_lifetime_secs need a rebuilt pool"
-                        .into(),
-                },
-            ])));
+        let fixed = self.fields_fixed_at_build(&config);
+        if !fixed.is_empty() {
+            // Each field that changed and cannot change live, named as itself.
+            return Err(Error::InvalidConfig(crate::ConfigErrors(
+                fixed
+                    .into_iter()
+                    .map(|field| crate::FieldViolation {
+                        field,
+                        description: "cannot change on a live pool: it needs a rebuilt pool".into(),
+                    })
+                    .collect(),
+            )));
         }
         self.shared.apply_hot_settings(&config);
         *self.shared.settings.write().expect("settings lock") = Arc::new(config);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// A point-in-time view of a pool (the seed's `get_pool_stats()`).
+/// A point-in-time view of a pool (`get_pool_stats()`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PoolStats {
     /// Open connections (idle + in use).

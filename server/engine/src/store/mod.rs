@@ -22,7 +22,7 @@ mod embedded {
     refinery::embed_migrations!("../../migrations");
 }
 
-/// The seed's `establish_connection`: connects to the control database (applying
+/// `establish_connection`: connects to the control database (applying
 /// its migrations), ready for [`crate::ConnectionPoolService::new`]. Stored
 /// passwords are sealed with the key in `POOLPLANE_SECRETS_KEY_FILE`, or else in
 /// [`default_secrets_key_file`] (created if missing): the key a default server uses.
