@@ -549,3 +549,31 @@ async fn a_live_change_of_a_build_time_field_names_that_field() -> anyhow::Resul
     pool.close().await;
     Ok(())
 }
+
+/// A database that never answers: the pool's own connect deadline, in its own
+/// words (the limit it met), not a timeout borrowed from tokio-postgres.
+#[tokio::test]
+async fn a_connect_that_never_answers_names_the_deadline_it_met() -> anyhow::Result<()> {
+    let db = TestPg::database().await?;
+    let proxy = poolplane_tests::FaultProxy::start(db.server_addr()?).await?;
+    proxy.blackhole();
+    let config = AdvancedPoolConfig {
+        acquire_timeout_secs: 1,
+        ..test_config(1, 2)
+    };
+    let started = Instant::now();
+    let refused = AdvancedConnectionPool::new(&db.url_via(proxy.addr()), config).await;
+    let Err(Error::Connect {
+        reason, sqlstate, ..
+    }) = refused
+    else {
+        panic!("a blackholed database: {refused:?}");
+    };
+    assert!(
+        reason.contains("did not open within 1 s (acquire_timeout_secs)"),
+        "{reason}"
+    );
+    assert_eq!(sqlstate, None);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    Ok(())
+}

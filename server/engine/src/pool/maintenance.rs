@@ -79,7 +79,7 @@ pub(super) async fn open_connections(
     pool: &bb8::Pool<PoolManager>,
     wanted: u32,
     token: &CancellationToken,
-) -> Option<tokio_postgres::Error> {
+) -> Option<super::manager::OpenError> {
     let mut opening = tokio::task::JoinSet::new();
     let mut started = 0;
     let mut first_error = None;

@@ -106,9 +106,8 @@ impl PoolManager {
         };
         match tokio::time::timeout_at(deadline, self.open_unbounded(slot)).await {
             Ok(result) => result.map_err(OpenError::Postgres),
-            // tokio-postgres's own "timeout waiting for server" error.
-            Err(_) => Err(OpenError::Postgres(
-                tokio_postgres::Error::__private_api_timeout(),
+            Err(_) => Err(OpenError::TimedOut(
+                self.shared.settings().acquire_timeout(),
             )),
         }
     }
@@ -154,12 +153,42 @@ impl PoolManager {
     }
 }
 
-/// Why a connection did not open.
+/// Why a connection did not open: the pool's own error, so that a deadline of
+/// ours is never dressed up as one of tokio-postgres's.
+#[derive(Debug)]
 pub(crate) enum OpenError {
     /// PostgreSQL (or the network) failed.
     Postgres(tokio_postgres::Error),
+    /// TCP, TLS, startup, authentication and warmup did not finish within the
+    /// deadline (the acquire timeout).
+    TimedOut(std::time::Duration),
     /// No slot of the server's connection budget was freed in time.
     NoBudget,
+}
+
+impl OpenError {
+    /// The error in words (a PostgreSQL error with its SQLSTATE and message);
+    /// the caller redacts it.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            OpenError::Postgres(e) => crate::describe_pg_error(e),
+            OpenError::TimedOut(after) => format!(
+                "the connection did not open within {} s (acquire_timeout_secs)",
+                after.as_secs_f64()
+            ),
+            OpenError::NoBudget => {
+                "no slot of the server's connection budget was freed in time".into()
+            }
+        }
+    }
+
+    /// The server's SQLSTATE, when PostgreSQL itself refused.
+    pub(crate) fn sqlstate(&self) -> Option<String> {
+        match self {
+            OpenError::Postgres(e) => e.code().map(|code| code.code().to_owned()),
+            OpenError::TimedOut(_) | OpenError::NoBudget => None,
+        }
+    }
 }
 
 /// The connection's TLS (version, cipher) and server address, from pg_stat_ssl,
@@ -205,32 +234,32 @@ async fn server_facts(
 
 impl bb8::ManageConnection for PoolManager {
     type Connection = Connection;
-    type Error = tokio_postgres::Error;
+    type Error = OpenError;
 
-    async fn connect(&self) -> Result<Connection, tokio_postgres::Error> {
+    async fn connect(&self) -> Result<Connection, OpenError> {
         let span = tracing::debug_span!(
             "db.connection.create",
             db.system.name = "postgresql",
             db.client.connection.pool.name = %self.shared.name,
         );
-        match tracing::Instrument::instrument(self.open(), span).await {
-            Ok(conn) => Ok(conn),
-            Err(OpenError::Postgres(e)) => {
-                self.shared.record_connect_error(&e);
-                Err(e)
-            }
-            Err(OpenError::NoBudget) => {
-                self.shared.record_budget_wait();
-                Err(tokio_postgres::Error::__private_api_timeout())
-            }
+        let opened = tracing::Instrument::instrument(self.open(), span).await;
+        match &opened {
+            Ok(_) => {}
+            Err(OpenError::NoBudget) => self.shared.record_budget_wait(),
+            Err(e) => self.shared.record_connect_error(e),
         }
+        opened
     }
 
     /// Unused: checkout validation is done by the pool (only for connections idle
     /// longer than the threshold); bb8's test_on_check_out is off.
-    async fn is_valid(&self, conn: &mut Connection) -> Result<(), tokio_postgres::Error> {
+    async fn is_valid(&self, conn: &mut Connection) -> Result<(), OpenError> {
         let query = self.shared.settings().validation_query.clone();
-        conn.client.simple_query(&query).await.map(|_| ())
+        conn.client
+            .simple_query(&query)
+            .await
+            .map(|_| ())
+            .map_err(OpenError::Postgres)
     }
 
     /// Called when a connection comes back: true closes it.

@@ -35,7 +35,6 @@ pub use stats::{ConnectionSecurity, Histogram, PoolStats, StatementCacheStats};
 
 use crate::conninfo::ConnInfo;
 use crate::error::AcquireLimit;
-use crate::error::describe_pg_error;
 use crate::events::{EventSender, PoolEvent};
 use crate::{AdvancedPoolConfig, Error};
 use maintenance::{maintain, open_connections, retire_idle};
@@ -105,9 +104,9 @@ impl Shared {
         }
     }
 
-    fn record_connect_error(&self, error: &tokio_postgres::Error) {
+    fn record_connect_error(&self, error: &manager::OpenError) {
         Counters::add(&self.counters.connection_errors, 1);
-        let text = self.redact(&describe_pg_error(error));
+        let text = self.redact(&error.describe());
         tracing::debug!(pool = %self.name, error = %text, "opening a connection failed");
         *self.last_connect_error.lock().expect("connect error lock") = Some((Instant::now(), text));
     }
@@ -495,7 +494,10 @@ impl AdvancedConnectionPool {
             };
             let mut conn = match got {
                 Ok(conn) => conn,
-                Err(bb8::RunError::User(e)) => return Err(Error::Database(e)),
+                Err(bb8::RunError::User(manager::OpenError::Postgres(e))) => {
+                    return Err(Error::Database(e));
+                }
+                Err(bb8::RunError::User(_)) => return Err(self.timed_out(timeout, false)),
                 Err(bb8::RunError::TimedOut) => return Err(self.timed_out(timeout, false)),
             };
             if shared.is_closed() {
@@ -922,8 +924,8 @@ async fn prove_target(
                 .target
                 .as_ref()
                 .map_or_else(String::new, |t| t.to_string()),
-            reason: shared.redact(&describe_pg_error(&e)),
-            sqlstate: e.code().map(|code| code.code().to_owned()),
+            reason: shared.redact(&e.describe()),
+            sqlstate: e.sqlstate(),
         });
     }
     if token.is_cancelled() {
@@ -941,10 +943,10 @@ async fn prove_target(
 #[derive(Debug, Clone, Copy)]
 struct SilentSink;
 
-impl bb8::ErrorSink<tokio_postgres::Error> for SilentSink {
-    fn sink(&self, _error: tokio_postgres::Error) {}
+impl bb8::ErrorSink<manager::OpenError> for SilentSink {
+    fn sink(&self, _error: manager::OpenError) {}
 
-    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<manager::OpenError>> {
         Box::new(*self)
     }
 }
