@@ -8,12 +8,14 @@ use std::time::Duration;
 use crate::{http_get, metric_value, wait_until};
 
 /// Backends of pool `pool` (its own connections and its health checks), by
-/// application_name, in the cluster `client` is connected to.
+/// application_name, in the database `client` is connected to (tests share one
+/// cluster, and pools of other tests may have the same name).
 pub async fn pool_backends(client: &tokio_postgres::Client, pool: &str) -> anyhow::Result<i64> {
     let row = client
         .query_one(
             "SELECT count(*) FROM pg_stat_activity \
-             WHERE application_name IN ($1, $2) AND pid <> pg_backend_pid()",
+             WHERE application_name IN ($1, $2) AND pid <> pg_backend_pid() \
+             AND datname = current_database()",
             &[
                 &format!("poolplane:{pool}"),
                 &format!("poolplane-health:{pool}"),
@@ -28,7 +30,8 @@ pub async fn active_backends(client: &tokio_postgres::Client, pool: &str) -> any
     let row = client
         .query_one(
             "SELECT count(*) FROM pg_stat_activity \
-             WHERE application_name = $1 AND state = 'active' AND pid <> pg_backend_pid()",
+             WHERE application_name = $1 AND state = 'active' AND pid <> pg_backend_pid() \
+             AND datname = current_database()",
             &[&format!("poolplane:{pool}")],
         )
         .await?;

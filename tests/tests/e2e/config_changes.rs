@@ -201,6 +201,7 @@ async fn an_update_during_an_optimizer_round_is_not_reverted() -> anyhow::Result
             watcher
                 .query_one(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND datname = current_database() \
                  AND query LIKE '%poolplane_metrics_window%'",
                     &[],
                 )

@@ -54,7 +54,8 @@ async fn read_only_unless_an_admin_asks_for_writes() -> anyhow::Result<()> {
     assert_eq!(result.failed_requests, 0, "{result:?}");
     let polluted: i64 = admin
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'polluted'",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'polluted' \
+             AND datname = current_database()",
             &[],
         )
         .await?
@@ -78,6 +79,7 @@ async fn read_only_unless_an_admin_asks_for_writes() -> anyhow::Result<()> {
     let sleeping: i64 = admin
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' \
+             AND datname = current_database() \
              AND state = 'active'",
             &[],
         )

@@ -363,7 +363,7 @@ async fn progress_comes_every_second_and_cancelling_stops_the_test() -> anyhow::
             admin
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'poolplane:long' \
-                 AND state = 'active'",
+                 AND state = 'active' AND datname = current_database()",
                 &[],
             )
             .await

@@ -353,7 +353,8 @@ async fn max_lifetime_and_idle_timeout_close_connections() -> anyhow::Result<()>
 async fn backend_pids(admin: &tokio_postgres::Client, name: &str) -> anyhow::Result<Vec<i32>> {
     Ok(admin
         .query(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid",
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
+             AND datname = current_database() ORDER BY pid",
             &[&format!("poolplane:{name}")],
         )
         .await?

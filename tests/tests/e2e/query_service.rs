@@ -246,7 +246,8 @@ async fn a_failed_transaction_leaves_nothing_and_errors_carry_their_sqlstate() -
 async fn active(admin: &tokio_postgres::Client, pool: &str) -> anyhow::Result<i64> {
     Ok(admin
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+             AND state = 'active' AND datname = current_database()",
             &[&format!("poolplane:{pool}")],
         )
         .await?
@@ -525,7 +526,8 @@ async fn a_stream_left_before_its_first_row_is_cancelled_within_a_second() -> an
     let running = || async {
         admin
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active' \
+                 AND datname = current_database()",
                 &[&sql],
             )
             .await
