@@ -309,6 +309,7 @@ impl PooledConnection {
         CancelHandle {
             token: self.conn.client.cancel_token(),
             tls: self.shared.tls.connector.clone(),
+            shared: std::sync::Arc::clone(&self.shared),
         }
     }
 }
@@ -317,6 +318,8 @@ impl PooledConnection {
 pub struct CancelHandle {
     token: tokio_postgres::CancelToken,
     tls: crate::tls::Connector,
+    /// The pool, whose statements_cancelled counts each cancel sent.
+    shared: std::sync::Arc<super::Shared>,
 }
 
 impl std::fmt::Debug for CancelHandle {
@@ -329,6 +332,7 @@ impl CancelHandle {
     /// Sends the cancel request (at most [`CANCEL_TIMEOUT`]); whether it reached
     /// PostgreSQL in time shows in the statement's own outcome.
     pub async fn cancel(&self) {
+        Counters::add(&self.shared.counters.statements_cancelled, 1);
         let request = self.token.cancel_query(self.tls.clone());
         let _ = tokio::time::timeout(CANCEL_TIMEOUT, request).await;
     }
