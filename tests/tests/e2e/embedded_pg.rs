@@ -149,3 +149,40 @@ async fn missing_binaries_name_the_package_to_install() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Starting a cluster (initdb takes a second or more) does not block the runtime
+/// that awaits it: on a one-thread runtime, a task ticking every 10 ms keeps
+/// ticking while the start runs. Its longest gap is measured against the start's
+/// own length, not against this machine's speed.
+#[tokio::test(flavor = "current_thread")]
+async fn starting_a_cluster_leaves_the_runtime_free() -> anyhow::Result<()> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ticking, running) = tokio::sync::oneshot::channel();
+    let ticker = {
+        let stop = std::sync::Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut worst = Duration::ZERO;
+            let mut last = std::time::Instant::now();
+            let _ = ticking.send(());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                worst = worst.max(last.elapsed());
+                last = std::time::Instant::now();
+            }
+            worst
+        })
+    };
+    running.await?;
+    let started = std::time::Instant::now();
+    let pg = EmbeddedPg::start_temporary().await?;
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = ticker.await?;
+    eprintln!("start {took:?}, longest gap {worst:?}");
+    pg.stop().await;
+    assert!(
+        worst < took / 3,
+        "the runtime stood still for {worst:?} of a {took:?} start"
+    );
+    Ok(())
+}
