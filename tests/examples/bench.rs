@@ -660,7 +660,7 @@ async fn scaling(b: &Bench) -> anyhow::Result<Table> {
                 let asked = Instant::now();
                 let mut conn = pool.get().await?;
                 if measuring.load(Ordering::Relaxed) {
-                    let waited = asked.elapsed().as_secs_f64() * 1e3;
+                    let waited = asked.elapsed().as_secs_f64() * 1e6;
                     waits.lock().expect("waits").push(waited);
                 }
                 conn.execute("SELECT pg_sleep(0.001)", &[]).await?;
@@ -703,9 +703,9 @@ async fn scaling(b: &Bench) -> anyhow::Result<Table> {
     );
     t.rows.push(vec![
         format!("{:.2} s", up.as_secs_f64()),
-        format!("{p99_wait:.2} ms"),
+        format!("{p99_wait:.1} µs"),
         format!("{:.1} s", down.as_secs_f64()),
-        "up within 1 s (one sampling second); p99 wait < 5 ms; down: one step per quiet interval, 40→20→10→5→2 = 5 intervals".into(),
+        "up within 1 s (one sampling second); p99 wait < 5 ms (5000 µs); down: one step per quiet interval, 40→20→10→5→2 = 5 intervals".into(),
     ]);
     Ok(t)
 }

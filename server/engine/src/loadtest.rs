@@ -12,7 +12,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::pool::sql::settle;
+use crate::pool::sql::settle_pinned;
 use crate::{AdvancedConnectionPool, Error};
 
 /// A load test's performance grade, A to F.
@@ -536,14 +536,18 @@ impl Job {
     /// that committed before the cancel reached it is a success. A closed pool
     /// stops the whole test.
     async fn once(&self, from: Instant) {
+        // One timer and one cancellation wait for the whole request.
+        let end = tokio::time::sleep_until(self.end.into());
+        let cancelled = self.cancel.cancelled();
+        tokio::pin!(end, cancelled);
         let checkout = tokio::select! {
             biased;
-            () = self.cancel.cancelled() => return,
-            () = tokio::time::sleep_until(self.end.into()) => return,
+            () = &mut cancelled => return,
+            () = &mut end => return,
             conn = self.pool.get() => conn,
         };
         let result = match checkout {
-            Ok(mut conn) => self.statement(&mut conn).await,
+            Ok(mut conn) => self.statement(&mut conn, end, cancelled).await,
             Err(e) => Some(Err(e)),
         };
         let Some(result) = result else { return };
@@ -563,15 +567,20 @@ impl Job {
     /// Runs the statement on `conn` to its outcome; `None` for a read-only one
     /// that its statement_timeout ended with the test (nothing it did persists:
     /// not a request of the test).
-    async fn statement(&self, conn: &mut crate::PooledConnection) -> Option<Result<u64, Error>> {
+    async fn statement(
+        &self,
+        conn: &mut crate::PooledConnection,
+        end: std::pin::Pin<&mut tokio::time::Sleep>,
+        cancelled: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Option<Result<u64, Error>> {
         let cancel = conn.cancel_handle();
         let settled = if self.read_only {
             let left = self.end.saturating_duration_since(Instant::now());
             let work = conn.execute_read_only(&self.query, left);
-            settle(&cancel, work, self.end, END_GRACE, &self.cancel).await
+            settle_pinned(&cancel, work, end, cancelled, END_GRACE).await
         } else {
             let work = conn.execute(&self.query, &[]);
-            settle(&cancel, work, self.end, END_GRACE, &self.cancel).await
+            settle_pinned(&cancel, work, end, cancelled, END_GRACE).await
         };
         match settled.outcome {
             // It never answered, even to the cancel: its connection is closed

@@ -335,10 +335,10 @@ impl Drop for PooledConnection {
             Counters::add(&self.shared.counters.statements_cancelled, 1);
             Counters::add(&self.shared.counters.query_errors, 1);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let token = self.conn.client.cancel_token();
-                let tls = self.shared.tls.connector.clone();
+                let target = std::sync::Arc::clone(&self.conn.cancel);
                 runtime.spawn(async move {
-                    let _ = tokio::time::timeout(CANCEL_TIMEOUT, token.cancel_query(tls)).await;
+                    let request = target.token.cancel_query(target.tls.clone());
+                    let _ = tokio::time::timeout(CANCEL_TIMEOUT, request).await;
                 });
             }
         }

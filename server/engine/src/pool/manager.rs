@@ -24,6 +24,8 @@ pub(crate) struct Connection {
     pub last_used: Instant,
     /// Set when a query showed it is unusable.
     pub broken: bool,
+    /// What cancels its running statement, made once when it opened.
+    pub cancel: Arc<super::sql::CancelTarget>,
     driver: JoinHandle<()>,
     shared: Arc<Shared>,
     /// Whether it still counts in `Shared::open` (a retired one no longer does).
@@ -138,12 +140,18 @@ impl PoolManager {
         self.shared.open.fetch_add(1, Ordering::AcqRel);
         Counters::add(&self.shared.counters.connections_created, 1);
         self.shared.counters.create_time.record(started.elapsed());
+        let cancel = Arc::new(super::sql::CancelTarget {
+            token: client.cancel_token(),
+            tls: self.shared.tls.connector.clone(),
+            shared: Arc::clone(&self.shared),
+        });
         Ok(Connection {
             client,
             cache: StatementCache::new(self.shared.cache_capacity()),
             queries: 0,
             last_used: Instant::now(),
             broken: false,
+            cancel,
             driver,
             shared: Arc::clone(&self.shared),
             counted: true,

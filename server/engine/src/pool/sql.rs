@@ -307,19 +307,23 @@ impl PooledConnection {
     /// request on a connection of its own, as the protocol wants).
     pub fn cancel_handle(&self) -> CancelHandle {
         CancelHandle {
-            token: self.conn.client.cancel_token(),
-            tls: self.shared.tls.connector.clone(),
-            shared: std::sync::Arc::clone(&self.shared),
+            target: std::sync::Arc::clone(&self.conn.cancel),
         }
     }
 }
 
 /// What is needed to cancel a connection's statement from outside.
 pub struct CancelHandle {
-    token: tokio_postgres::CancelToken,
-    tls: crate::tls::Connector,
-    /// The pool, whose statements_cancelled counts each cancel sent.
-    shared: std::sync::Arc<super::Shared>,
+    target: std::sync::Arc<CancelTarget>,
+}
+
+/// Where a connection's cancel request goes: its server and key, and the TLS to
+/// reach it (made once per connection, shared by every statement's handle), and
+/// its pool, whose statements_cancelled counts each cancel sent.
+pub(crate) struct CancelTarget {
+    pub(crate) token: tokio_postgres::CancelToken,
+    pub(crate) tls: crate::tls::Connector,
+    pub(crate) shared: std::sync::Arc<super::Shared>,
 }
 
 impl std::fmt::Debug for CancelHandle {
@@ -332,8 +336,9 @@ impl CancelHandle {
     /// Sends the cancel request (at most [`CANCEL_TIMEOUT`]); whether it reached
     /// PostgreSQL in time shows in the statement's own outcome.
     pub async fn cancel(&self) {
-        Counters::add(&self.shared.counters.statements_cancelled, 1);
-        let request = self.token.cancel_query(self.tls.clone());
+        let target = &self.target;
+        Counters::add(&target.shared.counters.statements_cancelled, 1);
+        let request = target.token.cancel_query(target.tls.clone());
         let _ = tokio::time::timeout(CANCEL_TIMEOUT, request).await;
     }
 }
@@ -435,11 +440,27 @@ pub async fn settle<T>(
     grace: std::time::Duration,
     stop: &CancellationToken,
 ) -> Settled<T> {
+    let deadline = tokio::time::sleep_until(deadline.into());
+    let stopped = stop.cancelled();
+    futures_util::pin_mut!(deadline, stopped);
+    settle_pinned(cancel, work, deadline, stopped, grace).await
+}
+
+/// [`settle`] with the deadline's timer and the stop signal's future made by the
+/// caller, which may have waited on them already (a load test's request uses one
+/// timer and one registration from its checkout to its end).
+pub async fn settle_pinned<T>(
+    cancel: &CancelHandle,
+    work: impl Future<Output = Result<T, Error>>,
+    mut deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+    mut stop: std::pin::Pin<&mut impl Future<Output = ()>>,
+    grace: std::time::Duration,
+) -> Settled<T> {
     futures_util::pin_mut!(work);
     let cut = tokio::select! {
         result = &mut work => return Settled { outcome: Some(result), cut: None },
-        () = tokio::time::sleep_until(deadline.into()) => Cut::Deadline,
-        () = stop.cancelled() => Cut::Stopped,
+        () = &mut deadline => Cut::Deadline,
+        () = &mut stop => Cut::Stopped,
     };
     if !grace.is_zero()
         && let Ok(result) = tokio::time::timeout(grace, &mut work).await
