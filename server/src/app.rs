@@ -70,6 +70,63 @@ pub struct ServerConfig {
     pub demo: bool,
     /// Bounds on watch streams and HTTP/2 connections.
     pub limits: ServerLimits,
+    /// The PostgreSQL wire-protocol front door.
+    pub pg: PgFrontDoor,
+}
+
+/// The PostgreSQL front door's settings (`--pg-*`).
+#[derive(Debug, Clone)]
+pub struct PgFrontDoor {
+    /// Where it listens; `None`: off.
+    pub listen: Option<SocketAddr>,
+    /// Its TLS certificate chain and key (PEM); `None`: the gRPC server's, if any.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Refuse clients that do not start TLS.
+    pub tls_required: bool,
+    /// Users besides each pool's own database user, re-read on SIGHUP.
+    pub users_file: Option<PathBuf>,
+    /// The most clients connected at once.
+    pub max_clients: usize,
+}
+
+impl Default for PgFrontDoor {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            tls: None,
+            tls_required: false,
+            users_file: None,
+            max_clients: 10_000,
+        }
+    }
+}
+
+impl PgFrontDoor {
+    /// The front door's options; its TLS defaults to the gRPC server's certificate.
+    fn options(
+        &self,
+        grpc_tls: Option<&TlsFiles>,
+    ) -> Result<Option<poolplane_wire::FrontDoorOptions>, ServerError> {
+        let Some(listen) = self.listen else {
+            return Ok(None);
+        };
+        let files = self
+            .tls
+            .clone()
+            .or_else(|| grpc_tls.map(|t| (t.cert.clone(), t.key.clone())));
+        let tls = files
+            .map(|(cert, key)| poolplane_wire::FrontDoorOptions::tls_from_pem(&cert, &key))
+            .transpose()
+            .map_err(|e| ServerError::Config(e.to_string()))?;
+        Ok(Some(poolplane_wire::FrontDoorOptions {
+            listen,
+            tls,
+            tls_required: self.tls_required,
+            users_file: self.users_file.clone(),
+            max_clients: self.max_clients,
+            ..Default::default()
+        }))
+    }
 }
 
 impl ServerConfig {
@@ -235,6 +292,7 @@ pub enum ServerError {
 pub struct Server {
     local_addr: SocketAddr,
     metrics_addr: SocketAddr,
+    pg_addr: Option<SocketAddr>,
     control_database: String,
     token: CancellationToken,
     root: CancellationToken,
@@ -280,6 +338,10 @@ impl Server {
             restored,
         );
         let (local_addr, metrics_addr) = (listeners.grpc_addr, listeners.metrics_addr);
+        let front_door = listeners
+            .pg
+            .map(|bound| Arc::new(bound.start(Arc::clone(&registry), &token)));
+        let pg_addr = front_door.as_ref().map(|door| door.local_addr());
         let metrics_task = tokio::spawn(crate::prometheus::serve(
             listeners.metrics,
             Arc::clone(&registry),
@@ -305,7 +367,8 @@ impl Server {
             background,
             metrics_task,
             embedded,
-            reloader: tokio::spawn(reload_tokens_on_sighup(auth, token.clone())),
+            reloader: tokio::spawn(reload_on_sighup(auth, front_door.clone(), token.clone())),
+            front_door,
         };
         let task = tokio::spawn(serve(
             parts,
@@ -317,6 +380,7 @@ impl Server {
         Ok(Self {
             local_addr,
             metrics_addr,
+            pg_addr,
             control_database,
             token,
             root,
@@ -335,6 +399,11 @@ impl Server {
     /// Watch streams (WatchPoolStats, WatchHealthEvents) whose task is running.
     pub fn active_watchers(&self) -> usize {
         self.watchers.load(Ordering::SeqCst)
+    }
+
+    /// The address of the PostgreSQL front door, if it is on.
+    pub fn pg_addr(&self) -> Option<SocketAddr> {
+        self.pg_addr
     }
 
     /// The address of the Prometheus endpoint (`GET /metrics`).
@@ -531,6 +600,7 @@ struct Listeners {
     grpc_addr: SocketAddr,
     metrics: TcpListener,
     metrics_addr: SocketAddr,
+    pg: Option<poolplane_wire::BoundFrontDoor>,
 }
 
 impl Listeners {
@@ -549,11 +619,20 @@ impl Listeners {
             .await
             .map_err(metrics_error)?;
         let metrics_addr = metrics.local_addr().map_err(metrics_error)?;
+        let pg = match config.pg.options(config.tls.as_ref())? {
+            Some(options) => Some(
+                poolplane_wire::FrontDoor::bind(options)
+                    .await
+                    .map_err(|e| ServerError::Config(e.to_string()))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             grpc,
             grpc_addr,
             metrics,
             metrics_addr,
+            pg,
         })
     }
 }
@@ -603,6 +682,7 @@ struct Parts {
     metrics_task: JoinHandle<std::io::Result<()>>,
     embedded: Option<EmbeddedPg>,
     reloader: JoinHandle<()>,
+    front_door: Option<Arc<poolplane_wire::FrontDoor>>,
 }
 
 /// What the gRPC listener is built from.
@@ -627,6 +707,7 @@ async fn serve(
         metrics_task,
         embedded,
         reloader,
+        front_door,
     } = parts;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -670,6 +751,9 @@ async fn serve(
         }
     };
     service_tasks.close();
+    if let Some(door) = &front_door {
+        door.shutdown(grace).await;
+    }
     let serving_tasks = async {
         let _ = reloader.await;
         let _ = bridge.await;
@@ -761,9 +845,14 @@ fn store_key_id(registry: &ConnectionPoolService) -> String {
     registry.store().secrets_key_id()
 }
 
-/// Re-reads the tokens file on every SIGHUP until `token` is cancelled; a file
-/// that does not parse keeps the tokens in force, and the log says why.
-async fn reload_tokens_on_sighup(auth: Arc<Authenticator>, token: CancellationToken) {
+/// Re-reads the tokens file and the front door's users file on every SIGHUP
+/// until `token` is cancelled; a file that does not parse keeps what is in
+/// force, and the log says why.
+async fn reload_on_sighup(
+    auth: Arc<Authenticator>,
+    front_door: Option<Arc<poolplane_wire::FrontDoor>>,
+    token: CancellationToken,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
@@ -782,6 +871,14 @@ async fn reload_tokens_on_sighup(auth: Arc<Authenticator>, token: CancellationTo
             Ok(count) => tracing::info!(tokens = count, "SIGHUP: tokens file reloaded"),
             Err(error) => {
                 tracing::warn!(%error, "SIGHUP: tokens file not reloaded; the previous tokens stay in force")
+            }
+        }
+        if let Some(door) = &front_door {
+            match door.reload_users() {
+                Ok(count) => tracing::info!(users = count, "SIGHUP: users file reloaded"),
+                Err(error) => {
+                    tracing::warn!(%error, "SIGHUP: users file not reloaded; the previous users stay in force")
+                }
             }
         }
     }

@@ -20,6 +20,32 @@ struct Flags {
     #[arg(long, env = "POOLPLANE_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
 
+    /// The PostgreSQL wire-protocol front door's address (`off`: none).
+    /// Applications connect with the pool's name as the database name.
+    #[arg(long, env = "POOLPLANE_PG_LISTEN", default_value = "127.0.0.1:6432", value_parser = parse_pg_listen)]
+    pg_listen: PgListen,
+
+    /// The front door's TLS certificate chain (PEM); default: --tls-cert's.
+    #[arg(long, env = "POOLPLANE_PG_TLS_CERT", requires = "pg_tls_key")]
+    pg_tls_cert: Option<PathBuf>,
+
+    /// The front door's TLS private key (PEM); default: --tls-key's.
+    #[arg(long, env = "POOLPLANE_PG_TLS_KEY", requires = "pg_tls_cert")]
+    pg_tls_key: Option<PathBuf>,
+
+    /// Refuse front-door clients that do not start TLS.
+    #[arg(long, env = "POOLPLANE_PG_TLS_REQUIRED")]
+    pg_tls_required: bool,
+
+    /// Front-door users besides each pool's own user: `user SCRAM-verifier pools`
+    /// lines (pools comma-separated or `*`), re-read on SIGHUP.
+    #[arg(long, env = "POOLPLANE_PG_USERS_FILE")]
+    pg_users_file: Option<PathBuf>,
+
+    /// The most front-door clients connected at once.
+    #[arg(long, env = "POOLPLANE_PG_MAX_CLIENTS", default_value_t = 10_000)]
+    pg_max_clients: usize,
+
     /// Control database (postgres:// URL or key=value conninfo). Absent: an embedded
     /// PostgreSQL kept in --data-dir.
     #[arg(long, env = "POOLPLANE_DATABASE_URL", hide_env_values = true)]
@@ -197,6 +223,19 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
 }
 
+/// `--pg-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct PgListen(Option<SocketAddr>);
+
+fn parse_pg_listen(text: &str) -> Result<PgListen, String> {
+    if text == "off" {
+        return Ok(PgListen(None));
+    }
+    text.parse()
+        .map(|addr| PgListen(Some(addr)))
+        .map_err(|e| format!("`{text}`: {e} (an address such as 127.0.0.1:6432, or off)"))
+}
+
 fn parse_role(text: &str) -> Result<Role, String> {
     Role::parse(text).ok_or_else(|| format!("`{text}`: use viewer, operator or admin"))
 }
@@ -234,6 +273,13 @@ impl Flags {
             max_pools: self.max_pools,
             auto_optimize_interval: Some(self.auto_optimize_interval).filter(|d| !d.is_zero()),
             demo: self.demo,
+            pg: poolplane_server::PgFrontDoor {
+                listen: self.pg_listen.0,
+                tls: self.pg_tls_cert.zip(self.pg_tls_key),
+                tls_required: self.pg_tls_required,
+                users_file: self.pg_users_file,
+                max_clients: self.pg_max_clients,
+            },
             limits: ServerLimits {
                 max_watch_streams: self.max_watch_streams,
                 max_watch_streams_per_connection: self.max_watch_streams_per_connection,

@@ -85,6 +85,10 @@ impl TestServer {
             auto_optimize_interval: None,
             demo: false,
             limits: Default::default(),
+            pg: poolplane_server::PgFrontDoor {
+                listen: Some((Ipv4Addr::LOCALHOST, 0).into()),
+                ..Default::default()
+            },
         }
     }
 

@@ -73,6 +73,47 @@ pub struct AdvancedPoolConfig {
     /// long ago (as HikariCP's 500 ms bypass window), so a busy pool does not pay a
     /// round trip per checkout. 0 validates every checkout.
     pub validation_idle_threshold_ms: u64,
+
+    // The wire front door
+    /// How long a wire client holds a backend: each transaction (`transaction`,
+    /// the default) or its whole session (`session`).
+    pub pool_mode: PoolMode,
+}
+
+/// How long a wire client holds a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    /// From the first message of a transaction to the ReadyForQuery that ends it.
+    #[default]
+    Transaction,
+    /// For the client's whole session.
+    Session,
+}
+
+impl PoolMode {
+    /// The mode's name, as the API and the stored definitions spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        }
+    }
+
+    /// Parses `transaction` or `session`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "transaction" => Some(PoolMode::Transaction),
+            "session" => Some(PoolMode::Session),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Default for AdvancedPoolConfig {
@@ -101,6 +142,7 @@ impl Default for AdvancedPoolConfig {
             enable_connection_recycling: true,
             recycle_threshold_queries: 10_000,
             validation_idle_threshold_ms: 500,
+            pool_mode: PoolMode::Transaction,
         }
     }
 }

@@ -48,7 +48,7 @@ pub mod store;
 pub mod tls;
 
 pub use allowlist::TargetAllowlist;
-pub use config::{AdvancedPoolConfig, ConfigErrors, FieldChange, FieldViolation};
+pub use config::{AdvancedPoolConfig, ConfigErrors, FieldChange, FieldViolation, PoolMode};
 pub use conninfo::{ConnInfo, Secret};
 pub use embedded_pg::{EmbeddedPg, EmbeddedPgError, EmbeddedPgOptions, EmbeddedTls};
 pub use error::{AcquireLimit, Error, ErrorKind, RequestViolation, describe_pg_error};
@@ -59,7 +59,7 @@ pub use loadtest::{
 pub use optimizer::{OptimizationReport, PoolOptimization, Recommendation, Severity};
 pub use pool::{
     AdvancedConnectionPool, HealthStatus, PoolStats, PooledConnection, StatementCacheStats,
-    Transaction,
+    Transaction, WireBackend, WireCounters, WireStats,
 };
 pub use recorder::{MetricsRecorder, RecorderOptions, RecorderStatus};
 pub use registry::{ConnectionPoolService, LoadTestSlot, PerformanceSummary, PoolInfo};

@@ -232,7 +232,7 @@ async fn sample(
             buffer.push(MetricRow::Pool {
                 pool_name: name.clone(),
                 at,
-                stats: pool.pool_stats(),
+                stats: Box::new(pool.pool_stats()),
             });
             buffer.push(MetricRow::Cache {
                 pool_name: name,

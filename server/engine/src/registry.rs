@@ -922,6 +922,7 @@ impl ConnectionPoolService {
         match replacement {
             None => pool.apply_config(config)?,
             Some(new) => {
+                new.inherit_wire_counters(&pool);
                 let forwarder = self.token.child_token();
                 self.spawn_forwarder(&new, forwarder.clone());
                 let old = {

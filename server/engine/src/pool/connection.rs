@@ -332,14 +332,10 @@ impl Drop for PooledConnection {
             // its own, as the protocol wants) and close this one. Its outcome is
             // never known here: counted as failed, not as done.
             self.conn.broken = true;
-            Counters::add(&self.shared.counters.statements_cancelled, 1);
             Counters::add(&self.shared.counters.query_errors, 1);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let target = std::sync::Arc::clone(&self.conn.cancel);
-                runtime.spawn(async move {
-                    let request = target.token.cancel_query(target.tls.clone());
-                    let _ = tokio::time::timeout(CANCEL_TIMEOUT, request).await;
-                });
+                runtime.spawn(async move { target.send().await });
             }
         }
         let now = Instant::now();

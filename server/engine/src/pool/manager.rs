@@ -26,6 +26,11 @@ pub(crate) struct Connection {
     pub broken: bool,
     /// What cancels its running statement, made once when it opened.
     pub cancel: Arc<super::sql::CancelTarget>,
+    /// Its socket, lendable to the wire front door.
+    pub link: super::lend::Link,
+    /// What the front door keeps per backend (its prepared statements, the
+    /// session settings it applied).
+    pub wire: super::wire::WireState,
     driver: JoinHandle<()>,
     shared: Arc<Shared>,
     /// Whether it still counts in `Shared::open` (a retired one no longer does).
@@ -107,7 +112,7 @@ impl PoolManager {
             None => None,
         };
         match tokio::time::timeout_at(deadline, self.open_unbounded(slot)).await {
-            Ok(result) => result.map_err(OpenError::Postgres),
+            Ok(result) => result,
             Err(_) => Err(OpenError::TimedOut(
                 self.shared.settings().acquire_timeout(),
             )),
@@ -117,17 +122,18 @@ impl PoolManager {
     async fn open_unbounded(
         &self,
         slot: Option<crate::budget::BudgetSlot>,
-    ) -> Result<Connection, tokio_postgres::Error> {
+    ) -> Result<Connection, OpenError> {
         let started = Instant::now();
-        let (client, connection) = self.shared.tls.connect(&self.pg).await?;
-        let driver = AbortOnDrop(Some(tokio::spawn(async move {
-            let _ = connection.await;
-        })));
+        let opened = super::lend::connect(&self.shared.tls, &self.pg).await?;
+        let (client, driver) = (opened.client, opened.driver);
         let warmup = self.shared.settings().connection_warmup_queries.clone();
         for query in &warmup {
-            client.batch_execute(query).await?;
+            client
+                .batch_execute(query)
+                .await
+                .map_err(OpenError::Postgres)?;
         }
-        let (security, limits) = server_facts(&client).await?;
+        let (security, limits) = server_facts(&client).await.map_err(OpenError::Postgres)?;
         if let (Some(m), Some(limits)) = (&self.shared.budget, limits) {
             m.budget.observe(limits);
         }
@@ -143,6 +149,7 @@ impl PoolManager {
         let cancel = Arc::new(super::sql::CancelTarget {
             token: client.cancel_token(),
             tls: self.shared.tls.connector.clone(),
+            address: opened.address,
             shared: Arc::clone(&self.shared),
         });
         Ok(Connection {
@@ -152,6 +159,8 @@ impl PoolManager {
             last_used: Instant::now(),
             broken: false,
             cancel,
+            link: opened.link,
+            wire: super::wire::WireState::new(self.shared.cache_capacity()),
             driver,
             shared: Arc::clone(&self.shared),
             counted: true,
@@ -167,6 +176,8 @@ impl PoolManager {
 pub(crate) enum OpenError {
     /// PostgreSQL (or the network) failed.
     Postgres(tokio_postgres::Error),
+    /// The socket could not be opened.
+    Socket(std::io::Error),
     /// TCP, TLS, startup, authentication and warmup did not finish within the
     /// deadline (the acquire timeout).
     TimedOut(std::time::Duration),
@@ -180,6 +191,7 @@ impl OpenError {
     pub(crate) fn describe(&self) -> String {
         match self {
             OpenError::Postgres(e) => crate::describe_pg_error(e),
+            OpenError::Socket(e) => format!("error connecting to server: {e}"),
             OpenError::TimedOut(after) => format!(
                 "the connection did not open within {} s (acquire_timeout_secs)",
                 after.as_secs_f64()
@@ -194,7 +206,7 @@ impl OpenError {
     pub(crate) fn sqlstate(&self) -> Option<String> {
         match self {
             OpenError::Postgres(e) => e.code().map(|code| code.code().to_owned()),
-            OpenError::TimedOut(_) | OpenError::NoBudget => None,
+            OpenError::Socket(_) | OpenError::TimedOut(_) | OpenError::NoBudget => None,
         }
     }
 }

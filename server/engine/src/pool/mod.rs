@@ -5,12 +5,14 @@
 mod connection;
 mod gate;
 pub(crate) mod health;
+mod lend;
 mod maintenance;
 pub(crate) mod manager;
 pub mod sizing;
 pub mod sql;
 pub mod statement_cache;
 pub mod stats;
+pub mod wire;
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -30,8 +32,10 @@ pub use crate::budget::{BudgetRefusal, BudgetStats, ServerBudget};
 pub use crate::events::ScaleDirection;
 pub use connection::{CANCEL_TIMEOUT, PooledConnection, Transaction};
 pub use health::HealthStatus;
+pub use lend::{BackendIo, BoxIo, LendError};
 pub use sizing::ScalingDecision;
 pub use stats::{ConnectionSecurity, Histogram, PoolStats, StatementCacheStats};
+pub use wire::{WireBackend, WireCounters, WireState, WireStats};
 
 use crate::conninfo::ConnInfo;
 use crate::error::AcquireLimit;
@@ -74,6 +78,8 @@ pub(crate) struct Shared {
     budget_share: AtomicU32,
     /// The size the pool's demand needs (its claim on the budget).
     need: AtomicU32,
+    /// The wire front door's counters of the pool's name.
+    wire: Mutex<Arc<WireCounters>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -264,6 +270,7 @@ pub struct AdvancedConnectionPool {
     bb8: bb8::Pool<PoolManager>,
     token: CancellationToken,
     tasks: TaskTracker,
+    login: (Option<String>, Option<crate::Secret>),
 }
 
 impl std::fmt::Debug for AdvancedConnectionPool {
@@ -377,6 +384,10 @@ impl AdvancedConnectionPool {
             pg.connect_timeout(config.acquire_timeout());
         }
         let size = config.initial_size();
+        let login = (
+            pg.get_user().map(str::to_owned),
+            pg.get_password().map(crate::Secret::new),
+        );
         let shared = Shared::new(
             name,
             target.clone(),
@@ -428,6 +439,7 @@ impl AdvancedConnectionPool {
             bb8,
             token,
             tasks,
+            login,
         })
     }
 
@@ -634,7 +646,36 @@ impl AdvancedConnectionPool {
                     m.held_back.load(Ordering::Relaxed),
                 )
             }),
+            wire: self.wire_counters().snapshot(),
         }
+    }
+
+    /// The wire front door's counters of this pool's name.
+    pub fn wire_counters(&self) -> Arc<WireCounters> {
+        Arc::clone(&self.shared.wire.lock().expect("wire counters lock"))
+    }
+
+    /// Keeps `previous`'s wire counters (a pool rebuilt under the same name:
+    /// its clients stay connected).
+    pub fn inherit_wire_counters(&self, previous: &AdvancedConnectionPool) {
+        let counters = previous.wire_counters();
+        *self.shared.wire.lock().expect("wire counters lock") = counters;
+    }
+
+    /// The user the pool connects as and its password, if the target has one:
+    /// what a wire client may log in with.
+    pub fn login(&self) -> (Option<String>, Option<crate::Secret>) {
+        self.login.clone()
+    }
+
+    /// Done once the pool is closing (deleted, rebuilt or shut down).
+    pub fn closing(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.token.clone().cancelled_owned()
+    }
+
+    /// Whether the pool is closing.
+    pub fn is_closing(&self) -> bool {
+        self.token.is_cancelled()
     }
 
     /// The size the pool may reach now: max_connections, or its share of its
@@ -828,6 +869,7 @@ impl Shared {
             all_returned: tokio::sync::Notify::new(),
             gate: gate::Gate::new(size),
             counters: Counters::default(),
+            wire: Mutex::default(),
             health: Mutex::new(if require_connection {
                 HealthStatus::new(true, None)
             } else {

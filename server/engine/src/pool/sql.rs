@@ -323,7 +323,31 @@ pub struct CancelHandle {
 pub(crate) struct CancelTarget {
     pub(crate) token: tokio_postgres::CancelToken,
     pub(crate) tls: crate::tls::Connector,
+    pub(crate) address: super::lend::Address,
     pub(crate) shared: std::sync::Arc<super::Shared>,
+}
+
+impl CancelTarget {
+    /// Sends the cancel request (at most [`CANCEL_TIMEOUT`]), to the address the
+    /// connection went to, with TLS as its target says; counted in
+    /// statements_cancelled.
+    pub(crate) async fn send(&self) {
+        use tokio_postgres::tls::MakeTlsConnect;
+        Counters::add(&self.shared.counters.statements_cancelled, 1);
+        let request = async {
+            let pg = tokio_postgres::Config::new();
+            let Ok(io) = self.address.open(&pg).await else {
+                return;
+            };
+            let mut connector = self.tls.clone();
+            let Ok(tls) = MakeTlsConnect::<super::lend::BoxIo>::make_tls_connect(
+                &mut connector,
+                self.address.tls_name(),
+            );
+            let _ = self.token.cancel_query_raw(io, tls).await;
+        };
+        let _ = tokio::time::timeout(CANCEL_TIMEOUT, request).await;
+    }
 }
 
 impl std::fmt::Debug for CancelHandle {
@@ -336,10 +360,13 @@ impl CancelHandle {
     /// Sends the cancel request (at most [`CANCEL_TIMEOUT`]); whether it reached
     /// PostgreSQL in time shows in the statement's own outcome.
     pub async fn cancel(&self) {
-        let target = &self.target;
-        Counters::add(&target.shared.counters.statements_cancelled, 1);
-        let request = target.token.cancel_query(target.tls.clone());
-        let _ = tokio::time::timeout(CANCEL_TIMEOUT, request).await;
+        self.target.send().await;
+    }
+
+    pub(crate) fn of(target: &std::sync::Arc<CancelTarget>) -> Self {
+        Self {
+            target: std::sync::Arc::clone(target),
+        }
     }
 }
 

@@ -53,6 +53,8 @@ pub struct PoolStats {
     pub security: ConnectionSecurity,
     /// The pool's part of its server's connection budget (pools of a registry).
     pub budget: Option<super::BudgetStats>,
+    /// Its clients on the wire front door.
+    pub wire: super::WireStats,
 }
 
 /// How a pool's open connections are secured, and which host each is on (read

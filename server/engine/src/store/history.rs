@@ -21,7 +21,7 @@ pub enum MetricRow {
         /// When it was sampled.
         at: SystemTime,
         /// The snapshot.
-        stats: PoolStats,
+        stats: Box<PoolStats>,
     },
     /// A row of statement_cache_metrics.
     Cache {

@@ -1,0 +1,1004 @@
+//! One client's session: a loop over the client's socket and the backend it
+//! holds (a checkout of the pool, from the first message of a transaction to
+//! the ReadyForQuery that ends it, or for the whole session), with the queue
+//! of what the backend owes in between.
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use poolplane::pool::sql::CancelHandle;
+use poolplane::{AdvancedConnectionPool, PoolMode, WireBackend, WireCounters};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::expect::{self, Action, Expect, Prepared, Queue};
+use crate::frame::{self, Message};
+use crate::prepared::{CLIENT_STATEMENTS, PoolStatements, Statement};
+use crate::startup::{ClientIo, Door, Fatal};
+use crate::state::{self, Effects};
+
+/// What a CancelRequest for this client reaches: the backend running its
+/// statement now, if any.
+#[derive(Default)]
+pub(crate) struct ClientHandle {
+    pub running: Mutex<Option<Arc<CancelHandle>>>,
+}
+
+/// Bytes buffered from or for one socket.
+#[derive(Default)]
+struct Buffers {
+    inb: BytesMut,
+    out: BytesMut,
+    flush: bool,
+    eof: bool,
+}
+
+/// ParseComplete.
+const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+
+/// Past this much output waiting for a socket, the other side is not read.
+const OUT_CAP: usize = 1 << 20;
+
+impl Buffers {
+    /// Writes what is pending and reads what is there; Ready when anything
+    /// moved.
+    fn poll_io<T: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut T,
+        cx: &mut Context<'_>,
+        may_read: bool,
+    ) -> Poll<io::Result<()>> {
+        let mut moved = false;
+        while !self.out.is_empty() {
+            match Pin::new(&mut *io).poll_write(cx, &self.out) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.out.advance(n);
+                    self.flush = true;
+                    moved = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        if self.out.is_empty() && self.flush {
+            match Pin::new(&mut *io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if may_read && !self.eof {
+            if self.inb.capacity() - self.inb.len() < 4096 {
+                self.inb.reserve(16 * 1024);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut self.inb) {
+                Poll::Ready(Ok(0)) => {
+                    self.eof = true;
+                    moved = true;
+                }
+                Poll::Ready(Ok(_)) => moved = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if moved {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// The backend a client holds.
+struct Held {
+    backend: WireBackend,
+    buffers: Buffers,
+    /// What the client's statements may have left on it.
+    effects: Effects,
+    /// The reset was sent; the backend goes back when it is answered.
+    resetting: bool,
+    /// The backend cannot go back to the pool (a reset failed, a reply made no
+    /// sense): closed when released.
+    broken: bool,
+}
+
+/// The backend's prepared statements, as the queue's replies change them.
+struct Backend<'a>(&'a mut lru::LruCache<u64, ()>);
+
+impl Prepared for Backend<'_> {
+    fn lost(&mut self, id: u64) {
+        self.0.pop(&id);
+    }
+
+    fn kept(&mut self, id: u64) {
+        self.0.put(id, ());
+    }
+}
+
+/// How a session ended.
+enum End {
+    /// The client left (Terminate or its socket closed).
+    Left,
+    /// The session is over with a FATAL to the client.
+    Fatal(Fatal),
+}
+
+impl From<Fatal> for End {
+    fn from(fatal: Fatal) -> Self {
+        End::Fatal(fatal)
+    }
+}
+
+/// Session settings a client's startup message asks for that the front door
+/// applies on its backends (the rest are the connection's own).
+const NOT_SETTINGS: [&str; 5] = [
+    "user",
+    "database",
+    "replication",
+    "options",
+    "application_name",
+];
+
+/// The settings of a startup message (and `-c name=value` of its options),
+/// checked to be names PostgreSQL could have.
+pub(crate) fn wanted_settings(params: &[(String, String)]) -> Result<Vec<(String, String)>, Fatal> {
+    let mut wanted = Vec::new();
+    for (name, value) in params {
+        if name == "options" {
+            let mut words = value.split_whitespace();
+            while let Some(word) = words.next() {
+                let pair = match word.strip_prefix("-c") {
+                    Some("") => words.next().unwrap_or(""),
+                    Some(rest) => rest,
+                    None => word.strip_prefix("--").unwrap_or(word),
+                };
+                if let Some((n, v)) = pair.split_once('=') {
+                    wanted.push((n.replace('-', "_"), v.to_owned()));
+                }
+            }
+        } else if !NOT_SETTINGS.contains(&name.as_str()) {
+            wanted.push((name.clone(), value.clone()));
+        }
+    }
+    for (name, _) in &wanted {
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !ok {
+            return Err(Fatal::new(
+                "42704",
+                format!("unrecognized configuration parameter \"{name}\""),
+            ));
+        }
+    }
+    wanted.sort();
+    wanted.dedup_by(|a, b| a.0.eq_ignore_ascii_case(&b.0));
+    Ok(wanted)
+}
+
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// The ParameterStatus names a client is told at startup.
+const REPORTED: &str = "'server_version','server_encoding','client_encoding','DateStyle',\
+     'IntervalStyle','TimeZone','integer_datetimes','standard_conforming_strings','is_superuser',\
+     'session_authorization','default_transaction_read_only','in_hot_standby'";
+
+pub(crate) struct Session {
+    door: Arc<Door>,
+    pool: Arc<AdvancedConnectionPool>,
+    pool_name: String,
+    statements: Arc<PoolStatements>,
+    counters: Arc<WireCounters>,
+    pub key: (i32, i32),
+    pub handle: Arc<ClientHandle>,
+    client: Buffers,
+    held: Option<Held>,
+    queue: Queue,
+    /// The transaction status of the last ReadyForQuery the client got.
+    status: u8,
+    /// The client's messages are dropped until its next Sync (an error the
+    /// front door reported itself).
+    skip_to_sync: bool,
+    /// The client's prepared statements, by its names.
+    names: HashMap<Bytes, Arc<Statement>>,
+    /// Settings from the startup message, applied on each backend it gets.
+    wanted: Vec<(String, String)>,
+    application_name: String,
+}
+
+impl Session {
+    pub(crate) fn new(
+        door: &Arc<Door>,
+        pool: &Arc<AdvancedConnectionPool>,
+        wanted: Vec<(String, String)>,
+        application_name: Option<String>,
+    ) -> Self {
+        let key = loop {
+            let [a, b, c, d, e, f, g, h] = crate::scram::random::<8>();
+            let pid = i32::from_be_bytes([a & 0x3f, b, c, d]);
+            if pid != 0 {
+                break (pid, i32::from_be_bytes([e, f, g, h]));
+            }
+        };
+        let counters = pool.wire_counters();
+        counters.clients.fetch_add(1, Ordering::Relaxed);
+        Self {
+            door: Arc::clone(door),
+            pool: Arc::clone(pool),
+            pool_name: pool.name().to_owned(),
+            statements: door.statements.of(pool.name()),
+            counters,
+            key,
+            handle: Arc::default(),
+            client: Buffers::default(),
+            held: None,
+            queue: Queue::default(),
+            status: b'I',
+            skip_to_sync: false,
+            names: HashMap::new(),
+            wanted,
+            application_name: application_name.unwrap_or_default(),
+        }
+    }
+
+    /// The ParameterStatus values a client gets: the pool's database's, with
+    /// the settings the client asked for.
+    pub(crate) fn reported_parameters(
+        &self,
+        pool: &AdvancedConnectionPool,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, Fatal>> + Send + 'static {
+        let wanted = self.wanted.clone();
+        let application_name = self.application_name.clone();
+        let pool_name = pool.name().to_owned();
+        let pool = self.door.registry.pool(&pool_name);
+        async move {
+            let pool = pool.map_err(|e| Fatal::new("3D000", e.to_string()))?;
+            reported(&pool, &wanted, application_name).await
+        }
+    }
+}
+
+async fn reported(
+    pool: &AdvancedConnectionPool,
+    wanted: &[(String, String)],
+    application_name: String,
+) -> Result<Vec<(String, String)>, Fatal> {
+    {
+        let sql = format!("SELECT name, setting FROM pg_settings WHERE name IN ({REPORTED})");
+        let rows = pool.query(&sql, &[]).await.map_err(|e| {
+            Fatal::new("08006", format!("poolplane: pool \"{}\": {e}", pool.name()))
+        })?;
+        let mut out: Vec<(String, String)> = rows
+            .iter()
+            .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
+            .collect();
+        for (name, value) in wanted {
+            if let Some(found) = out.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                found.1.clone_from(value);
+            }
+        }
+        out.push(("application_name".into(), application_name));
+        Ok(out)
+    }
+}
+
+impl Session {
+    /// Runs the session to its end.
+    pub(crate) async fn run(mut self, mut client: ClientIo) {
+        let end = self.serve(&mut client).await;
+        self.finish(end, &mut client).await;
+        self.counters.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn serve(&mut self, client: &mut ClientIo) -> End {
+        if self.mode() == PoolMode::Session
+            && let Err(end) = self.ensure_backend().await
+        {
+            return end;
+        }
+        loop {
+            if let Err(end) = self.turn().await {
+                return end;
+            }
+            let idle = self.held.is_none();
+            let closing = self.pool.closing();
+            let shutdown = self.door.token.clone();
+            let step = poll_fn(|cx| self.poll_step(client, cx));
+            tokio::select! {
+                moved = step => if moved.is_err() {
+                    return if self.held.as_ref().is_some_and(|h| h.buffers.eof) {
+                        self.backend_gone()
+                    } else {
+                        End::Left
+                    };
+                },
+                () = closing, if idle => {
+                    if let Err(end) = self.follow_pool() {
+                        return end;
+                    }
+                }
+                () = shutdown.cancelled(), if idle => {
+                    return End::Fatal(Fatal::new("57P01", "terminating connection due to administrator command"));
+                }
+            }
+        }
+    }
+
+    fn mode(&self) -> PoolMode {
+        self.pool.config().pool_mode
+    }
+
+    /// The pool this session's name refers to now (a rebuilt pool replaces the
+    /// one closing); a deleted pool ends the session.
+    fn follow_pool(&mut self) -> Result<(), End> {
+        match self.door.registry.pool(&self.pool_name) {
+            Ok(pool) if !pool.is_closing() => {
+                self.pool = pool;
+                Ok(())
+            }
+            _ => {
+                self.door.statements.forget(&self.pool_name);
+                Err(End::Fatal(Fatal::new(
+                    "57P01",
+                    "terminating connection due to administrator command (the pool was deleted)",
+                )))
+            }
+        }
+    }
+
+    fn backend_gone(&mut self) -> End {
+        if let Some(held) = &mut self.held {
+            held.broken = true;
+        }
+        End::Fatal(Fatal::new(
+            "08006",
+            "server closed the connection unexpectedly",
+        ))
+    }
+
+    /// One round of work on what the sockets brought: the client's messages,
+    /// the backend's replies, and the backend's return at a transaction's end.
+    async fn turn(&mut self) -> Result<(), End> {
+        self.client_messages().await?;
+        self.backend_messages()?;
+        if self.client.eof && !frame::has_message(&self.client.inb) {
+            return Err(End::Left);
+        }
+        if self.held.as_ref().is_some_and(|h| h.buffers.eof) {
+            return Err(self.backend_gone());
+        }
+        self.maybe_release();
+        Ok(())
+    }
+
+    fn poll_step(&mut self, client: &mut ClientIo, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let backend_backlog = self.held.as_ref().map_or(0, |h| h.buffers.out.len());
+        let may_read_client = backend_backlog < OUT_CAP && !frame::has_message(&self.client.inb);
+        let client_len = self.client.out.len();
+        let mut moved = false;
+        match self.client.poll_io(client, cx, may_read_client) {
+            Poll::Ready(Ok(())) => moved = true,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {}
+        }
+        let written = client_len.saturating_sub(self.client.out.len());
+        self.counters
+            .bytes_out
+            .fetch_add(written as u64, Ordering::Relaxed);
+        if let Some(held) = &mut self.held {
+            let may_read = self.client.out.len() < OUT_CAP;
+            match held.buffers.poll_io(held.backend.io(), cx, may_read) {
+                Poll::Ready(Ok(())) => moved = true,
+                Poll::Ready(Err(_)) => {
+                    held.buffers.eof = true;
+                    moved = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        if moved {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Processes the client's whole messages.
+    async fn client_messages(&mut self) -> Result<(), End> {
+        let max = self.door.options.max_message_bytes;
+        loop {
+            let message = match frame::next_message(&mut self.client.inb, max) {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    return Err(End::Fatal(Fatal::new(
+                        "08P01",
+                        format!("invalid message: {e}"),
+                    )));
+                }
+            };
+            self.counters
+                .bytes_in
+                .fetch_add(message.bytes.len() as u64, Ordering::Relaxed);
+            self.on_client(message).await?;
+        }
+    }
+
+    /// Answers the client now, or when the backend's earlier replies are out.
+    fn say(&mut self, bytes: Bytes) {
+        if self.queue.is_empty() {
+            self.client.out.extend_from_slice(&bytes);
+        } else {
+            self.queue.push(Expect::Synthetic(bytes));
+        }
+    }
+
+    /// An error the front door reports itself; in the extended protocol the
+    /// client's messages are then skipped up to its Sync, as PostgreSQL does.
+    fn refuse(&mut self, code: &str, message: &str, simple: bool) {
+        let mut out = BytesMut::new();
+        frame::error(&mut out, "ERROR", code, message);
+        if simple {
+            let status = if self.held.is_some() {
+                self.status
+            } else {
+                b'I'
+            };
+            frame::ready(&mut out, status);
+        } else {
+            self.skip_to_sync = true;
+        }
+        self.say(out.freeze());
+    }
+
+    fn backend_mut(&mut self) -> &mut Held {
+        self.held.as_mut().expect("a backend is held")
+    }
+
+    async fn on_client(&mut self, message: Message) -> Result<(), End> {
+        match message.tag {
+            b'X' => return Err(End::Left),
+            b'S' => return self.on_sync(&message).await,
+            _ if self.skip_to_sync || self.queue.skipping => return Ok(()),
+            b'H' => {
+                if let Some(held) = &mut self.held {
+                    held.buffers.out.extend_from_slice(&message.bytes);
+                }
+            }
+            b'd' | b'c' | b'f' => {
+                if let Some(held) = &mut self.held {
+                    held.buffers.out.extend_from_slice(&message.bytes);
+                }
+            }
+            b'Q' => self.on_query(&message).await?,
+            b'P' => self.on_parse(&message).await?,
+            b'B' => self.on_bind(&message).await?,
+            b'D' => self.on_describe(&message).await?,
+            b'C' => self.on_close(&message).await?,
+            b'E' | b'F' => {
+                if !self.ensure_backend_for(false).await? {
+                    return Ok(());
+                }
+                self.count_query();
+                let ends = if message.tag == b'E' {
+                    expect::EXECUTE
+                } else {
+                    expect::READY
+                };
+                self.forward(&message, ends);
+            }
+            other => {
+                return Err(End::Fatal(Fatal::new(
+                    "08P01",
+                    format!("invalid frontend message type {other}"),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn forward(&mut self, message: &Message, ends: &'static [u8]) {
+        self.backend_mut()
+            .buffers
+            .out
+            .extend_from_slice(&message.bytes);
+        self.queue.push(Expect::Reply { ends });
+    }
+
+    fn count_query(&mut self) {
+        self.counters.queries.fetch_add(1, Ordering::Relaxed);
+        self.backend_mut().backend.count_queries(1);
+    }
+
+    async fn on_sync(&mut self, message: &Message) -> Result<(), End> {
+        self.skip_to_sync = false;
+        self.queue.skipping = false;
+        match &self.held {
+            Some(_) => self.forward(message, expect::READY),
+            None => {
+                let mut out = BytesMut::new();
+                frame::ready(&mut out, b'I');
+                self.say(out.freeze());
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_query(&mut self, message: &Message) -> Result<(), End> {
+        let body = message.body();
+        let sql = String::from_utf8_lossy(&body[..body.len().saturating_sub(1)]);
+        let effects = state::effects(&sql);
+        if self.mode() == PoolMode::Transaction {
+            let refused = effects
+                .sql_prepared
+                .or(effects.discard.then_some("DISCARD"));
+            if let Some(statement) = refused {
+                let text = format!(
+                    "poolplane: {statement} is not supported in transaction pooling (pool \"{}\"): use the protocol's prepared statements (Parse/Bind, as drivers do), or pool_mode session",
+                    self.pool_name
+                );
+                self.refuse("0A000", &text, true);
+                return Ok(());
+            }
+        }
+        if !self.ensure_backend_for(true).await? {
+            return Ok(());
+        }
+        self.count_query();
+        self.backend_mut().effects.merge(effects);
+        self.forward(message, expect::READY);
+        Ok(())
+    }
+
+    async fn on_parse(&mut self, message: &Message) -> Result<(), End> {
+        let mut body = message.body();
+        let name = frame::cstr(&mut body).unwrap_or_default();
+        if name.is_empty() {
+            let sql_end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+            let effects = state::effects(&String::from_utf8_lossy(&body[..sql_end]));
+            if !self.ensure_backend_for(false).await? {
+                return Ok(());
+            }
+            self.backend_mut().effects.merge(effects);
+            self.forward(message, expect::PARSE);
+            return Ok(());
+        }
+        if self.names.len() >= CLIENT_STATEMENTS && !self.names.contains_key(name) {
+            self.refuse(
+                "53400",
+                &format!(
+                    "poolplane: a client may hold at most {CLIENT_STATEMENTS} prepared statements"
+                ),
+                false,
+            );
+            return Ok(());
+        }
+        let statement = self.statements.get(body);
+        self.names
+            .insert(Bytes::copy_from_slice(name), Arc::clone(&statement));
+        let known = statement.valid.load(Ordering::Relaxed);
+        if known && self.held.is_none() {
+            // Valid SQL the pool already prepared: no backend needed until it
+            // is used (a client that prepares everything first does not take
+            // one per statement).
+            self.say(Bytes::from_static(PARSE_COMPLETE));
+            return Ok(());
+        }
+        if !self.ensure_backend_for(false).await? {
+            return Ok(());
+        }
+        let held = self.backend_mut();
+        if held.backend.state().prepared.get(&statement.id).is_some() {
+            self.say(Bytes::from_static(PARSE_COMPLETE));
+        } else {
+            self.prepare(&statement, true);
+        }
+        Ok(())
+    }
+
+    /// Sends the Parse of `statement` to the backend (closing the one it evicts
+    /// from the backend's set); its ParseComplete goes to the client when
+    /// `visible`, else is swallowed.
+    fn prepare(&mut self, statement: &Arc<Statement>, visible: bool) {
+        let held = self.held.as_mut().expect("a backend is held");
+        let evicted = held.backend.state().prepared.push(statement.id, ());
+        if let Some((old, ())) = evicted
+            && old != statement.id
+        {
+            frame::close_statement(&mut held.buffers.out, format!("pp_{old}").as_bytes());
+            self.queue.push(Expect::InjectedClose(old));
+        }
+        frame::parse(
+            &mut held.buffers.out,
+            &statement.name,
+            &statement.sql_and_types,
+        );
+        self.queue
+            .push(Expect::Parse(Arc::clone(statement), visible));
+    }
+
+    /// The client's statement named `name`, prepared on the held backend.
+    fn statement(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
+        let statement = Arc::clone(self.names.get(name)?);
+        let held = self.held.as_mut().expect("a backend is held");
+        if held.backend.state().prepared.get(&statement.id).is_none() {
+            self.prepare(&statement, false);
+        }
+        self.backend_mut().effects.merge(statement.effects);
+        Some(statement)
+    }
+
+    fn missing(&mut self, name: &[u8]) {
+        let text = format!(
+            "prepared statement \"{}\" does not exist",
+            String::from_utf8_lossy(name)
+        );
+        self.refuse("26000", &text, false);
+    }
+
+    async fn on_bind(&mut self, message: &Message) -> Result<(), End> {
+        let mut body = message.body();
+        let _portal = frame::cstr(&mut body);
+        let name = frame::cstr(&mut body).unwrap_or_default();
+        if !name.is_empty() && !self.names.contains_key(name) {
+            self.missing(name);
+            return Ok(());
+        }
+        if !self.ensure_backend_for(false).await? {
+            return Ok(());
+        }
+        if name.is_empty() {
+            self.forward(message, expect::BIND);
+            return Ok(());
+        }
+        let statement = self.statement(name).expect("checked above");
+        frame::renamed(
+            &mut self.backend_mut().buffers.out,
+            message,
+            1,
+            &statement.name,
+        );
+        self.queue.push(Expect::Reply { ends: expect::BIND });
+        Ok(())
+    }
+
+    async fn on_describe(&mut self, message: &Message) -> Result<(), End> {
+        let body = message.body();
+        let kind = body.first().copied().unwrap_or(0);
+        let mut rest = &body[1.min(body.len())..];
+        let name = frame::cstr(&mut rest).unwrap_or_default();
+        let named_statement = kind == b'S' && !name.is_empty();
+        if named_statement && !self.names.contains_key(name) {
+            self.missing(name);
+            return Ok(());
+        }
+        if !self.ensure_backend_for(false).await? {
+            return Ok(());
+        }
+        if !named_statement {
+            self.forward(message, expect::DESCRIBE);
+            return Ok(());
+        }
+        let statement = self.statement(name).expect("checked above");
+        let out = &mut self.backend_mut().buffers.out;
+        let at = frame::begin(out, b'D');
+        out.extend_from_slice(b"S");
+        out.extend_from_slice(&statement.name);
+        out.extend_from_slice(b"\0");
+        frame::finish(out, at);
+        self.queue.push(Expect::Reply {
+            ends: expect::DESCRIBE,
+        });
+        Ok(())
+    }
+
+    async fn on_close(&mut self, message: &Message) -> Result<(), End> {
+        let body = message.body();
+        let kind = body.first().copied().unwrap_or(0);
+        let mut rest = &body[1.min(body.len())..];
+        let name = frame::cstr(&mut rest).unwrap_or_default();
+        if kind == b'S' && !name.is_empty() {
+            // The pool keeps its statement; only the client's name goes.
+            self.names.remove(name);
+            self.say(Bytes::from_static(b"3\0\0\0\x04"));
+            return Ok(());
+        }
+        match &self.held {
+            Some(_) => self.forward(message, expect::CLOSE),
+            None => self.say(Bytes::from_static(b"3\0\0\0\x04")),
+        }
+        Ok(())
+    }
+
+    /// Processes the backend's whole messages.
+    fn backend_messages(&mut self) -> Result<(), End> {
+        let Some(held) = &mut self.held else {
+            return Ok(());
+        };
+        while let Ok(Some(message)) = frame::next_message(&mut held.buffers.inb, usize::MAX) {
+            let mut prepared = Backend(&mut held.backend.state().prepared);
+            let action = self
+                .queue
+                .on_backend(message.tag, message.body(), &mut prepared);
+            match action {
+                Ok(Action::Forward) => self.client.out.extend_from_slice(&message.bytes),
+                Ok(Action::Swallow) => {}
+                Ok(Action::Ready(status)) => {
+                    self.client.out.extend_from_slice(&message.bytes);
+                    self.status = status;
+                    if status == b'I' {
+                        self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(Action::HiddenError) => {
+                    tracing::debug!(pool = %self.pool_name, "PostgreSQL front door: a session reset or setting failed; the backend will be closed");
+                    held.broken = true;
+                }
+                Err(unexpected) => {
+                    held.broken = true;
+                    tracing::warn!(pool = %self.pool_name, error = %unexpected, "PostgreSQL front door: protocol out of step");
+                    return Err(End::Fatal(Fatal::new(
+                        "08P01",
+                        format!("poolplane: {unexpected}"),
+                    )));
+                }
+            }
+            if message.tag == b'E' {
+                held.backend.count_error();
+            }
+            self.queue.flush_synthetic(&mut self.client.out);
+        }
+        Ok(())
+    }
+
+    /// In transaction mode, a backend whose transaction ended (ReadyForQuery
+    /// 'I', nothing owed, no message of the client's waiting) goes back to the
+    /// pool, reset first if the client left state on it.
+    fn maybe_release(&mut self) {
+        let session = self.mode() == PoolMode::Session;
+        let Some(held) = &mut self.held else { return };
+        let done = self.queue.is_empty()
+            && !self.queue.skipping
+            && self.status == b'I'
+            && held.buffers.out.is_empty()
+            && !frame::has_message(&self.client.inb);
+        if !done || session {
+            return;
+        }
+        if held.effects.dirty() && !held.resetting && !held.broken {
+            frame::query(&mut held.buffers.out, state::RESET);
+            self.queue.push(Expect::Hidden);
+            held.resetting = true;
+            return;
+        }
+        self.release();
+    }
+
+    fn release(&mut self) {
+        let Some(mut held) = self.held.take() else {
+            return;
+        };
+        *self.handle.running.lock().expect("running lock") = None;
+        if held.resetting {
+            held.backend.state().params.clear();
+        }
+        if held.effects.discard || held.effects.sql_prepared.is_some() {
+            held.backend.statements_discarded();
+        }
+        if held.broken {
+            return;
+        }
+        let unread = held.buffers.inb.split().freeze();
+        held.backend.release(unread);
+    }
+
+    /// Makes sure a backend is held; `false` when none could be had (the client
+    /// was told why).
+    async fn ensure_backend_for(&mut self, simple: bool) -> Result<bool, End> {
+        if self.held.is_some() {
+            return Ok(true);
+        }
+        match self.checkout().await {
+            Ok(()) => Ok(true),
+            Err(Checkout::Refused(code, message)) => {
+                self.refuse(code, &message, simple);
+                Ok(false)
+            }
+            Err(Checkout::End(end)) => Err(end),
+        }
+    }
+
+    async fn ensure_backend(&mut self) -> Result<(), End> {
+        match self.checkout().await {
+            Ok(()) => Ok(()),
+            Err(Checkout::Refused(code, message)) => Err(End::Fatal(Fatal::new(code, message))),
+            Err(Checkout::End(end)) => Err(end),
+        }
+    }
+
+    async fn checkout(&mut self) -> Result<(), Checkout> {
+        if self.pool.is_closing() {
+            self.follow_pool().map_err(Checkout::End)?;
+        }
+        let pool = Arc::clone(&self.pool);
+        if !pool.is_healthy() {
+            return Err(Checkout::Refused(
+                "57P03",
+                format!(
+                    "poolplane: pool \"{}\" is unhealthy: its database does not answer",
+                    self.pool_name
+                ),
+            ));
+        }
+        self.counters.waiting.fetch_add(1, Ordering::Relaxed);
+        let got = pool.get().await;
+        self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
+        let conn = got.map_err(|e| {
+            let size = pool.pool_stats().current_size;
+            let code = match e.kind() {
+                poolplane::ErrorKind::AcquireTimeout => "53300",
+                _ => "08006",
+            };
+            Checkout::Refused(
+                code,
+                format!("poolplane: pool \"{}\" (size {size}): {e}", self.pool_name),
+            )
+        })?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut backend = conn.into_wire(deadline).await.map_err(|(_, e)| {
+            Checkout::Refused(
+                "08006",
+                format!("poolplane: pool \"{}\": {e}", self.pool_name),
+            )
+        })?;
+        *self.handle.running.lock().expect("running lock") =
+            Some(Arc::new(backend.cancel_handle()));
+        let mut buffers = Buffers::default();
+        let settings = self.settings_for(&mut backend);
+        if !settings.is_empty() {
+            frame::query(&mut buffers.out, &settings);
+            self.queue.push(Expect::Hidden);
+        }
+        self.held = Some(Held {
+            backend,
+            buffers,
+            effects: Effects::default(),
+            resetting: false,
+            broken: false,
+        });
+        Ok(())
+    }
+
+    /// The SET and RESET statements that give `backend` this client's
+    /// settings (remembered on the backend).
+    fn settings_for(&self, backend: &mut WireBackend) -> String {
+        let params = &mut backend.state().params;
+        let mut sql = String::new();
+        for (name, value) in &self.wanted {
+            if params.get(name) != Some(value) {
+                sql.push_str(&format!("SET {name} TO {}; ", quote(value)));
+                params.insert(name.clone(), value.clone());
+            }
+        }
+        let stale: Vec<String> = params
+            .keys()
+            .filter(|name| !self.wanted.iter().any(|(n, _)| n == *name))
+            .cloned()
+            .collect();
+        for name in stale {
+            sql.push_str(&format!("RESET {name}; "));
+            params.remove(&name);
+        }
+        sql
+    }
+
+    /// Ends the session: a backend still held goes back only if its
+    /// transaction ended and it could be reset; otherwise its statement is
+    /// cancelled and it is closed (PostgreSQL rolls the transaction back).
+    async fn finish(&mut self, end: End, client: &mut ClientIo) {
+        if let End::Fatal(fatal) = &end {
+            let mut out = BytesMut::new();
+            frame::error(&mut out, "FATAL", fatal.code, &fatal.message);
+            self.client.out.extend_from_slice(&out);
+        }
+        if !self.client.out.is_empty() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), client.write_all(&self.client.out))
+                    .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
+        let Some(held) = &mut self.held else { return };
+        let clean = self.queue.is_empty() && self.status == b'I' && !held.broken;
+        if clean && self.reset_before_leaving().await {
+            self.release();
+            return;
+        }
+        if !self.queue.is_empty()
+            && let Some(held) = &self.held
+        {
+            held.backend.cancel_handle().cancel().await;
+        }
+        if let Some(held) = &mut self.held {
+            held.broken = true;
+        }
+        self.release();
+    }
+
+    /// Resets the held backend (when the client left state on it, and always in
+    /// session mode) and waits for the answer; false if that failed.
+    async fn reset_before_leaving(&mut self) -> bool {
+        let session = self.mode() == PoolMode::Session;
+        let Some(held) = &mut self.held else {
+            return true;
+        };
+        if !(held.effects.dirty() || session) {
+            return true;
+        }
+        frame::query(&mut held.buffers.out, state::RESET);
+        self.queue.push(Expect::Hidden);
+        held.resetting = true;
+        let answered = tokio::time::timeout(Duration::from_secs(5), async {
+            while !self.queue.is_empty() {
+                let held = self.held.as_mut().expect("held");
+                let step = poll_fn(|cx| held.buffers.poll_io(held.backend.io(), cx, true)).await;
+                if step.is_err() || held.buffers.eof {
+                    return false;
+                }
+                if self.backend_messages().is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        matches!(answered, Ok(true)) && self.held.as_ref().is_some_and(|h| !h.broken)
+    }
+}
+
+/// Why a checkout gave no backend.
+enum Checkout {
+    /// The client is told (an error for its query) and carries on.
+    Refused(&'static str, String),
+    /// The session ends.
+    End(End),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_settings_and_options_are_read() {
+        let params = vec![
+            ("user".to_owned(), "app".to_owned()),
+            ("client_encoding".to_owned(), "UTF8".to_owned()),
+            (
+                "options".to_owned(),
+                "-c search_path=a,b --statement-timeout=5s".to_owned(),
+            ),
+            ("application_name".to_owned(), "psql".to_owned()),
+        ];
+        let wanted = wanted_settings(&params).ok().expect("valid");
+        assert_eq!(
+            wanted,
+            [
+                ("client_encoding".to_owned(), "UTF8".to_owned()),
+                ("search_path".to_owned(), "a,b".to_owned()),
+                ("statement_timeout".to_owned(), "5s".to_owned()),
+            ]
+        );
+        let bad = vec![("x; DROP TABLE t".to_owned(), "1".to_owned())];
+        assert!(wanted_settings(&bad).is_err());
+        assert_eq!(quote("it's"), "'it''s'");
+    }
+}
