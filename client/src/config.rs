@@ -90,6 +90,8 @@ impl PoolConfigBuilder {
         recycle_threshold_queries: u64,
         /// Checkouts validate only connections idle at least this many ms.
         validation_idle_threshold_ms: u64,
+        /// How long a front-door client holds a backend: transaction or session.
+        pool_mode: &str,
     }
 
     /// Statements run on every new connection (replaces the list).

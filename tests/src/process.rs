@@ -161,7 +161,7 @@ impl ServerProcess {
         if !args.contains(&"--data-dir") {
             command.env("POOLPLANE_SECRETS_KEY_FILE", crate::test_secrets_key_file());
         }
-        for flag in ["--listen", "--metrics-listen"] {
+        for flag in ["--listen", "--metrics-listen", "--pg-listen"] {
             if !args.contains(&flag) {
                 command.args([flag, "127.0.0.1:0"]);
             }

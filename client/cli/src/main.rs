@@ -324,6 +324,9 @@ struct ConfigArgs {
     /// validation_idle_threshold_ms.
     #[arg(long)]
     validation_idle_threshold_ms: Option<u64>,
+    /// pool_mode of front-door clients: transaction or session.
+    #[arg(long)]
+    pool_mode: Option<String>,
 }
 
 impl ConfigArgs {
@@ -354,6 +357,7 @@ impl ConfigArgs {
             enable_connection_recycling: self.enable_connection_recycling,
             recycle_threshold_queries: self.recycle_threshold_queries,
             validation_idle_threshold_ms: self.validation_idle_threshold_ms,
+            pool_mode: self.pool_mode,
         }
     }
 }

@@ -149,6 +149,7 @@ fn config_json(c: &PoolConfig) -> Value {
         "connection_warmup_queries": c.connection_warmup_queries.as_ref().map(|w| &w.queries),
         "enable_connection_recycling": c.enable_connection_recycling,
         "recycle_threshold_queries": c.recycle_threshold_queries,
+        "pool_mode": c.pool_mode,
         "validation_idle_threshold_ms": c.validation_idle_threshold_ms,
     })
 }
@@ -194,6 +195,15 @@ fn stats_json(s: &PoolStats) -> Value {
         "connections_closed": s.connections_closed,
         "connections_recycled": s.connections_recycled,
         "total_queries": s.total_queries,
+        "query_errors": s.query_errors,
+        "wire": json!({
+            "clients_connected": s.wire_clients_connected,
+            "clients_waiting": s.wire_clients_waiting,
+            "transactions": s.wire_transactions,
+            "queries": s.wire_queries,
+            "bytes_in": s.wire_bytes_in,
+            "bytes_out": s.wire_bytes_out,
+        }),
         "security": s.security.as_ref().map(|sec| json!({
             "tls_connections": sec.tls_connections,
             "plaintext_connections": sec.plaintext_connections,
@@ -376,7 +386,7 @@ impl Printer {
             }
             Format::Table => {
                 say!(
-                    "{:<20} {:>6} {:>5} {:>5} {:>5} {:>5} {:>6} {:>8} {:>9} {:>9}  TLS",
+                    "{:<20} {:>6} {:>5} {:>5} {:>5} {:>5} {:>6} {:>8} {:>9} {:>9} {:>8} {:>8} {:>10}  TLS",
                     "POOL",
                     "UTIL",
                     "USED",
@@ -386,11 +396,14 @@ impl Printer {
                     "MAX",
                     "SHARE",
                     "P95 ms",
-                    "TIMEOUTS"
+                    "TIMEOUTS",
+                    "CLIENTS",
+                    "CL_WAIT",
+                    "WIRE_TX"
                 );
                 for s in all {
                     say!(
-                        "{:<20} {:>5.0}% {:>5} {:>5} {:>5} {:>5} {:>6} {:>8} {:>9.2} {:>9}  {}",
+                        "{:<20} {:>5.0}% {:>5} {:>5} {:>5} {:>5} {:>6} {:>8} {:>9.2} {:>9} {:>8} {:>8} {:>10}  {}",
                         s.pool_name,
                         s.utilization_rate * 100.0,
                         s.active_connections,
@@ -401,6 +414,9 @@ impl Printer {
                         budget_summary(s),
                         s.p95_acquire_time_ms,
                         s.acquire_timeouts,
+                        s.wire_clients_connected,
+                        s.wire_clients_waiting,
+                        s.wire_transactions,
                         tls_summary(s)
                     );
                 }

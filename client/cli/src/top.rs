@@ -183,6 +183,8 @@ fn pools_table(state: &TopState) -> Table<'_> {
         "WAIT",
         "ACQ p95",
         "CACHE HIT",
+        "CLIENTS",
+        "CL WAIT",
         "HEALTH",
     ])
     .style(Style::default().add_modifier(Modifier::BOLD));
@@ -196,6 +198,8 @@ fn pools_table(state: &TopState) -> Table<'_> {
         Constraint::Length(5),
         Constraint::Length(10),
         Constraint::Length(10),
+        Constraint::Length(8),
+        Constraint::Length(8),
         Constraint::Length(10),
     ];
     let title = format!(
@@ -228,6 +232,8 @@ fn pool_row(state: &TopState, s: &PoolStats) -> Row<'static> {
         s.waiting_requests.to_string(),
         format!("{:.2} ms", s.p95_acquire_time_ms),
         hit,
+        s.wire_clients_connected.to_string(),
+        s.wire_clients_waiting.to_string(),
         if healthy {
             "healthy".into()
         } else {

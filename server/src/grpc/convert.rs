@@ -102,6 +102,14 @@ pub fn apply_config(
     if let Some(warmup) = &p.connection_warmup_queries {
         c.connection_warmup_queries = warmup.queries.clone();
     }
+    if let Some(mode) = &p.pool_mode {
+        c.pool_mode = poolplane::PoolMode::parse(mode).ok_or_else(|| {
+            vec![(
+                "config.pool_mode".to_owned(),
+                format!("unknown pool mode `{mode}`: use transaction or session"),
+            )]
+        })?;
+    }
     Ok(c)
 }
 
@@ -133,6 +141,7 @@ pub fn config_to_proto(c: &AdvancedPoolConfig) -> v1::PoolConfig {
         enable_connection_recycling: Some(c.enable_connection_recycling),
         recycle_threshold_queries: Some(c.recycle_threshold_queries),
         validation_idle_threshold_ms: Some(c.validation_idle_threshold_ms),
+        pool_mode: Some(c.pool_mode.as_str().to_owned()),
     }
 }
 
@@ -170,6 +179,12 @@ pub fn stats_to_proto(pool_name: &str, s: &PoolStats) -> v1::PoolStats {
             share: b.share,
             held_back: b.held_back,
         }),
+        wire_clients_connected: s.wire.clients,
+        wire_clients_waiting: s.wire.waiting,
+        wire_transactions: s.wire.transactions,
+        wire_queries: s.wire.queries,
+        wire_bytes_in: s.wire.bytes_in,
+        wire_bytes_out: s.wire.bytes_out,
     }
 }
 
