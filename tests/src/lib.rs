@@ -13,6 +13,7 @@ mod process;
 mod server;
 mod test_pg;
 mod tls;
+mod wire;
 
 pub use fault_proxy::FaultProxy;
 pub use grpcurl::{Grpcurl, grpcurl, grpcurl_tls};
@@ -27,3 +28,4 @@ pub use process::{ServerProcess, built_binary, process_alive, wait_health, wait_
 pub use server::{ServingStatus, TestServer, test_secrets_key_file};
 pub use test_pg::{TestDatabase, TestPg, connect, count_backends, proto_config, test_config};
 pub use tls::{Issued, TestCa};
+pub use wire::{login_of, pg_conninfo, pg_url, run_client, text};

@@ -20,6 +20,7 @@ mod deploy;
 mod embedded_pg;
 mod examples;
 mod faults_process;
+mod frontdoor;
 mod leak_scan;
 mod load_test_sql;
 mod loadtest;
