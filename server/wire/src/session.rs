@@ -188,6 +188,28 @@ fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
+/// The SET and RESET statements that give a backend whose front-door settings
+/// are `params` the settings `wanted` (and remember them in `params`).
+fn settings_sql(wanted: &[(String, String)], params: &mut HashMap<String, String>) -> String {
+    let mut sql = String::new();
+    for (name, value) in wanted {
+        if params.get(name) != Some(value) {
+            sql.push_str(&format!("SET {name} TO {}; ", quote(value)));
+            params.insert(name.clone(), value.clone());
+        }
+    }
+    let stale: Vec<String> = params
+        .keys()
+        .filter(|name| !wanted.iter().any(|(n, _)| n == *name))
+        .cloned()
+        .collect();
+    for name in stale {
+        sql.push_str(&format!("RESET {name}; "));
+        params.remove(&name);
+    }
+    sql
+}
+
 /// The ParameterStatus names a client is told at startup.
 const REPORTED: &str = "'server_version','server_encoding','client_encoding','DateStyle',\
      'IntervalStyle','TimeZone','integer_datetimes','standard_conforming_strings','is_superuser',\
@@ -776,9 +798,7 @@ impl Session {
             return;
         }
         if held.effects.dirty() && !held.resetting && !held.broken {
-            frame::query(&mut held.buffers.out, state::RESET);
-            self.queue.push(Expect::Hidden);
-            held.resetting = true;
+            send_reset(held, &mut self.queue);
             return;
         }
         self.release();
@@ -789,12 +809,6 @@ impl Session {
             return;
         };
         *self.handle.running.lock().expect("running lock") = None;
-        if held.resetting {
-            held.backend.state().params.clear();
-        }
-        if held.effects.discard || held.effects.sql_prepared.is_some() {
-            held.backend.statements_discarded();
-        }
         if held.broken {
             return;
         }
@@ -805,7 +819,19 @@ impl Session {
     /// Makes sure a backend is held; `false` when none could be had (the client
     /// was told why).
     async fn ensure_backend_for(&mut self, simple: bool) -> Result<bool, End> {
-        if self.held.is_some() {
+        if let Some(held) = &mut self.held {
+            if held.resetting {
+                // More work from the client while the reset runs: the reset
+                // cleared what came before, the client's settings go back on,
+                // and what comes now is watched anew.
+                held.resetting = false;
+                held.effects = Effects::default();
+                let settings = settings_sql(&self.wanted, &mut held.backend.state().params);
+                if !settings.is_empty() {
+                    frame::query(&mut held.buffers.out, &settings);
+                    self.queue.push(Expect::Hidden);
+                }
+            }
             return Ok(true);
         }
         match self.checkout().await {
@@ -864,7 +890,7 @@ impl Session {
         *self.handle.running.lock().expect("running lock") =
             Some(Arc::new(backend.cancel_handle()));
         let mut buffers = Buffers::default();
-        let settings = self.settings_for(&mut backend);
+        let settings = settings_sql(&self.wanted, &mut backend.state().params);
         if !settings.is_empty() {
             frame::query(&mut buffers.out, &settings);
             self.queue.push(Expect::Hidden);
@@ -877,29 +903,6 @@ impl Session {
             broken: false,
         });
         Ok(())
-    }
-
-    /// The SET and RESET statements that give `backend` this client's
-    /// settings (remembered on the backend).
-    fn settings_for(&self, backend: &mut WireBackend) -> String {
-        let params = &mut backend.state().params;
-        let mut sql = String::new();
-        for (name, value) in &self.wanted {
-            if params.get(name) != Some(value) {
-                sql.push_str(&format!("SET {name} TO {}; ", quote(value)));
-                params.insert(name.clone(), value.clone());
-            }
-        }
-        let stale: Vec<String> = params
-            .keys()
-            .filter(|name| !self.wanted.iter().any(|(n, _)| n == *name))
-            .cloned()
-            .collect();
-        for name in stale {
-            sql.push_str(&format!("RESET {name}; "));
-            params.remove(&name);
-        }
-        sql
     }
 
     /// Ends the session: a backend still held goes back only if its
@@ -918,7 +921,9 @@ impl Session {
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
         let Some(held) = &mut self.held else { return };
-        let clean = self.queue.is_empty() && self.status == b'I' && !held.broken;
+        // Idle, or only the front door's own reset still answering.
+        let clean =
+            (self.queue.is_empty() || held.resetting) && self.status == b'I' && !held.broken;
         if clean && self.reset_before_leaving().await {
             self.release();
             return;
@@ -941,27 +946,43 @@ impl Session {
         let Some(held) = &mut self.held else {
             return true;
         };
-        if !(held.effects.dirty() || session) {
-            return true;
+        if !held.resetting {
+            if !(held.effects.dirty() || session) {
+                return true;
+            }
+            send_reset(held, &mut self.queue);
         }
-        frame::query(&mut held.buffers.out, state::RESET);
-        self.queue.push(Expect::Hidden);
-        held.resetting = true;
         let answered = tokio::time::timeout(Duration::from_secs(5), async {
-            while !self.queue.is_empty() {
+            loop {
+                // What already arrived first (the reply may be read already).
+                if self.backend_messages().is_err() {
+                    return false;
+                }
+                if self.queue.is_empty() {
+                    return true;
+                }
                 let held = self.held.as_mut().expect("held");
                 let step = poll_fn(|cx| held.buffers.poll_io(held.backend.io(), cx, true)).await;
                 if step.is_err() || held.buffers.eof {
                     return false;
                 }
-                if self.backend_messages().is_err() {
-                    return false;
-                }
             }
-            true
         })
         .await;
         matches!(answered, Ok(true)) && self.held.as_ref().is_some_and(|h| !h.broken)
+    }
+}
+
+/// Sends the reset of what the client left on `held` (RESET ALL and the rest:
+/// the front door's settings are gone with it; with DEALLOCATE ALL, so are the
+/// backend's prepared statements).
+fn send_reset(held: &mut Held, queue: &mut Queue) {
+    frame::query(&mut held.buffers.out, &state::reset(&held.effects));
+    queue.push(Expect::Hidden);
+    held.resetting = true;
+    held.backend.state().params.clear();
+    if held.effects.discard || held.effects.sql_prepared.is_some() {
+        held.backend.statements_discarded();
     }
 }
 

@@ -144,8 +144,19 @@ pub(crate) fn effects(sql: &str) -> Effects {
 
 /// What puts a dirty backend back as the pool opened it, keeping poolplane's
 /// own prepared statements.
-pub(crate) const RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL; \
+const RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL; \
      CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+
+/// The reset for a backend a client left with `effects`: with SQL-level
+/// prepared statements (session mode) or a DISCARD, every prepared statement
+/// goes too (the front door then forgets what the backend had).
+pub(crate) fn reset(effects: &Effects) -> String {
+    if effects.sql_prepared.is_some() || effects.discard {
+        format!("{RESET}; DEALLOCATE ALL")
+    } else {
+        RESET.to_owned()
+    }
+}
 
 #[cfg(test)]
 mod tests {

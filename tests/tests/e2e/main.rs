@@ -21,6 +21,7 @@ mod embedded_pg;
 mod examples;
 mod faults_process;
 mod frontdoor;
+mod frontdoor_isolation;
 mod leak_scan;
 mod load_test_sql;
 mod loadtest;
