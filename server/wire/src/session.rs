@@ -319,6 +319,7 @@ impl Session {
     pub(crate) async fn run(mut self, mut client: ClientIo) {
         let end = self.serve(&mut client).await;
         self.finish(end, &mut client).await;
+        crate::startup::close_gently(&mut client).await;
         self.counters.clients.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -919,7 +920,6 @@ impl Session {
                 tokio::time::timeout(Duration::from_secs(1), client.write_all(&self.client.out))
                     .await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
         let Some(held) = &mut self.held else { return };
         // Idle, or only the front door's own reset still answering.
         let clean =

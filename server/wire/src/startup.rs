@@ -324,6 +324,24 @@ impl AsyncWrite for ClientIo {
     }
 }
 
+/// Closes a client's socket after a FATAL: our side first, then what it still
+/// sends is read and dropped for a moment, so that the close is not a reset
+/// that could overtake the FATAL.
+pub(crate) async fn close_gently(client: &mut ClientIo) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
+    let mut sink = [0u8; 8192];
+    let drain = async {
+        let mut total = 0usize;
+        while total < (1 << 20) {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(100), drain).await;
+}
+
 /// A FATAL error for the client, ending its connection.
 pub(crate) struct Fatal {
     pub code: &'static str,
@@ -363,6 +381,7 @@ async fn serve(door: Arc<Door>, tcp: TcpStream, peer: SocketAddr) {
             let mut out = BytesMut::new();
             frame::error(&mut out, "FATAL", fatal.code, &fatal.message);
             let _ = tokio::time::timeout(Duration::from_secs(1), client.write_all(&out)).await;
+            close_gently(&mut client).await;
             return;
         }
         Err(_) => {

@@ -22,6 +22,7 @@ mod examples;
 mod faults_process;
 mod frontdoor;
 mod frontdoor_isolation;
+mod frontdoor_ops;
 mod leak_scan;
 mod load_test_sql;
 mod loadtest;

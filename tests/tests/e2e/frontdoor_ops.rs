@@ -1,0 +1,589 @@
+//! Operating the front door: wire demand grows the pool, a budget shared by two
+//! pools holds under wire load, deleting a pool ends its clients (57P01), a
+//! config update that rebuilds the pool breaks no client; and its safety: wrong
+//! passwords (28P01), size bounds, the client limit, TLS with channel binding,
+//! the users file, a non-loopback listener without credentials.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use poolplane::{EmbeddedPg, EmbeddedPgOptions};
+use poolplane_client::proto::PoolConfig;
+use poolplane_tests::{
+    ServerProcess, TestCa, TestPg, TestServer, connect, login_of, pg_conninfo, pg_url, run_client,
+    text, wait_until,
+};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::{backend, frontend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::frontdoor::{pool_with, sized, wire_client};
+
+fn script_file(sql: &str) -> anyhow::Result<tempfile::NamedTempFile> {
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), sql)?;
+    Ok(file)
+}
+
+#[tokio::test]
+async fn wire_demand_grows_the_pool() -> anyhow::Result<()> {
+    let config = PoolConfig {
+        enable_dynamic_sizing: Some(true),
+        acquire_timeout_secs: Some(30),
+        ..poolplane_tests::proto_config(2, 40)
+    };
+    let (server, db) = pool_with("grow", config).await?;
+    let (user, password) = login_of(&db)?;
+    let addr = server.server().pg_addr().expect("front door");
+    // Each transaction holds its backend 20 ms: 64 clients need 64 backends.
+    let script = script_file("SELECT pg_sleep(0.02);\n")?;
+    let (host, port) = (addr.ip().to_string(), addr.port().to_string());
+    let script_path = script.path().display().to_string();
+    let args = [
+        "-h",
+        &host,
+        "-p",
+        &port,
+        "-U",
+        &user,
+        "-n",
+        "-c",
+        "64",
+        "-j",
+        "2",
+        "-T",
+        "6",
+        "-f",
+        &script_path,
+        "grow",
+    ]
+    .map(str::to_owned);
+    let bench = {
+        let password = password.clone();
+        tokio::spawn(async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_client("pgbench", &args, &password, Duration::from_secs(60)).await
+        })
+    };
+    let pool = server.server().registry().pool("grow")?;
+    wait_until(Duration::from_secs(30), "64 clients connected", || async {
+        pool.pool_stats().wire.clients >= 64
+    })
+    .await?;
+    let connected = Instant::now();
+    wait_until(Duration::from_secs(2), "the pool grew to 32", || async {
+        server
+            .server()
+            .registry()
+            .pool("grow")
+            .is_ok_and(|p| p.pool_stats().current_size >= 32)
+    })
+    .await?;
+    eprintln!(
+        "size >= 32 {:?} after 64 clients connected",
+        connected.elapsed()
+    );
+    let out = bench.await??;
+    let printed = text(&out);
+    assert!(
+        printed.contains("number of failed transactions: 0 (0.000%)"),
+        "{printed}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_pools_under_wire_load_stay_within_their_servers_budget() -> anyhow::Result<()> {
+    // max_connections 28 - 3 reserved for superusers - a reserve of 5 = 20.
+    const BUDGET: i64 = 20;
+    let pg = EmbeddedPg::start(EmbeddedPgOptions {
+        settings: vec![("max_connections".into(), "28".into())],
+        ..EmbeddedPgOptions::default()
+    })
+    .await?;
+    let admin = connect(&pg.url("postgres")).await?;
+    admin
+        .batch_execute("CREATE ROLE app LOGIN PASSWORD 'wire-budget-1'")
+        .await?;
+    let url = format!(
+        "postgres://app:wire-budget-1@127.0.0.1:{}/postgres",
+        pg.port()
+    );
+    let server = TestServer::spawn_with(TestPg::database().await?, |c| {
+        c.connection_reserve = 5;
+    })
+    .await?;
+    let config = PoolConfig {
+        enable_dynamic_sizing: Some(true),
+        acquire_timeout_secs: Some(30),
+        ..poolplane_tests::proto_config(2, 20)
+    };
+    for name in ["wa", "wb"] {
+        server
+            .client
+            .create_pool(name, &url, config.clone())
+            .await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicI64::new(0));
+    let sampler = {
+        let (stop, peak) = (Arc::clone(&stop), Arc::clone(&peak));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n: i64 = admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'poolplane:w_'",
+                        &[],
+                    )
+                    .await?
+                    .get(0);
+                peak.fetch_max(n, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let addr = server.server().pg_addr().expect("front door");
+    let script = script_file("SELECT pg_sleep(0.01);\n")?;
+    let runs = ["wa", "wb"].map(|pool| {
+        let args = [
+            "-h".to_owned(),
+            addr.ip().to_string(),
+            "-p".to_owned(),
+            addr.port().to_string(),
+            "-U".to_owned(),
+            "app".to_owned(),
+            "-n".to_owned(),
+            "-c".to_owned(),
+            "30".to_owned(),
+            "-T".to_owned(),
+            "4".to_owned(),
+            "-f".to_owned(),
+            script.path().display().to_string(),
+            pool.to_owned(),
+        ];
+        tokio::spawn(async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_client("pgbench", &args, "wire-budget-1", Duration::from_secs(60)).await
+        })
+    });
+    for run in runs {
+        let out = run.await??;
+        let printed = text(&out);
+        assert!(
+            printed.contains("number of failed transactions: 0 (0.000%)"),
+            "{printed}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    sampler.await??;
+    let peak = peak.load(Ordering::Relaxed);
+    eprintln!("peak backends of the two pools: {peak} (budget {BUDGET})");
+    assert!(peak <= BUDGET, "{peak} > {BUDGET}");
+    assert!(peak >= 10, "the pools were loaded ({peak})");
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleting_a_pool_ends_its_clients_and_a_rebuild_breaks_none() -> anyhow::Result<()> {
+    let (server, db) = pool_with("live", sized(1, 4)).await?;
+    db.connect()
+        .await?
+        .batch_execute("CREATE TABLE kept (id int)")
+        .await?;
+    let idle = wire_client(&server, &db, "live").await?;
+    let busy = wire_client(&server, &db, "live").await?;
+    busy.batch_execute("BEGIN; INSERT INTO kept VALUES (1)")
+        .await?;
+    // A new ceiling rebuilds the pool.
+    server
+        .client
+        .update_pool_config(
+            "live",
+            PoolConfig {
+                max_connections: Some(6),
+                ..PoolConfig::default()
+            },
+        )
+        .await?;
+    busy.batch_execute("INSERT INTO kept VALUES (2); COMMIT")
+        .await?;
+    let n: i64 = idle
+        .query_one("SELECT count(*) FROM kept", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 2, "the transaction finished across the rebuild");
+    assert_eq!(
+        server
+            .server()
+            .registry()
+            .pool("live")?
+            .config()
+            .max_connections,
+        6
+    );
+
+    // Delete: an idle client is told 57P01 and disconnected.
+    let (client, connection) =
+        tokio_postgres::connect(&pg_url(&server, &db, "live")?, tokio_postgres::NoTls).await?;
+    let ended = tokio::spawn(connection);
+    client.simple_query("SELECT 1").await?;
+    server.client.delete_pool("live").await?;
+    let error = tokio::time::timeout(Duration::from_secs(10), ended)
+        .await??
+        .expect_err("the connection ends with an error");
+    assert_eq!(error.code().map(|c| c.code()), Some("57P01"), "{error}");
+    assert!(client.simple_query("SELECT 1").await.is_err());
+    Ok(())
+}
+
+/// Logs in through the front door with a raw socket (SCRAM by
+/// postgres-protocol), up to the first ReadyForQuery.
+async fn raw_login(
+    addr: std::net::SocketAddr,
+    user: &str,
+    password: &str,
+    pool: &str,
+) -> anyhow::Result<TcpStream> {
+    let mut socket = TcpStream::connect(addr).await?;
+    let mut out = BytesMut::new();
+    frontend::startup_message([("user", user), ("database", pool)], &mut out)?;
+    socket.write_all(&out).await?;
+    let mut input = BytesMut::new();
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let message = loop {
+            if let Some(m) = backend::Message::parse(&mut input)? {
+                break m;
+            }
+            if socket.read_buf(&mut input).await? == 0 {
+                anyhow::bail!("the front door closed during login");
+            }
+        };
+        out.clear();
+        match message {
+            backend::Message::AuthenticationSasl(_) => {
+                let client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                frontend::sasl_initial_response("SCRAM-SHA-256", client.message(), &mut out)?;
+                scram = Some(client);
+            }
+            backend::Message::AuthenticationSaslContinue(body) => {
+                let client = scram.as_mut().expect("started");
+                client.update(body.data())?;
+                frontend::sasl_response(client.message(), &mut out)?;
+            }
+            backend::Message::AuthenticationSaslFinal(body) => {
+                scram.take().expect("started").finish(body.data())?;
+            }
+            backend::Message::ErrorResponse(_) => anyhow::bail!("login refused"),
+            backend::Message::ReadyForQuery(_) => return Ok(socket),
+            _ => {}
+        }
+        if !out.is_empty() {
+            socket.write_all(&out).await?;
+        }
+    }
+}
+
+/// Reads what the front door sends until it closes; the SQLSTATE of its
+/// ErrorResponse.
+async fn error_code_then_close(socket: &mut TcpStream) -> anyhow::Result<String> {
+    let mut input = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Until the front door closes (a reset after the FATAL counts as closed).
+    while let Ok(n) = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut chunk)).await?
+    {
+        if n == 0 {
+            break;
+        }
+        input.extend_from_slice(&chunk[..n]);
+    }
+    let mut buf = &input[..];
+    while buf.len() >= 5 {
+        let tag = buf[0];
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        let body = &buf[5..(1 + len).min(buf.len())];
+        if tag == b'E' {
+            for field in body.split(|&b| b == 0) {
+                if let Some(code) = field.strip_prefix(b"C") {
+                    return Ok(String::from_utf8_lossy(code).into_owned());
+                }
+            }
+        }
+        buf.advance((1 + len).min(buf.len()));
+    }
+    anyhow::bail!("no ErrorResponse in {input:?}")
+}
+
+#[tokio::test]
+async fn wrong_passwords_bounds_and_the_client_limit() -> anyhow::Result<()> {
+    let (server, db) = pool_with("safe", sized(1, 2)).await?;
+    let (user, password) = login_of(&db)?;
+    let addr = server.server().pg_addr().expect("front door");
+    let bystander = wire_client(&server, &db, "safe").await?;
+
+    // Wrong password, unknown user: the same 28P01.
+    for (who, pw) in [(user.as_str(), "wrong-password"), ("nobody", "whatever")] {
+        let url = format!(
+            "postgres://{who}:{pw}@{}:{}/safe?sslmode=disable",
+            addr.ip(),
+            addr.port()
+        );
+        let error = connect(&url).await.expect_err("refused");
+        let code = error
+            .chain()
+            .find_map(|e| e.downcast_ref::<tokio_postgres::Error>())
+            .and_then(|e| e.code().map(|c| c.code().to_owned()));
+        assert_eq!(code.as_deref(), Some("28P01"), "{error:#}");
+        assert!(format!("{error:#}").contains(&format!(
+            "password authentication failed for user \"{who}\""
+        )));
+    }
+    // An unknown pool is an unknown database.
+    let url = format!(
+        "postgres://{user}:{password}@{}:{}/no_such_pool?sslmode=disable",
+        addr.ip(),
+        addr.port()
+    );
+    let error = connect(&url).await.expect_err("refused");
+    assert!(
+        format!("{error:#}").contains("3D000") || format!("{error:#}").contains("does not exist"),
+        "{error:#}"
+    );
+
+    // An oversized startup packet: FATAL, the server serves on.
+    let mut socket = TcpStream::connect(addr).await?;
+    socket.write_all(&100_000u32.to_be_bytes()).await?;
+    socket.write_all(&196_608u32.to_be_bytes()).await?;
+    assert_eq!(error_code_then_close(&mut socket).await?, "08P01");
+    // An oversized message after login: FATAL for that client only.
+    let mut socket = raw_login(addr, &user, &password, "safe").await?;
+    socket.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff]).await?;
+    assert_eq!(error_code_then_close(&mut socket).await?, "08P01");
+    let n: i32 = bystander.query_one("SELECT 41 + 1", &[]).await?.get(0);
+    assert_eq!(n, 42);
+    Ok(())
+}
+
+#[tokio::test]
+async fn clients_beyond_the_limit_are_refused_with_53300() -> anyhow::Result<()> {
+    let server = TestServer::spawn_with(TestPg::database().await?, |c| {
+        c.pg.max_clients = 2;
+    })
+    .await?;
+    let db = TestPg::database().await?;
+    server
+        .client
+        .create_pool("few", db.url(), sized(1, 2))
+        .await?;
+    let url = pg_url(&server, &db, "few")?;
+    let a = connect(&url).await?;
+    let _b = connect(&url).await?;
+    let error = connect(&url).await.expect_err("a third client");
+    assert!(
+        format!("{error:#}").contains("too many clients"),
+        "{error:#}"
+    );
+    a.simple_query("SELECT 1").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn tls_with_channel_binding_users_file_and_required_tls() -> anyhow::Result<()> {
+    let ca = TestCa::new("poolplane wire test CA")?;
+    let issued = ca.issue("frontdoor", &["localhost", "127.0.0.1"])?;
+    let db = TestPg::database().await?;
+    // A users-file user with the verifier PostgreSQL itself stores.
+    let admin = db.connect().await?;
+    admin
+        .batch_execute("SET password_encryption = 'scram-sha-256'; CREATE ROLE wire_reader LOGIN PASSWORD 'reader-pw-7'")
+        .await?;
+    let verifier: String = admin
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'wire_reader'",
+            &[],
+        )
+        .await?
+        .get(0);
+    let users = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        users.path(),
+        format!("# front-door users\nreader {verifier} tls\n"),
+    )?;
+    let users_path = users.path().to_owned();
+    let (cert, key) = (issued.cert.clone(), issued.key.clone());
+    let server = TestServer::spawn_with(TestPg::database().await?, move |c| {
+        c.pg.tls = Some((cert, key));
+        c.pg.tls_required = true;
+        c.pg.users_file = Some(users_path);
+    })
+    .await?;
+    server
+        .client
+        .create_pool("tls", db.url(), sized(1, 2))
+        .await?;
+    server
+        .client
+        .create_pool("other", db.url(), sized(1, 2))
+        .await?;
+    let (user, password) = login_of(&db)?;
+    let conninfo = pg_conninfo(&server, &db, "tls")?;
+    let with_tls = conninfo.replace("sslmode=disable", "sslmode=require channel_binding=require");
+    let out = run_client(
+        "psql",
+        &[
+            &with_tls,
+            "-At",
+            "-c",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            "-c",
+            "SELECT current_user",
+        ],
+        &password,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.contains(&user), "{printed}");
+    // Plaintext is refused.
+    let out = run_client(
+        "psql",
+        &[&conninfo, "-c", "SELECT 1"],
+        &password,
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("requires TLS"), "{}", text(&out));
+    // The users file: `reader` may use `tls`, not `other`.
+    let as_reader = with_tls.replace(&format!("user={user}"), "user=reader");
+    let out = run_client(
+        "psql",
+        &[&as_reader, "-At", "-c", "SELECT 'reader in'"],
+        "reader-pw-7",
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("reader in"));
+    let elsewhere = as_reader.replace("dbname=tls", "dbname=other");
+    let out = run_client(
+        "psql",
+        &[&elsewhere, "-c", "SELECT 1"],
+        "reader-pw-7",
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("password authentication failed for user \"reader\""),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_non_loopback_front_door_needs_client_credentials() -> anyhow::Result<()> {
+    let control = TestPg::database().await?;
+    let stderr = ServerProcess::refused_start(&[
+        "--database-url",
+        control.url(),
+        "--pg-listen",
+        "0.0.0.0:0",
+    ])
+    .await?;
+    assert!(stderr.contains("--pg-users-file"), "{stderr}");
+    assert!(stderr.contains("not a loopback address"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_password_or_verifier_in_any_log_line_at_trace() -> anyhow::Result<()> {
+    let control = TestPg::database().await?;
+    let db = TestPg::database().await?;
+    let (user, password) = login_of(&db)?;
+    let admin = db.connect().await?;
+    admin
+        .batch_execute("CREATE ROLE trace_reader LOGIN PASSWORD 'trace-reader-pw'")
+        .await?;
+    let verifier: String = admin
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'trace_reader'",
+            &[],
+        )
+        .await?
+        .get(0);
+    let users = tempfile::NamedTempFile::new()?;
+    std::fs::write(users.path(), format!("reader {verifier} *\n"))?;
+    let users_path = users.path().display().to_string();
+    let mut server = ServerProcess::start_with_log(
+        &[
+            "--database-url",
+            control.url(),
+            "--pg-users-file",
+            &users_path,
+        ],
+        "trace",
+    )
+    .await?;
+    let client = poolplane_client::PoolplaneClient::connect(server.addr.to_string()).await?;
+    client.create_pool("traced", db.url(), sized(1, 2)).await?;
+    let pg_addr = server
+        .log_lines()
+        .iter()
+        .find(|line| line.contains("PostgreSQL front door listening"))
+        .and_then(|line| line.split("\"local_addr\":\"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .expect("the front door's address is logged");
+    let (host, port) = pg_addr.split_once(':').expect("host:port");
+    for (who, pw, ok) in [
+        (user.as_str(), password.as_str(), true),
+        (user.as_str(), "not-the-password", false),
+        ("reader", "trace-reader-pw", true),
+        ("reader", "wrong", false),
+    ] {
+        let conninfo = format!("host={host} port={port} dbname=traced user={who} sslmode=disable");
+        let out = run_client(
+            "psql",
+            &[&conninfo, "-c", "SELECT 1"],
+            pw,
+            Duration::from_secs(30),
+        )
+        .await?;
+        assert_eq!(out.status.success(), ok, "{who}: {}", text(&out));
+    }
+    server.signal(nix::sys::signal::Signal::SIGTERM)?;
+    server.wait_exit(Duration::from_secs(15)).await?;
+    let log = server.log_lines();
+    assert!(log.len() > 50, "a trace run logs ({} lines)", log.len());
+    assert!(
+        log.iter()
+            .any(|l| l.contains("password authentication failed")),
+        "failed logins are logged"
+    );
+    let secret_parts: Vec<&str> = verifier
+        .split(['$', ':'])
+        .filter(|part| part.len() > 20)
+        .collect();
+    assert!(!secret_parts.is_empty());
+    for line in &log {
+        assert!(
+            !line.contains(&password),
+            "the pool's password leaked: {line}"
+        );
+        assert!(
+            !line.contains("trace-reader-pw"),
+            "a user's password leaked: {line}"
+        );
+        for part in &secret_parts {
+            assert!(!line.contains(part), "the verifier leaked: {line}");
+        }
+    }
+    Ok(())
+}
