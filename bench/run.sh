@@ -2,7 +2,7 @@
 # The benchmark runner (see BENCHMARKS.md): builds the release binaries, starts
 # its own PostgreSQL with pgbench data, and prints every comparison as Markdown
 # tables (medians of alternating rounds, ratios against the baseline run beside).
-#   bash bench/run.sh [all|checkout|select|cache|validation|gateway|loadtest|streams|pools|scaling|health]
+#   bash bench/run.sh [all|checkout|select|cache|validation|gateway|loadtest|streams|pools|scaling|health|frontdoor]
 # BENCH_SECS (seconds per round, default 3) and BENCH_ROUNDS (default 5) tune it.
 # Needs pgbench and pgbouncer: apt-get install -y postgresql-contrib pgbouncer
 set -euo pipefail

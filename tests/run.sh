@@ -37,6 +37,20 @@ if ! command -v grpcurl >/dev/null; then
   command -v grpcurl >/dev/null \
     || missing "grpcurl on PATH" "export PATH=\"\$(python3 -m site --user-base)/bin:\$PATH\""
 fi
+# Real PostgreSQL clients for the wire front door's tests: psql and pgbench
+# (libpq), psycopg 3 and asyncpg.
+if ! command -v psql >/dev/null || ! command -v pgbench >/dev/null; then
+  if is_root; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client
+  else
+    missing "psql and pgbench" "sudo apt-get install -y postgresql postgresql-client"
+  fi
+fi
+if ! python3 -c 'import psycopg, asyncpg' >/dev/null 2>&1; then
+  python3 -m pip install --quiet "psycopg[binary]" asyncpg \
+    || python3 -m pip install --quiet --user --break-system-packages "psycopg[binary]" asyncpg \
+    || missing "psycopg and asyncpg" "python3 -m pip install --user --break-system-packages 'psycopg[binary]' asyncpg"
+fi
 if ! command -v buf >/dev/null; then
   if is_root; then
     command -v npm >/dev/null \

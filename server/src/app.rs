@@ -661,14 +661,18 @@ fn log_start(
     );
     let tls = config.tls.is_some();
     let (listen, metrics) = (listeners.grpc_addr, listeners.metrics_addr);
+    let pg_listen = listeners
+        .pg
+        .as_ref()
+        .map_or_else(|| "off".to_owned(), |pg| pg.local_addr().to_string());
     match embedded {
         Some(pg) => tracing::info!(
-            %listen, tls, %metrics, control_database, pools = restored,
+            %listen, tls, %metrics, pg_listen, control_database, pools = restored,
             data_dir = %pg.base_dir().display(),
             "poolplane-server started (embedded control database)"
         ),
         None => tracing::info!(
-            %listen, tls, %metrics, control_database, pools = restored,
+            %listen, tls, %metrics, pg_listen, control_database, pools = restored,
             "poolplane-server started"
         ),
     }

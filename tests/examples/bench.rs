@@ -4,10 +4,12 @@
 //! Markdown tables. It starts its own PostgreSQL (the embedded, throwaway one)
 //! with `pgbench -i -s 10` data. Nothing is asserted: the figures are reported.
 //!
-//! Run: `bash bench/run.sh [all|checkout|select|cache|validation|gateway|loadtest|streams|pools|scaling|health]`
+//! Run: `bash bench/run.sh [all|checkout|select|cache|validation|gateway|loadtest|streams|pools|scaling|health|frontdoor]`
 //! (`BENCH_SECS` seconds per round, default 3; `BENCH_ROUNDS` rounds, default 5).
 
 use std::sync::Arc;
+
+use anyhow::Context as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -366,6 +368,90 @@ async fn gateway(b: &Bench) -> anyhow::Result<Table> {
         ratio(&xs, &ys),
         "≥ 1.0x".into(),
     ]);
+    Ok(t)
+}
+
+/// Comparison 11: the PostgreSQL front door vs PgBouncer (transaction pooling,
+/// the same pool size) with pgbench -S in the simple and extended protocols at
+/// 32 and 256 clients; `-M prepared` through the front door vs pgbench straight
+/// to PostgreSQL (PgBouncer 1.18 cannot prepare in transaction mode).
+async fn frontdoor(b: &Bench) -> anyhow::Result<Table> {
+    const POOL: u32 = 32;
+    let control = TestPg::database().await?;
+    let bouncer = Bouncer::start(b.db.url(), POOL).await?;
+    let server = ServerProcess::start(&["--database-url", control.url()]).await?;
+    let client = PoolplaneClient::connect(server.addr.to_string()).await?;
+    let config = poolplane_client::proto::PoolConfig {
+        min_connections: Some(POOL),
+        max_connections: Some(POOL),
+        enable_dynamic_sizing: Some(false),
+        acquire_timeout_secs: Some(60),
+        ..Default::default()
+    };
+    client.create_pool("bench", b.db.url(), config).await?;
+    let target: tokio_postgres::Config = b.db.url().parse()?;
+    let user = target.get_user().unwrap_or("postgres");
+    let password = String::from_utf8_lossy(target.get_password().unwrap_or_default()).into_owned();
+    let door = server.pg_addr.context("the server runs a front door")?;
+    let ours = format!(
+        "host={} port={} dbname=bench user={user} password={password} sslmode=disable",
+        door.ip(),
+        door.port()
+    );
+    let direct = {
+        let port = target.get_ports().first().copied().unwrap_or(5432);
+        let dbname = target.get_dbname().unwrap_or("postgres");
+        format!(
+            "host=127.0.0.1 port={port} dbname={dbname} user={user} password={password} sslmode=disable"
+        )
+    };
+    let mut t = Table::new(
+        "11. pgbench -S through the PostgreSQL front door vs through PgBouncer (transaction pooling, pool 32 both), and -M prepared vs PostgreSQL direct",
+        vec![
+            "c",
+            "mode",
+            "front door tps",
+            "baseline",
+            "baseline tps",
+            "ratio",
+            "target",
+        ],
+    );
+    for c in ["32", "256"] {
+        for (mode, baseline, conninfo, goal) in [
+            (
+                "simple",
+                "PgBouncer",
+                bouncer.conninfo(),
+                if c == "32" { "≥ 1.0x" } else { "≥ 1.2x" },
+            ),
+            (
+                "extended",
+                "PgBouncer",
+                bouncer.conninfo(),
+                if c == "32" { "≥ 1.0x" } else { "≥ 1.2x" },
+            ),
+            ("prepared", "PostgreSQL direct", direct.clone(), "≥ 0.8x"),
+        ] {
+            let args = ["-S", "-M", mode, "-c", c, "-j", "2"];
+            let run_ours = || async { Ok(pgbench(&args, &ours, b.secs).await?.tps) };
+            let run_theirs = || async { Ok(pgbench(&args, &conninfo, b.secs).await?.tps) };
+            let (xs, ys) = alternate(b.rounds, run_ours, run_theirs).await?;
+            t.rows.push(vec![
+                c.into(),
+                mode.into(),
+                format!("{:.0}", median(&xs)),
+                baseline.into(),
+                format!("{:.0}", median(&ys)),
+                ratio(&xs, &ys),
+                goal.into(),
+            ]);
+        }
+    }
+    t.notes.push(format!(
+        "pgbench -S -j 2 for {} s per round, {} alternating rounds; scale {SCALE}. The front door logs clients in with SCRAM (PgBouncer here: trust), outside the timed part.",
+        b.secs, b.rounds
+    ));
     Ok(t)
 }
 
@@ -828,6 +914,7 @@ async fn main() -> anyhow::Result<()> {
     section!("pools", pools(&b));
     section!("scaling", scaling(&b));
     section!("health", health(&b));
+    section!("frontdoor", frontdoor(&b));
     anyhow::ensure!(ran > 0, "unknown benchmark `{what}`");
     eprintln!("done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())

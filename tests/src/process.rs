@@ -71,6 +71,8 @@ pub struct ServerProcess {
     child: Child,
     /// Its gRPC address, read from its start-up log line.
     pub addr: SocketAddr,
+    /// Its PostgreSQL front door's address (`None` with `--pg-listen off`).
+    pub pg_addr: Option<SocketAddr>,
     /// The start-up log line.
     pub start_line: serde_json::Value,
     lines: Arc<Mutex<Vec<String>>>,
@@ -146,9 +148,13 @@ impl ServerProcess {
             .as_str()
             .context("start line has no listen field")?
             .parse()?;
+        let pg_addr = start_line["pg_listen"]
+            .as_str()
+            .and_then(|a| a.parse().ok());
         Ok(Self {
             child,
             addr,
+            pg_addr,
             start_line,
             lines,
         })

@@ -358,7 +358,7 @@ impl Session {
     }
 
     fn mode(&self) -> PoolMode {
-        self.pool.config().pool_mode
+        self.pool.pool_mode()
     }
 
     /// The pool this session's name refers to now (a rebuilt pool replaces the

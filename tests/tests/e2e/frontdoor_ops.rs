@@ -533,15 +533,8 @@ async fn no_password_or_verifier_in_any_log_line_at_trace() -> anyhow::Result<()
     .await?;
     let client = poolplane_client::PoolplaneClient::connect(server.addr.to_string()).await?;
     client.create_pool("traced", db.url(), sized(1, 2)).await?;
-    let pg_addr = server
-        .log_lines()
-        .iter()
-        .find(|line| line.contains("PostgreSQL front door listening"))
-        .and_then(|line| line.split("\"local_addr\":\"").nth(1))
-        .and_then(|rest| rest.split('"').next())
-        .map(str::to_owned)
-        .expect("the front door's address is logged");
-    let (host, port) = pg_addr.split_once(':').expect("host:port");
+    let pg_addr = server.pg_addr.expect("the start line names the front door");
+    let (host, port) = (pg_addr.ip().to_string(), pg_addr.port().to_string());
     for (who, pw, ok) in [
         (user.as_str(), password.as_str(), true),
         (user.as_str(), "not-the-password", false),

@@ -650,6 +650,11 @@ impl AdvancedConnectionPool {
         }
     }
 
+    /// How long a front-door client holds a backend (cheap: no copy of the config).
+    pub fn pool_mode(&self) -> crate::PoolMode {
+        self.shared.settings().pool_mode
+    }
+
     /// The wire front door's counters of this pool's name.
     pub fn wire_counters(&self) -> Arc<WireCounters> {
         Arc::clone(&self.shared.wire.lock().expect("wire counters lock"))
