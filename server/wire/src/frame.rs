@@ -47,6 +47,17 @@ pub(crate) fn next_message(buf: &mut BytesMut, max: usize) -> Result<Option<Mess
     }))
 }
 
+/// The length (tag included) of the whole message `buf` starts with, if it
+/// holds all of it (a backend's messages: no bound but its own length).
+pub(crate) fn whole_message_len(buf: &[u8]) -> Option<usize> {
+    if buf.len() < 5 {
+        return None;
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    let len = usize::try_from(len).ok().filter(|&l| l >= 4)? + 1;
+    (buf.len() >= len).then_some(len)
+}
+
 /// Whether `buf` starts with a whole message.
 pub(crate) fn has_message(buf: &[u8]) -> bool {
     if buf.len() < 5 {

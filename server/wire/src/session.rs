@@ -27,7 +27,7 @@ use crate::state::{self, Effects};
 /// statement now, if any.
 #[derive(Default)]
 pub(crate) struct ClientHandle {
-    pub running: Mutex<Option<Arc<CancelHandle>>>,
+    pub running: Mutex<Option<CancelHandle>>,
 }
 
 /// Bytes buffered from or for one socket.
@@ -235,7 +235,12 @@ pub(crate) struct Session {
     names: HashMap<Bytes, Arc<Statement>>,
     /// Settings from the startup message, applied on each backend it gets.
     wanted: Vec<(String, String)>,
+    /// The backend side's buffers, kept between checkouts (no allocation per
+    /// transaction).
+    spare: Option<Buffers>,
     application_name: String,
+    /// The pool's mode, read at login and at each checkout.
+    mode: PoolMode,
 }
 
 impl Session {
@@ -269,6 +274,8 @@ impl Session {
             skip_to_sync: false,
             names: HashMap::new(),
             wanted,
+            spare: None,
+            mode: pool.pool_mode(),
             application_name: application_name.unwrap_or_default(),
         }
     }
@@ -329,13 +336,14 @@ impl Session {
         {
             return end;
         }
+        let door_token = self.door.token.clone();
+        let mut shutdown = std::pin::pin!(door_token.cancelled());
+        let mut closing = Box::pin(self.pool.closing_token().clone().cancelled_owned());
         loop {
             if let Err(end) = self.turn().await {
                 return end;
             }
             let idle = self.held.is_none();
-            let closing = self.pool.closing();
-            let shutdown = self.door.token.clone();
             let step = poll_fn(|cx| self.poll_step(client, cx));
             tokio::select! {
                 moved = step => if moved.is_err() {
@@ -345,12 +353,13 @@ impl Session {
                         End::Left
                     };
                 },
-                () = closing, if idle => {
+                () = &mut closing, if idle => {
                     if let Err(end) = self.follow_pool() {
                         return end;
                     }
+                    closing = Box::pin(self.pool.closing_token().clone().cancelled_owned());
                 }
-                () = shutdown.cancelled(), if idle => {
+                () = &mut shutdown, if idle => {
                     return End::Fatal(Fatal::new("57P01", "terminating connection due to administrator command"));
                 }
             }
@@ -358,7 +367,7 @@ impl Session {
     }
 
     fn mode(&self) -> PoolMode {
-        self.pool.pool_mode()
+        self.mode
     }
 
     /// The pool this session's name refers to now (a rebuilt pool replaces the
@@ -748,16 +757,20 @@ impl Session {
         let Some(held) = &mut self.held else {
             return Ok(());
         };
-        while let Ok(Some(message)) = frame::next_message(&mut held.buffers.inb, usize::MAX) {
+        // Read in place (no per-message allocation), consumed at the end.
+        let mut at = 0;
+        let result = loop {
+            let inb = &held.buffers.inb[at..];
+            let Some(len) = frame::whole_message_len(inb) else {
+                break Ok(());
+            };
+            let (tag, message) = (inb[0], &inb[..len]);
             let mut prepared = Backend(&mut held.backend.state().prepared);
-            let action = self
-                .queue
-                .on_backend(message.tag, message.body(), &mut prepared);
-            match action {
-                Ok(Action::Forward) => self.client.out.extend_from_slice(&message.bytes),
+            match self.queue.on_backend(tag, &message[5..], &mut prepared) {
+                Ok(Action::Forward) => self.client.out.extend_from_slice(message),
                 Ok(Action::Swallow) => {}
                 Ok(Action::Ready(status)) => {
-                    self.client.out.extend_from_slice(&message.bytes);
+                    self.client.out.extend_from_slice(message);
                     self.status = status;
                     if status == b'I' {
                         self.counters.transactions.fetch_add(1, Ordering::Relaxed);
@@ -770,18 +783,20 @@ impl Session {
                 Err(unexpected) => {
                     held.broken = true;
                     tracing::warn!(pool = %self.pool_name, error = %unexpected, "PostgreSQL front door: protocol out of step");
-                    return Err(End::Fatal(Fatal::new(
+                    break Err(End::Fatal(Fatal::new(
                         "08P01",
                         format!("poolplane: {unexpected}"),
                     )));
                 }
             }
-            if message.tag == b'E' {
+            if tag == b'E' {
                 held.backend.count_error();
             }
             self.queue.flush_synthetic(&mut self.client.out);
-        }
-        Ok(())
+            at += len;
+        };
+        held.buffers.inb.advance(at);
+        result
     }
 
     /// In transaction mode, a backend whose transaction ended (ReadyForQuery
@@ -813,8 +828,17 @@ impl Session {
         if held.broken {
             return;
         }
-        let unread = held.buffers.inb.split().freeze();
+        let unread = if held.buffers.inb.is_empty() {
+            Bytes::new()
+        } else {
+            held.buffers.inb.split().freeze()
+        };
         held.backend.release(unread);
+        let mut buffers = held.buffers;
+        buffers.out.clear();
+        buffers.flush = false;
+        buffers.eof = false;
+        self.spare = Some(buffers);
     }
 
     /// Makes sure a backend is held; `false` when none could be had (the client
@@ -854,10 +878,11 @@ impl Session {
     }
 
     async fn checkout(&mut self) -> Result<(), Checkout> {
-        if self.pool.is_closing() {
+        if self.pool.is_closed() {
             self.follow_pool().map_err(Checkout::End)?;
         }
         let pool = Arc::clone(&self.pool);
+        self.mode = pool.pool_mode();
         if !pool.is_healthy() {
             return Err(Checkout::Refused(
                 "57P03",
@@ -881,16 +906,17 @@ impl Session {
                 format!("poolplane: pool \"{}\" (size {size}): {e}", self.pool_name),
             )
         })?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let mut backend = conn.into_wire(deadline).await.map_err(|(_, e)| {
-            Checkout::Refused(
-                "08006",
-                format!("poolplane: pool \"{}\": {e}", self.pool_name),
-            )
-        })?;
-        *self.handle.running.lock().expect("running lock") =
-            Some(Arc::new(backend.cancel_handle()));
-        let mut buffers = Buffers::default();
+        let mut backend = conn
+            .into_wire(Duration::from_secs(5))
+            .await
+            .map_err(|(_, e)| {
+                Checkout::Refused(
+                    "08006",
+                    format!("poolplane: pool \"{}\": {e}", self.pool_name),
+                )
+            })?;
+        *self.handle.running.lock().expect("running lock") = Some(backend.cancel_handle());
+        let mut buffers = self.spare.take().unwrap_or_default();
         let settings = settings_sql(&self.wanted, &mut backend.state().params);
         if !settings.is_empty() {
             frame::query(&mut buffers.out, &settings);

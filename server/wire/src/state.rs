@@ -76,27 +76,35 @@ fn without_comments(sql: &str) -> String {
     out
 }
 
+/// Whether `sql` holds (in any case) one of the words a session-changing
+/// statement has: set, listen, advisory, temp, hold, prepare, execute,
+/// deallocate, discard.
+fn mentions_any(sql: &[u8]) -> bool {
+    let has = |i: usize, word: &[u8]| {
+        sql.len() - i >= word.len() && sql[i..i + word.len()].eq_ignore_ascii_case(word)
+    };
+    (0..sql.len()).any(|i| match sql[i] | 0x20 {
+        b's' => has(i, b"set"),
+        b'l' => has(i, b"listen"),
+        b'a' => has(i, b"advisory"),
+        b't' => has(i, b"temp"),
+        b'h' => has(i, b"hold"),
+        b'p' => has(i, b"prepare"),
+        b'e' => has(i, b"execute"),
+        b'd' => has(i, b"deallocate") || has(i, b"discard"),
+        _ => false,
+    })
+}
+
 /// What `sql` (one or more statements) may leave on the session.
 pub(crate) fn effects(sql: &str) -> Effects {
     let mut e = Effects::default();
-    let lower = sql.to_ascii_lowercase();
-    // Cheap exit: none of the words that matter.
-    const WORDS: [&str; 11] = [
-        "set",
-        "reset",
-        "listen",
-        "advisory",
-        "temp",
-        "hold",
-        "prepare",
-        "execute",
-        "deallocate",
-        "discard",
-        "role",
-    ];
-    if !WORDS.iter().any(|w| lower.contains(w)) {
+    // Cheap exit, in one pass without an allocation: none of the words that
+    // matter ("reset" holds "set"; "role" comes with SET or RESET).
+    if !mentions_any(sql.as_bytes()) {
         return e;
     }
+    let lower = sql.to_ascii_lowercase();
     if lower.contains("set_config") {
         e.settings = true;
     }

@@ -238,7 +238,12 @@ impl Link {
 
     /// Takes the socket once the driver has nothing in flight, waiting until
     /// `deadline` at most.
-    pub(crate) async fn lend(&self, deadline: tokio::time::Instant) -> Result<BoxIo, LendError> {
+    pub(crate) async fn lend(&self, wait: std::time::Duration) -> Result<BoxIo, LendError> {
+        // The common case: idle now, no waiting set up.
+        if let Some(io) = self.take_if_idle() {
+            return io;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.idle.notified();
             tokio::pin!(notified);
@@ -255,14 +260,33 @@ impl Link {
         }
     }
 
+    fn take_if_idle(&self) -> Option<Result<BoxIo, LendError>> {
+        let mut slot = self.lock();
+        (slot.watch.idle() && slot.readback.is_empty())
+            .then(|| slot.io.take().ok_or(LendError::Gone))
+    }
+
     /// Puts the socket back under the driver; `unread` (whole messages the
     /// front door read past its last reply: notices, notifications) comes first.
+    ///
+    /// The driver is woken only if it has something to do now: bytes to read
+    /// back, or a write it tried while the socket was lent (a dropped
+    /// statement's Close). Otherwise it stays parked until the Client next sends
+    /// it a request (which wakes it and re-registers its interest in the
+    /// socket): waking it after every wire transaction would cost a task switch
+    /// each. A server that closed an idle connection meanwhile is noticed by
+    /// the checkout's validation of connections idle past its threshold.
     pub(crate) fn give_back(&self, io: BoxIo, unread: Bytes) {
         let (read, write) = {
             let mut slot = self.lock();
             slot.io = Some(io);
+            let read = if unread.is_empty() {
+                None
+            } else {
+                slot.read_waker.take()
+            };
             slot.readback = unread;
-            (slot.read_waker.take(), slot.write_waker.take())
+            (read, slot.write_waker.take())
         };
         for waker in [read, write].into_iter().flatten() {
             waker.wake();

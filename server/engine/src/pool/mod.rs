@@ -673,14 +673,20 @@ impl AdvancedConnectionPool {
         self.login.clone()
     }
 
-    /// Done once the pool is closing (deleted, rebuilt or shut down).
-    pub fn closing(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
-        self.token.clone().cancelled_owned()
+    /// Cancelled once the pool is closing (deleted, rebuilt or shut down).
+    pub fn closing_token(&self) -> &CancellationToken {
+        &self.token
     }
 
     /// Whether the pool is closing.
     pub fn is_closing(&self) -> bool {
-        self.token.is_cancelled()
+        self.shared.is_closed() || self.token.is_cancelled()
+    }
+
+    /// Whether the pool was closed to new checkouts (deleted, or replaced by a
+    /// rebuild): one atomic load.
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
     }
 
     /// The size the pool may reach now: max_connections, or its share of its

@@ -313,6 +313,7 @@ impl PooledConnection {
 }
 
 /// What is needed to cancel a connection's statement from outside.
+#[derive(Clone)]
 pub struct CancelHandle {
     target: std::sync::Arc<CancelTarget>,
 }

@@ -102,12 +102,12 @@ impl std::fmt::Debug for WireBackend {
 
 impl PooledConnection {
     /// Lends this connection's socket to the wire front door, once its driver
-    /// has nothing in flight (waiting until `deadline` at most).
+    /// has nothing in flight (waiting `wait` at most).
     pub async fn into_wire(
         self,
-        deadline: tokio::time::Instant,
+        wait: std::time::Duration,
     ) -> Result<WireBackend, (Self, LendError)> {
-        match self.conn.link.lend(deadline).await {
+        match self.conn.link.lend(wait).await {
             Ok(io) => Ok(WireBackend {
                 conn: self,
                 io: Some(io),
