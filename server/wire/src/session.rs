@@ -280,45 +280,42 @@ impl Session {
         }
     }
 
-    /// The ParameterStatus values a client gets: the pool's database's, with
-    /// the settings the client asked for.
+    /// The ParameterStatus values a client gets: the pool's database's (read
+    /// once per pool), with the settings the client asked for.
     pub(crate) fn reported_parameters(
         &self,
-        pool: &AdvancedConnectionPool,
+        pool: &Arc<AdvancedConnectionPool>,
     ) -> impl Future<Output = Result<Vec<(String, String)>, Fatal>> + Send + 'static {
         let wanted = self.wanted.clone();
         let application_name = self.application_name.clone();
-        let pool_name = pool.name().to_owned();
-        let pool = self.door.registry.pool(&pool_name);
+        let door = Arc::clone(&self.door);
+        let pool = Arc::clone(pool);
         async move {
-            let pool = pool.map_err(|e| Fatal::new("3D000", e.to_string()))?;
-            reported(&pool, &wanted, application_name).await
+            let mut out = (*door.parameters(&pool).await?).clone();
+            for (name, value) in &wanted {
+                if let Some(found) = out.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                    found.1.clone_from(value);
+                }
+            }
+            out.push(("application_name".into(), application_name));
+            Ok(out)
         }
     }
 }
 
-async fn reported(
+/// The server parameters a pool's database reports at startup.
+pub(crate) async fn server_parameters(
     pool: &AdvancedConnectionPool,
-    wanted: &[(String, String)],
-    application_name: String,
 ) -> Result<Vec<(String, String)>, Fatal> {
-    {
-        let sql = format!("SELECT name, setting FROM pg_settings WHERE name IN ({REPORTED})");
-        let rows = pool.query(&sql, &[]).await.map_err(|e| {
-            Fatal::new("08006", format!("poolplane: pool \"{}\": {e}", pool.name()))
-        })?;
-        let mut out: Vec<(String, String)> = rows
-            .iter()
-            .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
-            .collect();
-        for (name, value) in wanted {
-            if let Some(found) = out.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-                found.1.clone_from(value);
-            }
-        }
-        out.push(("application_name".into(), application_name));
-        Ok(out)
-    }
+    let sql = format!("SELECT name, setting FROM pg_settings WHERE name IN ({REPORTED})");
+    let rows = pool
+        .query(&sql, &[])
+        .await
+        .map_err(|e| Fatal::new("08006", format!("poolplane: pool \"{}\": {e}", pool.name())))?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
+        .collect())
 }
 
 impl Session {

@@ -93,6 +93,9 @@ pub(crate) struct Door {
     /// The SCRAM verifier of each pool's own user, by pool name, with the
     /// password's digest it was made from.
     verifiers: Mutex<HashMap<String, ([u8; 32], Verifier)>>,
+    /// Each pool's server parameters (for ParameterStatus), by pool name, with
+    /// the pool they were read from (a rebuilt pool reads them again).
+    parameters: Mutex<HashMap<String, ParametersOf>>,
     clients: Arc<tokio::sync::Semaphore>,
     pub token: CancellationToken,
 }
@@ -155,6 +158,7 @@ impl BoundFrontDoor {
             statements: Statements::default(),
             cancels: Mutex::default(),
             verifiers: Mutex::default(),
+            parameters: Mutex::default(),
             token: parent.child_token(),
         });
         let tasks = TaskTracker::new();
@@ -553,7 +557,34 @@ async fn log_in(
     Ok(Some(session))
 }
 
+/// A pool's server parameters and the pool instance they came from.
+type ParametersOf = (
+    std::sync::Weak<AdvancedConnectionPool>,
+    Arc<Vec<(String, String)>>,
+);
+
 impl Door {
+    /// The server parameters of `pool`'s database, read once per pool.
+    pub(crate) async fn parameters(
+        &self,
+        pool: &Arc<AdvancedConnectionPool>,
+    ) -> Result<Arc<Vec<(String, String)>>, Fatal> {
+        {
+            let cache = self.parameters.lock().expect("parameters lock");
+            if let Some((of, known)) = cache.get(pool.name())
+                && std::ptr::eq(of.as_ptr(), Arc::as_ptr(pool))
+            {
+                return Ok(Arc::clone(known));
+            }
+        }
+        let read = Arc::new(crate::session::server_parameters(pool).await?);
+        self.parameters.lock().expect("parameters lock").insert(
+            pool.name().to_owned(),
+            (Arc::downgrade(pool), Arc::clone(&read)),
+        );
+        Ok(read)
+    }
+
     /// The verifier `user` logs in to `pool` with; one no password matches for
     /// a user that may not (so the exchange looks the same either way).
     fn verifier_for(&self, pool: &AdvancedConnectionPool, user: &str) -> Verifier {
