@@ -580,3 +580,97 @@ async fn no_password_or_verifier_in_any_log_line_at_trace() -> anyhow::Result<()
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn the_users_file_is_read_again_on_sighup() -> anyhow::Result<()> {
+    let control = TestPg::database().await?;
+    let db = TestPg::database().await?;
+    let admin = db.connect().await?;
+    admin
+        .batch_execute("CREATE ROLE hup_one LOGIN PASSWORD 'hup-pw-1'; CREATE ROLE hup_two LOGIN PASSWORD 'hup-pw-2'")
+        .await?;
+    let verifier = |role: &'static str| {
+        let admin = &admin;
+        async move {
+            let row = admin
+                .query_one(
+                    "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+                    &[&role],
+                )
+                .await?;
+            anyhow::Ok(row.get::<_, String>(0))
+        }
+    };
+    let users = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        users.path(),
+        format!("one {} *\n", verifier("hup_one").await?),
+    )?;
+    let users_path = users.path().display().to_string();
+    let mut server = ServerProcess::start(&[
+        "--database-url",
+        control.url(),
+        "--pg-users-file",
+        &users_path,
+    ])
+    .await?;
+    let client = poolplane_client::PoolplaneClient::connect(server.addr.to_string()).await?;
+    client.create_pool("hup", db.url(), sized(1, 2)).await?;
+    let pg = server.pg_addr.expect("front door");
+    let login = |user: &'static str, password: &'static str| async move {
+        let conninfo = format!(
+            "host={} port={} dbname=hup user={user} sslmode=disable",
+            pg.ip(),
+            pg.port()
+        );
+        let out = run_client(
+            "psql",
+            &[&conninfo, "-c", "SELECT 1"],
+            password,
+            Duration::from_secs(30),
+        )
+        .await?;
+        anyhow::Ok(out.status.success())
+    };
+    assert!(login("one", "hup-pw-1").await?);
+    assert!(!login("two", "hup-pw-2").await?);
+    std::fs::write(
+        users.path(),
+        format!("two {} hup\n", verifier("hup_two").await?),
+    )?;
+    server.signal(nix::sys::signal::Signal::SIGHUP)?;
+    wait_until(
+        Duration::from_secs(10),
+        "the users file is reloaded",
+        || async {
+            server
+                .log_lines()
+                .iter()
+                .any(|l| l.contains("users file reloaded"))
+        },
+    )
+    .await?;
+    assert!(login("two", "hup-pw-2").await?);
+    assert!(
+        !login("one", "hup-pw-1").await?,
+        "a user taken out of the file is out"
+    );
+    // A file that does not parse keeps the users in force.
+    std::fs::write(users.path(), "two not-a-verifier hup\n")?;
+    server.signal(nix::sys::signal::Signal::SIGHUP)?;
+    wait_until(
+        Duration::from_secs(10),
+        "the bad file is refused",
+        || async {
+            server
+                .log_lines()
+                .iter()
+                .any(|l| l.contains("users file not reloaded"))
+        },
+    )
+    .await?;
+    assert!(login("two", "hup-pw-2").await?);
+    server.signal(nix::sys::signal::Signal::SIGTERM)?;
+    server.wait_exit(Duration::from_secs(15)).await?;
+    Ok(())
+}
