@@ -35,6 +35,40 @@ pub(crate) fn sized(min: u32, max: u32) -> PoolConfig {
     }
 }
 
+/// The highest count a query returns while a test's load runs (sampled every
+/// 20 ms), e.g. backends in pg_stat_activity.
+pub(crate) struct PeakSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicI64>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl PeakSampler {
+    pub(crate) fn start(admin: tokio_postgres::Client, count: &'static str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicI64::new(0));
+        let task = {
+            let (stop, peak) = (Arc::clone(&stop), Arc::clone(&peak));
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let n: i64 = admin.query_one(count, &[]).await?.get(0);
+                    peak.fetch_max(n, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                anyhow::Ok(())
+            })
+        };
+        Self { stop, peak, task }
+    }
+
+    /// Stops sampling; the highest count seen.
+    pub(crate) async fn finish(self) -> anyhow::Result<i64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await??;
+        Ok(self.peak.load(Ordering::Relaxed))
+    }
+}
+
 /// A tokio-postgres client through the front door.
 pub(crate) async fn wire_client(
     server: &TestServer,
@@ -167,26 +201,10 @@ async fn pgbench_in_every_query_mode_never_exceeds_the_pool() -> anyhow::Result<
     )
     .await?;
 
-    let admin = db.connect().await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicI64::new(0));
-    let sampler = {
-        let (stop, peak) = (Arc::clone(&stop), Arc::clone(&peak));
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let n: i64 = admin
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'poolplane:bench'",
-                        &[],
-                    )
-                    .await?
-                    .get(0);
-                peak.fetch_max(n, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            anyhow::Ok(())
-        })
-    };
+    let sampler = PeakSampler::start(
+        db.connect().await?,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'poolplane:bench'",
+    );
     // A fixed number of transactions per client (not a duration: on a loaded
     // machine 256 logins may take longer than a short run).
     for (clients, each) in [("32", "100"), ("256", "12")] {
@@ -207,9 +225,7 @@ async fn pgbench_in_every_query_mode_never_exceeds_the_pool() -> anyhow::Result<
             }
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    sampler.await??;
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = sampler.finish().await?;
     eprintln!("peak backends of the pool: {peak}");
     assert!(peak <= 32, "{peak} backends > the pool's 32");
     assert!(peak >= 4, "the sampler saw the pool ({peak})");

@@ -4,8 +4,6 @@
 //! passwords (28P01), size bounds, the client limit, TLS with channel binding,
 //! the users file, a non-loopback listener without credentials.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -20,7 +18,7 @@ use postgres_protocol::message::{backend, frontend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::frontdoor::{pool_with, sized, wire_client};
+use crate::frontdoor::{PeakSampler, pool_with, sized, wire_client};
 
 fn script_file(sql: &str) -> anyhow::Result<tempfile::NamedTempFile> {
     let file = tempfile::NamedTempFile::new()?;
@@ -127,25 +125,10 @@ async fn two_pools_under_wire_load_stay_within_their_servers_budget() -> anyhow:
             .create_pool(name, &url, config.clone())
             .await?;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicI64::new(0));
-    let sampler = {
-        let (stop, peak) = (Arc::clone(&stop), Arc::clone(&peak));
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let n: i64 = admin
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'poolplane:w_'",
-                        &[],
-                    )
-                    .await?
-                    .get(0);
-                peak.fetch_max(n, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            anyhow::Ok(())
-        })
-    };
+    let sampler = PeakSampler::start(
+        admin,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'poolplane:w_'",
+    );
     let addr = server.server().pg_addr().expect("front door");
     let script = script_file("SELECT pg_sleep(0.01);\n")?;
     let runs = ["wa", "wb"].map(|pool| {
@@ -178,9 +161,7 @@ async fn two_pools_under_wire_load_stay_within_their_servers_budget() -> anyhow:
             "{printed}"
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    sampler.await??;
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = sampler.finish().await?;
     eprintln!("peak backends of the two pools: {peak} (budget {BUDGET})");
     assert!(peak <= BUDGET, "{peak} > {BUDGET}");
     assert!(peak >= 10, "the pools were loaded ({peak})");
