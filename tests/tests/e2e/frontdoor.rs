@@ -110,6 +110,10 @@ async fn psql_catalogue_transaction_copy_and_cancel() -> anyhow::Result<()> {
         "-c".into(),
         "SELECT count(*), sum(id) FROM items".into(),
         "-c".into(),
+        "DO $$ BEGIN RAISE NOTICE 'notice passed through'; END $$".into(),
+        "-c".into(),
+        ";".into(),
+        "-c".into(),
         format!(
             "\\copy (SELECT id, name FROM items WHERE id > 0 ORDER BY id) TO '{}'",
             back.display()
@@ -121,6 +125,10 @@ async fn psql_catalogue_transaction_copy_and_cancel() -> anyhow::Result<()> {
     assert!(printed.contains("COPY 100000"), "{printed}");
     assert!(printed.contains("100001 | 5000050000"), "{printed}");
     assert!(printed.contains("Table \"public.items\""), "{printed}");
+    assert!(
+        printed.contains("NOTICE:  notice passed through"),
+        "{printed}"
+    );
     assert_eq!(std::fs::read_to_string(&back)?, data);
 
     // A cancel (psql sends it on SIGINT) ends the statement within a second
@@ -266,6 +274,20 @@ async fn tokio_postgres_prepared_statements_copy_and_abandoned_transactions() ->
         2,
         "the statement ran on both backends: {pids:?}"
     );
+    // Pipelining: several Syncs in flight at once on one connection.
+    let (a, b, c) = tokio::join!(
+        client.query_one(&statement, &[&1]),
+        client.query_one(&statement, &[&2]),
+        client.query_one(&statement, &[&3]),
+    );
+    assert_eq!(
+        [
+            a?.get::<_, i32>(1),
+            b?.get::<_, i32>(1),
+            c?.get::<_, i32>(1)
+        ],
+        [2, 4, 6]
+    );
 
     // COPY in and out.
     let sink = client.copy_in("COPY t (id, v) FROM STDIN").await?;
@@ -355,6 +377,16 @@ with psycopg.connect(url, prepare_threshold=0, autocommit=True) as a, \
     with a.pipeline():
         for i in range(200):
             a.execute("INSERT INTO pairs VALUES (%s, %s)", (i, i * i))
+    # An error mid-pipeline: the rest up to the Sync is skipped, the
+    # connection carries on.
+    try:
+        with a.pipeline():
+            a.execute("SELECT 1")
+            a.execute("SELECT 1 / 0")
+            a.execute("INSERT INTO pairs VALUES (-5, -5)")
+    except psycopg.errors.DivisionByZero:
+        pass
+    assert a.execute("SELECT 42").fetchone()[0] == 42
     with a.cursor() as cur:
         cur.executemany("INSERT INTO pairs VALUES (%s, %s)", [(i, -i) for i in range(1000, 1300)])
     with a.transaction():
