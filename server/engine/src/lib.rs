@@ -21,7 +21,7 @@
 //! 9. `error`: the engine's [`Error`].
 //! 10. [`events`]: what happened to a pool, broadcast to subscribers.
 //! 11. [`pool`]: `AdvancedConnectionPool` — gate, statement cache, lifecycle,
-//!     health, sizing, stats, SQL.
+//!     health, sizing, stats, SQL, and the socket lent to the wire front door.
 //! 12. [`loadtest`]: `PoolLoadTester` and its grades.
 //! 13. [`store`]: the control database — definitions, history, config changes.
 //! 14. [`optimizer`]: recommendations, the budget's cap and the plan that applies them.

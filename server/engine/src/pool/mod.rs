@@ -1,6 +1,8 @@
 //! `AdvancedConnectionPool`: a bb8 pool built at max_connections behind a resizable
 //! admission gate (the pool's current size), with stats, a statement cache per
 //! connection, health monitoring and dynamic sizing in background tasks it owns.
+//! Each connection's socket can be lent to the wire front door (`lend`, `wire`)
+//! while its tokio-postgres driver is parked.
 
 mod connection;
 mod gate;
