@@ -83,6 +83,12 @@ impl Queue {
         self.items.push_back(expect);
     }
 
+    /// Whether rows the backend sends now go to the client (the front is a
+    /// client message's reply, not the front door's own).
+    pub(crate) fn forwards_rows(&self) -> bool {
+        matches!(self.items.front(), Some(Expect::Reply { .. }))
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.items.is_empty()
     }

@@ -58,6 +58,17 @@ pub(crate) fn whole_message_len(buf: &[u8]) -> Option<usize> {
     (buf.len() >= len).then_some(len)
 }
 
+/// The length (tag included) of the DataRow or CopyData `buf` starts with, if
+/// it is longer than `over` (whether or not all of it is there yet).
+pub(crate) fn large_row_len(buf: &[u8], over: usize) -> Option<usize> {
+    if buf.len() < 5 || !matches!(buf[0], b'D' | b'd') {
+        return None;
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    let len = usize::try_from(len).ok()? + 1;
+    (len > over).then_some(len)
+}
+
 /// Whether `buf` starts with a whole message.
 pub(crate) fn has_message(buf: &[u8]) -> bool {
     if buf.len() < 5 {

@@ -107,7 +107,13 @@ struct Held {
     /// The backend cannot go back to the pool (a reset failed, a reply made no
     /// sense): closed when released.
     broken: bool,
+    /// Bytes of a large row or COPY chunk still to pass to the client as they
+    /// come (not held whole in memory).
+    streaming: usize,
 }
+
+/// A row or COPY chunk longer than this is passed on as it arrives.
+const STREAM_OVER: usize = 64 * 1024;
 
 /// The backend's prepared statements, as the queue's replies change them.
 struct Backend<'a>(&'a mut lru::LruCache<u64, ()>);
@@ -758,6 +764,27 @@ impl Session {
         let mut at = 0;
         let result = loop {
             let inb = &held.buffers.inb[at..];
+            if held.streaming > 0 {
+                let n = held.streaming.min(inb.len());
+                if n == 0 {
+                    break Ok(());
+                }
+                self.client.out.extend_from_slice(&inb[..n]);
+                held.streaming -= n;
+                at += n;
+                continue;
+            }
+            if let Some(len) = frame::large_row_len(inb, STREAM_OVER)
+                && self.queue.forwards_rows()
+            {
+                // A large DataRow or CopyData for the client: its header and
+                // what has come, the rest as it arrives.
+                let n = len.min(inb.len());
+                self.client.out.extend_from_slice(&inb[..n]);
+                held.streaming = len - n;
+                at += n;
+                continue;
+            }
             let Some(len) = frame::whole_message_len(inb) else {
                 break Ok(());
             };
@@ -925,6 +952,7 @@ impl Session {
             effects: Effects::default(),
             resetting: false,
             broken: false,
+            streaming: 0,
         });
         Ok(())
     }

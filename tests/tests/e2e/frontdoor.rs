@@ -289,6 +289,14 @@ async fn tokio_postgres_prepared_statements_copy_and_abandoned_transactions() ->
         [2, 4, 6]
     );
 
+    // A row far larger than the front door's buffers passes through whole.
+    let row = client
+        .query_one("SELECT repeat('x', 8000000) || 'end'", &[])
+        .await?;
+    let big: &str = row.get(0);
+    assert_eq!(big.len(), 8_000_003);
+    assert!(big.ends_with("xend"));
+
     // COPY in and out.
     let sink = client.copy_in("COPY t (id, v) FROM STDIN").await?;
     let data: String = (1..=10_000).map(|i| format!("{i}\tv{i}\n")).collect();
