@@ -917,7 +917,7 @@ impl Session {
             ));
         }
         self.counters.waiting.fetch_add(1, Ordering::Relaxed);
-        let got = pool.get().await;
+        let got = pool.get_for_wire().await;
         self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
         let conn = got.map_err(|e| {
             let size = pool.pool_stats().current_size;

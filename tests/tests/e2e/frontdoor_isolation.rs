@@ -154,3 +154,34 @@ async fn session_mode_keeps_a_clients_state_and_resets_it_after() -> anyhow::Res
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_wire_clients_startup_settings_follow_it_and_stay_off_the_typed_api() -> anyhow::Result<()>
+{
+    let (server, db) = pool_with("tz", sized(1, 1)).await?;
+    let url = poolplane_tests::pg_url(&server, &db, "tz")?;
+    let tokyo =
+        poolplane_tests::connect(&format!("{url}&options=-c%20TimeZone%3DAsia%2FTokyo")).await?;
+    let plain = wire_client(&server, &db, "tz").await?;
+    let pool = server.server().registry().pool("tz")?;
+    let typed = || async {
+        let row = pool
+            .query_one("SELECT current_setting('TimeZone')", &[])
+            .await?;
+        anyhow::Ok(row.get::<_, String>(0))
+    };
+    let default = typed().await?;
+    assert_ne!(default, "Asia/Tokyo");
+    for _ in 0..3 {
+        // The same backend (a pool of one) each time.
+        assert_eq!(one_value(&tokyo, "SHOW TimeZone").await?, "Asia/Tokyo");
+        assert_eq!(one_value(&plain, "SHOW TimeZone").await?, default);
+        assert_eq!(one_value(&tokyo, "SHOW TimeZone").await?, "Asia/Tokyo");
+        assert_eq!(
+            typed().await?,
+            default,
+            "the typed API gets the pool's settings"
+        );
+    }
+    Ok(())
+}

@@ -47,6 +47,14 @@ use maintenance::{maintain, open_connections, retire_idle};
 use manager::PoolManager;
 use stats::Counters;
 
+/// Who a checkout is for: the typed API (QueryService, load tests, embedding)
+/// or the wire front door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaker {
+    Typed,
+    Wire,
+}
+
 /// State shared by the pool, its connections and its tasks.
 pub(crate) struct Shared {
     name: String,
@@ -460,6 +468,21 @@ impl AdvancedConnectionPool {
     /// than validation_idle_threshold_ms is validated first. Fails with
     /// [`Error::AcquireTimeout`] after acquire_timeout_secs.
     pub fn get(&self) -> impl Future<Output = Result<PooledConnection, Error>> + Send + '_ {
+        self.get_as(Speaker::Typed)
+    }
+
+    /// [`get`](Self::get) for the wire front door: the session settings a wire
+    /// client left on the connection stay (the front door keeps track of them).
+    pub fn get_for_wire(
+        &self,
+    ) -> impl Future<Output = Result<PooledConnection, Error>> + Send + '_ {
+        self.get_as(Speaker::Wire)
+    }
+
+    fn get_as(
+        &self,
+        speaker: Speaker,
+    ) -> impl Future<Output = Result<PooledConnection, Error>> + Send + '_ {
         // Not an async fn around checkout's: a checkout's future is large (bb8's
         // own is 1.2 KB), and every layer around it is a copy of it on every call.
         // Traced, it is boxed into the span instead.
@@ -470,15 +493,15 @@ impl AdvancedConnectionPool {
                 db.client.connection.pool.name = %self.shared.name,
             );
             Either::Right(Box::pin(tracing::Instrument::instrument(
-                self.checkout(),
+                self.checkout(speaker),
                 span,
             )))
         } else {
-            Either::Left(self.checkout())
+            Either::Left(self.checkout(speaker))
         }
     }
 
-    async fn checkout(&self) -> Result<PooledConnection, Error> {
+    async fn checkout(&self, speaker: Speaker) -> Result<PooledConnection, Error> {
         let shared = &self.shared;
         let timeout = self.acquire_timeout;
         // The clock is read when a wait begins, not before: a checkout served at
@@ -537,6 +560,32 @@ impl AdvancedConnectionPool {
                 match valid {
                     Ok(true) => {}
                     Ok(false) => {
+                        conn.broken = true;
+                        waiting_since.get_or_insert(now);
+                        continue;
+                    }
+                    Err(_) => {
+                        conn.broken = true;
+                        return Err(self.timed_out(timeout, false));
+                    }
+                }
+            }
+            if speaker == Speaker::Typed && !conn.wire.params.is_empty() {
+                // Settings a wire client's startup asked for (its TimeZone,
+                // DateStyle…) are not the typed API's: back to the pool's.
+                let reset: String = conn
+                    .wire
+                    .params
+                    .keys()
+                    .map(|name| format!("RESET {name}; "))
+                    .collect();
+                conn.wire.params.clear();
+                let left =
+                    timeout.saturating_sub(waiting_since.map_or(Duration::ZERO, |s| s.elapsed()));
+                match tokio::time::timeout(left, Box::pin(conn.client.batch_execute(&reset))).await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
                         conn.broken = true;
                         waiting_since.get_or_insert(now);
                         continue;
