@@ -547,53 +547,19 @@ impl AdvancedConnectionPool {
                 waiting_since.get_or_insert(now);
                 continue;
             }
-            let idle_ms = now.saturating_duration_since(conn.last_used).as_millis() as u64;
-            if idle_ms >= shared.validation_idle_ms.load(Ordering::Relaxed) {
-                // The validation too counts against acquire_timeout.
-                let left =
-                    timeout.saturating_sub(waiting_since.map_or(Duration::ZERO, |s| s.elapsed()));
-                let valid = tokio::time::timeout(
-                    left,
-                    Box::pin(still_valid(&conn.client, &shared.settings())),
-                )
-                .await;
-                match valid {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        conn.broken = true;
-                        waiting_since.get_or_insert(now);
-                        continue;
-                    }
-                    Err(_) => {
-                        conn.broken = true;
-                        return Err(self.timed_out(timeout, false));
-                    }
+            // Validation and the reset count against acquire_timeout too.
+            let left =
+                || timeout.saturating_sub(waiting_since.map_or(Duration::ZERO, |s| s.elapsed()));
+            match make_ready(shared, &mut conn, now, speaker, left).await {
+                Readiness::Ready => {}
+                Readiness::Retry => {
+                    conn.broken = true;
+                    waiting_since.get_or_insert(now);
+                    continue;
                 }
-            }
-            if speaker == Speaker::Typed && !conn.wire.params.is_empty() {
-                // Settings a wire client's startup asked for (its TimeZone,
-                // DateStyle…) are not the typed API's: back to the pool's.
-                let reset: String = conn
-                    .wire
-                    .params
-                    .keys()
-                    .map(|name| format!("RESET {name}; "))
-                    .collect();
-                conn.wire.params.clear();
-                let left =
-                    timeout.saturating_sub(waiting_since.map_or(Duration::ZERO, |s| s.elapsed()));
-                match tokio::time::timeout(left, Box::pin(conn.client.batch_execute(&reset))).await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => {
-                        conn.broken = true;
-                        waiting_since.get_or_insert(now);
-                        continue;
-                    }
-                    Err(_) => {
-                        conn.broken = true;
-                        return Err(self.timed_out(timeout, false));
-                    }
+                Readiness::TimedOut => {
+                    conn.broken = true;
+                    return Err(self.timed_out(timeout, false));
                 }
             }
             let capacity = shared.cache_capacity();
@@ -950,6 +916,54 @@ impl Shared {
             need: AtomicU32::new(config.initial_size()),
         })
     }
+}
+
+/// What a connection just taken from bb8 came to after the round trips it
+/// may need before use.
+enum Readiness {
+    Ready,
+    /// It failed: closed, and another is taken.
+    Retry,
+    /// The checkout's deadline passed.
+    TimedOut,
+}
+
+/// Validates a connection idle past the threshold and, for a typed checkout,
+/// resets the settings a wire client's startup put on it (its TimeZone,
+/// DateStyle…: not the typed API's), each within what is `left` of the
+/// checkout's deadline.
+async fn make_ready(
+    shared: &Shared,
+    conn: &mut manager::Connection,
+    now: Instant,
+    speaker: Speaker,
+    left: impl Fn() -> Duration,
+) -> Readiness {
+    let idle_ms = now.saturating_duration_since(conn.last_used).as_millis() as u64;
+    if idle_ms >= shared.validation_idle_ms.load(Ordering::Relaxed) {
+        let settings = shared.settings();
+        let valid = Box::pin(still_valid(&conn.client, &settings));
+        match tokio::time::timeout(left(), valid).await {
+            Ok(true) => {}
+            Ok(false) => return Readiness::Retry,
+            Err(_) => return Readiness::TimedOut,
+        }
+    }
+    if speaker == Speaker::Typed && !conn.wire.params.is_empty() {
+        let reset: String = conn
+            .wire
+            .params
+            .keys()
+            .map(|name| format!("RESET {name}; "))
+            .collect();
+        conn.wire.params.clear();
+        match tokio::time::timeout(left(), Box::pin(conn.client.batch_execute(&reset))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Readiness::Retry,
+            Err(_) => return Readiness::TimedOut,
+        }
+    }
+    Readiness::Ready
 }
 
 /// Whether a connection answers the validation query within the health check
