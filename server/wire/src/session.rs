@@ -46,8 +46,8 @@ const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
 const OUT_CAP: usize = 1 << 20;
 
 impl Buffers {
-    /// Writes what is pending and reads what is there; Ready when anything
-    /// moved.
+    /// Writes what is pending and reads what is there; Ready when something
+    /// was read (or the socket closed).
     fn poll_io<T: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut T,
@@ -61,7 +61,6 @@ impl Buffers {
                 Poll::Ready(Ok(n)) => {
                     self.out.advance(n);
                     self.flush = true;
-                    moved = true;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => break,
@@ -349,6 +348,9 @@ impl Session {
             let idle = self.held.is_none();
             let step = poll_fn(|cx| self.poll_step(client, cx));
             tokio::select! {
+                // The sockets first: the closing and shutdown waits are
+                // polled only when nothing came.
+                biased;
                 moved = step => if moved.is_err() {
                     return if self.held.as_ref().is_some_and(|h| h.buffers.eof) {
                         self.backend_gone()
@@ -416,36 +418,57 @@ impl Session {
         Ok(())
     }
 
+    /// Moves bytes both ways; Ready once something was read (or a socket
+    /// closed), which is all a turn reacts to. Writes are done on the way (a
+    /// write that only moved bytes out costs no turn).
     fn poll_step(&mut self, client: &mut ClientIo, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let backend_backlog = self.held.as_ref().map_or(0, |h| h.buffers.out.len());
-        let may_read_client = backend_backlog < OUT_CAP && !frame::has_message(&self.client.inb);
-        let client_len = self.client.out.len();
-        let mut moved = false;
-        match self.client.poll_io(client, cx, may_read_client) {
-            Poll::Ready(Ok(())) => moved = true,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => {}
-        }
-        let written = client_len.saturating_sub(self.client.out.len());
-        self.counters
-            .bytes_out
-            .fetch_add(written as u64, Ordering::Relaxed);
-        if let Some(held) = &mut self.held {
+        // Twice at most: the backend's write may make room to read the client.
+        for _ in 0..2 {
+            let backend_backlog = self.held.as_ref().map_or(0, |h| h.buffers.out.len());
+            let may_read_client =
+                backend_backlog < OUT_CAP && !frame::has_message(&self.client.inb);
+            let client_len = self.client.out.len();
+            let mut read = false;
+            match self.client.poll_io(client, cx, may_read_client) {
+                Poll::Ready(Ok(())) => read = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+            let written = client_len.saturating_sub(self.client.out.len());
+            self.counters
+                .bytes_out
+                .fetch_add(written as u64, Ordering::Relaxed);
+            let Some(held) = &mut self.held else {
+                return if read {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            };
             let may_read = self.client.out.len() < OUT_CAP;
+            let had_out = !held.buffers.out.is_empty();
             match held.buffers.poll_io(held.backend.io(), cx, may_read) {
-                Poll::Ready(Ok(())) => moved = true,
+                Poll::Ready(Ok(())) => read = true,
                 Poll::Ready(Err(_)) => {
                     held.buffers.eof = true;
-                    moved = true;
+                    read = true;
                 }
                 Poll::Pending => {}
             }
+            // Written out with nothing owed (a trailing Flush): the backend may
+            // be due back, which a turn decides.
+            if had_out && held.buffers.out.is_empty() && self.queue.is_empty() {
+                read = true;
+            }
+            if read {
+                return Poll::Ready(Ok(()));
+            }
+            let freed = held.buffers.out.len() < OUT_CAP;
+            if may_read_client || !freed {
+                return Poll::Pending;
+            }
         }
-        if moved {
-            Poll::Ready(Ok(()))
-        } else {
-            Poll::Pending
-        }
+        Poll::Pending
     }
 
     /// Processes the client's whole messages.
