@@ -92,6 +92,14 @@ impl PoolConfigBuilder {
         validation_idle_threshold_ms: u64,
         /// How long a front-door client holds a backend: transaction or session.
         pool_mode: &str,
+        /// Front-door clients of this pool at once (0: the server's limit only).
+        max_client_connections: u32,
+        /// Seconds a front-door client may stay silent without a backend (0: off).
+        client_idle_timeout_secs: u64,
+        /// Seconds a front-door client may idle inside a transaction (0: off).
+        idle_in_transaction_timeout_secs: u64,
+        /// Seconds a front-door statement may run (0: off).
+        query_timeout_secs: u64,
     }
 
     /// Statements run on every new connection (replaces the list).

@@ -327,6 +327,18 @@ struct ConfigArgs {
     /// pool_mode of front-door clients: transaction or session.
     #[arg(long)]
     pool_mode: Option<String>,
+    /// max_client_connections (front-door clients of the pool; 0: no pool limit).
+    #[arg(long)]
+    max_client_connections: Option<u32>,
+    /// client_idle_timeout_secs (0: off).
+    #[arg(long)]
+    client_idle_timeout_secs: Option<u64>,
+    /// idle_in_transaction_timeout_secs (0: off).
+    #[arg(long)]
+    idle_in_transaction_timeout_secs: Option<u64>,
+    /// query_timeout_secs (0: off).
+    #[arg(long)]
+    query_timeout_secs: Option<u64>,
 }
 
 impl ConfigArgs {
@@ -358,6 +370,10 @@ impl ConfigArgs {
             recycle_threshold_queries: self.recycle_threshold_queries,
             validation_idle_threshold_ms: self.validation_idle_threshold_ms,
             pool_mode: self.pool_mode,
+            max_client_connections: self.max_client_connections,
+            client_idle_timeout_secs: self.client_idle_timeout_secs,
+            idle_in_transaction_timeout_secs: self.idle_in_transaction_timeout_secs,
+            query_timeout_secs: self.query_timeout_secs,
         }
     }
 }

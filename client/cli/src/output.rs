@@ -150,6 +150,10 @@ fn config_json(c: &PoolConfig) -> Value {
         "enable_connection_recycling": c.enable_connection_recycling,
         "recycle_threshold_queries": c.recycle_threshold_queries,
         "pool_mode": c.pool_mode,
+        "max_client_connections": c.max_client_connections,
+        "client_idle_timeout_secs": c.client_idle_timeout_secs,
+        "idle_in_transaction_timeout_secs": c.idle_in_transaction_timeout_secs,
+        "query_timeout_secs": c.query_timeout_secs,
         "validation_idle_threshold_ms": c.validation_idle_threshold_ms,
     })
 }

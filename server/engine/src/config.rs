@@ -78,6 +78,17 @@ pub struct AdvancedPoolConfig {
     /// How long a wire client holds a backend: each transaction (`transaction`,
     /// the default) or its whole session (`session`).
     pub pool_mode: PoolMode,
+    /// Front-door clients of this pool connected at once (0: only the server's
+    /// `--pg-max-clients`).
+    pub max_client_connections: u32,
+    /// A front-door client that holds no backend and sends nothing for this
+    /// long is ended (0: never).
+    pub client_idle_timeout_secs: u64,
+    /// A front-door client idle inside a transaction (holding a backend) this
+    /// long is ended and its transaction rolled back (0: never).
+    pub idle_in_transaction_timeout_secs: u64,
+    /// A front-door statement running this long is cancelled (0: never).
+    pub query_timeout_secs: u64,
 }
 
 /// How long a wire client holds a backend.
@@ -143,6 +154,10 @@ impl Default for AdvancedPoolConfig {
             recycle_threshold_queries: 10_000,
             validation_idle_threshold_ms: 500,
             pool_mode: PoolMode::Transaction,
+            max_client_connections: 0,
+            client_idle_timeout_secs: 0,
+            idle_in_transaction_timeout_secs: 0,
+            query_timeout_secs: 0,
         }
     }
 }
@@ -401,6 +416,21 @@ impl AdvancedPoolConfig {
                 "validation_idle_threshold_ms",
                 format!("must be at most {}", MAX_SECS * 1000),
             );
+        }
+        for (field, secs) in [
+            ("client_idle_timeout_secs", self.client_idle_timeout_secs),
+            (
+                "idle_in_transaction_timeout_secs",
+                self.idle_in_transaction_timeout_secs,
+            ),
+            ("query_timeout_secs", self.query_timeout_secs),
+        ] {
+            if secs > MAX_SECS {
+                fail(field, format!("must be at most {MAX_SECS}"));
+            }
+        }
+        if self.max_client_connections > 1_000_000 {
+            fail("max_client_connections", "must be at most 1000000".into());
         }
     }
 

@@ -59,7 +59,7 @@ pub use loadtest::{
 pub use optimizer::{OptimizationReport, PoolOptimization, Recommendation, Severity};
 pub use pool::{
     AdvancedConnectionPool, HealthStatus, PoolStats, PooledConnection, StatementCacheStats,
-    Transaction, WireBackend, WireCounters, WireStats,
+    Transaction, WireBackend, WireCounters, WireSettings, WireStats,
 };
 pub use recorder::{MetricsRecorder, RecorderOptions, RecorderStatus};
 pub use registry::{ConnectionPoolService, LoadTestSlot, PerformanceSummary, PoolInfo};

@@ -98,6 +98,10 @@ pub fn apply_config(
         enable_connection_recycling,
         recycle_threshold_queries,
         validation_idle_threshold_ms,
+        max_client_connections,
+        client_idle_timeout_secs,
+        idle_in_transaction_timeout_secs,
+        query_timeout_secs,
     );
     if let Some(warmup) = &p.connection_warmup_queries {
         c.connection_warmup_queries = warmup.queries.clone();
@@ -142,6 +146,10 @@ pub fn config_to_proto(c: &AdvancedPoolConfig) -> v1::PoolConfig {
         recycle_threshold_queries: Some(c.recycle_threshold_queries),
         validation_idle_threshold_ms: Some(c.validation_idle_threshold_ms),
         pool_mode: Some(c.pool_mode.as_str().to_owned()),
+        max_client_connections: Some(c.max_client_connections),
+        client_idle_timeout_secs: Some(c.client_idle_timeout_secs),
+        idle_in_transaction_timeout_secs: Some(c.idle_in_transaction_timeout_secs),
+        query_timeout_secs: Some(c.query_timeout_secs),
     }
 }
 

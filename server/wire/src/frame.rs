@@ -121,6 +121,22 @@ pub(crate) fn error(out: &mut BytesMut, severity: &str, code: &str, message: &st
     finish(out, at);
 }
 
+/// NoticeResponse (severity NOTICE).
+pub(crate) fn notice(out: &mut BytesMut, code: &str, message: &str) {
+    let at = begin(out, b'N');
+    for (field, value) in [
+        (b'S', "NOTICE"),
+        (b'V', "NOTICE"),
+        (b'C', code),
+        (b'M', message),
+    ] {
+        out.put_u8(field);
+        put_cstr(out, value.as_bytes());
+    }
+    out.put_u8(0);
+    finish(out, at);
+}
+
 /// ReadyForQuery with a transaction status.
 pub(crate) fn ready(out: &mut BytesMut, status: u8) {
     out.put_slice(&[b'Z', 0, 0, 0, 5, status]);

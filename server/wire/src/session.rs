@@ -10,11 +10,11 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use poolplane::pool::sql::CancelHandle;
-use poolplane::{AdvancedConnectionPool, PoolMode, WireBackend, WireCounters};
+use poolplane::{AdvancedConnectionPool, PoolMode, WireBackend, WireCounters, WireSettings};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::expect::{self, Action, Expect, Prepared, Queue};
@@ -244,8 +244,23 @@ pub(crate) struct Session {
     /// transaction).
     spare: Option<Buffers>,
     application_name: String,
-    /// The pool's mode, read at login and at each checkout.
-    mode: PoolMode,
+    /// The pool's front-door settings (mode, timeouts), read at login and at
+    /// each checkout.
+    settings: WireSettings,
+    /// When the client or the backend last sent something (kept only while a
+    /// timeout is on).
+    last_activity: Instant,
+    /// When the oldest request the backend still owes an answer to was sent
+    /// (kept only while query_timeout is on).
+    busy_since: Option<Instant>,
+}
+
+/// Which limit ended or cut something.
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    ClientIdle,
+    IdleInTransaction,
+    Query,
 }
 
 impl Session {
@@ -254,7 +269,21 @@ impl Session {
         pool: &Arc<AdvancedConnectionPool>,
         wanted: Vec<(String, String)>,
         application_name: Option<String>,
-    ) -> Self {
+    ) -> Result<Self, Fatal> {
+        let settings = pool.wire_settings();
+        let counters = pool.wire_counters();
+        let before = counters.clients.fetch_add(1, Ordering::Relaxed);
+        let limit = settings.max_client_connections;
+        if limit > 0 && before >= u64::from(limit) {
+            counters.clients.fetch_sub(1, Ordering::Relaxed);
+            return Err(Fatal::new(
+                "53300",
+                format!(
+                    "sorry, too many clients for pool \"{}\" (max_client_connections {limit})",
+                    pool.name()
+                ),
+            ));
+        }
         let key = loop {
             let [a, b, c, d, e, f, g, h] = crate::scram::random::<8>();
             let pid = i32::from_be_bytes([a & 0x3f, b, c, d]);
@@ -262,9 +291,7 @@ impl Session {
                 break (pid, i32::from_be_bytes([e, f, g, h]));
             }
         };
-        let counters = pool.wire_counters();
-        counters.clients.fetch_add(1, Ordering::Relaxed);
-        Self {
+        Ok(Self {
             door: Arc::clone(door),
             pool: Arc::clone(pool),
             pool_name: pool.name().to_owned(),
@@ -280,9 +307,11 @@ impl Session {
             names: HashMap::new(),
             wanted,
             spare: None,
-            mode: pool.pool_mode(),
+            settings,
+            last_activity: Instant::now(),
+            busy_since: None,
             application_name: application_name.unwrap_or_default(),
-        }
+        })
     }
 
     /// The ParameterStatus values a client gets: the pool's database's (read
@@ -346,18 +375,32 @@ impl Session {
                 return end;
             }
             let idle = self.held.is_none();
+            let timers = self.timeouts_on();
+            let deadline = if timers { self.deadline() } else { None };
             let step = poll_fn(|cx| self.poll_step(client, cx));
             tokio::select! {
                 // The sockets first: the closing and shutdown waits are
                 // polled only when nothing came.
                 biased;
-                moved = step => if moved.is_err() {
-                    return if self.held.as_ref().is_some_and(|h| h.buffers.eof) {
-                        self.backend_gone()
-                    } else {
-                        End::Left
-                    };
+                moved = step => {
+                    if moved.is_err() {
+                        return if self.held.as_ref().is_some_and(|h| h.buffers.eof) {
+                            self.backend_gone()
+                        } else {
+                            End::Left
+                        };
+                    }
+                    if timers {
+                        self.last_activity = Instant::now();
+                    }
                 },
+                () = sleep_until(deadline.map(|(at, _, _)| at)), if deadline.is_some() => {
+                    if let Some((_, limit, after)) = deadline
+                        && let Err(end) = self.limit_reached(limit, after).await
+                    {
+                        return end;
+                    }
+                }
                 () = &mut closing, if idle => {
                     if let Err(end) = self.follow_pool() {
                         return end;
@@ -372,7 +415,70 @@ impl Session {
     }
 
     fn mode(&self) -> PoolMode {
-        self.mode
+        self.settings.pool_mode
+    }
+
+    /// The limit that applies now and when it runs out, if any is on.
+    fn deadline(&self) -> Option<(Instant, Limit, Duration)> {
+        let s = &self.settings;
+        let (limit, after, since) = match &self.held {
+            Some(_) if !self.queue.is_empty() => (Limit::Query, s.query_timeout?, self.busy_since?),
+            Some(_) if self.status != b'I' => (
+                Limit::IdleInTransaction,
+                s.idle_in_transaction_timeout?,
+                self.last_activity,
+            ),
+            _ => (
+                Limit::ClientIdle,
+                s.client_idle_timeout?,
+                self.last_activity,
+            ),
+        };
+        Some((since + after, limit, after))
+    }
+
+    fn timeouts_on(&self) -> bool {
+        let s = &self.settings;
+        s.client_idle_timeout.is_some()
+            || s.idle_in_transaction_timeout.is_some()
+            || s.query_timeout.is_some()
+    }
+
+    /// A limit ran out: the session ends (idle), or the statement is cancelled
+    /// and the client told which limit did it.
+    async fn limit_reached(&mut self, limit: Limit, after: Duration) -> Result<(), End> {
+        let secs = after.as_secs();
+        let pool = &self.pool_name;
+        match limit {
+            Limit::ClientIdle => Err(End::Fatal(Fatal::new(
+                "57P05",
+                format!(
+                    "terminating connection due to client_idle_timeout ({secs} s, pool \"{pool}\")"
+                ),
+            ))),
+            Limit::IdleInTransaction => Err(End::Fatal(Fatal::new(
+                "25P03",
+                format!(
+                    "terminating connection due to idle_in_transaction_timeout ({secs} s, pool \"{pool}\"); the transaction is rolled back"
+                ),
+            ))),
+            Limit::Query => {
+                self.busy_since = None;
+                let mut notice = BytesMut::new();
+                frame::notice(
+                    &mut notice,
+                    "57014",
+                    &format!(
+                        "poolplane: query_timeout ({secs} s, pool \"{pool}\") reached: the statement is cancelled"
+                    ),
+                );
+                self.say(notice.freeze());
+                if let Some(held) = &self.held {
+                    held.backend.cancel_handle().cancel().await;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The pool this session's name refers to now (a rebuilt pool replaces the
@@ -408,6 +514,10 @@ impl Session {
     async fn turn(&mut self) -> Result<(), End> {
         self.client_messages().await?;
         self.backend_messages()?;
+        if self.queue.is_empty() {
+            // Nothing owed: no statement is running.
+            self.busy_since = None;
+        }
         if self.client.eof && !frame::has_message(&self.client.inb) {
             return Err(End::Left);
         }
@@ -566,6 +676,9 @@ impl Session {
     }
 
     fn forward(&mut self, message: &Message, ends: &'static [u8]) {
+        if self.busy_since.is_none() && self.settings.query_timeout.is_some() {
+            self.busy_since = Some(Instant::now());
+        }
         self.backend_mut()
             .buffers
             .out
@@ -929,7 +1042,10 @@ impl Session {
             self.follow_pool().map_err(Checkout::End)?;
         }
         let pool = Arc::clone(&self.pool);
-        self.mode = pool.pool_mode();
+        self.settings = pool.wire_settings();
+        if self.timeouts_on() {
+            self.last_activity = Instant::now();
+        }
         if !pool.is_healthy() {
             return Err(Checkout::Refused(
                 "57P03",
@@ -1057,6 +1173,14 @@ fn send_reset(held: &mut Held, queue: &mut Queue) {
     held.backend.state().params.clear();
     if held.effects.discard || held.effects.sql_prepared.is_some() {
         held.backend.statements_discarded();
+    }
+}
+
+/// Sleeps until `at` (a timeout's deadline).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

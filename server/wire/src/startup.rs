@@ -541,7 +541,7 @@ async fn log_in(
     };
     authenticate(door, client, &pool, &user, peer).await?;
     let wanted = crate::session::wanted_settings(&params)?;
-    let session = Session::new(door, &pool, wanted, get("application_name"));
+    let session = Session::new(door, &pool, wanted, get("application_name"))?;
     let mut out = BytesMut::new();
     frame::authentication(&mut out, 0, &[]);
     for (name, value) in session.reported_parameters(&pool).await? {

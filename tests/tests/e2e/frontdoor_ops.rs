@@ -655,3 +655,108 @@ async fn the_users_file_is_read_again_on_sighup() -> anyhow::Result<()> {
     server.wait_exit(Duration::from_secs(15)).await?;
     Ok(())
 }
+
+/// A client through the front door whose connection's end (and its SQLSTATE)
+/// the test can await.
+async fn watched_client(
+    url: &str,
+) -> anyhow::Result<(
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+)> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    Ok((client, tokio::spawn(connection)))
+}
+
+async fn ended_with(
+    ended: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) -> anyhow::Result<(String, String)> {
+    let error = tokio::time::timeout(Duration::from_secs(10), ended)
+        .await??
+        .expect_err("the connection ends with an error");
+    let db = error.as_db_error().expect("a FATAL from the front door");
+    Ok((db.code().code().to_owned(), db.message().to_owned()))
+}
+
+#[tokio::test]
+async fn each_client_limit_ends_what_it_should_and_names_itself() -> anyhow::Result<()> {
+    let config = PoolConfig {
+        client_idle_timeout_secs: Some(1),
+        idle_in_transaction_timeout_secs: Some(1),
+        query_timeout_secs: Some(1),
+        max_client_connections: Some(4),
+        ..sized(1, 4)
+    };
+    let (server, db) = pool_with("limits", config).await?;
+    db.connect()
+        .await?
+        .batch_execute("CREATE TABLE kept (id int)")
+        .await?;
+    let url = pg_url(&server, &db, "limits")?;
+
+    // A busy client is not idle: queries for 2.5 s, each well within 1 s.
+    let (busy, _busy_conn) = watched_client(&url).await?;
+    // An idle client: ended after 1 s without a backend.
+    let (idle, idle_conn) = watched_client(&url).await?;
+    idle.simple_query("SELECT 1").await?;
+    // A client idle inside a transaction: ended, its insert rolled back.
+    let (in_tx, in_tx_conn) = watched_client(&url).await?;
+    in_tx
+        .batch_execute("BEGIN; INSERT INTO kept VALUES (1)")
+        .await?;
+    // A fourth client is the pool's last; a fifth is refused.
+    let (slow, _slow_conn) = watched_client(&url).await?;
+    let refused = connect(&url).await.expect_err("a fifth client");
+    assert!(
+        format!("{refused:#}").contains("max_client_connections 4"),
+        "{refused:#}"
+    );
+
+    let started = Instant::now();
+    let slow_query = tokio::spawn(async move {
+        let started = Instant::now();
+        let result = slow.simple_query("SELECT pg_sleep(10)").await;
+        let took = started.elapsed();
+        // At once, before the client idles past its own limit.
+        let after = one_value(&slow, "SELECT 'after'").await;
+        (result, took, after)
+    });
+    while started.elapsed() < Duration::from_millis(2500) {
+        busy.simple_query("SELECT 1").await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, message) = ended_with(idle_conn).await?;
+    assert_eq!(code, "57P05", "{message}");
+    assert!(message.contains("client_idle_timeout"), "{message}");
+    let (code, message) = ended_with(in_tx_conn).await?;
+    assert_eq!(code, "25P03", "{message}");
+    assert!(message.contains("idle_in_transaction_timeout"), "{message}");
+    let n: i64 = db
+        .connect()
+        .await?
+        .query_one("SELECT count(*) FROM kept", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 0, "the idle transaction was rolled back");
+
+    // The long statement is cancelled after about 1 s; its client carries on.
+    let (result, took, after) = slow_query.await?;
+    let error = result.expect_err("cancelled");
+    assert_eq!(error.code().map(|c| c.code()), Some("57014"), "{error}");
+    assert!(took < Duration::from_secs(5), "cancelled after {took:?}");
+    assert_eq!(after?, "after");
+    // The busy client was never idle long enough.
+    assert_eq!(one_value(&busy, "SELECT 'busy'").await?, "busy");
+    Ok(())
+}
+
+async fn one_value(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<String> {
+    let rows = client.simple_query(sql).await?;
+    Ok(rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_default())
+}

@@ -37,7 +37,7 @@ pub use health::HealthStatus;
 pub use lend::{BackendIo, BoxIo, LendError};
 pub use sizing::ScalingDecision;
 pub use stats::{ConnectionSecurity, Histogram, PoolStats, StatementCacheStats};
-pub use wire::{WireBackend, WireCounters, WireState, WireStats};
+pub use wire::{WireBackend, WireCounters, WireSettings, WireState, WireStats};
 
 use crate::conninfo::ConnInfo;
 use crate::error::AcquireLimit;
@@ -46,6 +46,11 @@ use crate::{AdvancedPoolConfig, Error};
 use maintenance::{maintain, open_connections, retire_idle};
 use manager::PoolManager;
 use stats::Counters;
+
+/// `secs` seconds, `None` for 0 (off).
+fn secs(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
 
 /// Who a checkout is for: the typed API (QueryService, load tests, embedding)
 /// or the wire front door.
@@ -670,6 +675,18 @@ impl AdvancedConnectionPool {
     /// How long a front-door client holds a backend (cheap: no copy of the config).
     pub fn pool_mode(&self) -> crate::PoolMode {
         self.shared.settings().pool_mode
+    }
+
+    /// The front door's settings of this pool (cheap: no copy of the config).
+    pub fn wire_settings(&self) -> WireSettings {
+        let c = self.shared.settings();
+        WireSettings {
+            pool_mode: c.pool_mode,
+            max_client_connections: c.max_client_connections,
+            client_idle_timeout: secs(c.client_idle_timeout_secs),
+            idle_in_transaction_timeout: secs(c.idle_in_transaction_timeout_secs),
+            query_timeout: secs(c.query_timeout_secs),
+        }
     }
 
     /// The wire front door's counters of this pool's name.

@@ -61,6 +61,21 @@ impl WireCounters {
     }
 }
 
+/// A pool's settings for its front-door clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireSettings {
+    /// How long a client holds a backend.
+    pub pool_mode: crate::PoolMode,
+    /// Clients of the pool at once (0: no limit of the pool's own).
+    pub max_client_connections: u32,
+    /// Silent without a backend this long: ended.
+    pub client_idle_timeout: Option<std::time::Duration>,
+    /// Idle inside a transaction this long: ended, rolled back.
+    pub idle_in_transaction_timeout: Option<std::time::Duration>,
+    /// A statement running this long: cancelled.
+    pub query_timeout: Option<std::time::Duration>,
+}
+
 /// What the front door keeps on each backend.
 #[derive(Debug)]
 pub struct WireState {
