@@ -105,9 +105,10 @@ fn put_cstr(out: &mut BytesMut, s: &[u8]) {
     out.put_u8(0);
 }
 
-/// ErrorResponse ('E') or NoticeResponse ('N').
-pub(crate) fn error(out: &mut BytesMut, severity: &str, code: &str, message: &str) {
-    let at = begin(out, b'E');
+/// An ErrorResponse ('E') or NoticeResponse ('N') with its severity, SQLSTATE
+/// and message.
+fn response(out: &mut BytesMut, tag: u8, severity: &str, code: &str, message: &str) {
+    let at = begin(out, tag);
     for (field, value) in [
         (b'S', severity),
         (b'V', severity),
@@ -121,20 +122,14 @@ pub(crate) fn error(out: &mut BytesMut, severity: &str, code: &str, message: &st
     finish(out, at);
 }
 
+/// ErrorResponse (severity ERROR or FATAL).
+pub(crate) fn error(out: &mut BytesMut, severity: &str, code: &str, message: &str) {
+    response(out, b'E', severity, code, message);
+}
+
 /// NoticeResponse (severity NOTICE).
 pub(crate) fn notice(out: &mut BytesMut, code: &str, message: &str) {
-    let at = begin(out, b'N');
-    for (field, value) in [
-        (b'S', "NOTICE"),
-        (b'V', "NOTICE"),
-        (b'C', code),
-        (b'M', message),
-    ] {
-        out.put_u8(field);
-        put_cstr(out, value.as_bytes());
-    }
-    out.put_u8(0);
-    finish(out, at);
+    response(out, b'N', "NOTICE", code, message);
 }
 
 /// ReadyForQuery with a transaction status.
