@@ -1038,6 +1038,13 @@ impl Session {
     }
 
     async fn checkout(&mut self) -> Result<(), Checkout> {
+        if self.door.token.is_cancelled() {
+            // Shutting down: transactions in flight finish, no new one starts.
+            return Err(Checkout::End(End::Fatal(Fatal::new(
+                "57P01",
+                "terminating connection due to administrator command",
+            ))));
+        }
         if self.pool.is_closed() {
             self.follow_pool().map_err(Checkout::End)?;
         }

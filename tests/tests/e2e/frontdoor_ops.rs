@@ -760,3 +760,77 @@ async fn one_value(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result
         })
         .unwrap_or_default())
 }
+
+#[tokio::test]
+async fn sigterm_lets_transactions_finish_then_ends_the_clients() -> anyhow::Result<()> {
+    let control = TestPg::database().await?;
+    let db = TestPg::database().await?;
+    let (user, password) = login_of(&db)?;
+    let mut server =
+        ServerProcess::start(&["--database-url", control.url(), "--shutdown-grace", "10s"]).await?;
+    let client = poolplane_client::PoolplaneClient::connect(server.addr.to_string()).await?;
+    client.create_pool("drain", db.url(), sized(2, 4)).await?;
+    let pg = server.pg_addr.expect("front door");
+    let (host, port) = (pg.ip().to_string(), pg.port().to_string());
+    let base = ["-h", &host, "-p", &port, "-U", &user];
+    let init = run_client(
+        "pgbench",
+        &[&base[..], &["-i", "-q", "-s", "1", "drain"]].concat(),
+        &password,
+        Duration::from_secs(60),
+    )
+    .await?;
+    assert!(init.status.success(), "{}", text(&init));
+    // Transactions that hold their backend a while, so that some are in flight
+    // when the signal comes.
+    let script = script_file(
+        "BEGIN;\nSELECT pg_sleep(0.05);\nUPDATE pgbench_branches SET bbalance = bbalance + 1 WHERE bid = 1;\nEND;\n",
+    )?;
+    let script_path = script.path().display().to_string();
+    let args: Vec<String> = [
+        &base[..],
+        &["-n", "-c", "8", "-T", "20", "-f", &script_path, "drain"],
+    ]
+    .concat()
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    let bench = tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_client("pgbench", &args, &password, Duration::from_secs(60)).await
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let status = server.wait_exit(Duration::from_secs(30)).await?;
+    assert_eq!(status.code(), Some(0));
+    let out = bench.await??;
+    let printed = text(&out);
+    assert!(
+        printed.contains("terminating connection due to administrator command"),
+        "{printed}"
+    );
+    // Every transaction pgbench saw finish did: none failed part way.
+    assert!(
+        printed.contains("number of failed transactions: 0"),
+        "{printed}"
+    );
+    let done: i64 = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|n| n.split('/').next()?.trim().parse().ok())
+        .expect("pgbench reports what it processed");
+    let counted: i64 = db
+        .connect()
+        .await?
+        .query_one(
+            "SELECT bbalance::int8 FROM pgbench_branches WHERE bid = 1",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(
+        counted, done,
+        "each transaction pgbench counted committed, no other"
+    );
+    Ok(())
+}
