@@ -446,6 +446,33 @@ impl PoolplaneClient {
         limit
     );
 
+    /// The PostgreSQL front door's clients (of `pool` only, if given), oldest
+    /// first.
+    pub async fn list_clients(
+        &self,
+        pool: Option<&str>,
+    ) -> Result<Vec<poolplane_proto::v1::WireClient>, Error> {
+        let request = poolplane_proto::v1::ListClientsRequest {
+            pool_name: pool.unwrap_or_default().to_owned(),
+        };
+        let response = self
+            .unary(Retry::Idempotent, request, |mut s, r| async move {
+                s.list_clients(r).await
+            })
+            .await?;
+        Ok(response.clients)
+    }
+
+    /// Ends front-door client `id` (its transaction, if any, is rolled back).
+    pub async fn kill_client(&self, id: u64) -> Result<(), Error> {
+        let request = poolplane_proto::v1::KillClientRequest { id };
+        self.unary(Retry::Never, request, |mut s, r| async move {
+            s.kill_client(r).await
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Deletes a pool (its checked-out connections may finish first).
     pub async fn delete_pool(&self, name: &str) -> Result<(), Error> {
         let request = DeletePoolRequest {

@@ -355,7 +355,8 @@ impl Server {
                 token.clone(),
                 config.load_test_limits,
                 StreamSlots::new(&config.limits),
-            ),
+            )
+            .with_front_door(front_door.clone()),
             tls,
             auth: Arc::clone(&auth),
             limits: config.limits,

@@ -107,6 +107,16 @@ enum Command {
     },
     /// A live full-screen view of every pool and the latest events (q quits).
     Top,
+    /// The PostgreSQL front door's clients (of POOL only, if given).
+    Clients {
+        /// The pool.
+        pool: Option<String>,
+    },
+    /// End a front-door client (its transaction, if any, is rolled back).
+    KillClient {
+        /// The client's id (from `poolctl clients`).
+        id: u64,
+    },
     /// Run SQL through a pool (QueryService): rows as a table or JSON. PARAMs fill
     /// $1, $2…, in PostgreSQL's text form (the server parses them for their type).
     #[command(
@@ -494,6 +504,11 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
             out.report(&client.optimize_pools(&names, apply).await?);
         }
         Command::Top => top::run(client, cli.server.clone()).await?,
+        Command::Clients { pool } => out.clients(&client.list_clients(pool.as_deref()).await?),
+        Command::KillClient { id } => {
+            client.kill_client(id).await?;
+            out.done(&format!("client {id} is being ended"));
+        }
         Command::Completions { .. } => unreachable!("answered before connecting"),
         Command::Query(args) => out.query(&query(&client, args.into_request()).await?),
         Command::History {

@@ -333,6 +333,55 @@ impl Printer {
         }
     }
 
+    pub fn clients(&self, all: &[poolplane_client::proto::WireClient]) {
+        match self.format {
+            Format::Json => {
+                for c in all {
+                    self.json(&json!({
+                        "id": c.id,
+                        "pool_name": c.pool_name,
+                        "user": c.user,
+                        "application_name": c.application_name,
+                        "address": c.address,
+                        "tls": c.tls,
+                        "state": c.state,
+                        "connected_at": time(c.connected_at.as_ref()),
+                        "transactions": c.transactions,
+                        "queries": c.queries,
+                        "bytes_in": c.bytes_in,
+                        "bytes_out": c.bytes_out,
+                    }));
+                }
+            }
+            Format::Table => {
+                say!(
+                    "{:>6} {:<16} {:<16} {:<16} {:<22} {:<8} {:>10} {:>10}",
+                    "ID",
+                    "POOL",
+                    "USER",
+                    "APPLICATION",
+                    "ADDRESS",
+                    "STATE",
+                    "XACTS",
+                    "QUERIES"
+                );
+                for c in all {
+                    say!(
+                        "{:>6} {:<16} {:<16} {:<16} {:<22} {:<8} {:>10} {:>10}",
+                        c.id,
+                        c.pool_name,
+                        c.user,
+                        c.application_name,
+                        format!("{}{}", c.address, if c.tls { " tls" } else { "" }),
+                        c.state,
+                        c.transactions,
+                        c.queries
+                    );
+                }
+            }
+        }
+    }
+
     pub fn pool(&self, p: &Pool) {
         match self.format {
             Format::Json => self.json(&pool_json(p)),

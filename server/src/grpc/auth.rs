@@ -98,7 +98,9 @@ pub fn required_role(path: &str) -> Option<Role> {
         return None;
     }
     Some(match (service, method) {
-        ("poolplane.v1.PoolService", "RunLoadTest" | "OptimizePools") => Role::Operator,
+        ("poolplane.v1.PoolService", "RunLoadTest" | "OptimizePools" | "KillClient") => {
+            Role::Operator
+        }
         // Read-only for an operator (the handler decides), Execute for admins.
         ("poolplane.v1.QueryService", "Query" | "QueryStream" | "Transaction") => Role::Operator,
         ("poolplane.v1.QueryService", "Execute") => Role::Admin,

@@ -47,6 +47,8 @@ pub struct PoolService {
     slots: StreamSlots,
     /// Every watch and load-test task, joined at shutdown.
     tasks: TaskTracker,
+    /// The PostgreSQL front door, if it is on (ListClients, KillClient).
+    front_door: Option<Arc<poolplane_wire::FrontDoor>>,
 }
 
 pub use poolplane::LoadTestLimits;
@@ -99,7 +101,23 @@ impl PoolService {
             limits,
             slots,
             tasks: TaskTracker::new(),
+            front_door: None,
         }
+    }
+
+    /// With the PostgreSQL front door whose clients ListClients and KillClient
+    /// show and end.
+    pub fn with_front_door(mut self, door: Option<Arc<poolplane_wire::FrontDoor>>) -> Self {
+        self.front_door = door;
+        self
+    }
+
+    fn front_door(&self) -> Result<&poolplane_wire::FrontDoor, Status> {
+        self.front_door.as_deref().ok_or_else(|| {
+            Status::failed_precondition(
+                "the PostgreSQL front door is off (--pg-listen off): it has no clients",
+            )
+        })
     }
 
     /// The tracker of the tasks this service spawns (watches, load tests): they
@@ -499,6 +517,47 @@ impl pool_service_server::PoolService for PoolService {
             stream_load_test(test, progress_rx, tx, cancel, shutdown).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_clients(
+        &self,
+        request: Request<pb::ListClientsRequest>,
+    ) -> Result<Response<pb::ListClientsResponse>, Status> {
+        let pool = request.into_inner().pool_name;
+        let door = self.front_door()?;
+        let clients = door
+            .clients((!pool.is_empty()).then_some(pool.as_str()))
+            .into_iter()
+            .map(|c| pb::WireClient {
+                id: c.id,
+                pool_name: c.pool,
+                user: c.user,
+                application_name: c.application_name,
+                address: c.address.to_string(),
+                tls: c.tls,
+                state: c.state.as_str().to_owned(),
+                connected_at: Some(convert::timestamp(c.connected_at)),
+                transactions: c.transactions,
+                queries: c.queries,
+                bytes_in: c.bytes_in,
+                bytes_out: c.bytes_out,
+            })
+            .collect();
+        Ok(Response::new(pb::ListClientsResponse { clients }))
+    }
+
+    async fn kill_client(
+        &self,
+        request: Request<pb::KillClientRequest>,
+    ) -> Result<Response<pb::KillClientResponse>, Status> {
+        let id = request.into_inner().id;
+        if self.front_door()?.kill_client(id) {
+            Ok(Response::new(pb::KillClientResponse {}))
+        } else {
+            Err(Status::not_found(format!(
+                "no front-door client {id} is connected"
+            )))
+        }
     }
 
     async fn optimize_pools(

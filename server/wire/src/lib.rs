@@ -15,7 +15,9 @@
 //! 6. [`expect`]: the queue of what the backend owes.
 //! 7. [`session`]: one client's session loop.
 //! 8. [`startup`]: the listener, TLS, startup and authentication, cancel.
+//! 9. [`clients`]: the clients as operators see them (ListClients, KillClient).
 
+mod clients;
 mod expect;
 mod frame;
 mod prepared;
@@ -25,5 +27,6 @@ mod startup;
 mod state;
 pub mod users;
 
+pub use clients::{ClientSnapshot, ClientState};
 pub use startup::{BoundFrontDoor, FrontDoor, FrontDoorError, FrontDoorOptions};
 pub use users::Users;

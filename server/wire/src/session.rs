@@ -17,6 +17,7 @@ use poolplane::pool::sql::CancelHandle;
 use poolplane::{AdvancedConnectionPool, PoolMode, WireBackend, WireCounters, WireSettings};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::clients::{ClientInfo, ClientState};
 use crate::expect::{self, Action, Expect, Prepared, Queue};
 use crate::frame::{self, Message};
 use crate::prepared::{CLIENT_STATEMENTS, PoolStatements, Statement};
@@ -253,6 +254,8 @@ pub(crate) struct Session {
     /// When the oldest request the backend still owes an answer to was sent
     /// (kept only while query_timeout is on).
     busy_since: Option<Instant>,
+    /// What operators see of this client (ListClients), and its kill switch.
+    pub info: Arc<ClientInfo>,
 }
 
 /// Which limit ended or cut something.
@@ -268,7 +271,7 @@ impl Session {
         door: &Arc<Door>,
         pool: &Arc<AdvancedConnectionPool>,
         wanted: Vec<(String, String)>,
-        application_name: Option<String>,
+        info: Arc<ClientInfo>,
     ) -> Result<Self, Fatal> {
         let settings = pool.wire_settings();
         let counters = pool.wire_counters();
@@ -310,7 +313,8 @@ impl Session {
             settings,
             last_activity: Instant::now(),
             busy_since: None,
-            application_name: application_name.unwrap_or_default(),
+            application_name: info.application_name.clone(),
+            info,
         })
     }
 
@@ -369,6 +373,8 @@ impl Session {
         }
         let door_token = self.door.token.clone();
         let mut shutdown = std::pin::pin!(door_token.cancelled());
+        let kill_token = self.info.kill.clone();
+        let mut killed = std::pin::pin!(kill_token.cancelled());
         let mut closing = Box::pin(self.pool.closing_token().clone().cancelled_owned());
         loop {
             if let Err(end) = self.turn().await {
@@ -406,6 +412,12 @@ impl Session {
                         return end;
                     }
                     closing = Box::pin(self.pool.closing_token().clone().cancelled_owned());
+                }
+                () = &mut killed => {
+                    return End::Fatal(Fatal::new(
+                        "57P01",
+                        "terminating connection due to administrator command (KillClient)",
+                    ));
                 }
                 () = &mut shutdown, if idle => {
                     return End::Fatal(Fatal::new("57P01", "terminating connection due to administrator command"));
@@ -544,10 +556,13 @@ impl Session {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
             }
-            let written = client_len.saturating_sub(self.client.out.len());
-            self.counters
-                .bytes_out
-                .fetch_add(written as u64, Ordering::Relaxed);
+            let written = client_len.saturating_sub(self.client.out.len()) as u64;
+            if written > 0 {
+                self.counters
+                    .bytes_out
+                    .fetch_add(written, Ordering::Relaxed);
+                self.info.bytes_out.fetch_add(written, Ordering::Relaxed);
+            }
             let Some(held) = &mut self.held else {
                 return if read {
                     Poll::Ready(Ok(()))
@@ -595,9 +610,9 @@ impl Session {
                     )));
                 }
             };
-            self.counters
-                .bytes_in
-                .fetch_add(message.bytes.len() as u64, Ordering::Relaxed);
+            let len = message.bytes.len() as u64;
+            self.counters.bytes_in.fetch_add(len, Ordering::Relaxed);
+            self.info.bytes_in.fetch_add(len, Ordering::Relaxed);
             self.on_client(message).await?;
         }
     }
@@ -688,6 +703,7 @@ impl Session {
 
     fn count_query(&mut self) {
         self.counters.queries.fetch_add(1, Ordering::Relaxed);
+        self.info.queries.fetch_add(1, Ordering::Relaxed);
         self.backend_mut().backend.count_queries(1);
     }
 
@@ -934,6 +950,7 @@ impl Session {
                     self.status = status;
                     if status == b'I' {
                         self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+                        self.info.transactions.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Ok(Action::HiddenError) => {
@@ -985,6 +1002,7 @@ impl Session {
             return;
         };
         *self.handle.running.lock().expect("running lock") = None;
+        self.info.set_state(ClientState::Idle);
         if held.broken {
             return;
         }
@@ -1063,8 +1081,14 @@ impl Session {
             ));
         }
         self.counters.waiting.fetch_add(1, Ordering::Relaxed);
+        self.info.set_state(ClientState::Waiting);
         let got = pool.get_for_wire().await;
         self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.info.set_state(if got.is_ok() {
+            ClientState::Active
+        } else {
+            ClientState::Idle
+        });
         let conn = got.map_err(|e| {
             let size = pool.pool_stats().current_size;
             let code = match e.kind() {

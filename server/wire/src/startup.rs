@@ -97,6 +97,9 @@ pub(crate) struct Door {
     /// the pool they were read from (a rebuilt pool reads them again).
     parameters: Mutex<HashMap<String, ParametersOf>>,
     clients: Arc<tokio::sync::Semaphore>,
+    /// Every logged-in client, by id.
+    pub connected: Mutex<HashMap<u64, Arc<crate::clients::ClientInfo>>>,
+    next_client: std::sync::atomic::AtomicU64,
     pub token: CancellationToken,
 }
 
@@ -159,6 +162,8 @@ impl BoundFrontDoor {
             cancels: Mutex::default(),
             verifiers: Mutex::default(),
             parameters: Mutex::default(),
+            connected: Mutex::default(),
+            next_client: std::sync::atomic::AtomicU64::new(1),
             token: parent.child_token(),
         });
         let tasks = TaskTracker::new();
@@ -215,6 +220,38 @@ impl FrontDoor {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The clients connected now (of `pool` only, if given), oldest first.
+    pub fn clients(&self, pool: Option<&str>) -> Vec<crate::ClientSnapshot> {
+        let connected = self.door.connected.lock().expect("clients lock");
+        let mut all: Vec<crate::ClientSnapshot> = connected
+            .values()
+            .filter(|c| pool.is_none_or(|p| c.pool == p))
+            .map(|c| c.snapshot())
+            .collect();
+        drop(connected);
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    /// Ends client `id` (FATAL 57P01; a transaction it is inside is rolled
+    /// back); false if no such client is connected.
+    pub fn kill_client(&self, id: u64) -> bool {
+        let client = self
+            .door
+            .connected
+            .lock()
+            .expect("clients lock")
+            .get(&id)
+            .cloned();
+        match client {
+            Some(client) => {
+                client.kill.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Re-reads the users file; returns how many users it holds. On an error
@@ -395,12 +432,21 @@ async fn serve(door: Arc<Door>, tcp: TcpStream, peer: SocketAddr) {
     };
     let key = session.key;
     let handle = Arc::clone(&session.handle);
+    let info = Arc::clone(&session.info);
     door.cancels
         .lock()
         .expect("cancels lock")
         .insert(key, handle);
+    door.connected
+        .lock()
+        .expect("clients lock")
+        .insert(info.id, Arc::clone(&info));
     session.run(client).await;
     door.cancels.lock().expect("cancels lock").remove(&key);
+    door.connected
+        .lock()
+        .expect("clients lock")
+        .remove(&info.id);
     drop(permit);
 }
 
@@ -541,7 +587,17 @@ async fn log_in(
     };
     authenticate(door, client, &pool, &user, peer).await?;
     let wanted = crate::session::wanted_settings(&params)?;
-    let session = Session::new(door, &pool, wanted, get("application_name"))?;
+    let info = Arc::new(crate::clients::ClientInfo::new(
+        door.next_client
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        &database,
+        &user,
+        &get("application_name").unwrap_or_default(),
+        peer,
+        client.is_tls(),
+        CancellationToken::new(),
+    ));
+    let session = Session::new(door, &pool, wanted, info)?;
     let mut out = BytesMut::new();
     frame::authentication(&mut out, 0, &[]);
     for (name, value) in session.reported_parameters(&pool).await? {

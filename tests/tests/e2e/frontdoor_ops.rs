@@ -656,6 +656,15 @@ async fn the_users_file_is_read_again_on_sighup() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many transactions pgbench's report says it processed.
+fn processed(report: &str) -> i64 {
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|n| n.split('/').next()?.trim().parse().ok())
+        .expect("pgbench reports what it processed")
+}
+
 /// A client through the front door whose connection's end (and its SQLSTATE)
 /// the test can await.
 async fn watched_client(
@@ -814,11 +823,7 @@ async fn sigterm_lets_transactions_finish_then_ends_the_clients() -> anyhow::Res
         printed.contains("number of failed transactions: 0"),
         "{printed}"
     );
-    let done: i64 = printed
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|n| n.split('/').next()?.trim().parse().ok())
-        .expect("pgbench reports what it processed");
+    let done = processed(&printed);
     let counted: i64 = db
         .connect()
         .await?
@@ -832,5 +837,109 @@ async fn sigterm_lets_transactions_finish_then_ends_the_clients() -> anyhow::Res
         counted, done,
         "each transaction pgbench counted committed, no other"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn clients_are_listed_with_their_state_and_one_can_be_killed() -> anyhow::Result<()> {
+    let (server, db) = pool_with("seen", sized(2, 4)).await?;
+    let (user, password) = login_of(&db)?;
+    db.connect()
+        .await?
+        .batch_execute("CREATE TABLE ticks (n int)")
+        .await?;
+    let pg = server.server().pg_addr().expect("front door");
+    let (host, port) = (pg.ip().to_string(), pg.port().to_string());
+    let script =
+        script_file("BEGIN;\nINSERT INTO ticks VALUES (1);\nSELECT pg_sleep(0.2);\nEND;\n")?;
+    let script_path = script.path().display().to_string();
+    let args: Vec<String> = [
+        "-h",
+        &host,
+        "-p",
+        &port,
+        "-U",
+        &user,
+        "-n",
+        "-c",
+        "4",
+        "-T",
+        "5",
+        "-f",
+        &script_path,
+        "seen",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    let bench = tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_client("pgbench", &args, &password, Duration::from_secs(60)).await
+    });
+    let sdk = &server.client;
+    let found = std::sync::atomic::AtomicU64::new(0);
+    wait_until(
+        Duration::from_secs(20),
+        "an active pgbench client",
+        || async {
+            let Ok(clients) = sdk.list_clients(Some("seen")).await else {
+                return false;
+            };
+            let pgbench: Vec<_> = clients
+                .iter()
+                .filter(|c| c.application_name == "pgbench" && c.user == user)
+                .collect();
+            let active = pgbench
+                .iter()
+                .find(|c| c.state == "active" && c.transactions > 0);
+            if let Some(c) = active {
+                found.store(c.id, std::sync::atomic::Ordering::Relaxed);
+            }
+            pgbench.len() == 4 && active.is_some()
+        },
+    )
+    .await?;
+    let all = sdk.list_clients(None).await?;
+    assert!(
+        all.iter()
+            .all(|c| ["idle", "waiting", "active"].contains(&c.state.as_str()))
+    );
+    assert!(all.iter().all(|c| c.address.starts_with("127.0.0.1:")));
+    let victim = found.load(std::sync::atomic::Ordering::Relaxed);
+    sdk.kill_client(victim).await?;
+    let missing = sdk
+        .kill_client(victim + 1_000_000)
+        .await
+        .expect_err("no such client");
+    assert!(
+        missing.to_string().contains("no front-door client"),
+        "{missing}"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the killed client is gone",
+        || async {
+            sdk.list_clients(Some("seen"))
+                .await
+                .is_ok_and(|clients| clients.iter().all(|c| c.id != victim))
+        },
+    )
+    .await?;
+    let out = bench.await??;
+    let printed = text(&out);
+    assert!(
+        printed.contains("administrator command (KillClient)"),
+        "{printed}"
+    );
+    // The killed client's transaction was rolled back: what committed is what
+    // pgbench counted as done.
+    let done = processed(&printed);
+    let committed: i64 = db
+        .connect()
+        .await?
+        .query_one("SELECT count(*) FROM ticks", &[])
+        .await?
+        .get(0);
+    assert_eq!(committed, done);
     Ok(())
 }
