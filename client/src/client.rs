@@ -463,6 +463,20 @@ impl PoolplaneClient {
         Ok(response.clients)
     }
 
+    /// Replaces every connection of pool `name` (each after its current use);
+    /// returns how many were open.
+    pub async fn reconnect_pool(&self, name: &str) -> Result<u32, Error> {
+        let request = poolplane_proto::v1::ReconnectPoolRequest {
+            pool_name: name.to_owned(),
+        };
+        let response = self
+            .unary(Retry::Never, request, |mut s, r| async move {
+                s.reconnect_pool(r).await
+            })
+            .await?;
+        Ok(response.connections)
+    }
+
     /// Ends front-door client `id` (its transaction, if any, is rolled back).
     pub async fn kill_client(&self, id: u64) -> Result<(), Error> {
         let request = poolplane_proto::v1::KillClientRequest { id };

@@ -112,6 +112,11 @@ enum Command {
         /// The pool.
         pool: Option<String>,
     },
+    /// Replace every connection of a pool, each after its current use.
+    Reconnect {
+        /// The pool.
+        name: String,
+    },
     /// End a front-door client (its transaction, if any, is rolled back).
     KillClient {
         /// The client's id (from `poolctl clients`).
@@ -505,6 +510,10 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
         }
         Command::Top => top::run(client, cli.server.clone()).await?,
         Command::Clients { pool } => out.clients(&client.list_clients(pool.as_deref()).await?),
+        Command::Reconnect { name } => {
+            let n = client.reconnect_pool(&name).await?;
+            out.done(&format!("{name}: {n} connections are being replaced"));
+        }
         Command::KillClient { id } => {
             client.kill_client(id).await?;
             out.done(&format!("client {id} is being ended"));

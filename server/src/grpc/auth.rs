@@ -98,9 +98,10 @@ pub fn required_role(path: &str) -> Option<Role> {
         return None;
     }
     Some(match (service, method) {
-        ("poolplane.v1.PoolService", "RunLoadTest" | "OptimizePools" | "KillClient") => {
-            Role::Operator
-        }
+        (
+            "poolplane.v1.PoolService",
+            "RunLoadTest" | "OptimizePools" | "KillClient" | "ReconnectPool",
+        ) => Role::Operator,
         // Read-only for an operator (the handler decides), Execute for admins.
         ("poolplane.v1.QueryService", "Query" | "QueryStream" | "Transaction") => Role::Operator,
         ("poolplane.v1.QueryService", "Execute") => Role::Admin,

@@ -546,6 +546,17 @@ impl pool_service_server::PoolService for PoolService {
         Ok(Response::new(pb::ListClientsResponse { clients }))
     }
 
+    async fn reconnect_pool(
+        &self,
+        request: Request<pb::ReconnectPoolRequest>,
+    ) -> Result<Response<pb::ReconnectPoolResponse>, Status> {
+        let name = request.into_inner().pool_name;
+        let pool = self.pool(&name)?;
+        let connections = pool.reconnect();
+        tracing::info!(pool = %name, connections, "pool reconnect: every connection is replaced");
+        Ok(Response::new(pb::ReconnectPoolResponse { connections }))
+    }
+
     async fn kill_client(
         &self,
         request: Request<pb::KillClientRequest>,

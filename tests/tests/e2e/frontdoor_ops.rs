@@ -943,3 +943,76 @@ async fn clients_are_listed_with_their_state_and_one_can_be_killed() -> anyhow::
     assert_eq!(committed, done);
     Ok(())
 }
+
+#[tokio::test]
+async fn reconnect_replaces_every_backend_with_no_client_error() -> anyhow::Result<()> {
+    let (server, db) = pool_with("rotate", sized(4, 4)).await?;
+    let (user, password) = login_of(&db)?;
+    let admin = db.connect().await?;
+    admin.batch_execute("CREATE TABLE ticks (n int)").await?;
+    let pids = || async {
+        let rows = admin
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'poolplane:rotate'",
+                &[],
+            )
+            .await?;
+        anyhow::Ok(rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>())
+    };
+    let pg = server.server().pg_addr().expect("front door");
+    let (host, port) = (pg.ip().to_string(), pg.port().to_string());
+    let script =
+        script_file("BEGIN;\nINSERT INTO ticks VALUES (1);\nSELECT pg_sleep(0.01);\nEND;\n")?;
+    let script_path = script.path().display().to_string();
+    let args: Vec<String> = [
+        "-h",
+        &host,
+        "-p",
+        &port,
+        "-U",
+        &user,
+        "-n",
+        "-c",
+        "8",
+        "-T",
+        "5",
+        "-f",
+        &script_path,
+        "rotate",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    let bench = tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_client("pgbench", &args, &password, Duration::from_secs(60)).await
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = pids().await?;
+    assert_eq!(before.len(), 4, "{before:?}");
+    let open = server.client.reconnect_pool("rotate").await?;
+    assert_eq!(open, 4);
+    wait_until(
+        Duration::from_secs(10),
+        "every backend replaced",
+        || async {
+            pids()
+                .await
+                .is_ok_and(|now| !now.is_empty() && now.iter().all(|pid| !before.contains(pid)))
+        },
+    )
+    .await?;
+    let out = bench.await??;
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(
+        printed.contains("number of failed transactions: 0 (0.000%)"),
+        "{printed}"
+    );
+    let committed: i64 = admin
+        .query_one("SELECT count(*) FROM ticks", &[])
+        .await?
+        .get(0);
+    assert_eq!(committed, processed(&printed));
+    Ok(())
+}

@@ -24,6 +24,8 @@ pub(crate) struct Connection {
     pub last_used: Instant,
     /// Set when a query showed it is unusable.
     pub broken: bool,
+    /// The pool's reconnect generation when it opened.
+    pub generation: u64,
     /// What cancels its running statement, made once when it opened.
     pub cancel: Arc<super::sql::CancelTarget>,
     /// Its socket, lendable to the wire front door.
@@ -158,6 +160,7 @@ impl PoolManager {
             queries: 0,
             last_used: Instant::now(),
             broken: false,
+            generation: self.shared.generation.load(Ordering::Relaxed),
             cancel,
             link: opened.link,
             wire: super::wire::WireState::new(self.shared.cache_capacity()),
@@ -284,7 +287,11 @@ impl bb8::ManageConnection for PoolManager {
 
     /// Called when a connection comes back: true closes it.
     fn has_broken(&self, conn: &mut Connection) -> bool {
-        if conn.broken || conn.client.is_closed() || self.shared.is_closed() {
+        if conn.broken
+            || conn.client.is_closed()
+            || self.shared.is_closed()
+            || conn.generation < self.shared.generation.load(Ordering::Relaxed)
+        {
             return true;
         }
         let recycle_after = self.shared.recycle_threshold.load(Ordering::Relaxed);

@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     settings: RwLock<Arc<AdvancedPoolConfig>>,
     /// Hot-path copies of settings (0 = off).
     recycle_threshold: AtomicU64,
+    /// Bumped by `reconnect`: connections opened before it are replaced.
+    generation: AtomicU64,
     cache_capacity: AtomicU32,
     validation_idle_ms: AtomicU64,
     /// The pool's current size: the gate's permits (plus pending forgets).
@@ -546,8 +548,11 @@ impl AdvancedConnectionPool {
                 return Err(Error::PoolClosed);
             }
             let now = Instant::now();
-            if conn.client.is_closed() {
-                // Another try, within what is left of the one deadline.
+            if conn.client.is_closed()
+                || conn.generation < shared.generation.load(Ordering::Relaxed)
+            {
+                // Closed, or opened before a reconnect: another try, within
+                // what is left of the one deadline.
                 conn.broken = true;
                 waiting_since.get_or_insert(now);
                 continue;
@@ -705,6 +710,14 @@ impl AdvancedConnectionPool {
     /// what a wire client may log in with.
     pub fn login(&self) -> (Option<String>, Option<crate::Secret>) {
         self.login.clone()
+    }
+
+    /// Replaces every connection: each one in use after its current use, each
+    /// idle one before its next (a rotated password, a failover behind a DNS
+    /// name). Returns how many were open.
+    pub fn reconnect(&self) -> u32 {
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        self.bb8.state().connections
     }
 
     /// Cancelled once the pool is closing (deleted, rebuilt or shut down).
@@ -906,6 +919,7 @@ impl Shared {
             tls,
             security: Mutex::new(stats::ConnectionSecurity::default()),
             recycle_threshold: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             cache_capacity: AtomicU32::new(0),
             validation_idle_ms: AtomicU64::new(0),
             target_size: AtomicU32::new(size),
