@@ -656,6 +656,43 @@ async fn the_users_file_is_read_again_on_sighup() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs pgbench with a script of `sql` for `secs` with `clients` clients
+/// through `server`'s front door to `pool`, as `db`'s own user, in the
+/// background; the script file lives as long as the run.
+fn pgbench_script(
+    server: &TestServer,
+    db: &poolplane_tests::TestDatabase,
+    pool: &str,
+    clients: u32,
+    secs: u32,
+    sql: &str,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<std::process::Output>>> {
+    let (user, password) = login_of(db)?;
+    let pg = server.server().pg_addr().expect("front door");
+    let script = script_file(sql)?;
+    let args: Vec<String> = vec![
+        "-h".into(),
+        pg.ip().to_string(),
+        "-p".into(),
+        pg.port().to_string(),
+        "-U".into(),
+        user,
+        "-n".into(),
+        "-c".into(),
+        clients.to_string(),
+        "-T".into(),
+        secs.to_string(),
+        "-f".into(),
+        script.path().display().to_string(),
+        pool.into(),
+    ];
+    Ok(tokio::spawn(async move {
+        let _script = script;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_client("pgbench", &args, &password, Duration::from_secs(60)).await
+    }))
+}
+
 /// How many transactions pgbench's report says it processed.
 fn processed(report: &str) -> i64 {
     report
@@ -843,39 +880,19 @@ async fn sigterm_lets_transactions_finish_then_ends_the_clients() -> anyhow::Res
 #[tokio::test]
 async fn clients_are_listed_with_their_state_and_one_can_be_killed() -> anyhow::Result<()> {
     let (server, db) = pool_with("seen", sized(2, 4)).await?;
-    let (user, password) = login_of(&db)?;
+    let (user, _) = login_of(&db)?;
     db.connect()
         .await?
         .batch_execute("CREATE TABLE ticks (n int)")
         .await?;
-    let pg = server.server().pg_addr().expect("front door");
-    let (host, port) = (pg.ip().to_string(), pg.port().to_string());
-    let script =
-        script_file("BEGIN;\nINSERT INTO ticks VALUES (1);\nSELECT pg_sleep(0.2);\nEND;\n")?;
-    let script_path = script.path().display().to_string();
-    let args: Vec<String> = [
-        "-h",
-        &host,
-        "-p",
-        &port,
-        "-U",
-        &user,
-        "-n",
-        "-c",
-        "4",
-        "-T",
-        "5",
-        "-f",
-        &script_path,
+    let bench = pgbench_script(
+        &server,
+        &db,
         "seen",
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect();
-    let bench = tokio::spawn(async move {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_client("pgbench", &args, &password, Duration::from_secs(60)).await
-    });
+        4,
+        5,
+        "BEGIN;\nINSERT INTO ticks VALUES (1);\nSELECT pg_sleep(0.2);\nEND;\n",
+    )?;
     let sdk = &server.client;
     let found = std::sync::atomic::AtomicU64::new(0);
     wait_until(
@@ -947,7 +964,6 @@ async fn clients_are_listed_with_their_state_and_one_can_be_killed() -> anyhow::
 #[tokio::test]
 async fn reconnect_replaces_every_backend_with_no_client_error() -> anyhow::Result<()> {
     let (server, db) = pool_with("rotate", sized(4, 4)).await?;
-    let (user, password) = login_of(&db)?;
     let admin = db.connect().await?;
     admin.batch_execute("CREATE TABLE ticks (n int)").await?;
     let pids = || async {
@@ -959,34 +975,14 @@ async fn reconnect_replaces_every_backend_with_no_client_error() -> anyhow::Resu
             .await?;
         anyhow::Ok(rows.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>())
     };
-    let pg = server.server().pg_addr().expect("front door");
-    let (host, port) = (pg.ip().to_string(), pg.port().to_string());
-    let script =
-        script_file("BEGIN;\nINSERT INTO ticks VALUES (1);\nSELECT pg_sleep(0.01);\nEND;\n")?;
-    let script_path = script.path().display().to_string();
-    let args: Vec<String> = [
-        "-h",
-        &host,
-        "-p",
-        &port,
-        "-U",
-        &user,
-        "-n",
-        "-c",
-        "8",
-        "-T",
-        "5",
-        "-f",
-        &script_path,
+    let bench = pgbench_script(
+        &server,
+        &db,
         "rotate",
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect();
-    let bench = tokio::spawn(async move {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_client("pgbench", &args, &password, Duration::from_secs(60)).await
-    });
+        8,
+        5,
+        "BEGIN;\nINSERT INTO ticks VALUES (1);\nSELECT pg_sleep(0.01);\nEND;\n",
+    )?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = pids().await?;
     assert_eq!(before.len(), 4, "{before:?}");
