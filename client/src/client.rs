@@ -477,6 +477,34 @@ impl PoolplaneClient {
         Ok(response.connections)
     }
 
+    /// Pauses pool `name`'s front door (new transactions wait, those in flight
+    /// finish); returns the clients still holding a backend after `timeout_secs`
+    /// (0: drained).
+    pub async fn pause_pool(&self, name: &str, timeout_secs: u64) -> Result<u32, Error> {
+        let request = poolplane_proto::v1::PausePoolRequest {
+            pool_name: name.to_owned(),
+            timeout_secs,
+        };
+        let response = self
+            .unary(Retry::Never, request, |mut s, r| async move {
+                s.pause_pool(r).await
+            })
+            .await?;
+        Ok(response.busy)
+    }
+
+    /// Resumes a paused pool.
+    pub async fn resume_pool(&self, name: &str) -> Result<(), Error> {
+        let request = poolplane_proto::v1::ResumePoolRequest {
+            pool_name: name.to_owned(),
+        };
+        self.unary(Retry::Idempotent, request, |mut s, r| async move {
+            s.resume_pool(r).await
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Ends front-door client `id` (its transaction, if any, is rolled back).
     pub async fn kill_client(&self, id: u64) -> Result<(), Error> {
         let request = poolplane_proto::v1::KillClientRequest { id };

@@ -112,6 +112,19 @@ enum Command {
         /// The pool.
         pool: Option<String>,
     },
+    /// Pause a pool's front door: new transactions wait, those in flight finish.
+    Pause {
+        /// The pool.
+        name: String,
+        /// Seconds to wait for it to drain.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Resume a paused pool.
+    Resume {
+        /// The pool.
+        name: String,
+    },
     /// Replace every connection of a pool, each after its current use.
     Reconnect {
         /// The pool.
@@ -468,6 +481,35 @@ async fn named_or_all(
     })
 }
 
+/// The front door's operations: clients, pause, resume, reconnect, kill.
+async fn operate(client: &PoolplaneClient, command: Command, out: &Printer) -> anyhow::Result<()> {
+    match command {
+        Command::Clients { pool } => out.clients(&client.list_clients(pool.as_deref()).await?),
+        Command::Pause { name, timeout } => {
+            let busy = client.pause_pool(&name, timeout).await?;
+            out.done(&if busy == 0 {
+                format!("{name}: paused and drained")
+            } else {
+                format!("{name}: paused; {busy} clients still hold a backend")
+            });
+        }
+        Command::Resume { name } => {
+            client.resume_pool(&name).await?;
+            out.done(&format!("{name}: resumed"));
+        }
+        Command::Reconnect { name } => {
+            let n = client.reconnect_pool(&name).await?;
+            out.done(&format!("{name}: {n} connections are being replaced"));
+        }
+        Command::KillClient { id } => {
+            client.kill_client(id).await?;
+            out.done(&format!("client {id} is being ended"));
+        }
+        _ => unreachable!("only the front door's operations come here"),
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
     if let Command::Completions { shell } = cli.command {
         use clap::CommandFactory;
@@ -509,15 +551,11 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
             out.report(&client.optimize_pools(&names, apply).await?);
         }
         Command::Top => top::run(client, cli.server.clone()).await?,
-        Command::Clients { pool } => out.clients(&client.list_clients(pool.as_deref()).await?),
-        Command::Reconnect { name } => {
-            let n = client.reconnect_pool(&name).await?;
-            out.done(&format!("{name}: {n} connections are being replaced"));
-        }
-        Command::KillClient { id } => {
-            client.kill_client(id).await?;
-            out.done(&format!("client {id} is being ended"));
-        }
+        command @ (Command::Clients { .. }
+        | Command::Pause { .. }
+        | Command::Resume { .. }
+        | Command::Reconnect { .. }
+        | Command::KillClient { .. }) => operate(&client, command, out).await?,
         Command::Completions { .. } => unreachable!("answered before connecting"),
         Command::Query(args) => out.query(&query(&client, args.into_request()).await?),
         Command::History {

@@ -100,7 +100,8 @@ pub fn required_role(path: &str) -> Option<Role> {
     Some(match (service, method) {
         (
             "poolplane.v1.PoolService",
-            "RunLoadTest" | "OptimizePools" | "KillClient" | "ReconnectPool",
+            "RunLoadTest" | "OptimizePools" | "KillClient" | "ReconnectPool" | "PausePool"
+            | "ResumePool",
         ) => Role::Operator,
         // Read-only for an operator (the handler decides), Execute for admins.
         ("poolplane.v1.QueryService", "Query" | "QueryStream" | "Transaction") => Role::Operator,

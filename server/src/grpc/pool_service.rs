@@ -557,6 +557,37 @@ impl pool_service_server::PoolService for PoolService {
         Ok(Response::new(pb::ReconnectPoolResponse { connections }))
     }
 
+    async fn pause_pool(
+        &self,
+        request: Request<pb::PausePoolRequest>,
+    ) -> Result<Response<pb::PausePoolResponse>, Status> {
+        let request = request.into_inner();
+        self.pool(&request.pool_name)?;
+        let secs = match request.timeout_secs {
+            0 => 30,
+            s => s.min(3600),
+        };
+        let busy = self
+            .front_door()?
+            .pause(&request.pool_name, std::time::Duration::from_secs(secs))
+            .await;
+        tracing::info!(pool = %request.pool_name, busy, "pool paused");
+        Ok(Response::new(pb::PausePoolResponse {
+            busy: u32::try_from(busy).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn resume_pool(
+        &self,
+        request: Request<pb::ResumePoolRequest>,
+    ) -> Result<Response<pb::ResumePoolResponse>, Status> {
+        let name = request.into_inner().pool_name;
+        self.pool(&name)?;
+        self.front_door()?.resume(&name);
+        tracing::info!(pool = %name, "pool resumed");
+        Ok(Response::new(pb::ResumePoolResponse {}))
+    }
+
     async fn kill_client(
         &self,
         request: Request<pb::KillClientRequest>,

@@ -131,3 +131,11 @@ impl ClientInfo {
         }
     }
 }
+
+/// A pool's pause switch (PausePool / ResumePool): while it is on, a client's
+/// next transaction waits; transactions in flight finish.
+#[derive(Debug, Default)]
+pub(crate) struct Pause {
+    pub on: std::sync::atomic::AtomicBool,
+    pub resumed: tokio::sync::Notify,
+}

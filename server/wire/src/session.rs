@@ -256,6 +256,8 @@ pub(crate) struct Session {
     busy_since: Option<Instant>,
     /// What operators see of this client (ListClients), and its kill switch.
     pub info: Arc<ClientInfo>,
+    /// Its pool's pause switch.
+    pause: Arc<crate::clients::Pause>,
 }
 
 /// Which limit ended or cut something.
@@ -315,6 +317,7 @@ impl Session {
             busy_since: None,
             application_name: info.application_name.clone(),
             info,
+            pause: door.pause_of(pool.name()),
         })
     }
 
@@ -1068,6 +1071,16 @@ impl Session {
         }
         let pool = Arc::clone(&self.pool);
         self.settings = pool.wire_settings();
+        if self.pause.on.load(Ordering::SeqCst) {
+            let (pause, info) = (Arc::clone(&self.pause), Arc::clone(&self.info));
+            wait_while_paused(
+                pause,
+                info,
+                self.pool_name.clone(),
+                pool.config().acquire_timeout(),
+            )
+            .await?;
+        }
         if self.timeouts_on() {
             self.last_activity = Instant::now();
         }
@@ -1205,6 +1218,38 @@ fn send_reset(held: &mut Held, queue: &mut Queue) {
     if held.effects.discard || held.effects.sql_prepared.is_some() {
         held.backend.statements_discarded();
     }
+}
+
+/// Waits while the pool is paused (PausePool), up to `limit`.
+async fn wait_while_paused(
+    pause: Arc<crate::clients::Pause>,
+    info: Arc<ClientInfo>,
+    pool_name: String,
+    limit: Duration,
+) -> Result<(), Checkout> {
+    info.set_state(ClientState::Waiting);
+    let waited = tokio::time::timeout(limit, async {
+        loop {
+            let resumed = pause.resumed.notified();
+            tokio::pin!(resumed);
+            resumed.as_mut().enable();
+            if !pause.on.load(Ordering::SeqCst) {
+                return;
+            }
+            resumed.await;
+        }
+    })
+    .await;
+    info.set_state(ClientState::Idle);
+    waited.map_err(|_| {
+        Checkout::Refused(
+            "53300",
+            format!(
+                "poolplane: pool \"{pool_name}\" is paused (PausePool) and was not resumed within {} s (acquire_timeout_secs)",
+                limit.as_secs()
+            ),
+        )
+    })
 }
 
 /// Sleeps until `at` (a timeout's deadline).

@@ -99,6 +99,8 @@ pub(crate) struct Door {
     clients: Arc<tokio::sync::Semaphore>,
     /// Every logged-in client, by id.
     pub connected: Mutex<HashMap<u64, Arc<crate::clients::ClientInfo>>>,
+    /// Each pool's pause switch, by pool name.
+    pauses: Mutex<HashMap<String, Arc<crate::clients::Pause>>>,
     next_client: std::sync::atomic::AtomicU64,
     pub token: CancellationToken,
 }
@@ -163,6 +165,7 @@ impl BoundFrontDoor {
             verifiers: Mutex::default(),
             parameters: Mutex::default(),
             connected: Mutex::default(),
+            pauses: Mutex::default(),
             next_client: std::sync::atomic::AtomicU64::new(1),
             token: parent.child_token(),
         });
@@ -233,6 +236,37 @@ impl FrontDoor {
         drop(connected);
         all.sort_by_key(|c| c.id);
         all
+    }
+
+    /// Pauses `pool`'s front door: a client's next transaction waits (up to
+    /// the pool's acquire timeout), those in flight finish. Returns how many
+    /// clients still hold a backend when `wait` ran out (0: drained).
+    pub async fn pause(&self, pool: &str, wait: Duration) -> usize {
+        self.door
+            .pause_of(pool)
+            .on
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let busy = || {
+            self.clients(Some(pool))
+                .iter()
+                .filter(|c| c.state == crate::ClientState::Active)
+                .count()
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let now = busy();
+            if now == 0 || tokio::time::Instant::now() >= deadline {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Resumes `pool`'s front door: waiting clients go on.
+    pub fn resume(&self, pool: &str) {
+        let pause = self.door.pause_of(pool);
+        pause.on.store(false, std::sync::atomic::Ordering::SeqCst);
+        pause.resumed.notify_waiters();
     }
 
     /// Ends client `id` (FATAL 57P01; a transaction it is inside is rolled
@@ -620,6 +654,12 @@ type ParametersOf = (
 );
 
 impl Door {
+    /// The pause switch of `pool` (made on first use).
+    pub(crate) fn pause_of(&self, pool: &str) -> Arc<crate::clients::Pause> {
+        let mut pauses = self.pauses.lock().expect("pauses lock");
+        Arc::clone(pauses.entry(pool.to_owned()).or_default())
+    }
+
     /// The server parameters of `pool`'s database, read once per pool.
     pub(crate) async fn parameters(
         &self,

@@ -1012,3 +1012,54 @@ async fn reconnect_replaces_every_backend_with_no_client_error() -> anyhow::Resu
     assert_eq!(committed, processed(&printed));
     Ok(())
 }
+
+#[tokio::test]
+async fn pause_drains_the_pool_and_resume_lets_the_clients_on_with_no_error() -> anyhow::Result<()>
+{
+    let (server, db) = pool_with("halt", sized(4, 4)).await?;
+    db.connect()
+        .await?
+        .batch_execute("CREATE TABLE ticks (n int)")
+        .await?;
+    let bench = pgbench_script(
+        &server,
+        &db,
+        "halt",
+        8,
+        6,
+        "BEGIN;\nINSERT INTO ticks VALUES (1);\nSELECT pg_sleep(0.01);\nEND;\n",
+    )?;
+    let pool = server.server().registry().pool("halt")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let busy = server.client.pause_pool("halt", 10).await?;
+    assert_eq!(busy, 0, "drained");
+    let paused_at = pool.pool_stats().wire.transactions;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        pool.pool_stats().wire.transactions,
+        paused_at,
+        "no transaction while paused"
+    );
+    let clients = server.client.list_clients(Some("halt")).await?;
+    assert!(clients.iter().all(|c| c.state != "active"), "{clients:?}");
+    server.client.resume_pool("halt").await?;
+    wait_until(Duration::from_secs(5), "transactions again", || async {
+        pool.pool_stats().wire.transactions > paused_at
+    })
+    .await?;
+    let out = bench.await??;
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(
+        printed.contains("number of failed transactions: 0 (0.000%)"),
+        "{printed}"
+    );
+    let committed: i64 = db
+        .connect()
+        .await?
+        .query_one("SELECT count(*) FROM ticks", &[])
+        .await?
+        .get(0);
+    assert_eq!(committed, processed(&printed));
+    Ok(())
+}
