@@ -620,17 +620,7 @@ async fn the_users_file_is_read_again_on_sighup() -> anyhow::Result<()> {
         format!("two {} hup\n", verifier("hup_two").await?),
     )?;
     server.signal(nix::sys::signal::Signal::SIGHUP)?;
-    wait_until(
-        Duration::from_secs(10),
-        "the users file is reloaded",
-        || async {
-            server
-                .log_lines()
-                .iter()
-                .any(|l| l.contains("users file reloaded"))
-        },
-    )
-    .await?;
+    logged(&server, "users file reloaded").await?;
     assert!(login("two", "hup-pw-2").await?);
     assert!(
         !login("one", "hup-pw-1").await?,
@@ -639,17 +629,7 @@ async fn the_users_file_is_read_again_on_sighup() -> anyhow::Result<()> {
     // A file that does not parse keeps the users in force.
     std::fs::write(users.path(), "two not-a-verifier hup\n")?;
     server.signal(nix::sys::signal::Signal::SIGHUP)?;
-    wait_until(
-        Duration::from_secs(10),
-        "the bad file is refused",
-        || async {
-            server
-                .log_lines()
-                .iter()
-                .any(|l| l.contains("users file not reloaded"))
-        },
-    )
-    .await?;
+    logged(&server, "users file not reloaded").await?;
     assert!(login("two", "hup-pw-2").await?);
     server.signal(nix::sys::signal::Signal::SIGTERM)?;
     server.wait_exit(Duration::from_secs(15)).await?;
@@ -691,6 +671,14 @@ fn pgbench_script(
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run_client("pgbench", &args, &password, Duration::from_secs(60)).await
     }))
+}
+
+/// Waits (10 s at most) until the server has logged a line holding `text`.
+async fn logged(server: &ServerProcess, text: &str) -> anyhow::Result<()> {
+    wait_until(Duration::from_secs(10), text, || async {
+        server.log_lines().iter().any(|l| l.contains(text))
+    })
+    .await
 }
 
 /// How many transactions pgbench's report says it processed.
@@ -845,7 +833,17 @@ async fn sigterm_lets_transactions_finish_then_ends_the_clients() -> anyhow::Res
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run_client("pgbench", &args, &password, Duration::from_secs(60)).await
     });
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let watcher = db.connect().await?;
+    wait_until(Duration::from_secs(30), "pgbench commits", || async {
+        watcher
+            .query_one(
+                "SELECT bbalance::int8 FROM pgbench_branches WHERE bid = 1",
+                &[],
+            )
+            .await
+            .is_ok_and(|row| row.get::<_, i64>(0) >= 10)
+    })
+    .await?;
     server.signal(nix::sys::signal::Signal::SIGTERM)?;
     let status = server.wait_exit(Duration::from_secs(30)).await?;
     assert_eq!(status.code(), Some(0));
@@ -983,7 +981,11 @@ async fn reconnect_replaces_every_backend_with_no_client_error() -> anyhow::Resu
         5,
         "BEGIN;\nINSERT INTO ticks VALUES (1);\nSELECT pg_sleep(0.01);\nEND;\n",
     )?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pool = server.server().registry().pool("rotate")?;
+    wait_until(Duration::from_secs(30), "pgbench runs", || async {
+        pool.pool_stats().wire.transactions >= 10
+    })
+    .await?;
     let before = pids().await?;
     assert_eq!(before.len(), 4, "{before:?}");
     let open = server.client.reconnect_pool("rotate").await?;
@@ -1030,7 +1032,10 @@ async fn pause_drains_the_pool_and_resume_lets_the_clients_on_with_no_error() ->
         "BEGIN;\nINSERT INTO ticks VALUES (1);\nSELECT pg_sleep(0.01);\nEND;\n",
     )?;
     let pool = server.server().registry().pool("halt")?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_until(Duration::from_secs(30), "pgbench runs", || async {
+        pool.pool_stats().wire.transactions >= 10
+    })
+    .await?;
     let busy = server.client.pause_pool("halt", 10).await?;
     assert_eq!(busy, 0, "drained");
     let paused_at = pool.pool_stats().wire.transactions;
