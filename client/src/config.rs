@@ -100,6 +100,8 @@ impl PoolConfigBuilder {
         idle_in_transaction_timeout_secs: u64,
         /// Seconds a front-door statement may run (0: off).
         query_timeout_secs: u64,
+        /// Session state outliving a transaction (LISTEN, temp tables…): pin or refuse.
+        session_state: &str,
     }
 
     /// Statements run on every new connection (replaces the list).

@@ -367,6 +367,10 @@ struct ConfigArgs {
     /// query_timeout_secs (0: off).
     #[arg(long)]
     query_timeout_secs: Option<u64>,
+    /// session_state in transaction mode: pin (LISTEN, temp tables… keep the
+    /// backend) or refuse.
+    #[arg(long)]
+    session_state: Option<String>,
 }
 
 impl ConfigArgs {
@@ -402,6 +406,7 @@ impl ConfigArgs {
             client_idle_timeout_secs: self.client_idle_timeout_secs,
             idle_in_transaction_timeout_secs: self.idle_in_transaction_timeout_secs,
             query_timeout_secs: self.query_timeout_secs,
+            session_state: self.session_state,
         }
     }
 }

@@ -154,6 +154,7 @@ fn config_json(c: &PoolConfig) -> Value {
         "client_idle_timeout_secs": c.client_idle_timeout_secs,
         "idle_in_transaction_timeout_secs": c.idle_in_transaction_timeout_secs,
         "query_timeout_secs": c.query_timeout_secs,
+        "session_state": c.session_state,
         "validation_idle_threshold_ms": c.validation_idle_threshold_ms,
     })
 }
@@ -203,6 +204,7 @@ fn stats_json(s: &PoolStats) -> Value {
         "wire": json!({
             "clients_connected": s.wire_clients_connected,
             "clients_waiting": s.wire_clients_waiting,
+            "clients_pinned": s.wire_clients_pinned,
             "transactions": s.wire_transactions,
             "queries": s.wire_queries,
             "bytes_in": s.wire_bytes_in,

@@ -271,7 +271,7 @@ pub fn render(frame: &mut Frame<'_>, state: &TopState) {
 }
 
 enum Update {
-    Stats(PoolStats),
+    Stats(Box<PoolStats>),
     Event(PoolEvent),
     HitRate(String, f64),
     Key,
@@ -284,7 +284,7 @@ fn spawn_feeds(client: &PoolplaneClient, tx: mpsc::Sender<Update>) {
     tokio::spawn(async move {
         tokio::pin!(stats);
         while let Some(Ok(s)) = stats.next().await {
-            if stats_tx.send(Update::Stats(s)).await.is_err() {
+            if stats_tx.send(Update::Stats(Box::new(s))).await.is_err() {
                 break;
             }
         }
@@ -355,7 +355,7 @@ pub async fn run(client: PoolplaneClient, server: String) -> anyhow::Result<()> 
         }
         match rx.recv().await {
             Some(Update::Stats(s)) => {
-                state.stats.insert(s.pool_name.clone(), s);
+                state.stats.insert(s.pool_name.clone(), *s);
             }
             Some(Update::Event(e)) => state.event(&e),
             Some(Update::HitRate(name, rate)) => {

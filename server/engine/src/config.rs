@@ -89,6 +89,41 @@ pub struct AdvancedPoolConfig {
     pub idle_in_transaction_timeout_secs: u64,
     /// A front-door statement running this long is cancelled (0: never).
     pub query_timeout_secs: u64,
+    /// In transaction mode, what a client's session state that outlives a
+    /// transaction (LISTEN, session advisory locks, temporary tables, WITH
+    /// HOLD cursors, SET ROLE) does: pin the backend to the client until the
+    /// state is gone (`pin`, the default), or get an error (`refuse`).
+    pub session_state: SessionState,
+}
+
+/// What session state that outlives a transaction does in transaction mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// The client keeps its backend until the state is gone.
+    #[default]
+    Pin,
+    /// The statement is refused with an error naming it.
+    Refuse,
+}
+
+impl SessionState {
+    /// The name, as the API and the stored definitions spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Pin => "pin",
+            SessionState::Refuse => "refuse",
+        }
+    }
+
+    /// Parses `pin` or `refuse`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pin" => Some(SessionState::Pin),
+            "refuse" => Some(SessionState::Refuse),
+            _ => None,
+        }
+    }
 }
 
 /// How long a wire client holds a backend.
@@ -158,6 +193,7 @@ impl Default for AdvancedPoolConfig {
             client_idle_timeout_secs: 0,
             idle_in_transaction_timeout_secs: 0,
             query_timeout_secs: 0,
+            session_state: SessionState::Pin,
         }
     }
 }

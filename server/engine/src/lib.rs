@@ -48,7 +48,9 @@ pub mod store;
 pub mod tls;
 
 pub use allowlist::TargetAllowlist;
-pub use config::{AdvancedPoolConfig, ConfigErrors, FieldChange, FieldViolation, PoolMode};
+pub use config::{
+    AdvancedPoolConfig, ConfigErrors, FieldChange, FieldViolation, PoolMode, SessionState,
+};
 pub use conninfo::{ConnInfo, Secret};
 pub use embedded_pg::{EmbeddedPg, EmbeddedPgError, EmbeddedPgOptions, EmbeddedTls};
 pub use error::{AcquireLimit, Error, ErrorKind, RequestViolation, describe_pg_error};

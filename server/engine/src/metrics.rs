@@ -303,6 +303,13 @@ pub const CATALOGUE: &[MetricDef] = &[
         Reading::Int(|r| int(r.stats.wire.waiting)),
     ),
     metric(
+        "poolplane.wire.clients.pinned",
+        "{client}",
+        UpDownCounter,
+        "PostgreSQL front-door clients pinned to a backend by session state",
+        Reading::Int(|r| int(r.stats.wire.pinned)),
+    ),
+    metric(
         "poolplane.wire.transactions",
         "{transaction}",
         Counter,

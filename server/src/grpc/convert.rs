@@ -114,6 +114,14 @@ pub fn apply_config(
             )]
         })?;
     }
+    if let Some(state) = &p.session_state {
+        c.session_state = poolplane::SessionState::parse(state).ok_or_else(|| {
+            vec![(
+                "config.session_state".to_owned(),
+                format!("unknown session_state `{state}`: use pin or refuse"),
+            )]
+        })?;
+    }
     Ok(c)
 }
 
@@ -150,6 +158,7 @@ pub fn config_to_proto(c: &AdvancedPoolConfig) -> v1::PoolConfig {
         client_idle_timeout_secs: Some(c.client_idle_timeout_secs),
         idle_in_transaction_timeout_secs: Some(c.idle_in_transaction_timeout_secs),
         query_timeout_secs: Some(c.query_timeout_secs),
+        session_state: Some(c.session_state.as_str().to_owned()),
     }
 }
 
@@ -189,6 +198,7 @@ pub fn stats_to_proto(pool_name: &str, s: &PoolStats) -> v1::PoolStats {
         }),
         wire_clients_connected: s.wire.clients,
         wire_clients_waiting: s.wire.waiting,
+        wire_clients_pinned: s.wire.pinned,
         wire_transactions: s.wire.transactions,
         wire_queries: s.wire.queries,
         wire_bytes_in: s.wire.bytes_in,

@@ -16,15 +16,19 @@ pub enum ClientState {
     Waiting,
     /// Holding a backend (inside a transaction, or for its session).
     Active,
+    /// Holding a backend between transactions because its session state
+    /// (LISTEN, a temporary table, …) lives on it.
+    Pinned,
 }
 
 impl ClientState {
-    /// The state's name: idle, waiting or active.
+    /// The state's name: idle, waiting, active or pinned.
     pub fn as_str(self) -> &'static str {
         match self {
             ClientState::Idle => "idle",
             ClientState::Waiting => "waiting",
             ClientState::Active => "active",
+            ClientState::Pinned => "pinned",
         }
     }
 }
@@ -121,6 +125,7 @@ impl ClientInfo {
             state: match self.state.load(Ordering::Relaxed) {
                 1 => ClientState::Waiting,
                 2 => ClientState::Active,
+                3 => ClientState::Pinned,
                 _ => ClientState::Idle,
             },
             connected_at: self.connected_at,

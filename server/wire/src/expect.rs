@@ -27,6 +27,9 @@ pub(crate) enum Expect {
     /// Replies to a Query the front door sent (session settings, reset):
     /// swallowed, up to its ReadyForQuery.
     Hidden,
+    /// Replies to the front door's probe of a backend's session (settings and
+    /// what pins it): rows read, the rest swallowed.
+    Probe,
     /// A message the front door answers itself.
     Synthetic(Bytes),
     /// The ParseComplete of a named statement's Parse: forwarded if the client
@@ -51,6 +54,10 @@ pub(crate) enum Action {
     Ready(u8),
     /// An error in reply to the front door's own Query: swallowed.
     HiddenError,
+    /// A row of the probe's answer (for the session to read).
+    ProbeRow,
+    /// The probe's answer is complete.
+    ProbeDone,
 }
 
 /// A backend message nobody asked for.
@@ -110,7 +117,7 @@ impl Queue {
         prepared: &mut impl Prepared,
     ) -> Result<Action, Unexpected> {
         let front = self.items.front();
-        let hidden = matches!(front, Some(Expect::Hidden));
+        let hidden = matches!(front, Some(Expect::Hidden | Expect::Probe));
         match tag {
             b'A' => return Ok(Action::Forward),
             b'N' | b'S' => {
@@ -151,6 +158,14 @@ impl Queue {
                 }
                 Ok(Action::Swallow)
             }
+            Some(Expect::Probe) => Ok(match tag {
+                b'D' => Action::ProbeRow,
+                b'Z' => {
+                    self.items.pop_front();
+                    Action::ProbeDone
+                }
+                _ => Action::Swallow,
+            }),
             Some(Expect::Parse(statement, visible)) if tag == b'1' => {
                 statement.valid.store(true, Ordering::Relaxed);
                 let visible = *visible;
@@ -175,7 +190,7 @@ impl Queue {
     /// nothing (a skipped Parse the front door sent was not prepared after all).
     fn on_error(&mut self, prepared: &mut impl Prepared) -> Action {
         match self.items.front() {
-            Some(Expect::Hidden) => return Action::HiddenError,
+            Some(Expect::Hidden | Expect::Probe) => return Action::HiddenError,
             Some(Expect::Reply { ends }) if *ends == READY => return Action::Forward,
             _ => {}
         }

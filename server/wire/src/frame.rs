@@ -78,6 +78,25 @@ pub(crate) fn has_message(buf: &[u8]) -> bool {
     usize::try_from(len).is_ok_and(|len| buf.len() > len)
 }
 
+/// The text columns of a DataRow's body (None for NULL); None if malformed.
+pub(crate) fn row_texts(mut body: &[u8]) -> Option<Vec<Option<String>>> {
+    let n = u16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    body = &body[2..];
+    let mut out = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        let len = i32::from_be_bytes(body.get(..4)?.try_into().ok()?);
+        body = &body[4..];
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        out.push(Some(String::from_utf8_lossy(body.get(..len)?).into_owned()));
+        body = &body[len..];
+    }
+    Some(out)
+}
+
 /// Reads a NUL-terminated string off the front of `body`.
 pub(crate) fn cstr<'a>(body: &mut &'a [u8]) -> Option<&'a [u8]> {
     let end = body.iter().position(|&b| b == 0)?;

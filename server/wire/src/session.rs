@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use poolplane::pool::sql::CancelHandle;
-use poolplane::{AdvancedConnectionPool, PoolMode, WireBackend, WireCounters, WireSettings};
+use poolplane::{
+    AdvancedConnectionPool, PoolMode, SessionState, WireBackend, WireCounters, WireSettings,
+};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::clients::{ClientInfo, ClientState};
@@ -104,12 +106,42 @@ struct Held {
     effects: Effects,
     /// The reset was sent; the backend goes back when it is answered.
     resetting: bool,
+    /// The probe of the session was sent (what it covers: the setting names,
+    /// or every setting); its rows so far.
+    probing: Option<Cover>,
+    rows: Vec<(String, String)>,
+    /// What keeps the backend with the client between transactions (LISTEN,
+    /// a temporary table, …), as the last probe found.
+    pinned: Option<String>,
     /// The backend cannot go back to the pool (a reset failed, a reply made no
     /// sense): closed when released.
     broken: bool,
     /// Bytes of a large row or COPY chunk still to pass to the client as they
     /// come (not held whole in memory).
     streaming: usize,
+}
+
+impl Held {
+    fn new(backend: WireBackend, buffers: Buffers) -> Self {
+        Self {
+            backend,
+            buffers,
+            effects: Effects::default(),
+            resetting: false,
+            probing: None,
+            rows: Vec::new(),
+            pinned: None,
+            broken: false,
+            streaming: 0,
+        }
+    }
+}
+
+/// The settings a probe reads back.
+#[derive(Debug)]
+enum Cover {
+    Names(Vec<String>),
+    All,
 }
 
 /// A row or COPY chunk longer than this is passed on as it arrives.
@@ -166,11 +198,11 @@ pub(crate) fn wanted_settings(params: &[(String, String)]) -> Result<Vec<(String
                     None => word.strip_prefix("--").unwrap_or(word),
                 };
                 if let Some((n, v)) = pair.split_once('=') {
-                    wanted.push((n.replace('-', "_"), v.to_owned()));
+                    wanted.push((n.replace('-', "_").to_ascii_lowercase(), v.to_owned()));
                 }
             }
         } else if !NOT_SETTINGS.contains(&name.as_str()) {
-            wanted.push((name.clone(), value.clone()));
+            wanted.push((name.to_ascii_lowercase(), value.clone()));
         }
     }
     for (name, _) in &wanted {
@@ -194,16 +226,27 @@ fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
-/// The SET and RESET statements that give a backend whose front-door settings
-/// are `params` the settings `wanted` (and remember them in `params`).
+/// The statements that give a backend whose front-door settings are `params`
+/// the settings `wanted` (and remember them in `params`): set_config, which
+/// takes a value as SHOW prints it (a list such as search_path included), and
+/// RESET for what is no longer wanted.
 fn settings_sql(wanted: &[(String, String)], params: &mut HashMap<String, String>) -> String {
-    let mut sql = String::new();
+    let mut sets = Vec::new();
     for (name, value) in wanted {
         if params.get(name) != Some(value) {
-            sql.push_str(&format!("SET {name} TO {}; ", quote(value)));
+            sets.push(format!(
+                "set_config({}, {}, false)",
+                quote(name),
+                quote(value)
+            ));
             params.insert(name.clone(), value.clone());
         }
     }
+    let mut sql = if sets.is_empty() {
+        String::new()
+    } else {
+        format!("SELECT {}; ", sets.join(", "))
+    };
     let stale: Vec<String> = params
         .keys()
         .filter(|name| !wanted.iter().any(|(n, _)| n == *name))
@@ -239,8 +282,12 @@ pub(crate) struct Session {
     skip_to_sync: bool,
     /// The client's prepared statements, by its names.
     names: HashMap<Bytes, Arc<Statement>>,
-    /// Settings from the startup message, applied on each backend it gets.
+    /// The client's session settings, applied on each backend it gets: those
+    /// of its startup message, then what its statements set (read back from
+    /// the backend after each transaction that may have changed them).
     wanted: Vec<(String, String)>,
+    /// Those of the startup message (what a RESET goes back to).
+    baseline: Vec<(String, String)>,
     /// The backend side's buffers, kept between checkouts (no allocation per
     /// transaction).
     spare: Option<Buffers>,
@@ -310,6 +357,7 @@ impl Session {
             status: b'I',
             skip_to_sync: false,
             names: HashMap::new(),
+            baseline: wanted.clone(),
             wanted,
             spare: None,
             settings,
@@ -383,7 +431,7 @@ impl Session {
             if let Err(end) = self.turn().await {
                 return end;
             }
-            let idle = self.held.is_none();
+            let idle = self.parked();
             let timers = self.timeouts_on();
             let deadline = if timers { self.deadline() } else { None };
             let step = poll_fn(|cx| self.poll_step(client, cx));
@@ -431,6 +479,15 @@ impl Session {
 
     fn mode(&self) -> PoolMode {
         self.settings.pool_mode
+    }
+
+    /// Between transactions: no backend, or one pinned with nothing owed
+    /// (what may be ended at once by a shutdown or a deleted pool).
+    fn parked(&self) -> bool {
+        match &self.held {
+            None => true,
+            Some(held) => held.pinned.is_some() && self.queue.is_empty() && self.status == b'I',
+        }
     }
 
     /// The limit that applies now and when it runs out, if any is on.
@@ -728,26 +785,50 @@ impl Session {
         let body = message.body();
         let sql = String::from_utf8_lossy(&body[..body.len().saturating_sub(1)]);
         let effects = state::effects(&sql);
-        if self.mode() == PoolMode::Transaction {
-            let refused = effects
-                .sql_prepared
-                .or(effects.discard.then_some("DISCARD"));
-            if let Some(statement) = refused {
-                let text = format!(
-                    "poolplane: {statement} is not supported in transaction pooling (pool \"{}\"): use the protocol's prepared statements (Parse/Bind, as drivers do), or pool_mode session",
-                    self.pool_name
-                );
-                self.refuse("0A000", &text, true);
-                return Ok(());
-            }
+        if let Some(text) = self.refused(&effects) {
+            self.refuse("0A000", &text, true);
+            return Ok(());
         }
         if !self.ensure_backend_for(true).await? {
             return Ok(());
         }
         self.count_query();
-        self.backend_mut().effects.merge(effects);
+        self.took(&effects);
         self.forward(message, expect::READY);
         Ok(())
+    }
+
+    /// Why a statement with `effects` is refused in this pool, if it is: SQL
+    /// PREPARE and the rest in transaction mode, and session state that would
+    /// outlive its transaction with session_state refuse.
+    fn refused(&self, effects: &Effects) -> Option<String> {
+        if self.mode() != PoolMode::Transaction {
+            return None;
+        }
+        let pool = &self.pool_name;
+        if let Some(statement) = effects.sql_prepared {
+            return Some(format!(
+                "poolplane: {statement} is not supported in transaction pooling (pool \"{pool}\"): use the protocol's prepared statements (Parse/Bind, as drivers do), or pool_mode session"
+            ));
+        }
+        if self.settings.session_state == SessionState::Refuse
+            && let Some(what) = effects.pins
+        {
+            return Some(format!(
+                "poolplane: {what} is refused in transaction pooling with session_state refuse (pool \"{pool}\"): its state would outlive the transaction; use session_state pin or pool_mode session"
+            ));
+        }
+        None
+    }
+
+    /// What a statement sent to the held backend may leave on its session.
+    fn took(&mut self, effects: &Effects) {
+        let held = self.backend_mut();
+        held.effects.merge(effects);
+        if effects.deallocates {
+            // DISCARD ALL: the backend's prepared statements are gone.
+            held.backend.statements_discarded();
+        }
     }
 
     async fn on_parse(&mut self, message: &Message) -> Result<(), End> {
@@ -756,10 +837,14 @@ impl Session {
         if name.is_empty() {
             let sql_end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
             let effects = state::effects(&String::from_utf8_lossy(&body[..sql_end]));
+            if let Some(text) = self.refused(&effects) {
+                self.refuse("0A000", &text, false);
+                return Ok(());
+            }
             if !self.ensure_backend_for(false).await? {
                 return Ok(());
             }
-            self.backend_mut().effects.merge(effects);
+            self.took(&effects);
             self.forward(message, expect::PARSE);
             return Ok(());
         }
@@ -774,6 +859,10 @@ impl Session {
             return Ok(());
         }
         let statement = self.statements.get(body);
+        if let Some(text) = self.refused(&statement.effects) {
+            self.refuse("0A000", &text, false);
+            return Ok(());
+        }
         self.names
             .insert(Bytes::copy_from_slice(name), Arc::clone(&statement));
         let known = statement.valid.load(Ordering::Relaxed);
@@ -824,7 +913,7 @@ impl Session {
         if held.backend.state().prepared.get(&statement.id).is_none() {
             self.prepare(&statement, false);
         }
-        self.backend_mut().effects.merge(statement.effects);
+        self.took(&statement.effects);
         Some(statement)
     }
 
@@ -917,6 +1006,7 @@ impl Session {
         };
         // Read in place (no per-message allocation), consumed at the end.
         let mut at = 0;
+        let mut probed = false;
         let result = loop {
             let inb = &held.buffers.inb[at..];
             if held.streaming > 0 {
@@ -956,6 +1046,14 @@ impl Session {
                         self.info.transactions.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                Ok(Action::ProbeRow) => {
+                    if let Some([Some(name), Some(value)]) =
+                        frame::row_texts(&message[5..]).as_deref()
+                    {
+                        held.rows.push((name.clone(), value.clone()));
+                    }
+                }
+                Ok(Action::ProbeDone) => probed = true,
                 Ok(Action::HiddenError) => {
                     tracing::debug!(pool = %self.pool_name, "PostgreSQL front door: a session reset or setting failed; the backend will be closed");
                     held.broken = true;
@@ -976,7 +1074,101 @@ impl Session {
             at += len;
         };
         held.buffers.inb.advance(at);
+        if probed {
+            self.apply_probe();
+        }
         result
+    }
+
+    /// The probe's answer: the backend's settings and the client's follow
+    /// what the session now has; the backend is pinned while state that
+    /// outlives a transaction is left on it.
+    fn apply_probe(&mut self) {
+        let Some(held) = &mut self.held else { return };
+        let Some(cover) = held.probing.take() else {
+            return;
+        };
+        let mut pins = String::new();
+        let mut read = HashMap::new();
+        for (name, value) in held.rows.drain(..) {
+            if name.is_empty() {
+                pins = value;
+            } else {
+                read.insert(name, value);
+            }
+        }
+        let all = matches!(cover, Cover::All);
+        let names = match cover {
+            Cover::All => {
+                let mut all: Vec<String> = held.backend.state().params.keys().cloned().collect();
+                all.extend(self.wanted.iter().map(|(n, _)| n.clone()));
+                all.extend(read.keys().cloned());
+                all
+            }
+            Cover::Names(names) => names,
+        };
+        let params = &mut held.backend.state().params;
+        let mut wanted: HashMap<String, String> = self.wanted.drain(..).collect();
+        for name in names {
+            let started = self.baseline.iter().find(|(n, _)| *n == name);
+            match read.get(&name) {
+                Some(value) => {
+                    params.insert(name.clone(), value.clone());
+                    wanted.insert(name, value.clone());
+                }
+                None => {
+                    // Back to the database's default on this backend; the
+                    // client's goes back to what it started with.
+                    params.remove(&name);
+                    match started {
+                        Some((_, value)) => wanted.insert(name, value.clone()),
+                        None => wanted.remove(&name),
+                    };
+                }
+            }
+        }
+        self.wanted = wanted.into_iter().collect();
+        self.wanted.sort();
+        let pinned = (!pins.is_empty()).then_some(pins);
+        if pinned.is_some() && self.settings.session_state == SessionState::Refuse {
+            // State the scan did not see (in a function, say): not kept.
+            send_reset(held, &mut self.queue);
+            return;
+        }
+        let mut settings = String::new();
+        if all {
+            // Settings pg_settings does not show (custom ones) may have
+            // changed: the backend starts over with the client's.
+            settings.push_str("RESET ALL; ");
+            held.backend.state().params.clear();
+        }
+        settings.push_str(&settings_sql(
+            &self.wanted,
+            &mut held.backend.state().params,
+        ));
+        if !settings.is_empty() {
+            frame::query(&mut held.buffers.out, &settings);
+            self.queue.push(Expect::Hidden);
+        }
+        self.set_pinned(pinned);
+    }
+
+    /// Records what pins the held backend (None: nothing), in the pool's
+    /// count of pinned clients and the client's state.
+    fn set_pinned(&mut self, pinned: Option<String>) {
+        let Some(held) = &mut self.held else { return };
+        match (held.pinned.is_some(), pinned.is_some()) {
+            (false, true) => {
+                self.counters.pinned.fetch_add(1, Ordering::Relaxed);
+                self.info.set_state(ClientState::Pinned);
+            }
+            (true, false) => {
+                self.counters.pinned.fetch_sub(1, Ordering::Relaxed);
+                self.info.set_state(ClientState::Active);
+            }
+            _ => {}
+        }
+        held.pinned = pinned;
     }
 
     /// In transaction mode, a backend whose transaction ended (ReadyForQuery
@@ -993,14 +1185,20 @@ impl Session {
         if !done || session {
             return;
         }
-        if held.effects.dirty() && !held.resetting && !held.broken {
-            send_reset(held, &mut self.queue);
-            return;
+        if !held.broken && !held.resetting {
+            if held.effects.needs_probe(held.pinned.is_some()) {
+                send_probe(held, &mut self.queue);
+                return;
+            }
+            if held.pinned.is_some() {
+                return;
+            }
         }
         self.release();
     }
 
     fn release(&mut self) {
+        self.set_pinned(None);
         let Some(mut held) = self.held.take() else {
             return;
         };
@@ -1129,14 +1327,7 @@ impl Session {
             frame::query(&mut buffers.out, &settings);
             self.queue.push(Expect::Hidden);
         }
-        self.held = Some(Held {
-            backend,
-            buffers,
-            effects: Effects::default(),
-            resetting: false,
-            broken: false,
-            streaming: 0,
-        });
+        self.held = Some(Held::new(backend, buffers));
         Ok(())
     }
 
@@ -1155,9 +1346,9 @@ impl Session {
                     .await;
         }
         let Some(held) = &mut self.held else { return };
-        // Idle, or only the front door's own reset still answering.
-        let clean =
-            (self.queue.is_empty() || held.resetting) && self.status == b'I' && !held.broken;
+        // Idle, or only the front door's own reset or probe still answering.
+        let own = held.resetting || held.probing.is_some();
+        let clean = (self.queue.is_empty() || own) && self.status == b'I' && !held.broken;
         if clean && self.reset_before_leaving().await {
             self.release();
             return;
@@ -1181,7 +1372,8 @@ impl Session {
             return true;
         };
         if !held.resetting {
-            if !(held.effects.dirty() || session) {
+            let left = held.effects.dirty() || held.pinned.is_some() || held.probing.is_some();
+            if !(left || session) {
                 return true;
             }
             send_reset(held, &mut self.queue);
@@ -1215,9 +1407,23 @@ fn send_reset(held: &mut Held, queue: &mut Queue) {
     queue.push(Expect::Hidden);
     held.resetting = true;
     held.backend.state().params.clear();
-    if held.effects.discard || held.effects.sql_prepared.is_some() {
+    if held.effects.deallocates || held.effects.sql_prepared.is_some() {
         held.backend.statements_discarded();
     }
+}
+
+/// Sends the probe of what the client's transactions left on `held`: the
+/// settings they may have changed, and what would pin it.
+fn send_probe(held: &mut Held, queue: &mut Queue) {
+    frame::query(&mut held.buffers.out, &state::probe(&held.effects));
+    queue.push(Expect::Probe);
+    let effects = std::mem::take(&mut held.effects);
+    held.probing = Some(if effects.all_settings {
+        Cover::All
+    } else {
+        Cover::Names(effects.names)
+    });
+    held.rows.clear();
 }
 
 /// Waits while the pool is paused (PausePool), up to `limit`.

@@ -2,47 +2,69 @@
 //! SQL text with a cheap scan (a false alarm costs a reset, never a leak).
 
 /// Session state a statement may leave on its backend.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Effects {
     /// SET / RESET / set_config outside a transaction block's LOCAL scope.
     pub settings: bool,
-    /// SET ROLE, SET SESSION AUTHORIZATION.
-    pub role: bool,
-    /// LISTEN.
-    pub listen: bool,
-    /// A session-level advisory lock.
-    pub advisory: bool,
-    /// A temporary table, view or sequence.
-    pub temp: bool,
-    /// A cursor WITH HOLD.
-    pub hold: bool,
+    /// The settings they name, lower-cased (what the front door reads back).
+    pub names: Vec<String>,
+    /// A statement that may change any setting (RESET ALL, DISCARD ALL,
+    /// set_config with a name that is not a literal).
+    pub all_settings: bool,
+    /// The first statement seen whose state outlives its transaction and pins
+    /// the backend in transaction mode: LISTEN, a session advisory lock, a
+    /// temporary table, a cursor WITH HOLD, SET ROLE or SESSION AUTHORIZATION.
+    pub pins: Option<&'static str>,
+    /// A statement that may end such state (UNLISTEN, an unlock, DROP, CLOSE,
+    /// RESET ROLE…).
+    pub unpins: bool,
     /// SQL-level PREPARE / EXECUTE / DEALLOCATE (the first seen).
     pub sql_prepared: Option<&'static str>,
     /// DISCARD (ALL, PLANS, …).
     pub discard: bool,
+    /// DISCARD ALL: the backend's prepared statements are gone.
+    pub deallocates: bool,
 }
 
 impl Effects {
     /// Whether the backend must be reset before another client gets it.
     pub(crate) fn dirty(&self) -> bool {
-        self.settings
-            || self.role
-            || self.listen
-            || self.advisory
-            || self.temp
-            || self.hold
-            || self.discard
-            || self.sql_prepared.is_some()
+        self.settings || self.pins.is_some() || self.discard || self.sql_prepared.is_some()
     }
 
-    pub(crate) fn merge(&mut self, other: Effects) {
+    /// Whether, once the transaction ended, the front door reads what the
+    /// backend's session holds (its settings, what pins it); `pinned` when
+    /// the backend is pinned already.
+    pub(crate) fn needs_probe(&self, pinned: bool) -> bool {
+        self.settings || self.pins.is_some() || self.discard || (pinned && self.unpins)
+    }
+
+    /// A statement changes setting `name` (None: any setting).
+    fn named(&mut self, name: Option<String>) {
+        self.settings = true;
+        match name {
+            Some(name) if !self.names.contains(&name) => self.names.push(name),
+            Some(_) => {}
+            None => self.all_settings = true,
+        }
+    }
+
+    fn pin(&mut self, what: &'static str) {
+        self.pins = self.pins.or(Some(what));
+    }
+
+    pub(crate) fn merge(&mut self, other: &Effects) {
         self.settings |= other.settings;
-        self.role |= other.role;
-        self.listen |= other.listen;
-        self.advisory |= other.advisory;
-        self.temp |= other.temp;
-        self.hold |= other.hold;
+        self.all_settings |= other.all_settings;
+        for name in &other.names {
+            if !self.names.contains(name) {
+                self.names.push(name.clone());
+            }
+        }
+        self.pins = self.pins.or(other.pins);
+        self.unpins |= other.unpins;
         self.discard |= other.discard;
+        self.deallocates |= other.deallocates;
         self.sql_prepared = self.sql_prepared.or(other.sql_prepared);
     }
 }
@@ -78,7 +100,7 @@ fn without_comments(sql: &str) -> String {
 
 /// Whether `sql` holds (in any case) one of the words a session-changing
 /// statement has: set, listen, advisory, temp, hold, prepare, execute,
-/// deallocate, discard.
+/// deallocate, discard, drop, close.
 fn mentions_any(sql: &[u8]) -> bool {
     let has = |i: usize, word: &[u8]| {
         sql.len() - i >= word.len() && sql[i..i + word.len()].eq_ignore_ascii_case(word)
@@ -91,7 +113,8 @@ fn mentions_any(sql: &[u8]) -> bool {
         b'h' => has(i, b"hold"),
         b'p' => has(i, b"prepare"),
         b'e' => has(i, b"execute"),
-        b'd' => has(i, b"deallocate") || has(i, b"discard"),
+        b'd' => has(i, b"deallocate") || has(i, b"discard") || has(i, b"drop"),
+        b'c' => has(i, b"close"),
         _ => false,
     })
 }
@@ -105,49 +128,151 @@ pub(crate) fn effects(sql: &str) -> Effects {
         return e;
     }
     let lower = sql.to_ascii_lowercase();
-    if lower.contains("set_config") {
-        e.settings = true;
-    }
+    set_config_names(&lower, &mut e);
     if ["pg_advisory_lock", "pg_try_advisory_lock"]
         .iter()
         .any(|f| lower.contains(f))
     {
-        e.advisory = true;
+        e.pins = Some("pg_advisory_lock");
+    }
+    if lower.contains("advisory_unlock") {
+        e.unpins = true;
     }
     for statement in without_comments(&lower).split(';') {
-        let mut w = words(statement);
-        let Some(first) = w.next() else { continue };
-        let second = w.next();
-        match (first.as_str(), second.as_deref()) {
-            ("set", Some("local" | "transaction" | "constraints")) => {}
-            ("set", Some("role")) | ("reset", Some("role")) => e.role = true,
-            ("set", Some("session")) => {
-                if w.next().as_deref() == Some("authorization") {
-                    e.role = true;
-                } else {
-                    e.settings = true;
-                }
-            }
-            ("reset", Some("session")) => e.role = true,
-            ("set" | "reset", _) => e.settings = true,
-            ("listen", _) => e.listen = true,
-            ("prepare", Some("transaction")) => {}
-            ("prepare", _) => e.sql_prepared = e.sql_prepared.or(Some("PREPARE")),
-            ("execute", _) => e.sql_prepared = e.sql_prepared.or(Some("EXECUTE")),
-            ("deallocate", _) => e.sql_prepared = e.sql_prepared.or(Some("DEALLOCATE")),
-            ("discard", _) => e.discard = true,
-            ("create", _)
-                if statement
-                    .split(|c: char| !c.is_ascii_alphanumeric())
-                    .any(|w| w == "temp" || w == "temporary") =>
-            {
-                e.temp = true;
-            }
-            ("declare", _) if statement.contains("with hold") => e.hold = true,
-            _ => {}
-        }
+        statement_effects(statement, &mut e);
     }
     e
+}
+
+/// The setting a lower-cased SET or RESET statement names (None: ALL, or
+/// what is not read here).
+fn setting_name(statement: &str, session: bool) -> Option<String> {
+    let rest = statement.trim_start();
+    let rest = rest.split_once(char::is_whitespace)?.1.trim_start();
+    let rest = if session {
+        rest.split_once(char::is_whitespace)?.1.trim_start()
+    } else {
+        rest
+    };
+    let name = if let Some(quoted) = rest.strip_prefix('"') {
+        quoted.split('"').next()?.to_owned()
+    } else {
+        rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$'))
+            .next()?
+            .to_owned()
+    };
+    let after = rest[name.len().min(rest.len())..].trim_start();
+    Some(match name.as_str() {
+        "" | "all" => return None,
+        "time" if after.starts_with("zone") => "timezone".into(),
+        "names" => "client_encoding".into(),
+        "schema" => "search_path".into(),
+        "xml" => "xmloption".into(),
+        _ => name,
+    })
+}
+
+/// The names of `set_config(name, …)` calls in lower-cased `sql`, into `e`
+/// (a name that is not a literal: any setting).
+fn set_config_names(sql: &str, e: &mut Effects) {
+    for (at, _) in sql.match_indices("set_config") {
+        let rest = sql[at + "set_config".len()..].trim_start();
+        let Some(args) = rest.strip_prefix('(') else {
+            continue;
+        };
+        let literal = args
+            .trim_start()
+            .strip_prefix('\'')
+            .and_then(|r| r.split_once('\''))
+            .map(|(name, _)| name.to_owned());
+        e.named(literal);
+    }
+}
+
+/// What one lower-cased statement may leave on the session, into `e`.
+fn statement_effects(statement: &str, e: &mut Effects) {
+    let mut w = words(statement);
+    let Some(first) = w.next() else { return };
+    let second = w.next();
+    match (first.as_str(), second.as_deref()) {
+        ("set", Some("local" | "transaction" | "constraints")) => {}
+        ("set", Some("role")) => e.pin("SET ROLE"),
+        ("set", Some("session")) => {
+            if w.next().as_deref() == Some("authorization") {
+                e.pin("SET SESSION AUTHORIZATION");
+            } else {
+                e.named(setting_name(statement, true));
+            }
+        }
+        ("reset", Some("role" | "session")) => e.unpins = true,
+        ("set", _) => e.named(setting_name(statement, false)),
+        ("reset", _) => e.named(setting_name(statement, false)),
+        ("listen", _) => e.pin("LISTEN"),
+        ("unlisten" | "drop" | "close", _) => e.unpins = true,
+        ("prepare", Some("transaction")) => {}
+        ("prepare", _) => e.sql_prepared = e.sql_prepared.or(Some("PREPARE")),
+        ("execute", _) => e.sql_prepared = e.sql_prepared.or(Some("EXECUTE")),
+        ("deallocate", _) => e.sql_prepared = e.sql_prepared.or(Some("DEALLOCATE")),
+        ("discard", kind) => {
+            e.discard = true;
+            e.unpins = true;
+            // DISCARD ALL resets every setting too.
+            if kind == Some("all") {
+                e.deallocates = true;
+                e.named(None);
+            }
+        }
+        ("create", _)
+            if statement
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|w| w == "temp" || w == "temporary") =>
+        {
+            e.pin("CREATE TEMP");
+        }
+        ("declare", _) if statement.contains("with hold") => e.pin("DECLARE … WITH HOLD"),
+        _ => {}
+    }
+}
+
+/// What still pins a backend, as one text: the names of the kinds of state
+/// left, comma-separated ('' when none).
+const PINNED: &str = "concat_ws(', ', \
+     CASE WHEN EXISTS (SELECT FROM pg_listening_channels()) THEN 'LISTEN' END, \
+     CASE WHEN EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) \
+     THEN 'advisory lock' END, \
+     CASE WHEN EXISTS (SELECT FROM pg_class WHERE relnamespace = pg_my_temp_schema()) \
+     THEN 'temporary table' END, \
+     CASE WHEN EXISTS (SELECT FROM pg_cursors WHERE is_holdable) THEN 'cursor WITH HOLD' END, \
+     CASE WHEN current_setting('role') <> 'none' OR session_user::text <> \
+     (SELECT usename FROM pg_stat_activity WHERE pid = pg_backend_pid()) THEN 'role' END)";
+
+/// The query that reads, once a client's transaction ended, the settings its
+/// statements may have changed (one row each the session set: name, value)
+/// and what pins the backend (a last row named ''). Named settings are read
+/// with current_setting (custom ones such as `app.tenant` are not in
+/// pg_settings); any setting, from pg_settings.
+pub(crate) fn probe(effects: &Effects) -> String {
+    let settings = if effects.all_settings {
+        "SELECT lower(name), current_setting(name) FROM pg_settings WHERE source = 'session' \
+         AND name NOT IN ('role', 'session_authorization') UNION ALL "
+            .to_owned()
+    } else if effects.names.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = effects
+            .names
+            .iter()
+            .map(|n| format!("'{}'", n.replace('\'', "''")))
+            .collect();
+        format!(
+            "SELECT n, v FROM (SELECT n, current_setting(n, true) AS v, \
+             (SELECT source FROM pg_settings WHERE lower(name) = n) AS source \
+             FROM unnest(ARRAY[{}]) AS n) s \
+             WHERE v IS NOT NULL AND coalesce(source, 'session') = 'session' UNION ALL ",
+            names.join(", ")
+        )
+    };
+    format!("{settings}SELECT '', {PINNED}")
 }
 
 /// What puts a dirty backend back as the pool opened it, keeping poolplane's
@@ -159,7 +284,7 @@ const RESET: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL; \
 /// prepared statements (session mode) or a DISCARD, every prepared statement
 /// goes too (the front door then forgets what the backend had).
 pub(crate) fn reset(effects: &Effects) -> String {
-    if effects.sql_prepared.is_some() || effects.discard {
+    if effects.sql_prepared.is_some() || effects.deallocates {
         format!("{RESET}; DEALLOCATE ALL")
     } else {
         RESET.to_owned()
@@ -172,25 +297,65 @@ mod tests {
 
     #[test]
     fn each_kind_of_session_state_is_seen() {
-        assert!(effects("SET search_path = a").settings);
+        assert_eq!(effects("SET search_path = a").names, ["search_path"]);
+        assert_eq!(
+            effects("set session statement_timeout to '5s'; SET TIME ZONE 'UTC'").names,
+            ["statement_timeout", "timezone"]
+        );
+        assert_eq!(effects("SET \"MyApp.x\" = 1").names, ["myapp.x"]);
+        assert_eq!(effects("RESET lock_timeout").names, ["lock_timeout"]);
+        assert!(effects("RESET ALL").all_settings);
+        assert_eq!(
+            effects("SELECT set_config('search_path', 'a, b', false)").names,
+            ["search_path"]
+        );
+        assert!(effects("SELECT set_config($1, $2, false)").all_settings);
         assert!(effects("select set_config('x.y', '1', false)").settings);
         assert!(!effects("SET LOCAL statement_timeout = 5").dirty());
         assert!(!effects("BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").dirty());
-        assert!(effects("SET ROLE app").role);
-        assert!(effects("set session authorization app").role);
-        assert!(effects("LISTEN ch").listen);
-        assert!(effects("SELECT pg_advisory_lock(1)").advisory);
+        assert_eq!(effects("SET ROLE app").pins, Some("SET ROLE"));
+        assert_eq!(
+            effects("set session authorization app").pins,
+            Some("SET SESSION AUTHORIZATION")
+        );
+        assert_eq!(effects("LISTEN ch").pins, Some("LISTEN"));
+        assert_eq!(
+            effects("SELECT pg_advisory_lock(1)").pins,
+            Some("pg_advisory_lock")
+        );
         assert!(!effects("SELECT pg_advisory_xact_lock(1)").dirty());
-        assert!(effects("CREATE TEMP TABLE t (a int)").temp);
-        assert!(effects("create temporary table t (a int)").temp);
-        assert!(effects("DECLARE c CURSOR WITH HOLD FOR SELECT 1").hold);
+        assert_eq!(
+            effects("CREATE TEMP TABLE t (a int)").pins,
+            Some("CREATE TEMP")
+        );
+        assert!(effects("create temporary table t (a int)").pins.is_some());
+        assert!(
+            effects("DECLARE c CURSOR WITH HOLD FOR SELECT 1")
+                .pins
+                .is_some()
+        );
+        assert!(!effects("DECLARE c CURSOR FOR SELECT 1").dirty());
         assert_eq!(
             effects("PREPARE p AS SELECT 1").sql_prepared,
             Some("PREPARE")
         );
         assert_eq!(effects("EXECUTE p").sql_prepared, Some("EXECUTE"));
-        assert!(effects("DISCARD ALL").discard);
+        let all = effects("DISCARD ALL");
+        assert!(all.discard && all.deallocates && all.settings && all.unpins);
+        let temp = effects("discard temp");
+        assert!(temp.discard && !temp.deallocates);
         assert!(!effects("PREPARE TRANSACTION 'x'").dirty());
+        for sql in [
+            "UNLISTEN *",
+            "SELECT pg_advisory_unlock(1)",
+            "DROP TABLE t",
+            "CLOSE c",
+            "RESET ROLE",
+        ] {
+            let e = effects(sql);
+            assert!(e.unpins && !e.dirty(), "{sql}");
+            assert!(e.needs_probe(true) && !e.needs_probe(false), "{sql}");
+        }
     }
 
     #[test]

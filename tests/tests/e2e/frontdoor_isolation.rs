@@ -113,7 +113,6 @@ async fn sql_prepare_is_refused_by_name_in_transaction_mode() -> anyhow::Result<
         ("PREPARE p AS SELECT 1", "PREPARE"),
         ("EXECUTE p", "EXECUTE"),
         ("DEALLOCATE ALL", "DEALLOCATE"),
-        ("DISCARD ALL", "DISCARD"),
     ] {
         let error = client.simple_query(sql).await.expect_err(sql);
         let db_error = error.as_db_error().expect("a PostgreSQL error");

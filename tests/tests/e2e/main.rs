@@ -23,6 +23,7 @@ mod faults_process;
 mod frontdoor;
 mod frontdoor_isolation;
 mod frontdoor_ops;
+mod frontdoor_session;
 mod leak_scan;
 mod load_test_sql;
 mod loadtest;

@@ -691,6 +691,7 @@ impl AdvancedConnectionPool {
             client_idle_timeout: secs(c.client_idle_timeout_secs),
             idle_in_transaction_timeout: secs(c.idle_in_transaction_timeout_secs),
             query_timeout: secs(c.query_timeout_secs),
+            session_state: c.session_state,
         }
     }
 

@@ -19,6 +19,9 @@ pub struct WireCounters {
     pub clients: AtomicU64,
     /// Clients waiting for a backend now.
     pub waiting: AtomicU64,
+    /// Clients holding a backend between transactions (pinned by session
+    /// state) now.
+    pub pinned: AtomicU64,
     /// Transactions run (in session mode: sessions' transactions).
     pub transactions: AtomicU64,
     /// Queries run (simple queries, Executes, function calls).
@@ -36,6 +39,8 @@ pub struct WireStats {
     pub clients: u64,
     /// Clients waiting for a backend now.
     pub waiting: u64,
+    /// Clients pinned to a backend now.
+    pub pinned: u64,
     /// Transactions run.
     pub transactions: u64,
     /// Queries run.
@@ -53,6 +58,7 @@ impl WireCounters {
         WireStats {
             clients: get(&self.clients),
             waiting: get(&self.waiting),
+            pinned: get(&self.pinned),
             transactions: get(&self.transactions),
             queries: get(&self.queries),
             bytes_in: get(&self.bytes_in),
@@ -74,6 +80,8 @@ pub struct WireSettings {
     pub idle_in_transaction_timeout: Option<std::time::Duration>,
     /// A statement running this long: cancelled.
     pub query_timeout: Option<std::time::Duration>,
+    /// Session state outliving a transaction: pinned or refused.
+    pub session_state: crate::SessionState,
 }
 
 /// What the front door keeps on each backend.
