@@ -69,6 +69,15 @@ if ! command -v promtool >/dev/null; then
     missing promtool "sudo apt-get install -y prometheus"
   fi
 fi
+if ! command -v prometheus-pgbouncer-exporter >/dev/null; then
+  if is_root; then
+    # Debian's PgBouncer exporter, pointed at the front door's admin console
+    # by a test (its own service, made for a local PgBouncer, is not needed).
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-pgbouncer-exporter
+  else
+    missing prometheus-pgbouncer-exporter "sudo apt-get install -y prometheus-pgbouncer-exporter"
+  fi
+fi
 if ! command -v tmux >/dev/null; then
   if is_root; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux

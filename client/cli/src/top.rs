@@ -1,13 +1,14 @@
 //! `poolctl top`: a live full-screen view of every pool (utilization bar, size,
-//! waiting, acquire p95, cache hit rate, health) and the latest events, fed by
-//! WatchPoolStats and WatchHealthEvents (both resuming across server restarts).
+//! waiting, acquire p95, cache hit rate, health), the PostgreSQL front door's
+//! clients and the latest events, fed by WatchPoolStats and WatchHealthEvents
+//! (both resuming across server restarts) and ListClients every 2 s.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use poolplane_client::PoolplaneClient;
 use poolplane_client::proto::pool_event::Kind;
-use poolplane_client::proto::{PoolEvent, PoolStats};
+use poolplane_client::proto::{PoolEvent, PoolStats, WireClient};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
@@ -18,6 +19,9 @@ use tokio_stream::StreamExt as _;
 
 /// Events kept on screen.
 const EVENTS_SHOWN: usize = 8;
+
+/// Front-door clients shown (the busiest first).
+const CLIENTS_SHOWN: usize = 8;
 
 /// What the screen shows.
 #[derive(Debug, Default)]
@@ -33,6 +37,8 @@ pub struct TopState {
     pub events: VecDeque<EventLine>,
     /// The server, for the title.
     pub server: String,
+    /// The front door's clients (ListClients).
+    pub clients: Vec<WireClient>,
 }
 
 /// One line of the events panel.
@@ -249,14 +255,16 @@ fn pool_row(state: &TopState, s: &PoolStats) -> Row<'static> {
 
 /// Draws the screen.
 pub fn render(frame: &mut Frame<'_>, state: &TopState) {
-    let [pools_area, events_area, help_area] = Layout::vertical([
+    let [pools_area, clients_area, events_area, help_area] = Layout::vertical([
         Constraint::Min(4),
+        Constraint::Length(CLIENTS_SHOWN as u16 + 3),
         Constraint::Length(EVENTS_SHOWN as u16 + 2),
         Constraint::Length(1),
     ])
     .areas(frame.area());
 
     frame.render_widget(pools_table(state), pools_area);
+    frame.render_widget(clients_table(state), clients_area);
     let now = Instant::now();
     let events: Vec<ListItem<'_>> = state
         .events
@@ -270,8 +278,68 @@ pub fn render(frame: &mut Frame<'_>, state: &TopState) {
     frame.render_widget(Line::from(" q: quit"), help_area);
 }
 
+/// The front door's clients: those holding or waiting for a backend first,
+/// then the busiest; the title counts them by state.
+fn clients_table(state: &TopState) -> Table<'static> {
+    let rank = |c: &WireClient| match c.state.as_str() {
+        "active" => 0,
+        "waiting" => 1,
+        "pinned" => 2,
+        _ => 3,
+    };
+    let mut shown: Vec<&WireClient> = state.clients.iter().collect();
+    shown.sort_by_key(|c| (rank(c), std::cmp::Reverse(c.transactions), c.id));
+    let count = |s: &str| state.clients.iter().filter(|c| c.state == s).count();
+    let title = format!(
+        " front-door clients: {} ({} active, {} waiting, {} pinned, {} idle) ",
+        state.clients.len(),
+        count("active"),
+        count("waiting"),
+        count("pinned"),
+        count("idle")
+    );
+    let rows = shown.into_iter().take(CLIENTS_SHOWN).map(|c| {
+        Row::new(vec![
+            c.id.to_string(),
+            crate::output::clean(&c.pool_name),
+            crate::output::clean(&c.user),
+            crate::output::clean(&c.application_name),
+            c.address.clone(),
+            c.state.clone(),
+            c.transactions.to_string(),
+            c.queries.to_string(),
+        ])
+        .style(match c.state.as_str() {
+            "waiting" => Style::default().fg(Color::Yellow),
+            "pinned" => Style::default().fg(Color::Cyan),
+            _ => Style::default(),
+        })
+    });
+    Table::new(
+        rows,
+        [
+            Constraint::Length(6),
+            Constraint::Length(16),
+            Constraint::Length(12),
+            Constraint::Length(16),
+            Constraint::Length(22),
+            Constraint::Length(8),
+            Constraint::Length(8),
+            Constraint::Length(8),
+        ],
+    )
+    .header(
+        Row::new(vec![
+            "ID", "POOL", "USER", "APP", "ADDRESS", "STATE", "XACTS", "QUERIES",
+        ])
+        .style(Style::default().add_modifier(Modifier::BOLD)),
+    )
+    .block(Block::bordered().title(title))
+}
+
 enum Update {
     Stats(Box<PoolStats>),
+    Clients(Vec<WireClient>),
     Event(PoolEvent),
     HitRate(String, f64),
     Key,
@@ -297,6 +365,18 @@ fn spawn_feeds(client: &PoolplaneClient, tx: mpsc::Sender<Update>) {
             if events_tx.send(Update::Event(e)).await.is_err() {
                 break;
             }
+        }
+    });
+    let clients_tx = tx.clone();
+    let clients_client = client.clone();
+    tokio::spawn(async move {
+        loop {
+            // A server without a front door answers with an error: no clients.
+            let clients = clients_client.list_clients(None).await.unwrap_or_default();
+            if clients_tx.send(Update::Clients(clients)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     });
     let cache_tx = tx.clone();
@@ -358,6 +438,7 @@ pub async fn run(client: PoolplaneClient, server: String) -> anyhow::Result<()> 
                 state.stats.insert(s.pool_name.clone(), *s);
             }
             Some(Update::Event(e)) => state.event(&e),
+            Some(Update::Clients(clients)) => state.clients = clients,
             Some(Update::HitRate(name, rate)) => {
                 state.hit_rate.insert(name, rate);
             }
@@ -434,6 +515,61 @@ mod tests {
         );
     }
 
+    /// The screen `state` draws, as text.
+    fn screen(state: &TopState) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(110, 32)).unwrap();
+        terminal.draw(|frame| render(frame, state)).unwrap();
+        let buffer = terminal.backend().buffer();
+        (0..buffer.area.height)
+            .map(|y| {
+                (0..buffer.area.width)
+                    .map(|x| buffer[(x, y)].symbol().to_owned())
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_clients_pane_counts_clients_and_puts_busy_ones_first() {
+        let mut state = TopState::default();
+        let client = |id: u64, state: &str, transactions: u64| WireClient {
+            id,
+            pool_name: "primary".into(),
+            user: "app".into(),
+            application_name: "billing".into(),
+            address: format!("127.0.0.1:{}", 40000 + id),
+            state: state.into(),
+            transactions,
+            ..WireClient::default()
+        };
+        state.clients = vec![
+            client(1, "idle", 900),
+            client(2, "active", 5),
+            client(3, "pinned", 7),
+            client(4, "waiting", 1),
+        ];
+        let screen = screen(&state);
+        assert!(
+            screen.contains("front-door clients: 4 (1 active, 1 waiting, 1 pinned, 1 idle)"),
+            "{screen}"
+        );
+        // Those holding or waiting for a backend first.
+        let at = |needle: &str| screen.lines().position(|l| l.contains(needle)).unwrap();
+        let order = [
+            at("127.0.0.1:40002"),
+            at("127.0.0.1:40004"),
+            at("127.0.0.1:40003"),
+            at("127.0.0.1:40001"),
+        ];
+        assert!(order.is_sorted(), "{screen}");
+        assert!(
+            screen
+                .lines()
+                .any(|l| l.contains("billing") && l.contains("pinned"))
+        );
+    }
+
     #[test]
     fn the_frame_shows_every_pool_and_the_latest_events() {
         let mut state = TopState {
@@ -464,17 +600,7 @@ mod tests {
                 error: "connection refused".into(),
             })),
         });
-        let mut terminal = Terminal::new(TestBackend::new(110, 20)).unwrap();
-        terminal.draw(|frame| render(frame, &state)).unwrap();
-        let buffer = terminal.backend().buffer();
-        let screen: String = (0..buffer.area.height)
-            .map(|y| {
-                (0..buffer.area.width)
-                    .map(|x| buffer[(x, y)].symbol().to_owned())
-                    .collect::<String>()
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let screen = screen(&state);
         assert!(
             screen.contains("poolplane top — 127.0.0.1:50051 — 2 pools"),
             "{screen}"

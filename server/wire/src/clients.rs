@@ -43,7 +43,12 @@ pub(crate) struct ClientInfo {
     pub address: SocketAddr,
     pub tls: bool,
     pub connected_at: SystemTime,
+    born: std::time::Instant,
     state: AtomicU8,
+    /// Microseconds after `born` when the state last changed.
+    changed_us: AtomicU64,
+    /// Prepared statements it holds (by its names).
+    pub statements: AtomicU64,
     pub transactions: AtomicU64,
     pub queries: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -100,7 +105,10 @@ impl ClientInfo {
             address,
             tls,
             connected_at: SystemTime::now(),
+            born: std::time::Instant::now(),
             state: AtomicU8::new(0),
+            changed_us: AtomicU64::new(0),
+            statements: AtomicU64::new(0),
             transactions: AtomicU64::new(0),
             queries: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
@@ -110,7 +118,16 @@ impl ClientInfo {
     }
 
     pub(crate) fn set_state(&self, state: ClientState) {
-        self.state.store(state as u8, Ordering::Relaxed);
+        if self.state.swap(state as u8, Ordering::Relaxed) != state as u8 {
+            let us = u64::try_from(self.born.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.changed_us.store(us, Ordering::Relaxed);
+        }
+    }
+
+    /// How long it has been in its present state.
+    pub(crate) fn in_state_for(&self) -> std::time::Duration {
+        let changed = std::time::Duration::from_micros(self.changed_us.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(changed)
     }
 
     pub(crate) fn snapshot(&self) -> ClientSnapshot {

@@ -16,7 +16,9 @@
 //! 7. [`session`]: one client's session loop.
 //! 8. [`startup`]: the listener, TLS, startup and authentication, cancel.
 //! 9. [`clients`]: the clients as operators see them (ListClients, KillClient).
+//! 10. [`admin`]: the admin console (`psql -d pgbouncer`).
 
+mod admin;
 mod clients;
 mod expect;
 mod frame;

@@ -119,6 +119,8 @@ struct Held {
     /// Bytes of a large row or COPY chunk still to pass to the client as they
     /// come (not held whole in memory).
     streaming: usize,
+    /// When the client got it.
+    since: Instant,
 }
 
 impl Held {
@@ -133,6 +135,7 @@ impl Held {
             pinned: None,
             broken: false,
             streaming: 0,
+            since: Instant::now(),
         }
     }
 }
@@ -336,6 +339,7 @@ impl Session {
                 ),
             ));
         }
+        counters.logins.fetch_add(1, Ordering::Relaxed);
         let key = loop {
             let [a, b, c, d, e, f, g, h] = crate::scram::random::<8>();
             let pid = i32::from_be_bytes([a & 0x3f, b, c, d]);
@@ -858,6 +862,7 @@ impl Session {
             );
             return Ok(());
         }
+        self.counters.client_parses.fetch_add(1, Ordering::Relaxed);
         let statement = self.statements.get(body);
         if let Some(text) = self.refused(&statement.effects) {
             self.refuse("0A000", &text, false);
@@ -865,6 +870,9 @@ impl Session {
         }
         self.names
             .insert(Bytes::copy_from_slice(name), Arc::clone(&statement));
+        self.info
+            .statements
+            .store(self.names.len() as u64, Ordering::Relaxed);
         let known = statement.valid.load(Ordering::Relaxed);
         if known && self.held.is_none() {
             // Valid SQL the pool already prepared: no backend needed until it
@@ -902,6 +910,7 @@ impl Session {
             &statement.name,
             &statement.sql_and_types,
         );
+        self.counters.server_parses.fetch_add(1, Ordering::Relaxed);
         self.queue
             .push(Expect::Parse(Arc::clone(statement), visible));
     }
@@ -929,6 +938,7 @@ impl Session {
         let mut body = message.body();
         let _portal = frame::cstr(&mut body);
         let name = frame::cstr(&mut body).unwrap_or_default();
+        self.counters.binds.fetch_add(1, Ordering::Relaxed);
         if !name.is_empty() && !self.names.contains_key(name) {
             self.missing(name);
             return Ok(());
@@ -989,6 +999,9 @@ impl Session {
         if kind == b'S' && !name.is_empty() {
             // The pool keeps its statement; only the client's name goes.
             self.names.remove(name);
+            self.info
+                .statements
+                .store(self.names.len() as u64, Ordering::Relaxed);
             self.say(Bytes::from_static(b"3\0\0\0\x04"));
             return Ok(());
         }
@@ -1202,6 +1215,8 @@ impl Session {
         let Some(mut held) = self.held.take() else {
             return;
         };
+        let held_us = u64::try_from(held.since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.counters.held_us.fetch_add(held_us, Ordering::Relaxed);
         *self.handle.running.lock().expect("running lock") = None;
         self.info.set_state(ClientState::Idle);
         if held.broken {
@@ -1293,7 +1308,10 @@ impl Session {
         }
         self.counters.waiting.fetch_add(1, Ordering::Relaxed);
         self.info.set_state(ClientState::Waiting);
+        let asked = Instant::now();
         let got = pool.get_for_wire().await;
+        let waited = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.counters.wait_us.fetch_add(waited, Ordering::Relaxed);
         self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
         self.info.set_state(if got.is_ok() {
             ClientState::Active
@@ -1321,6 +1339,7 @@ impl Session {
                 )
             })?;
         *self.handle.running.lock().expect("running lock") = Some(backend.cancel_handle());
+        self.counters.assignments.fetch_add(1, Ordering::Relaxed);
         let mut buffers = self.spare.take().unwrap_or_default();
         let settings = settings_sql(&self.wanted, &mut backend.state().params);
         if !settings.is_empty() {

@@ -103,6 +103,8 @@ pub(crate) struct Door {
     pauses: Mutex<HashMap<String, Arc<crate::clients::Pause>>>,
     next_client: std::sync::atomic::AtomicU64,
     pub token: CancellationToken,
+    /// Where SHOW STATS' averages run from.
+    pub marks: Mutex<crate::admin::Marks>,
 }
 
 /// The running front door.
@@ -168,6 +170,7 @@ impl BoundFrontDoor {
             pauses: Mutex::default(),
             next_client: std::sync::atomic::AtomicU64::new(1),
             token: parent.child_token(),
+            marks: Mutex::default(),
         });
         let tasks = TaskTracker::new();
         tasks.spawn(accept(Arc::clone(&door), listener, tasks.clone()));
@@ -227,65 +230,25 @@ impl FrontDoor {
 
     /// The clients connected now (of `pool` only, if given), oldest first.
     pub fn clients(&self, pool: Option<&str>) -> Vec<crate::ClientSnapshot> {
-        let connected = self.door.connected.lock().expect("clients lock");
-        let mut all: Vec<crate::ClientSnapshot> = connected
-            .values()
-            .filter(|c| pool.is_none_or(|p| c.pool == p))
-            .map(|c| c.snapshot())
-            .collect();
-        drop(connected);
-        all.sort_by_key(|c| c.id);
-        all
+        self.door.clients(pool)
     }
 
     /// Pauses `pool`'s front door: a client's next transaction waits (up to
     /// the pool's acquire timeout), those in flight finish. Returns how many
     /// clients still hold a backend when `wait` ran out (0: drained).
     pub async fn pause(&self, pool: &str, wait: Duration) -> usize {
-        self.door
-            .pause_of(pool)
-            .on
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        let busy = || {
-            self.clients(Some(pool))
-                .iter()
-                .filter(|c| c.state == crate::ClientState::Active)
-                .count()
-        };
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let now = busy();
-            if now == 0 || tokio::time::Instant::now() >= deadline {
-                return now;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.door.pause(pool, wait).await
     }
 
     /// Resumes `pool`'s front door: waiting clients go on.
     pub fn resume(&self, pool: &str) {
-        let pause = self.door.pause_of(pool);
-        pause.on.store(false, std::sync::atomic::Ordering::SeqCst);
-        pause.resumed.notify_waiters();
+        self.door.resume(pool);
     }
 
     /// Ends client `id` (FATAL 57P01; a transaction it is inside is rolled
     /// back); false if no such client is connected.
     pub fn kill_client(&self, id: u64) -> bool {
-        let client = self
-            .door
-            .connected
-            .lock()
-            .expect("clients lock")
-            .get(&id)
-            .cloned();
-        match client {
-            Some(client) => {
-                client.kill.cancel();
-                true
-            }
-            None => false,
-        }
+        self.door.kill_client(id)
     }
 
     /// Re-reads the users file; returns how many users it holds. On an error
@@ -450,7 +413,12 @@ async fn serve(door: Arc<Door>, tcp: TcpStream, peer: SocketAddr) {
     let login =
         tokio::time::timeout(door.options.login_timeout, log_in(&door, &mut client, peer)).await;
     let session = match login {
-        Ok(Ok(Some(session))) => session,
+        Ok(Ok(Some(Login::Pool(session)))) => *session,
+        Ok(Ok(Some(Login::Console(console)))) => {
+            console.run(&mut client).await;
+            close_gently(&mut client).await;
+            return;
+        }
         Ok(Ok(None)) => return,
         Ok(Err(fatal)) => {
             let mut out = BytesMut::new();
@@ -585,12 +553,20 @@ async fn negotiate(
     }
 }
 
+/// What a client logged in to.
+enum Login {
+    /// A pool.
+    Pool(Box<Session>),
+    /// The admin console.
+    Console(crate::admin::Console),
+}
+
 /// Startup to ReadyForQuery; `None` for a CancelRequest or a client gone.
 async fn log_in(
     door: &Arc<Door>,
     client: &mut ClientIo,
     peer: SocketAddr,
-) -> Result<Option<Session>, Fatal> {
+) -> Result<Option<Login>, Fatal> {
     let Some(params) = negotiate(door, client, peer).await? else {
         return Ok(None);
     };
@@ -613,13 +589,17 @@ async fn log_in(
         )
     })?;
     let database = get("database").unwrap_or_else(|| user.clone());
+    if crate::admin::NAMES.contains(&database.as_str()) {
+        return console_log_in(door, client, &user, &database, peer).await;
+    }
     let Ok(pool) = door.registry.pool(&database) else {
         return Err(Fatal::new(
             "3D000",
             format!("database \"{database}\" does not exist"),
         ));
     };
-    authenticate(door, client, &pool, &user, peer).await?;
+    let verifier = door.verifier_for(&pool, &user);
+    authenticate(door, client, &database, verifier, &user, peer).await?;
     let wanted = crate::session::wanted_settings(&params)?;
     let info = Arc::new(crate::clients::ClientInfo::new(
         door.next_client
@@ -644,7 +624,52 @@ async fn log_in(
         .await
         .map_err(|_| Fatal::new("08006", "the client went away"))?;
     tracing::debug!(%peer, %user, pool = %database, "PostgreSQL client logged in");
-    Ok(Some(session))
+    Ok(Some(Login::Pool(Box::new(session))))
+}
+
+/// A login to the admin console: users of the users file with a role.
+async fn console_log_in(
+    door: &Arc<Door>,
+    client: &mut ClientIo,
+    user: &str,
+    database: &str,
+    peer: SocketAddr,
+) -> Result<Option<Login>, Fatal> {
+    let users = door.users();
+    // A user of the file without a role learns it only after proving its
+    // password; anyone else cannot log in.
+    let (role, verifier) = match users.get(user) {
+        Some(entry) => (entry.role, entry.verifier.clone()),
+        None => (None, Verifier::impossible(user)),
+    };
+    authenticate(door, client, database, verifier, user, peer).await?;
+    let role = role.ok_or_else(|| Fatal::new("28000", "not allowed"))?;
+    let mut out = BytesMut::new();
+    frame::authentication(&mut out, 0, &[]);
+    for (name, value) in [
+        (
+            "server_version",
+            concat!(env!("CARGO_PKG_VERSION"), "/poolplane"),
+        ),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO"),
+        ("TimeZone", "UTC"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("is_superuser", "on"),
+        ("application_name", ""),
+    ] {
+        frame::parameter(&mut out, name, value);
+    }
+    frame::backend_key(&mut out, 0, 0);
+    frame::ready(&mut out, b'I');
+    client
+        .write_all(&out)
+        .await
+        .map_err(|_| Fatal::new("08006", "the client went away"))?;
+    tracing::info!(%peer, %user, "PostgreSQL front door: admin console login");
+    Ok(Some(Login::Console(crate::admin::Console::new(door, role))))
 }
 
 /// A pool's server parameters and the pool instance they came from.
@@ -654,6 +679,84 @@ type ParametersOf = (
 );
 
 impl Door {
+    /// The clients connected now (of `pool` only, if given), oldest first.
+    pub(crate) fn clients(&self, pool: Option<&str>) -> Vec<crate::ClientSnapshot> {
+        self.infos(pool).iter().map(|c| c.snapshot()).collect()
+    }
+
+    /// What the door keeps of the clients connected now (of `pool` only, if
+    /// given), oldest first.
+    pub(crate) fn infos(&self, pool: Option<&str>) -> Vec<Arc<crate::clients::ClientInfo>> {
+        let connected = self.connected.lock().expect("clients lock");
+        let mut all: Vec<_> = connected
+            .values()
+            .filter(|c| pool.is_none_or(|p| c.pool == p))
+            .cloned()
+            .collect();
+        drop(connected);
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    /// See [`FrontDoor::pause`].
+    pub(crate) async fn pause(&self, pool: &str, wait: Duration) -> usize {
+        self.pause_of(pool)
+            .on
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let busy = || {
+            self.clients(Some(pool))
+                .iter()
+                .filter(|c| c.state == crate::ClientState::Active)
+                .count()
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let now = busy();
+            if now == 0 || tokio::time::Instant::now() >= deadline {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// See [`FrontDoor::resume`].
+    pub(crate) fn resume(&self, pool: &str) {
+        let pause = self.pause_of(pool);
+        pause.on.store(false, std::sync::atomic::Ordering::SeqCst);
+        pause.resumed.notify_waiters();
+    }
+
+    /// Whether `pool` is paused.
+    pub(crate) fn is_paused(&self, pool: &str) -> bool {
+        self.pauses
+            .lock()
+            .expect("pauses lock")
+            .get(pool)
+            .is_some_and(|p| p.on.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// See [`FrontDoor::kill_client`].
+    pub(crate) fn kill_client(&self, id: u64) -> bool {
+        let client = self
+            .connected
+            .lock()
+            .expect("clients lock")
+            .get(&id)
+            .cloned();
+        match client {
+            Some(client) => {
+                client.kill.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The users file's users now.
+    pub(crate) fn users(&self) -> Arc<Users> {
+        Arc::clone(&self.users.read().expect("users lock"))
+    }
+
     /// The pause switch of `pool` (made on first use).
     pub(crate) fn pause_of(&self, pool: &str) -> Arc<crate::clients::Pause> {
         let mut pauses = self.pauses.lock().expect("pauses lock");
@@ -757,10 +860,13 @@ async fn read_sasl(client: &mut ClientIo) -> Result<BytesMut, Fatal> {
     Ok(body)
 }
 
+/// SCRAM with `verifier` for `user` logging in to `database` (a pool, or the
+/// console).
 async fn authenticate(
     door: &Door,
     client: &mut ClientIo,
-    pool: &AdvancedConnectionPool,
+    database: &str,
+    verifier: Verifier,
     user: &str,
     peer: SocketAddr,
 ) -> Result<(), Fatal> {
@@ -795,7 +901,7 @@ async fn authenticate(
     }
     let first = &rest[4..];
     let failed = || {
-        tracing::warn!(%peer, %user, pool = %pool.name(), "PostgreSQL front door: password authentication failed");
+        tracing::warn!(%peer, %user, pool = %database, "PostgreSQL front door: password authentication failed");
         Fatal::new(
             "28P01",
             format!("password authentication failed for user \"{user}\""),
@@ -805,7 +911,6 @@ async fn authenticate(
         plus,
         end_point: end_point.as_deref(),
     };
-    let verifier = door.verifier_for(pool, user);
     let (exchange, server_first) = match Exchange::start(verifier, first, &binding) {
         Ok(started) => started,
         Err(Failure::Protocol(why)) => return Err(Fatal::new("08P01", why)),

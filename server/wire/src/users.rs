@@ -1,7 +1,8 @@
 //! The users file: who may log in through the front door besides each pool's
 //! own database user. One user a line — name, SCRAM verifier as pg_authid stores
-//! it, and the pools it may use (comma-separated, or `*` for all); `#` starts a
-//! comment.
+//! it, the pools it may use (comma-separated, or `*` for all), and optionally a
+//! role on the admin console (`admin`: SHOW and PAUSE / RESUME / RECONNECT /
+//! KILL; `stats`: SHOW only); `#` starts a comment.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,6 +15,17 @@ pub struct User {
     pub(crate) verifier: Verifier,
     /// None: every pool.
     pools: Option<Vec<String>>,
+    /// Its role on the admin console, if any.
+    pub role: Option<Role>,
+}
+
+/// A user's role on the admin console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// SHOW commands only.
+    Stats,
+    /// Every command.
+    Admin,
 }
 
 impl User {
@@ -52,18 +64,39 @@ impl Users {
             }
             let at = i + 1;
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let [name, verifier, pools] = fields[..] else {
-                return Err(format!(
-                    "users file line {at}: expected `user verifier pools`, found {} fields",
-                    fields.len()
-                ));
+            let (name, verifier, pools, role) = match fields[..] {
+                [name, verifier, pools] => (name, verifier, pools, None),
+                [name, verifier, pools, role] => (name, verifier, pools, Some(role)),
+                _ => {
+                    return Err(format!(
+                        "users file line {at}: expected `user verifier pools [admin|stats]`, found {} fields",
+                        fields.len()
+                    ));
+                }
+            };
+            let role = match role {
+                None => None,
+                Some("admin") => Some(Role::Admin),
+                Some("stats") => Some(Role::Stats),
+                Some(other) => {
+                    return Err(format!(
+                        "users file line {at}: unknown role `{other}` of `{name}` (admin or stats)"
+                    ));
+                }
             };
             let verifier = Verifier::parse(verifier).ok_or_else(|| {
                 format!("users file line {at}: the verifier of `{name}` is not a SCRAM-SHA-256 verifier (SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)")
             })?;
             let pools = (pools != "*").then(|| pools.split(',').map(str::to_owned).collect());
             if by_name
-                .insert(name.to_owned(), User { verifier, pools })
+                .insert(
+                    name.to_owned(),
+                    User {
+                        verifier,
+                        pools,
+                        role,
+                    },
+                )
                 .is_some()
             {
                 return Err(format!("users file line {at}: `{name}` appears twice"));
@@ -98,12 +131,18 @@ mod tests {
     #[test]
     fn users_pools_and_errors() {
         let v = postgres_protocol::password::scram_sha_256(b"pw");
-        let users =
-            Users::parse(&format!("# comment\napp {v} orders,billing\nops {v} *\n")).unwrap();
+        let users = Users::parse(&format!(
+            "# comment\napp {v} orders,billing\nops {v} * admin\n"
+        ))
+        .unwrap();
         assert_eq!(users.len(), 2);
         assert!(users.get("app").unwrap().may_use("orders"));
         assert!(!users.get("app").unwrap().may_use("other"));
         assert!(users.get("ops").unwrap().may_use("anything"));
+        assert_eq!(users.get("ops").unwrap().role, Some(Role::Admin));
+        assert_eq!(users.get("app").unwrap().role, None);
+        let e = Users::parse(&format!("x {v} * root")).unwrap_err();
+        assert!(e.contains("unknown role `root`"), "{e}");
         let e = Users::parse("app md5deadbeef *").unwrap_err();
         assert!(e.contains("line 1") && !e.contains("deadbeef"), "{e}");
         let e = Users::parse(&format!("a {v} *\na {v} *")).unwrap_err();

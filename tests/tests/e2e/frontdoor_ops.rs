@@ -681,6 +681,79 @@ async fn logged(server: &ServerProcess, text: &str) -> anyhow::Result<()> {
     .await
 }
 
+/// Initializes pgbench's tables through `pool`'s front door, then runs TPC-B
+/// with 32 clients for 9 s (its rate every second) in the background; returns
+/// once all 32 run transactions.
+pub(crate) async fn tpcb_32_clients(
+    server: &TestServer,
+    db: &poolplane_tests::TestDatabase,
+    pool: &str,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<std::process::Output>>> {
+    let (user, password) = login_of(db)?;
+    let pg = server.server().pg_addr().expect("front door");
+    let (host, port) = (pg.ip().to_string(), pg.port().to_string());
+    let base = ["-h", &host, "-p", &port, "-U", &user];
+    let init = run_client(
+        "pgbench",
+        &[&base[..], &["-i", "-q", "-s", "1", pool]].concat(),
+        &password,
+        Duration::from_secs(60),
+    )
+    .await?;
+    assert!(init.status.success(), "{}", text(&init));
+    let args: Vec<String> = [
+        &base[..],
+        &["-c", "32", "-j", "2", "-T", "9", "-P", "1", pool],
+    ]
+    .concat()
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect();
+    let bench = tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_client("pgbench", &args, &password, Duration::from_secs(90)).await
+    });
+    let pool = server.server().registry().pool(pool)?;
+    // The init's transactions went through the front door too.
+    let before = pool.pool_stats().wire.transactions;
+    wait_until(Duration::from_secs(30), "pgbench runs", || async {
+        let wire = pool.pool_stats().wire;
+        wire.clients == 32 && wire.transactions >= before + 50
+    })
+    .await?;
+    Ok(bench)
+}
+
+/// Awaits a [`tpcb_32_clients`] run that was paused: no failed transaction,
+/// a second of pgbench's progress at 0 tps, and as many rows in
+/// pgbench_history as pgbench counted transactions.
+pub(crate) async fn paused_and_exact(
+    bench: tokio::task::JoinHandle<anyhow::Result<std::process::Output>>,
+    db: &poolplane_tests::TestDatabase,
+) -> anyhow::Result<String> {
+    let out = bench.await??;
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(
+        printed.contains("number of failed transactions: 0 (0.000%)"),
+        "{printed}"
+    );
+    assert!(
+        printed
+            .lines()
+            .any(|l| l.starts_with("progress:") && l.contains(" 0.0 tps")),
+        "pgbench's rate fell to 0 while paused: {printed}"
+    );
+    let committed: i64 = db
+        .connect()
+        .await?
+        .query_one("SELECT count(*) FROM pgbench_history", &[])
+        .await?
+        .get(0);
+    assert_eq!(committed, processed(&printed));
+    Ok(printed)
+}
+
 /// How many transactions pgbench's report says it processed.
 fn processed(report: &str) -> i64 {
     report
@@ -1019,27 +1092,12 @@ async fn reconnect_replaces_every_backend_with_no_client_error() -> anyhow::Resu
 async fn pause_drains_the_pool_and_resume_lets_the_clients_on_with_no_error() -> anyhow::Result<()>
 {
     let (server, db) = pool_with("halt", sized(4, 4)).await?;
-    db.connect()
-        .await?
-        .batch_execute("CREATE TABLE ticks (n int)")
-        .await?;
-    let bench = pgbench_script(
-        &server,
-        &db,
-        "halt",
-        8,
-        6,
-        "BEGIN;\nINSERT INTO ticks VALUES (1);\nSELECT pg_sleep(0.01);\nEND;\n",
-    )?;
+    let bench = tpcb_32_clients(&server, &db, "halt").await?;
     let pool = server.server().registry().pool("halt")?;
-    wait_until(Duration::from_secs(30), "pgbench runs", || async {
-        pool.pool_stats().wire.transactions >= 10
-    })
-    .await?;
     let busy = server.client.pause_pool("halt", 10).await?;
     assert_eq!(busy, 0, "drained");
     let paused_at = pool.pool_stats().wire.transactions;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         pool.pool_stats().wire.transactions,
         paused_at,
@@ -1052,19 +1110,6 @@ async fn pause_drains_the_pool_and_resume_lets_the_clients_on_with_no_error() ->
         pool.pool_stats().wire.transactions > paused_at
     })
     .await?;
-    let out = bench.await??;
-    let printed = text(&out);
-    assert!(out.status.success(), "{printed}");
-    assert!(
-        printed.contains("number of failed transactions: 0 (0.000%)"),
-        "{printed}"
-    );
-    let committed: i64 = db
-        .connect()
-        .await?
-        .query_one("SELECT count(*) FROM ticks", &[])
-        .await?
-        .get(0);
-    assert_eq!(committed, processed(&printed));
+    paused_and_exact(bench, &db).await?;
     Ok(())
 }

@@ -21,6 +21,7 @@ mod embedded_pg;
 mod examples;
 mod faults_process;
 mod frontdoor;
+mod frontdoor_console;
 mod frontdoor_isolation;
 mod frontdoor_ops;
 mod frontdoor_session;

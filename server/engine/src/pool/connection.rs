@@ -136,6 +136,7 @@ impl PooledConnection {
         now: Instant,
     ) -> Self {
         shared.checked_out.fetch_add(1, Ordering::Relaxed);
+        conn.info.in_use.store(true, Ordering::Relaxed);
         Self {
             conn,
             shared,
@@ -340,6 +341,7 @@ impl Drop for PooledConnection {
         }
         let now = Instant::now();
         self.conn.last_used = now;
+        self.conn.info.in_use.store(false, Ordering::Relaxed);
         self.shared
             .counters
             .use_time

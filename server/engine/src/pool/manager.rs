@@ -39,6 +39,8 @@ pub(crate) struct Connection {
     counted: bool,
     /// Its TLS and host, as the server saw it.
     security: super::stats::ConnSecurity,
+    /// What operators see of it (listed while it is open).
+    pub info: Arc<super::stats::BackendInfo>,
     /// Its slot in the server's connection budget.
     _slot: Option<crate::budget::BudgetSlot>,
 }
@@ -66,6 +68,11 @@ impl Drop for Connection {
         if self.counted {
             self.shared.open.fetch_sub(1, Ordering::AcqRel);
         }
+        self.shared
+            .backends
+            .lock()
+            .expect("backends lock")
+            .remove(&self.info.id);
         self.shared
             .security
             .lock()
@@ -135,7 +142,7 @@ impl PoolManager {
                 .await
                 .map_err(OpenError::Postgres)?;
         }
-        let (security, limits) = server_facts(&client).await.map_err(OpenError::Postgres)?;
+        let (security, limits, pid) = server_facts(&client).await.map_err(OpenError::Postgres)?;
         if let (Some(m), Some(limits)) = (&self.shared.budget, limits) {
             m.budget.observe(limits);
         }
@@ -154,7 +161,20 @@ impl PoolManager {
             address: opened.address,
             shared: Arc::clone(&self.shared),
         });
+        let info = Arc::new(super::stats::BackendInfo {
+            id: NEXT_BACKEND.fetch_add(1, Ordering::Relaxed),
+            pid,
+            security: security.clone(),
+            connected_at: std::time::SystemTime::now(),
+            in_use: std::sync::atomic::AtomicBool::new(false),
+        });
+        self.shared
+            .backends
+            .lock()
+            .expect("backends lock")
+            .insert(info.id, Arc::clone(&info));
         Ok(Connection {
+            info,
             client,
             cache: StatementCache::new(self.shared.cache_capacity()),
             queries: 0,
@@ -214,18 +234,24 @@ impl OpenError {
     }
 }
 
+/// The id of the next connection any pool opens.
+static NEXT_BACKEND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// What [`server_facts`] reads.
+type Facts = (super::stats::ConnSecurity, Option<ServerLimits>, i32);
+
 /// The connection's TLS (version, cipher) and server address, from pg_stat_ssl,
-/// and the server's connection limits (for its budget), in one round trip.
-async fn server_facts(
-    client: &tokio_postgres::Client,
-) -> Result<(super::stats::ConnSecurity, Option<ServerLimits>), tokio_postgres::Error> {
+/// the server's connection limits (for its budget) and the backend's process
+/// id, in one round trip.
+async fn server_facts(client: &tokio_postgres::Client) -> Result<Facts, tokio_postgres::Error> {
     let rows = client
         .simple_query(
             "SELECT s.ssl, s.version, s.cipher, \
                     coalesce(host(inet_server_addr()) || ':' || inet_server_port(), 'socket'), \
                     current_setting('max_connections'), \
                     current_setting('superuser_reserved_connections')::int4 \
-                      + coalesce(current_setting('reserved_connections', true)::int4, 0) \
+                      + coalesce(current_setting('reserved_connections', true)::int4, 0), \
+                    pg_backend_pid() \
              FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()",
         )
         .await?;
@@ -234,7 +260,7 @@ async fn server_facts(
         _ => None,
     });
     let Some(row) = row else {
-        return Ok((super::stats::ConnSecurity::default(), None));
+        return Ok((super::stats::ConnSecurity::default(), None, 0));
     };
     let security = super::stats::ConnSecurity {
         tls: (row.get(0) == Some("t")).then(|| {
@@ -252,7 +278,8 @@ async fn server_facts(
             max_connections,
             reserved_connections,
         });
-    Ok((security, limits))
+    let pid = row.get(6).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok((security, limits, pid))
 }
 
 impl bb8::ManageConnection for PoolManager {

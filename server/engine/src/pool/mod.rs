@@ -36,7 +36,7 @@ pub use connection::{CANCEL_TIMEOUT, PooledConnection, Transaction};
 pub use health::HealthStatus;
 pub use lend::{BackendIo, BoxIo, LendError};
 pub use sizing::ScalingDecision;
-pub use stats::{ConnectionSecurity, Histogram, PoolStats, StatementCacheStats};
+pub use stats::{Backend, ConnectionSecurity, Histogram, PoolStats, StatementCacheStats};
 pub use wire::{WireBackend, WireCounters, WireSettings, WireState, WireStats};
 
 use crate::conninfo::ConnInfo;
@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     need: AtomicU32,
     /// The wire front door's counters of the pool's name.
     wire: Mutex<Arc<WireCounters>>,
+    /// Its open connections, by id (what an operator lists).
+    backends: Mutex<std::collections::BTreeMap<u64, Arc<stats::BackendInfo>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -677,6 +679,12 @@ impl AdvancedConnectionPool {
         }
     }
 
+    /// The pool's open connections now, oldest first.
+    pub fn backends(&self) -> Vec<stats::Backend> {
+        let all = self.shared.backends.lock().expect("backends lock");
+        all.values().map(|b| b.snapshot()).collect()
+    }
+
     /// How long a front-door client holds a backend (cheap: no copy of the config).
     pub fn pool_mode(&self) -> crate::PoolMode {
         self.shared.settings().pool_mode
@@ -930,6 +938,7 @@ impl Shared {
             gate: gate::Gate::new(size),
             counters: Counters::default(),
             wire: Mutex::default(),
+            backends: Mutex::default(),
             health: Mutex::new(if require_connection {
                 HealthStatus::new(true, None)
             } else {

@@ -343,3 +343,47 @@ mod tests {
         assert_eq!(Histogram::default().quantiles_ms([0.5]), [0.0]);
     }
 }
+
+/// One open connection of a pool, as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Backend {
+    /// The pool's id of the connection (in the order they opened).
+    pub id: u64,
+    /// The PostgreSQL backend's process id.
+    pub pid: i32,
+    /// The server it is on (`host:port`, or `socket`).
+    pub host: String,
+    /// Its TLS version, if it uses TLS.
+    pub tls: Option<String>,
+    /// When it opened.
+    pub connected_at: std::time::SystemTime,
+    /// Whether it is checked out (a query, a transaction, a front-door client).
+    pub in_use: bool,
+}
+
+/// What a pool keeps of one open connection.
+#[derive(Debug)]
+pub(crate) struct BackendInfo {
+    pub id: u64,
+    pub pid: i32,
+    pub security: ConnSecurity,
+    pub connected_at: std::time::SystemTime,
+    pub in_use: std::sync::atomic::AtomicBool,
+}
+
+impl BackendInfo {
+    pub(crate) fn snapshot(&self) -> Backend {
+        Backend {
+            id: self.id,
+            pid: self.pid,
+            host: self.security.host.clone(),
+            tls: self
+                .security
+                .tls
+                .as_ref()
+                .map(|(version, _)| version.clone()),
+            connected_at: self.connected_at,
+            in_use: self.in_use.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}

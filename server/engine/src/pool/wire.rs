@@ -30,6 +30,20 @@ pub struct WireCounters {
     pub bytes_in: AtomicU64,
     /// Bytes to clients.
     pub bytes_out: AtomicU64,
+    /// Backends handed to clients (each transaction's, or each session's).
+    pub assignments: AtomicU64,
+    /// Microseconds clients held backends.
+    pub held_us: AtomicU64,
+    /// Microseconds clients waited for backends.
+    pub wait_us: AtomicU64,
+    /// Named Parse messages from clients.
+    pub client_parses: AtomicU64,
+    /// Parse messages sent to backends for clients' named statements.
+    pub server_parses: AtomicU64,
+    /// Bind messages from clients.
+    pub binds: AtomicU64,
+    /// Clients that logged in.
+    pub logins: AtomicU64,
 }
 
 /// A snapshot of [`WireCounters`].
@@ -49,6 +63,20 @@ pub struct WireStats {
     pub bytes_in: u64,
     /// Bytes to clients.
     pub bytes_out: u64,
+    /// Backends handed to clients.
+    pub assignments: u64,
+    /// Microseconds clients held backends.
+    pub held_us: u64,
+    /// Microseconds clients waited for backends.
+    pub wait_us: u64,
+    /// Named Parse messages from clients.
+    pub client_parses: u64,
+    /// Parse messages sent to backends for clients' named statements.
+    pub server_parses: u64,
+    /// Bind messages from clients.
+    pub binds: u64,
+    /// Clients that logged in.
+    pub logins: u64,
 }
 
 impl WireCounters {
@@ -63,6 +91,13 @@ impl WireCounters {
             queries: get(&self.queries),
             bytes_in: get(&self.bytes_in),
             bytes_out: get(&self.bytes_out),
+            assignments: get(&self.assignments),
+            held_us: get(&self.held_us),
+            wait_us: get(&self.wait_us),
+            client_parses: get(&self.client_parses),
+            server_parses: get(&self.server_parses),
+            binds: get(&self.binds),
+            logins: get(&self.logins),
         }
     }
 }
