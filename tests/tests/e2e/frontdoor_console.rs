@@ -170,7 +170,7 @@ async fn psql_console_shows_pause_and_resume_under_pgbench() -> anyhow::Result<(
     })
     .await?;
 
-    crate::frontdoor_ops::paused_and_exact(bench, &db).await?;
+    crate::frontdoor_ops::tpcb_exact(bench, &db, true).await?;
     // The console's totals are the pool's.
     wait_until(Duration::from_secs(5), "the clients left", || async {
         pool.pool_stats().wire.clients == 0
