@@ -2,8 +2,9 @@
 //! `poolplane`) on the front door, for users with a role in the users file.
 //! SHOW POOLS, CLIENTS, SERVERS, STATS (and STATS_TOTALS, STATS_AVERAGES),
 //! DATABASES, LISTS, VERSION, CONFIG, HELP; PAUSE, RESUME, RECONNECT, KILL,
-//! KILL_CLIENT. Columns carry PgBouncer's names and types, poolplane's own
-//! after them. The simple query protocol only, as PgBouncer's console.
+//! KILL_CLIENT, RELOAD (the users file). Columns carry PgBouncer's names and
+//! types, poolplane's own after them. The simple query protocol only, as
+//! PgBouncer's console.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -241,7 +242,7 @@ impl Console {
                 complete(out, "SET");
                 Ok(())
             }
-            "pause" | "resume" | "reconnect" | "kill" | "kill_client" => {
+            "pause" | "resume" | "reconnect" | "kill" | "kill_client" | "reload" => {
                 if self.role != Role::Admin {
                     return Err(Refusal("42501", "admin access needed".into()));
                 }
@@ -277,7 +278,7 @@ impl Console {
                 frame::notice(
                     out,
                     "00000",
-                    "Console usage\n\tSHOW HELP|POOLS|CLIENTS|SERVERS|STATS|STATS_TOTALS|STATS_AVERAGES|DATABASES|LISTS|VERSION|CONFIG\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tRECONNECT [<db>]\n\tKILL <db>\n\tKILL_CLIENT <id>",
+                    "Console usage\n\tSHOW HELP|POOLS|CLIENTS|SERVERS|STATS|STATS_TOTALS|STATS_AVERAGES|DATABASES|LISTS|VERSION|CONFIG\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tRECONNECT [<db>]\n\tKILL <db>\n\tKILL_CLIENT <id>\n\tRELOAD",
                 );
                 complete(out, "SHOW");
                 return Ok(());
@@ -631,14 +632,24 @@ impl Console {
         t
     }
 
-    /// PAUSE, RESUME, RECONNECT and KILL (of one pool, or every pool), and
-    /// KILL_CLIENT.
+    /// PAUSE, RESUME, RECONNECT and KILL (of one pool, or every pool),
+    /// KILL_CLIENT and RELOAD.
     async fn control(
         &self,
         command: &str,
         arg: Option<&str>,
         out: &mut BytesMut,
     ) -> Result<(), Refusal> {
+        if command == "reload" {
+            // The users file, as SIGHUP re-reads it.
+            let count = self
+                .door
+                .reload_users()
+                .map_err(|e| Refusal("F0000", format!("RELOAD: {e}")))?;
+            frame::notice(out, "00000", &format!("the users file holds {count} users"));
+            complete(out, "RELOAD");
+            return Ok(());
+        }
         if command == "kill_client" {
             let id = arg.and_then(|a| a.parse::<u64>().ok()).ok_or_else(|| {
                 Refusal(

@@ -254,13 +254,7 @@ impl FrontDoor {
     /// Re-reads the users file; returns how many users it holds. On an error
     /// the users in force stay.
     pub fn reload_users(&self) -> Result<usize, String> {
-        let Some(path) = &self.door.options.users_file else {
-            return Ok(0);
-        };
-        let users = Users::load(path)?;
-        let count = users.len();
-        *self.door.users.write().expect("users lock") = Arc::new(users);
-        Ok(count)
+        self.door.reload_users()
     }
 
     /// Stops accepting, ends idle sessions at once and busy ones when their
@@ -750,6 +744,17 @@ impl Door {
             }
             None => false,
         }
+    }
+
+    /// See [`FrontDoor::reload_users`].
+    pub(crate) fn reload_users(&self) -> Result<usize, String> {
+        let Some(path) = &self.options.users_file else {
+            return Ok(0);
+        };
+        let users = Users::load(path)?;
+        let count = users.len();
+        *self.users.write().expect("users lock") = Arc::new(users);
+        Ok(count)
     }
 
     /// The users file's users now.

@@ -194,7 +194,7 @@ async fn psql_console_shows_pause_and_resume_under_pgbench() -> anyhow::Result<(
 
 #[tokio::test]
 async fn the_console_admits_only_users_with_a_role() -> anyhow::Result<()> {
-    let (server, db, _users) = console_server().await?;
+    let (server, db, users) = console_server().await?;
     let wrong = console_error(&server, "ops", "not-the-password", "SHOW VERSION").await;
     assert!(
         wrong.contains("password authentication failed for user \"ops\""),
@@ -206,6 +206,20 @@ async fn the_console_admits_only_users_with_a_role() -> anyhow::Result<()> {
     let (user, password) = login_of(&db)?;
     let own = console_error(&server, &user, &password, "SHOW POOLS").await;
     assert!(own.contains("password authentication failed"), "{own}");
+    // RELOAD re-reads the users file: a user added to it may log in.
+    let mut text = std::fs::read_to_string(users.path())?;
+    text.push_str(&format!(
+        "late {} * stats\n",
+        postgres_protocol::password::scram_sha_256(b"late-pw")
+    ));
+    std::fs::write(users.path(), text)?;
+    console(&server, "ops", ADMIN_PW, "RELOAD").await?;
+    assert_eq!(
+        console(&server, "late", "late-pw", "SHOW LISTS")
+            .await?
+            .len(),
+        14
+    );
     let version = console(&server, "watcher", STATS_PW, "SHOW VERSION").await?;
     assert!(
         version[0]["version"].starts_with("poolplane "),

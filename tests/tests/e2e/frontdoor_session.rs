@@ -245,6 +245,11 @@ async fn listen_pins_the_backend_and_notify_reaches_the_listener() -> anyhow::Re
     assert_eq!(sdk.get_pool_stats("pin").await?.wire_clients_pinned, 1);
     listener.batch_execute("DROP TABLE scratch").await?;
     pinned_becomes(sdk, 0).await?;
+    // LISTEN alone, then UNLISTEN: pinned, then released.
+    listener.batch_execute("LISTEN again").await?;
+    pinned_becomes(sdk, 1).await?;
+    listener.batch_execute("UNLISTEN *").await?;
+    pinned_becomes(sdk, 0).await?;
     wait_until(Duration::from_secs(5), "both clients idle", || async {
         sdk.list_clients(Some("pin"))
             .await
