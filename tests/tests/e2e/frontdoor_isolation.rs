@@ -159,8 +159,11 @@ async fn a_wire_clients_startup_settings_follow_it_and_stay_off_the_typed_api() 
 {
     let (server, db) = pool_with("tz", sized(1, 1)).await?;
     let url = poolplane_tests::pg_url(&server, &db, "tz")?;
-    let tokyo =
-        poolplane_tests::connect(&format!("{url}&options=-c%20TimeZone%3DAsia%2FTokyo")).await?;
+    // A list setting too: `search_path=pg_catalog,public` is two schemas.
+    let tokyo = poolplane_tests::connect(&format!(
+        "{url}&options=-c%20TimeZone%3DAsia%2FTokyo%20-c%20search_path%3Dpg_catalog%2Cpublic"
+    ))
+    .await?;
     let plain = wire_client(&server, &db, "tz").await?;
     let pool = server.server().registry().pool("tz")?;
     let typed = || async {
@@ -174,6 +177,10 @@ async fn a_wire_clients_startup_settings_follow_it_and_stay_off_the_typed_api() 
     for _ in 0..3 {
         // The same backend (a pool of one) each time.
         assert_eq!(one_value(&tokyo, "SHOW TimeZone").await?, "Asia/Tokyo");
+        assert_eq!(
+            one_value(&tokyo, "SELECT current_schemas(false)::text").await?,
+            "{pg_catalog,public}"
+        );
         assert_eq!(one_value(&plain, "SHOW TimeZone").await?, default);
         assert_eq!(one_value(&tokyo, "SHOW TimeZone").await?, "Asia/Tokyo");
         assert_eq!(
