@@ -463,6 +463,18 @@ impl PoolplaneClient {
         Ok(response.clients)
     }
 
+    /// The servers of the group sharing this server's control database, by id.
+    pub async fn list_replicas(&self) -> Result<Vec<poolplane_proto::v1::Replica>, Error> {
+        let response = self
+            .unary(
+                Retry::Idempotent,
+                poolplane_proto::v1::ListReplicasRequest {},
+                |mut s, r| async move { s.list_replicas(r).await },
+            )
+            .await?;
+        Ok(response.replicas)
+    }
+
     /// Replaces every connection of pool `name` (each after its current use);
     /// returns how many were open.
     pub async fn reconnect_pool(&self, name: &str) -> Result<u32, Error> {

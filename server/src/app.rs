@@ -72,6 +72,92 @@ pub struct ServerConfig {
     pub limits: ServerLimits,
     /// The PostgreSQL wire-protocol front door.
     pub pg: PgFrontDoor,
+    /// This server in its group of replicas sharing the control database.
+    pub replica: Replica,
+}
+
+/// This server as a replica of its group (`--replica-*`).
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// Its id; `None`: the one stored in `replica-id` of the data directory
+    /// (made on first start).
+    pub id: Option<String>,
+    /// How long its heartbeat holds: a replica silent longer is gone, and the
+    /// leadership moves within about that long.
+    pub lease: Duration,
+}
+
+impl Default for Replica {
+    fn default() -> Self {
+        Self {
+            id: None,
+            lease: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Starts this server's part in its replica group (on the background's
+/// tracker, until `token`); returns its replica id.
+fn join_group(
+    config: &ServerConfig,
+    registry: &Arc<ConnectionPoolService>,
+    (grpc, pg): (SocketAddr, Option<SocketAddr>),
+    token: &CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+) -> Result<String, ServerError> {
+    let replica_id = replica_id(config)?;
+    poolplane::group::start(
+        registry,
+        poolplane::group::GroupOptions {
+            replica_id: replica_id.clone(),
+            lease: config.replica.lease,
+            grpc_address: grpc.to_string(),
+            pg_address: pg.map(|a| a.to_string()),
+        },
+        registry.leadership(),
+        token,
+        tasks,
+    );
+    Ok(replica_id)
+}
+
+/// The id this server has in its group: `--replica-id`, or the one kept in
+/// the data directory (a random one made and written there on first start).
+fn replica_id(config: &ServerConfig) -> Result<String, ServerError> {
+    let valid = |id: &str| {
+        !id.is_empty()
+            && id.len() <= 63
+            && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    };
+    if let Some(id) = &config.replica.id {
+        return if valid(id) {
+            Ok(id.clone())
+        } else {
+            Err(ServerError::Config(format!(
+                "--replica-id `{id}`: 1 to 63 letters, digits, `_`, `.` or `-`, starting with a letter or digit"
+            )))
+        };
+    }
+    let path = config.data_dir.join("replica-id");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && valid(text.trim())
+    {
+        return Ok(text.trim().to_owned());
+    }
+    let mut bytes = [0u8; 6];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| ServerError::Config("no randomness for a replica id".into()))?;
+    let id: String = std::iter::once("r-".to_owned())
+        .chain(bytes.iter().map(|b| format!("{b:02x}")))
+        .collect();
+    let _ = std::fs::create_dir_all(&config.data_dir);
+    if let Err(error) = std::fs::write(&path, &id) {
+        tracing::warn!(path = %path.display(), %error, "replica id not kept (a restart gets a new one)");
+    }
+    Ok(id)
 }
 
 /// The PostgreSQL front door's settings (`--pg-*`).
@@ -170,6 +256,7 @@ impl ServerConfig {
             ms(100),
             s(3600),
         );
+        range("--replica-lease", self.replica.lease, s(1), s(600));
         range(
             "--metrics-retention",
             self.metrics_retention,
@@ -325,7 +412,7 @@ impl Server {
         let listeners = Listeners::bind(&config).await?;
         let (registry, restored) =
             open_registry(&config, allowlist, &store, &root, &embedded).await?;
-        let background = start_background(&config, store, &registry, &token, &root);
+        let background = start_background(&config, store, &registry, &listeners, (&token, &root))?;
         let recorder_status = Arc::clone(background.recorder.status());
         let control_database = conninfo::redact(&database_url);
         log_start(
@@ -356,7 +443,8 @@ impl Server {
                 config.load_test_limits,
                 StreamSlots::new(&config.limits),
             )
-            .with_front_door(front_door.clone()),
+            .with_front_door(front_door.clone())
+            .with_replica_id(background.replica_id.clone()),
             tls,
             auth: Arc::clone(&auth),
             limits: config.limits,
@@ -498,8 +586,10 @@ async fn open_registry(
     root: &CancellationToken,
     embedded: &Option<EmbeddedPg>,
 ) -> Result<(Arc<ConnectionPoolService>, usize), ServerError> {
+    // A replica leads the group's singleton jobs once it holds the group's lock.
     let registry = Arc::new(
         ConnectionPoolService::new(store.clone(), config.shutdown_grace)
+            .with_leadership(Arc::new(poolplane::leadership::Leadership::new(false)))
             .with_parent_token(root)
             .with_allowlist(allowlist)
             .with_max_pools(config.max_pools)
@@ -521,6 +611,11 @@ struct Background {
     /// Automated tuning (`--auto-optimize-interval`), stopped with the serving
     /// token.
     tuning: Option<JoinHandle<()>>,
+    /// The replica group's tasks (heartbeat, definitions followed, the bid for
+    /// leadership), stopped with the serving token.
+    group: tokio_util::task::TaskTracker,
+    /// This server's id in its group.
+    replica_id: String,
 }
 
 impl Background {
@@ -529,6 +624,8 @@ impl Background {
         if let Some(tuning) = self.tuning {
             let _ = tuning.await;
         }
+        self.group.close();
+        self.group.wait().await;
         self.recorder.shutdown().await;
     }
 }
@@ -540,9 +637,9 @@ fn start_background(
     config: &ServerConfig,
     store: ControlStore,
     registry: &Arc<ConnectionPoolService>,
-    token: &CancellationToken,
-    root: &CancellationToken,
-) -> Background {
+    listeners: &Listeners,
+    (token, root): (&CancellationToken, &CancellationToken),
+) -> Result<Background, ServerError> {
     let tuning = config.auto_optimize_interval.map(|interval| {
         tracing::info!(?interval, "automated tuning on");
         tokio::spawn(Arc::clone(registry).auto_tune(interval, token.clone()))
@@ -557,7 +654,18 @@ fn start_background(
         },
         root,
     );
-    Background { recorder, tuning }
+    let group = tokio_util::task::TaskTracker::new();
+    let pg = listeners
+        .pg
+        .as_ref()
+        .map(poolplane_wire::BoundFrontDoor::local_addr);
+    let replica_id = join_group(config, registry, (listeners.grpc_addr, pg), token, &group)?;
+    Ok(Background {
+        recorder,
+        tuning,
+        group,
+        replica_id,
+    })
 }
 
 /// The control database's URL: `--database-url`, or the embedded cluster's

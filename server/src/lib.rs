@@ -6,4 +6,4 @@ pub mod grpc;
 pub mod prometheus;
 pub mod telemetry;
 
-pub use app::{PgFrontDoor, Server, ServerConfig, ServerError, TlsFiles};
+pub use app::{PgFrontDoor, Replica, Server, ServerConfig, ServerError, TlsFiles};

@@ -182,6 +182,17 @@ struct Flags {
     /// 5s, 1m).
     #[arg(long, env = "POOLPLANE_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+
+    /// This server's id in its group of replicas (servers sharing one
+    /// --database-url); default: one made on first start and kept in
+    /// `replica-id` of the data directory.
+    #[arg(long, env = "POOLPLANE_REPLICA_ID")]
+    replica_id: Option<String>,
+
+    /// How long a replica's heartbeat holds: one silent longer is gone, and
+    /// the leadership of singleton jobs moves within about that long.
+    #[arg(long, env = "POOLPLANE_REPLICA_LEASE", default_value = "10s", value_parser = parse_duration)]
+    replica_lease: Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -279,6 +290,10 @@ impl Flags {
                 tls_required: self.pg_tls_required,
                 users_file: self.pg_users_file,
                 max_clients: self.pg_max_clients,
+            },
+            replica: poolplane_server::Replica {
+                id: self.replica_id,
+                lease: self.replica_lease,
             },
             limits: ServerLimits {
                 max_watch_streams: self.max_watch_streams,

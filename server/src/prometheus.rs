@@ -95,6 +95,12 @@ impl Collector for EngineCollector {
             "History rows written to the control database",
             r.written.load(Ordering::Relaxed),
         )?;
+        counter(
+            &mut encoder,
+            "poolplane_metrics_retention_rounds",
+            "Retention rounds this server ran (only the group's leader runs them)",
+            r.prune_rounds.load(Ordering::Relaxed),
+        )?;
 
         Ok(())
     }

@@ -89,6 +89,7 @@ impl TestServer {
                 listen: Some((Ipv4Addr::LOCALHOST, 0).into()),
                 ..Default::default()
             },
+            replica: poolplane_server::Replica::default(),
         }
     }
 

@@ -107,6 +107,8 @@ enum Command {
     },
     /// A live full-screen view of every pool and the latest events (q quits).
     Top,
+    /// The servers of the group sharing this server's control database.
+    Replicas,
     /// The PostgreSQL front door's clients (of POOL only, if given).
     Clients {
         /// The pool.
@@ -490,6 +492,7 @@ async fn named_or_all(
 async fn operate(client: &PoolplaneClient, command: Command, out: &Printer) -> anyhow::Result<()> {
     match command {
         Command::Clients { pool } => out.clients(&client.list_clients(pool.as_deref()).await?),
+        Command::Replicas => out.replicas(&client.list_replicas().await?),
         Command::Pause { name, timeout } => {
             let busy = client.pause_pool(&name, timeout).await?;
             out.done(&if busy == 0 {
@@ -557,6 +560,7 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
         }
         Command::Top => top::run(client, cli.server.clone()).await?,
         command @ (Command::Clients { .. }
+        | Command::Replicas
         | Command::Pause { .. }
         | Command::Resume { .. }
         | Command::Reconnect { .. }

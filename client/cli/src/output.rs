@@ -335,6 +335,50 @@ impl Printer {
         }
     }
 
+    pub fn replicas(&self, all: &[poolplane_client::proto::Replica]) {
+        match self.format {
+            Format::Json => {
+                for r in all {
+                    self.json(&json!({
+                        "id": r.id,
+                        "grpc_address": r.grpc_address,
+                        "pg_address": r.pg_address,
+                        "started_at": time(r.started_at.as_ref()),
+                        "heartbeat_at": time(r.heartbeat_at.as_ref()),
+                        "alive": r.alive,
+                        "leader": r.leader,
+                        "pools": r.pools,
+                        "lease_ms": r.lease_ms,
+                        "this_replica": r.this_replica,
+                    }));
+                }
+            }
+            Format::Table => {
+                say!(
+                    "{:<20} {:<22} {:<22} {:<6} {:<7} {:>6}  HEARTBEAT",
+                    "ID",
+                    "GRPC",
+                    "FRONT DOOR",
+                    "ALIVE",
+                    "LEADER",
+                    "POOLS"
+                );
+                for r in all {
+                    say!(
+                        "{:<20} {:<22} {:<22} {:<6} {:<7} {:>6}  {}",
+                        format!("{}{}", clean(&r.id), if r.this_replica { " *" } else { "" }),
+                        clean(&r.grpc_address),
+                        clean(&r.pg_address),
+                        if r.alive { "yes" } else { "GONE" },
+                        if r.leader { "leader" } else { "" },
+                        r.pools,
+                        local_time(r.heartbeat_at.as_ref())
+                    );
+                }
+            }
+        }
+    }
+
     pub fn clients(&self, all: &[poolplane_client::proto::WireClient]) {
         match self.format {
             Format::Json => {

@@ -177,6 +177,11 @@ pub enum Error {
     /// A pool with this name exists already.
     #[error("pool `{0}` already exists")]
     PoolAlreadyExists(String),
+    /// Another replica of the group changed the pool since this one last saw it.
+    #[error(
+        "pool `{0}` was changed by another replica meanwhile; nothing was applied (read it again and retry)"
+    )]
+    ConcurrentChange(String),
     /// A pool name that breaks `[a-z0-9][a-z0-9_-]{{0,62}}`.
     #[error("invalid pool name `{name}`: {reason}")]
     InvalidPoolName {
@@ -283,7 +288,9 @@ impl Error {
             Error::UnsupportedType { .. } | Error::InvalidQuery(_) => ErrorKind::InvalidArgument,
             Error::QueryLimit { .. } => ErrorKind::ResourceExhausted,
             Error::PoolUnhealthy { .. } => ErrorKind::Unavailable,
-            Error::LoadTestRunning(_) | Error::PoolBusy(_) => ErrorKind::Busy,
+            Error::LoadTestRunning(_) | Error::PoolBusy(_) | Error::ConcurrentChange(_) => {
+                ErrorKind::Busy
+            }
             Error::PoolAlreadyExists(_) => ErrorKind::AlreadyExists,
             Error::AcquireTimeout { .. } => ErrorKind::AcquireTimeout,
             Error::PoolClosed => ErrorKind::PoolClosed,

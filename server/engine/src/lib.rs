@@ -20,14 +20,18 @@
 //! 8. [`budget`]: one connection budget per PostgreSQL server, split among its pools.
 //! 9. `error`: the engine's [`Error`].
 //! 10. [`events`]: what happened to a pool, broadcast to subscribers.
-//! 11. [`pool`]: `AdvancedConnectionPool` — gate, statement cache, lifecycle,
+//! 11. [`leadership`]: whether this server leads its group's singleton jobs.
+//! 12. [`pool`]: `AdvancedConnectionPool` — gate, statement cache, lifecycle,
 //!     health, sizing, stats, SQL, and the socket lent to the wire front door.
-//! 12. [`loadtest`]: `PoolLoadTester` and its grades.
-//! 13. [`store`]: the control database — definitions, history, config changes.
-//! 14. [`optimizer`]: recommendations, the budget's cap and the plan that applies them.
-//! 15. [`registry`]: `ConnectionPoolService`, the named pools and their changes.
-//! 16. [`recorder`]: the metrics recorder writing the history.
-//! 17. [`metrics`]: the one metric catalogue (Prometheus and OTLP read it).
+//! 13. [`loadtest`]: `PoolLoadTester` and its grades.
+//! 14. [`store`]: the control database — definitions, history, config changes,
+//!     the replica group's rows.
+//! 15. [`optimizer`]: recommendations, the budget's cap and the plan that applies them.
+//! 16. [`registry`]: `ConnectionPoolService`, the named pools and their changes.
+//! 17. [`group`]: replicas on one control database — heartbeat, definitions
+//!     followed, the leader's lock.
+//! 18. [`recorder`]: the metrics recorder writing the history.
+//! 19. [`metrics`]: the one metric catalogue (Prometheus and OTLP read it).
 
 pub mod allowlist;
 pub mod budget;
@@ -36,6 +40,8 @@ pub mod conninfo;
 pub mod embedded_pg;
 mod error;
 pub mod events;
+pub mod group;
+pub mod leadership;
 pub mod loadtest;
 pub mod metrics;
 pub mod optimizer;

@@ -51,6 +51,8 @@ pub struct RecorderStatus {
     pub written: AtomicU64,
     /// Rows removed by retention.
     pub pruned: AtomicU64,
+    /// Retention rounds run (by the group's leader only).
+    pub prune_rounds: AtomicU64,
 }
 
 struct Buffer {
@@ -149,6 +151,7 @@ impl MetricsRecorder {
         });
         let (up_tx, store_up) = watch::channel(true);
         let token = parent.child_token();
+        let leadership = Arc::clone(registry.leadership());
         let tasks = TaskTracker::new();
         tasks.spawn(sample(
             Arc::clone(&registry),
@@ -167,6 +170,7 @@ impl MetricsRecorder {
             store.clone(),
             Arc::clone(&status),
             options.retention,
+            leadership,
             token.clone(),
         ));
         tasks.close();
@@ -368,11 +372,19 @@ async fn prune(
     store: ControlStore,
     status: Arc<RecorderStatus>,
     retention: Duration,
+    leadership: Arc<crate::leadership::Leadership>,
     token: CancellationToken,
 ) {
-    // At start, then ten times per retention period (at least every 10 minutes).
+    // At start, then ten times per retention period (at least every 10 minutes),
+    // on the group's leader only.
     let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
     loop {
+        tokio::select! {
+            biased;
+            () = token.cancelled() => break,
+            () = leadership.until_leader() => {}
+        }
+        status.prune_rounds.fetch_add(1, Ordering::Relaxed);
         let before = SystemTime::now() - retention;
         match store.prune_metrics(before, PRUNE_BATCH).await {
             Ok(0) => {}

@@ -65,11 +65,21 @@ pub struct PoolInfo {
     pub security: crate::pool::ConnectionSecurity,
 }
 
+/// How a config change reaches the registry.
+enum Change {
+    /// Made here: stored if the definition is still at this version.
+    Store(i64),
+    /// Made by another replica: stored already, at this version and time.
+    Follow(i64, SystemTime),
+}
+
 struct Entry {
     pool: Arc<AdvancedConnectionPool>,
     target: Arc<ConnInfo>,
     created_at: SystemTime,
     updated_at: SystemTime,
+    /// The stored definition's version this pool runs.
+    version: i64,
     /// Stops the task forwarding this pool's events.
     forwarder: CancellationToken,
 }
@@ -96,6 +106,9 @@ pub struct ConnectionPoolService {
     running_load_tests: std::sync::Mutex<HashSet<String>>,
     /// The connection budget of each server the pools point at.
     budgets: std::sync::Mutex<HashMap<ServerKey, std::sync::Weak<ServerBudget>>>,
+    /// Whether this server leads the group's singleton jobs (automated tuning,
+    /// the recorder's retention).
+    leadership: Arc<crate::leadership::Leadership>,
 }
 
 /// A name held in a set (a change under way, a load test running) until dropped.
@@ -245,7 +258,20 @@ impl ConnectionPoolService {
             last_load_tests: std::sync::Mutex::new(HashMap::new()),
             running_load_tests: std::sync::Mutex::new(HashSet::new()),
             budgets: std::sync::Mutex::new(HashMap::new()),
+            leadership: Arc::default(),
         }
+    }
+
+    /// Makes the singleton jobs follow `leadership` (a server in a group leads
+    /// only while it holds the group's lock; default: it leads).
+    pub fn with_leadership(mut self, leadership: Arc<crate::leadership::Leadership>) -> Self {
+        self.leadership = leadership;
+        self
+    }
+
+    /// Whether this server leads the group's singleton jobs.
+    pub fn leadership(&self) -> &Arc<crate::leadership::Leadership> {
+        &self.leadership
     }
 
     /// The connection budget of `target`'s server, shared by every pool there.
@@ -530,6 +556,10 @@ impl ConnectionPoolService {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
+            // One replica of a group tunes (its changes reach the others).
+            if !self.leadership.leads() {
+                continue;
+            }
             // Pool by pool: one that cannot be tuned now does not hold the others.
             for name in self.pool_names() {
                 if self.is_load_testing(&name) {
@@ -556,49 +586,10 @@ impl ConnectionPoolService {
         let mut restored = 0;
         let mut created = Vec::new();
         for definition in self.store.list_pool_definitions().await? {
-            let config: AdvancedPoolConfig = match serde_json::from_value(definition.config.clone())
-            {
-                Ok(config) => config,
-                Err(error) => {
-                    tracing::error!(pool = %definition.name, %error, "stored config does not parse; pool skipped");
-                    continue;
-                }
-            };
-            if let Err(error) = self.check_target(&definition.target) {
-                tracing::error!(pool = %definition.name, %error, "stored pool's target is not allowed; skipped");
-                continue;
-            }
-            let target = Arc::new(definition.target);
-            let Ok(_claim) = self.claim(&definition.name) else {
-                continue;
-            };
-            match AdvancedConnectionPool::for_target_under(
-                &definition.name,
-                Arc::clone(&target),
-                config,
-                false,
-                &self.token,
-                Some(self.budget_for(&target)),
-            )
-            .await
-            {
-                Ok(pool) => {
-                    self.insert(
-                        &definition.name,
-                        Entry {
-                            pool: Arc::new(pool),
-                            target,
-                            created_at: definition.created_at,
-                            updated_at: definition.updated_at,
-                            forwarder: self.token.child_token(),
-                        },
-                    );
-                    created.push((definition.name.clone(), definition.created_at));
-                    restored += 1;
-                }
-                Err(error) => {
-                    tracing::error!(pool = %definition.name, %error, "stored pool cannot be restored; skipped");
-                }
+            let (name, created_at) = (definition.name.clone(), definition.created_at);
+            if self.restore_one(definition).await {
+                created.push((name, created_at));
+                restored += 1;
             }
         }
         // Each pool's last load test, for the optimizer (one stored before the
@@ -613,6 +604,63 @@ impl ConnectionPoolService {
             Err(error) => tracing::warn!(%error, "last load tests not reloaded"),
         }
         Ok(restored)
+    }
+
+    /// Recreates one stored pool (at startup, or one another replica created);
+    /// false if it was skipped (logged).
+    async fn restore_one(&self, definition: crate::store::PoolDefinition) -> bool {
+        let config: AdvancedPoolConfig = match serde_json::from_value(definition.config.clone()) {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::error!(pool = %definition.name, %error, "stored config does not parse; pool skipped");
+                return false;
+            }
+        };
+        if let Err(error) = self.check_target(&definition.target) {
+            tracing::error!(pool = %definition.name, %error, "stored pool's target is not allowed; skipped");
+            return false;
+        }
+        let target = Arc::new(definition.target);
+        let Ok(_claim) = self.claim(&definition.name) else {
+            return false;
+        };
+        if self
+            .pools
+            .read()
+            .expect("pools lock")
+            .contains_key(&definition.name)
+        {
+            return false;
+        }
+        match AdvancedConnectionPool::for_target_under(
+            &definition.name,
+            Arc::clone(&target),
+            config,
+            false,
+            &self.token,
+            Some(self.budget_for(&target)),
+        )
+        .await
+        {
+            Ok(pool) => {
+                self.insert(
+                    &definition.name,
+                    Entry {
+                        pool: Arc::new(pool),
+                        target,
+                        created_at: definition.created_at,
+                        updated_at: definition.updated_at,
+                        version: definition.version,
+                        forwarder: self.token.child_token(),
+                    },
+                );
+                true
+            }
+            Err(error) => {
+                tracing::error!(pool = %definition.name, %error, "stored pool cannot be restored; skipped");
+                false
+            }
+        }
     }
 
     /// Creates a pool (`create_pool`): validates, checks the target
@@ -695,6 +743,7 @@ impl ConnectionPoolService {
                 target: Arc::clone(&target),
                 created_at: stored.created_at,
                 updated_at: stored.updated_at,
+                version: stored.version,
                 forwarder: self.token.child_token(),
             },
         );
@@ -823,6 +872,13 @@ impl ConnectionPoolService {
                 self.record_changes(name, changes, origin.clone(), true)
                     .await
             }
+            Err(Error::ConcurrentChange(_)) => {
+                // Another replica's change won: follow it now (the claim is
+                // free again), not at the next reconcile.
+                if let Err(error) = self.reconcile(name).await {
+                    tracing::warn!(pool = %name, %error, "the winning change not followed yet; the next reconcile retries");
+                }
+            }
             Err(Error::BudgetExceeded(refusal)) => {
                 let origin = ChangeOrigin::new(
                     origin.source.clone(),
@@ -878,15 +934,41 @@ impl ConnectionPoolService {
         make: impl FnOnce(&AdvancedPoolConfig) -> Result<AdvancedPoolConfig, Error>,
     ) -> Result<PoolInfo, Error> {
         let _claim = self.claim(name)?;
-        let (pool, target) = {
-            let pools = self.pools.read().expect("pools lock");
-            let entry = pools
-                .get(name)
-                .ok_or_else(|| Error::PoolNotFound(name.to_owned()))?;
-            (Arc::clone(&entry.pool), Arc::clone(&entry.target))
-        };
+        let (pool, target, version) = self.entry_parts(name)?;
         let config = make(&pool.config())?;
         config.validate()?;
+        self.swap_config(name, &pool, target, config, Change::Store(version))
+            .await
+    }
+
+    /// The pool, target and definition version of `name`.
+    fn entry_parts(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<AdvancedConnectionPool>, Arc<ConnInfo>, i64), Error> {
+        let pools = self.pools.read().expect("pools lock");
+        let entry = pools
+            .get(name)
+            .ok_or_else(|| Error::PoolNotFound(name.to_owned()))?;
+        Ok((
+            Arc::clone(&entry.pool),
+            Arc::clone(&entry.target),
+            entry.version,
+        ))
+    }
+
+    /// Puts `config` in force for `name` (live, or by a rebuilt pool): stored
+    /// first (`Change::Store`, if the definition is still at that version), or
+    /// as stored already by another replica (`Change::Follow`). Under the
+    /// pool's claim.
+    async fn swap_config(
+        &self,
+        name: &str,
+        pool: &Arc<AdvancedConnectionPool>,
+        target: Arc<ConnInfo>,
+        config: AdvancedPoolConfig,
+        change: Change,
+    ) -> Result<PoolInfo, Error> {
         let budget = self.budget_for(&target);
         budget
             .check_min(name, config.min_connections)
@@ -906,23 +988,26 @@ impl ConnectionPoolService {
         } else {
             None
         };
-        let stored = match self
-            .store
-            .update_pool_config(name, &config_json(&config))
-            .await
-        {
-            Ok(stored) => stored,
-            Err(error) => {
-                if let Some(new) = replacement {
-                    new.close().await;
+        let (version, updated_at) = match change {
+            Change::Store(version) => match self
+                .store
+                .update_pool_config(name, &config_json(&config), version)
+                .await
+            {
+                Ok(stored) => (stored.version, stored.updated_at),
+                Err(error) => {
+                    if let Some(new) = replacement {
+                        new.close().await;
+                    }
+                    return Err(error);
                 }
-                return Err(error);
-            }
+            },
+            Change::Follow(version, updated_at) => (version, updated_at),
         };
         match replacement {
             None => pool.apply_config(config)?,
             Some(new) => {
-                new.inherit_wire_counters(&pool);
+                new.inherit_wire_counters(pool);
                 let forwarder = self.token.child_token();
                 self.spawn_forwarder(&new, forwarder.clone());
                 let old = {
@@ -940,13 +1025,14 @@ impl ConnectionPoolService {
         {
             let mut pools = self.pools.write().expect("pools lock");
             if let Some(entry) = pools.get_mut(name) {
-                entry.updated_at = stored.updated_at;
+                entry.updated_at = updated_at;
+                entry.version = version;
             }
         }
         let _ = self
             .events
             .send(events::event(name, PoolEventKind::PoolUpdated { rebuilt }));
-        tracing::info!(pool = %name, rebuilt, "pool config updated");
+        tracing::info!(pool = %name, rebuilt, version, "pool config updated");
         self.pool_info(name)
     }
 
@@ -958,12 +1044,16 @@ impl ConnectionPoolService {
             return Err(Error::PoolNotFound(name.to_owned()));
         }
         self.store.delete_pool_definition(name).await?;
-        let entry = self
-            .pools
-            .write()
-            .expect("pools lock")
-            .remove(name)
-            .expect("the claim keeps it");
+        self.remove_local(name).await;
+        Ok(())
+    }
+
+    /// Removes a pool from this server (its definition is gone): under the
+    /// pool's claim.
+    async fn remove_local(&self, name: &str) {
+        let Some(entry) = self.pools.write().expect("pools lock").remove(name) else {
+            return;
+        };
         entry.forwarder.cancel();
         self.last_load_tests
             .lock()
@@ -974,6 +1064,82 @@ impl ConnectionPoolService {
             .send(events::event(name, PoolEventKind::PoolDeleted));
         entry.pool.close_gracefully(self.close_grace).await;
         tracing::info!(pool = %name, "pool deleted");
+    }
+
+    /// Brings pool `name` in line with its stored definition, which another
+    /// replica of the group created, changed or deleted. A pool busy with a
+    /// change of this server's is left to it (the next reconcile looks again).
+    pub async fn reconcile(&self, name: &str) -> Result<(), Error> {
+        let stored = self.store.get_pool_definition(name).await?;
+        let local = self
+            .pools
+            .read()
+            .expect("pools lock")
+            .get(name)
+            .map(|e| e.version);
+        match (stored, local) {
+            (Some(definition), None) => {
+                let created = self.restore_one(definition).await;
+                tracing::info!(pool = %name, created, "a pool another replica created");
+            }
+            (Some(definition), Some(version)) if definition.version > version => {
+                let Ok(_claim) = self.claim(name) else {
+                    return Ok(());
+                };
+                let (pool, target, version) = self.entry_parts(name)?;
+                if definition.version <= version {
+                    return Ok(());
+                }
+                let config: AdvancedPoolConfig = match serde_json::from_value(definition.config) {
+                    Ok(config) => config,
+                    Err(error) => {
+                        tracing::error!(pool = %name, %error, "stored config does not parse; not followed");
+                        return Ok(());
+                    }
+                };
+                let change = Change::Follow(definition.version, definition.updated_at);
+                self.swap_config(name, &pool, target, config, change)
+                    .await?;
+            }
+            (None, Some(_)) => {
+                let Ok(_claim) = self.claim(name) else {
+                    return Ok(());
+                };
+                if self.store.get_pool_definition(name).await?.is_none() {
+                    self.remove_local(name).await;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// [`reconcile`](Self::reconcile) for every pool whose stored version
+    /// differs from the one this server runs (a missed announcement caught up).
+    pub async fn reconcile_all(&self) -> Result<(), Error> {
+        let stored = self.store.definition_versions().await?;
+        let local: HashMap<String, i64> = self
+            .pools
+            .read()
+            .expect("pools lock")
+            .iter()
+            .map(|(name, e)| (name.clone(), e.version))
+            .collect();
+        let mut differ: Vec<&String> = stored
+            .iter()
+            .filter(|(name, version)| local.get(name) != Some(version))
+            .map(|(name, _)| name)
+            .collect();
+        differ.extend(
+            local
+                .keys()
+                .filter(|name| !stored.iter().any(|(n, _)| n == *name)),
+        );
+        for name in differ {
+            if let Err(error) = self.reconcile(name).await {
+                tracing::warn!(pool = %name, %error, "pool not brought in line with its definition; will retry");
+            }
+        }
         Ok(())
     }
 

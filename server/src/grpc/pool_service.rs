@@ -49,6 +49,8 @@ pub struct PoolService {
     tasks: TaskTracker,
     /// The PostgreSQL front door, if it is on (ListClients, KillClient).
     front_door: Option<Arc<poolplane_wire::FrontDoor>>,
+    /// This server's id in its group (ListReplicas marks it).
+    replica_id: Option<String>,
 }
 
 pub use poolplane::LoadTestLimits;
@@ -102,7 +104,14 @@ impl PoolService {
             slots,
             tasks: TaskTracker::new(),
             front_door: None,
+            replica_id: None,
         }
+    }
+
+    /// As replica `id` of its group.
+    pub fn with_replica_id(mut self, id: String) -> Self {
+        self.replica_id = Some(id);
+        self
     }
 
     /// With the PostgreSQL front door whose clients ListClients and KillClient
@@ -544,6 +553,35 @@ impl pool_service_server::PoolService for PoolService {
             })
             .collect();
         Ok(Response::new(pb::ListClientsResponse { clients }))
+    }
+
+    async fn list_replicas(
+        &self,
+        _request: Request<pb::ListReplicasRequest>,
+    ) -> Result<Response<pb::ListReplicasResponse>, Status> {
+        let replicas = self
+            .registry
+            .store()
+            .replicas()
+            .await
+            .map_err(status::from_engine)?;
+        let own = self.replica_id.as_deref();
+        let replicas = replicas
+            .into_iter()
+            .map(|r| pb::Replica {
+                this_replica: own == Some(r.id.as_str()),
+                id: r.id,
+                grpc_address: r.grpc_address,
+                pg_address: r.pg_address.unwrap_or_default(),
+                started_at: Some(convert::timestamp(r.started_at)),
+                heartbeat_at: Some(convert::timestamp(r.heartbeat_at)),
+                alive: r.alive,
+                leader: r.leader && r.alive,
+                pools: r.pools,
+                lease_ms: u64::try_from(r.lease.as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect();
+        Ok(Response::new(pb::ListReplicasResponse { replicas }))
     }
 
     async fn reconnect_pool(

@@ -115,7 +115,7 @@ pub fn from_engine(error: Error) -> Status {
         Error::PoolAlreadyExists(_) => Status::already_exists(error.to_string()),
         Error::LoadTestRunning(_) => Status::failed_precondition(error.to_string()),
         Error::BudgetExceeded(refusal) => budget_refusal(refusal, &error),
-        Error::PoolBusy(_) => Status::aborted(error.to_string()),
+        Error::PoolBusy(_) | Error::ConcurrentChange(_) => Status::aborted(error.to_string()),
         Error::ShuttingDown => Status::unavailable(error.to_string()),
         Error::ControlDatabase { .. } | Error::ControlDatabaseTimeout => {
             tracing::warn!(error = %error_chain(&error), "control database unavailable");

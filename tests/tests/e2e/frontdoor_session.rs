@@ -281,7 +281,8 @@ async fn listen_pins_the_backend_and_notify_reaches_the_listener() -> anyhow::Re
             values(
                 &third,
                 "SELECT (SELECT count(*) FROM pg_listening_channels()), \
-                 (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory')"
+                 (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
             )
             .await?,
             ["0", "0"]

@@ -25,6 +25,7 @@ mod frontdoor_console;
 mod frontdoor_isolation;
 mod frontdoor_ops;
 mod frontdoor_session;
+mod group;
 mod leak_scan;
 mod load_test_sql;
 mod loadtest;

@@ -239,19 +239,23 @@ impl PoolColumns {
         self.query_errors.push(big(s.query_errors));
     }
 
-    async fn insert(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<(), Error> {
+    async fn insert(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        replica: &str,
+    ) -> Result<(), Error> {
         if self.pool_name.is_empty() {
             return Ok(());
         }
         tx.execute(
-            "INSERT INTO connection_pool_metrics (pool_name, recorded_at, connections, \
+            "INSERT INTO connection_pool_metrics (replica, pool_name, recorded_at, connections, \
              idle_connections, active_connections, waiting_requests, current_size, min_connections, \
              max_connections, utilization_rate, avg_acquire_time_ms, p50_acquire_time_ms, \
              p95_acquire_time_ms, p99_acquire_time_ms, total_acquires, acquire_timeouts, \
              connection_errors, connections_created, connections_closed, connections_recycled, \
              total_queries, query_errors) \
-             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::int4[], $5::int4[], \
-             $6::int4[], $7::int4[], $8::int4[], $9::int4[], $10::float8[], $11::float8[], \
+             SELECT $23, * FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::int4[], \
+             $5::int4[], $6::int4[], $7::int4[], $8::int4[], $9::int4[], $10::float8[], $11::float8[], \
              $12::float8[], $13::float8[], $14::float8[], $15::int8[], $16::int8[], $17::int8[], \
              $18::int8[], $19::int8[], $20::int8[], $21::int8[], $22::int8[])",
             &[
@@ -277,6 +281,7 @@ impl PoolColumns {
                 &self.connections_recycled,
                 &self.total_queries,
                 &self.query_errors,
+                &replica,
             ],
         )
         .await
@@ -427,7 +432,7 @@ impl ControlStore {
                 MetricRow::Scaling { .. } => insert_scaling(&tx, row).await?,
             }
         }
-        pools.insert(&tx).await?;
+        pools.insert(&tx, self.replica()).await?;
         caches.insert(&tx).await?;
         tx.commit()
             .await

@@ -2,6 +2,7 @@
 //! submodules) the metrics history and the audit trail of config changes.
 
 pub mod config_changes;
+pub mod group;
 pub mod history;
 pub use crate::secrets;
 
@@ -66,6 +67,8 @@ pub struct PoolDefinition {
     pub created_at: SystemTime,
     /// When it last changed.
     pub updated_at: SystemTime,
+    /// Bumped by every change of its config (replicas compare it).
+    pub version: i64,
 }
 
 /// A connection pool to the control database, with the schema migrated.
@@ -73,6 +76,19 @@ pub struct PoolDefinition {
 pub struct ControlStore {
     pool: Pool<PostgresConnectionManager<Connector>>,
     key: Arc<SecretsKey>,
+    /// How to open a connection of its own (LISTEN, a held advisory lock).
+    direct: Arc<Direct>,
+    /// The replica whose history this store writes (its rows carry it).
+    replica: Arc<std::sync::OnceLock<String>>,
+}
+
+/// The control database's connection settings and TLS connector.
+struct Direct(tokio_postgres::Config, Connector);
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct").finish_non_exhaustive()
+    }
 }
 
 impl ControlStore {
@@ -83,6 +99,7 @@ impl ControlStore {
         let target = ConnInfo::parse(database_url).map_err(Error::InvalidDatabaseUrl)?;
         let config = target.pg_config().map_err(Error::InvalidDatabaseUrl)?;
         let tls = PgTls::for_target(&target).map_err(Error::InvalidDatabaseUrl)?;
+        let direct = Arc::new(Direct(config.clone(), tls.connector.clone()));
         let manager = PostgresConnectionManager::new(config, tls.connector);
         let pool = Pool::builder()
             .max_size(4)
@@ -96,10 +113,22 @@ impl ControlStore {
         let store = Self {
             pool,
             key: Arc::new(key),
+            direct,
+            replica: Arc::default(),
         };
         store.migrate().await?;
         store.seal_clear_passwords().await?;
         Ok(store)
+    }
+
+    /// Writes history on behalf of replica `id` from now on (set once).
+    pub fn set_replica(&self, id: &str) {
+        let _ = self.replica.set(id.to_owned());
+    }
+
+    /// The replica this store writes history for ('' when none was set).
+    pub fn replica(&self) -> &str {
+        self.replica.get().map_or("", String::as_str)
     }
 
     /// The id of the key stored passwords are sealed with.
@@ -164,8 +193,8 @@ impl ControlStore {
         let conn = self.conn().await?;
         let rows = conn
             .query(
-                "SELECT name, database_url, config, created_at, updated_at, database_password \
-                 FROM pool_definitions ORDER BY name",
+                "SELECT name, database_url, config, created_at, updated_at, database_password, \
+                 version FROM pool_definitions ORDER BY name",
                 &[],
             )
             .await
@@ -204,7 +233,8 @@ impl ControlStore {
             .query_one(
                 "INSERT INTO pool_definitions (name, database_url, config, database_password) \
                  VALUES ($1, $2, $3, $4) \
-                 RETURNING name, database_url, config, created_at, updated_at, database_password",
+                 RETURNING name, database_url, config, created_at, updated_at, database_password, \
+                 version",
                 &[&name, &target.without_password(), config, &sealed],
             )
             .await
@@ -221,26 +251,53 @@ impl ControlStore {
         self.definition(&row)
     }
 
-    /// Replaces a stored definition's config; returns the row.
+    /// Replaces a stored definition's config, if it is still at `version`
+    /// (another replica may have changed it since: [`Error::ConcurrentChange`]);
+    /// returns the row, its version bumped.
     pub async fn update_pool_config(
         &self,
         name: &str,
         config: &serde_json::Value,
+        version: i64,
     ) -> Result<PoolDefinition, Error> {
         let conn = self.conn().await?;
         let row = conn
             .query_opt(
-                "UPDATE pool_definitions SET config = $2, updated_at = now() WHERE name = $1 \
-                 RETURNING name, database_url, config, created_at, updated_at, database_password",
-                &[&name, config],
+                "UPDATE pool_definitions SET config = $2, updated_at = now(), version = version + 1 \
+                 WHERE name = $1 AND version = $3 \
+                 RETURNING name, database_url, config, created_at, updated_at, database_password, \
+                 version",
+                &[&name, config, &version],
             )
             .await
             .map_err(|source| Error::ControlQuery {
                 context: "updating a pool definition",
                 source,
-            })?
-            .ok_or_else(|| Error::PoolNotFound(name.to_owned()))?;
-        self.definition(&row)
+            })?;
+        match row {
+            Some(row) => self.definition(&row),
+            None => match self.get_pool_definition(name).await? {
+                Some(_) => Err(Error::ConcurrentChange(name.to_owned())),
+                None => Err(Error::PoolNotFound(name.to_owned())),
+            },
+        }
+    }
+
+    /// The stored definition of `name`, if any.
+    pub async fn get_pool_definition(&self, name: &str) -> Result<Option<PoolDefinition>, Error> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_opt(
+                "SELECT name, database_url, config, created_at, updated_at, database_password, \
+                 version FROM pool_definitions WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|source| Error::ControlQuery {
+                context: "reading a pool definition",
+                source,
+            })?;
+        row.map(|row| self.definition(&row)).transpose()
     }
 
     /// Removes a stored definition; false if there was none.
@@ -291,6 +348,7 @@ impl ControlStore {
             config: row.get(2),
             created_at: row.get(3),
             updated_at: row.get(4),
+            version: row.get(6),
         })
     }
 }

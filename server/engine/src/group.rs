@@ -1,0 +1,223 @@
+//! Several servers on one control database form a group: each records itself
+//! with a heartbeat, follows the definitions the others change (announced on a
+//! channel, caught up by a periodic reconcile by version), and one of them at a
+//! time — the holder of an advisory lock — leads the singleton jobs (metrics
+//! retention, automated tuning).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::ConnectionPoolService;
+use crate::leadership::Leadership;
+use crate::store::group::{DEFINITIONS_CHANNEL, Heartbeat, LEADER_LOCK};
+
+/// Who this server is in its group.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// Its id (`--replica-id`).
+    pub replica_id: String,
+    /// How long its heartbeat holds (`--replica-lease`).
+    pub lease: Duration,
+    /// Its gRPC address, as the others may reach it.
+    pub grpc_address: String,
+    /// Its PostgreSQL front door's address.
+    pub pg_address: Option<String>,
+}
+
+/// How often every definition's version is compared (announcements missed
+/// while the listening connection was down are caught up by it).
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+
+/// Starts the group's tasks on `tasks`, until `token`: the heartbeat, the
+/// follower of definition changes, and the bid for leadership.
+pub fn start(
+    registry: &Arc<ConnectionPoolService>,
+    options: GroupOptions,
+    leadership: &Arc<Leadership>,
+    token: &CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let started_at = SystemTime::now();
+    registry.store().set_replica(&options.replica_id);
+    tracing::info!(replica = %options.replica_id, lease = ?options.lease, "a replica of the group on its control database");
+    tasks.spawn(heartbeat(
+        Arc::clone(registry),
+        options.clone(),
+        started_at,
+        Arc::clone(leadership),
+        token.clone(),
+    ));
+    tasks.spawn(follow(Arc::clone(registry), token.clone()));
+    tasks.spawn(lead(
+        Arc::clone(registry),
+        options.lease,
+        Arc::clone(leadership),
+        token.clone(),
+    ));
+}
+
+/// Renews this replica's row every third of its lease; removes it at the end.
+async fn heartbeat(
+    registry: Arc<ConnectionPoolService>,
+    options: GroupOptions,
+    started_at: SystemTime,
+    leadership: Arc<Leadership>,
+    token: CancellationToken,
+) {
+    let every = options.lease / 3;
+    loop {
+        let beat = Heartbeat {
+            id: &options.replica_id,
+            grpc_address: &options.grpc_address,
+            pg_address: options.pg_address.as_deref(),
+            started_at,
+            lease: options.lease,
+            leader: leadership.leads(),
+            pools: u32::try_from(registry.pool_names().len()).unwrap_or(u32::MAX),
+        };
+        if let Err(error) = registry.store().heartbeat(&beat).await {
+            tracing::warn!(%error, "replica heartbeat not renewed; will retry");
+        }
+        tokio::select! {
+            () = token.cancelled() => break,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+    if let Err(error) = registry.store().leave_group(&options.replica_id).await {
+        tracing::warn!(%error, "replica row not removed at shutdown (its lease runs out)");
+    }
+}
+
+/// Follows the definitions other replicas change: LISTEN on their channel,
+/// reconcile each announced pool at once and every pool by version every few
+/// seconds; the connection is opened again when it breaks.
+async fn follow(registry: Arc<ConnectionPoolService>, token: CancellationToken) {
+    loop {
+        if let Err(error) = follow_once(&registry, &token).await {
+            tracing::warn!(%error, "not following the group's definitions; will retry");
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn follow_once(
+    registry: &ConnectionPoolService,
+    token: &CancellationToken,
+) -> Result<(), crate::Error> {
+    let (client, mut connection) = registry.store().direct_connection().await?;
+    let (tx, mut announced) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    let _abort = AbortOnDrop(driver);
+    client
+        .batch_execute(&format!("LISTEN {DEFINITIONS_CHANNEL}"))
+        .await
+        .map_err(|source| crate::Error::ControlQuery {
+            context: "listening for definition changes",
+            source,
+        })?;
+    // What changed while nobody listened.
+    registry.reconcile_all().await?;
+    let mut tick = tokio::time::interval(RECONCILE_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            name = announced.recv() => {
+                // The driver ended: the connection is gone.
+                let Some(name) = name else { return Ok(()) };
+                if let Err(error) = registry.reconcile(&name).await {
+                    tracing::warn!(pool = %name, %error, "announced change not followed; the next reconcile retries");
+                }
+            }
+            _ = tick.tick() => registry.reconcile_all().await?,
+        }
+    }
+}
+
+/// Bids for the leader's advisory lock every third of the lease; holds it (on
+/// a connection of its own, checked as often) while this server runs.
+async fn lead(
+    registry: Arc<ConnectionPoolService>,
+    lease: Duration,
+    leadership: Arc<Leadership>,
+    token: CancellationToken,
+) {
+    let every = lease / 3;
+    loop {
+        if let Err(error) = lead_once(&registry, every, &leadership, &token).await {
+            tracing::warn!(%error, "leadership bid failed; will retry");
+        }
+        leadership.set(false);
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn lead_once(
+    registry: &ConnectionPoolService,
+    every: Duration,
+    leadership: &Leadership,
+    token: &CancellationToken,
+) -> Result<(), crate::Error> {
+    let (client, connection) = registry.store().direct_connection().await?;
+    let _abort = AbortOnDrop(tokio::spawn(async move {
+        let _ = connection.await;
+    }));
+    let query = |source| crate::Error::ControlQuery {
+        context: "bidding for the group's leadership",
+        source,
+    };
+    loop {
+        let won: bool = tokio::time::timeout(
+            every,
+            client.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK]),
+        )
+        .await
+        .map_err(|_| crate::Error::ControlDatabaseTimeout)?
+        .map_err(query)?
+        .get(0);
+        leadership.set(won);
+        if won {
+            // Held while this session lives: checked every `every`.
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(every) => {}
+                }
+                tokio::time::timeout(every, client.simple_query("SELECT 1"))
+                    .await
+                    .map_err(|_| crate::Error::ControlDatabaseTimeout)?
+                    .map_err(query)?;
+            }
+        }
+        tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Aborts a task when dropped (a connection's driver outliving its client).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

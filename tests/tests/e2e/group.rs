@@ -1,0 +1,307 @@
+//! Several replicas on one control database: a definition changed on any
+//! replica is in force on every other within a second (gRPC and the front
+//! door), concurrent changes of one pool leave one winner and an ABORTED
+//! loser, and one replica at a time leads the singleton jobs — another within
+//! a lease of its death.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use poolplane_client::PoolplaneClient;
+use poolplane_client::proto::PoolConfig;
+use poolplane_tests::{
+    ServerProcess, TestDatabase, TestPg, http_get, login_of, metric_value, wait_until,
+};
+
+use crate::frontdoor::sized;
+
+const LEASE: &str = "2s";
+
+struct Replica {
+    process: ServerProcess,
+    sdk: PoolplaneClient,
+    id: &'static str,
+}
+
+async fn replica(control: &TestDatabase, id: &'static str) -> anyhow::Result<Replica> {
+    let process = ServerProcess::start(&[
+        "--database-url",
+        control.url(),
+        "--replica-id",
+        id,
+        "--replica-lease",
+        LEASE,
+        "--metrics-retention",
+        "60s",
+        "--metrics-interval",
+        "200ms",
+    ])
+    .await?;
+    let sdk = PoolplaneClient::connect(process.addr.to_string()).await?;
+    Ok(Replica { process, sdk, id })
+}
+
+/// Whether a front-door query on `pool` through `replica` answers.
+async fn answers(replica: &Replica, db: &TestDatabase, pool: &str) -> bool {
+    let Some(pg) = replica.process.pg_addr else {
+        return false;
+    };
+    let Ok((user, password)) = login_of(db) else {
+        return false;
+    };
+    let url = format!(
+        "postgres://{user}:{password}@{}:{}/{pool}?sslmode=disable&connect_timeout=2",
+        pg.ip(),
+        pg.port()
+    );
+    let Ok(client) = poolplane_tests::connect(&url).await else {
+        return false;
+    };
+    client.simple_query("SELECT 1").await.is_ok()
+}
+
+async fn max_connections(replica: &Replica, pool: &str) -> Option<u32> {
+    let info = replica.sdk.get_pool(pool).await.ok()?;
+    info.config?.max_connections
+}
+
+#[tokio::test]
+async fn a_definition_changed_on_one_replica_is_in_force_on_every_other_within_a_second()
+-> anyhow::Result<()> {
+    let control = TestPg::database().await?;
+    let db = TestPg::database().await?;
+    let a = replica(&control, "a").await?;
+    let b = replica(&control, "b").await?;
+    let c = replica(&control, "c").await?;
+
+    // Created on A: B's and C's gRPC and front door serve it within 1 s.
+    a.sdk.create_pool("shared", db.url(), sized(1, 2)).await?;
+    let created = Instant::now();
+    for r in [&b, &c] {
+        wait_until(
+            Duration::from_secs(1),
+            "the pool on another replica",
+            || async { r.sdk.get_pool("shared").await.is_ok() },
+        )
+        .await?;
+    }
+    for r in [&a, &b, &c] {
+        assert!(answers(r, &db, "shared").await, "front door of {}", r.id);
+    }
+    eprintln!(
+        "created on a, served by b and c after {:?}",
+        created.elapsed()
+    );
+
+    // Updated on B: in force on A and C within 1 s.
+    let change = PoolConfig {
+        max_connections: Some(3),
+        ..PoolConfig::default()
+    };
+    b.sdk.update_pool_config("shared", change).await?;
+    for r in [&a, &c] {
+        wait_until(
+            Duration::from_secs(1),
+            "the change on another replica",
+            || async { max_connections(r, "shared").await == Some(3) },
+        )
+        .await?;
+    }
+
+    // Each replica records the pool's history under its id; the window's
+    // counters rise per replica, summed for the pool.
+    for r in [&a, &b, &c] {
+        for _ in 0..5 {
+            assert!(answers(r, &db, "shared").await);
+        }
+    }
+    let history = control.connect().await?;
+    wait_until(Duration::from_secs(5), "rows of every replica", || async {
+        history
+            .query_one(
+                "SELECT count(DISTINCT replica) FROM connection_pool_metrics \
+                 WHERE pool_name = 'shared' AND total_acquires >= 5",
+                &[],
+            )
+            .await
+            .is_ok_and(|row| row.get::<_, i64>(0) == 3)
+    })
+    .await?;
+    let row = history
+        .query_one(
+            "SELECT (SELECT acquires FROM poolplane_metrics_window(now() - interval '1 hour', 'shared')), \
+             (SELECT sum(rise)::bigint FROM (SELECT max(total_acquires) - min(total_acquires) AS rise \
+              FROM connection_pool_metrics WHERE pool_name = 'shared' GROUP BY replica) r)",
+            &[],
+        )
+        .await?;
+    let (window, per_replica): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(window, per_replica, "acquires over the window");
+    assert!(window > 0);
+
+    // Two replicas change it at once (each rebuilds the pool first): one wins,
+    // the other is told, and every replica ends with the winner's config.
+    let rebuild = |capacity: u32| PoolConfig {
+        statement_cache_capacity: Some(capacity),
+        ..PoolConfig::default()
+    };
+    let (from_a, from_c) = tokio::join!(
+        a.sdk.update_pool_config("shared", rebuild(111)),
+        c.sdk.update_pool_config("shared", rebuild(222)),
+    );
+    let aborted = |r: &Result<_, poolplane_client::Error>| {
+        r.as_ref()
+            .is_err_and(|e| format!("{e:#}").contains("changed by another replica"))
+    };
+    let winner = match (&from_a, &from_c) {
+        (Ok(_), e) if aborted(e) => 111,
+        (e, Ok(_)) if aborted(e) => 222,
+        other => panic!("one must win and one be aborted: {other:?}"),
+    };
+    for r in [&a, &b, &c] {
+        wait_until(Duration::from_secs(2), "the winner everywhere", || async {
+            r.sdk
+                .get_pool("shared")
+                .await
+                .ok()
+                .and_then(|p| p.config?.statement_cache_capacity)
+                == Some(winner)
+        })
+        .await?;
+    }
+
+    // Deleted on C: gone everywhere within 1 s.
+    c.sdk.delete_pool("shared").await?;
+    for r in [&a, &b] {
+        wait_until(Duration::from_secs(1), "the pool gone", || async {
+            r.sdk.get_pool("shared").await.is_err()
+        })
+        .await?;
+        assert!(!answers(r, &db, "shared").await, "front door of {}", r.id);
+    }
+    Ok(())
+}
+
+fn metrics_addr(replica: &Replica) -> anyhow::Result<SocketAddr> {
+    Ok(replica.process.start_line["metrics"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no metrics address"))?
+        .parse()?)
+}
+
+async fn retention_rounds(replica: &Replica) -> anyhow::Result<f64> {
+    let text = http_get(metrics_addr(replica)?, "/metrics").await?;
+    metric_value(&text, "poolplane_metrics_retention_rounds_total")
+        .or_else(|| metric_value(&text, "poolplane_metrics_retention_rounds"))
+        .ok_or_else(|| anyhow::anyhow!("no retention rounds in {text}"))
+}
+
+/// The ids of the live replicas and the leader, as `replica` lists them.
+async fn group_of(replica: &Replica) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let all = replica.sdk.list_replicas().await?;
+    let alive = all
+        .iter()
+        .filter(|r| r.alive)
+        .map(|r| r.id.clone())
+        .collect();
+    let leaders = all
+        .iter()
+        .filter(|r| r.leader)
+        .map(|r| r.id.clone())
+        .collect();
+    Ok((alive, leaders))
+}
+
+#[tokio::test]
+async fn one_replica_leads_and_another_takes_over_within_a_lease_of_its_death() -> anyhow::Result<()>
+{
+    let control = TestPg::database().await?;
+    let mut replicas = vec![
+        replica(&control, "a").await?,
+        replica(&control, "b").await?,
+        replica(&control, "c").await?,
+    ];
+    wait_until(
+        Duration::from_secs(5),
+        "three replicas and one leader",
+        || async {
+            group_of(&replicas[0])
+                .await
+                .is_ok_and(|(alive, leaders)| alive.len() == 3 && leaders.len() == 1)
+        },
+    )
+    .await?;
+    let listed = replicas[1].sdk.list_replicas().await?;
+    assert_eq!(
+        listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+    assert!(listed.iter().any(|r| r.this_replica && r.id == "b"));
+    let (_, leaders) = group_of(&replicas[0]).await?;
+    let leader = leaders[0].clone();
+    // Retention runs on the leader only.
+    let mut rounds = Vec::new();
+    for r in &replicas {
+        rounds.push((r.id, retention_rounds(r).await?));
+    }
+    for (id, n) in &rounds {
+        if *id == leader {
+            assert!(*n >= 1.0, "the leader {id} ran retention: {rounds:?}");
+        } else {
+            assert_eq!(*n, 0.0, "{id} does not lead: {rounds:?}");
+        }
+    }
+
+    // kill -9 the leader: another leads within a lease (2 s), and runs retention.
+    let at = replicas
+        .iter()
+        .position(|r| r.id == leader)
+        .expect("leader");
+    let mut dead = replicas.remove(at);
+    dead.process.signal(nix::sys::signal::Signal::SIGKILL)?;
+    dead.process.wait_exit(Duration::from_secs(10)).await?;
+    let killed = Instant::now();
+    // The lock is free once PostgreSQL sees the session gone; a survivor bids
+    // every third of the lease and, leading, runs retention at once.
+    wait_until(
+        Duration::from_millis(2500),
+        "retention on a new leader",
+        || async {
+            let mut led = false;
+            for r in &replicas {
+                led |= retention_rounds(r).await.is_ok_and(|n| n >= 1.0);
+            }
+            led
+        },
+    )
+    .await?;
+    eprintln!(
+        "a new leader ran retention {:?} after the leader's death",
+        killed.elapsed()
+    );
+    // ListReplicas shows it once the dead one's lease ran out.
+    let survivor = &replicas[0];
+    wait_until(Duration::from_secs(4), "one new leader listed", || async {
+        group_of(survivor).await.is_ok_and(|(alive, leaders)| {
+            alive.len() == 2 && leaders.len() == 1 && leaders[0] != leader
+        })
+    })
+    .await?;
+    let (_, leaders) = group_of(survivor).await?;
+    let new = replicas
+        .iter()
+        .find(|r| r.id == leaders[0])
+        .expect("the new leader is alive");
+    wait_until(
+        Duration::from_secs(3),
+        "retention on the new leader",
+        || async { retention_rounds(new).await.is_ok_and(|n| n >= 1.0) },
+    )
+    .await?;
+    let other = replicas
+        .iter()
+        .find(|r| r.id != leaders[0])
+        .expect("one more");
+    assert_eq!(retention_rounds(other).await?, 0.0);
+    Ok(())
+}
