@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # poolplane's test command (the README's second command, and what CI runs):
-# installs what is missing, then fmt, clippy, buf lint, and the whole test suite
-# against a real embedded PostgreSQL and real servers on loopback.
+# installs what is missing, then fmt, buf lint, the Kubernetes manifests,
+# clippy, and the whole test suite against a real embedded PostgreSQL and real
+# servers on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +46,14 @@ if ! command -v psql >/dev/null || ! command -v pgbench >/dev/null; then
   else
     missing "psql and pgbench" "sudo apt-get install -y postgresql postgresql-client"
   fi
+fi
+# The Kubernetes manifests are checked offline against the Kubernetes schemas
+# (kubernetes-validate bundles them).
+if ! command -v kubernetes-validate >/dev/null; then
+  python3 -m pip install --quiet kubernetes-validate \
+    || python3 -m pip install --quiet --user --break-system-packages kubernetes-validate \
+    || missing kubernetes-validate "python3 -m pip install --user --break-system-packages kubernetes-validate"
+  export PATH="$HOME/.local/bin:$PATH"
 fi
 if ! python3 -c 'import psycopg, asyncpg' >/dev/null 2>&1; then
   python3 -m pip install --quiet "psycopg[binary]" asyncpg \
@@ -95,6 +104,9 @@ cargo fmt --all -- --check
 
 say "buf lint"
 buf lint
+
+say "Kubernetes manifests (deploy/kubernetes, strict, Kubernetes 1.29)"
+kubernetes-validate --strict --quiet -k 1.29.0 deploy/kubernetes/*.yaml
 
 say "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings

@@ -305,3 +305,133 @@ async fn one_replica_leads_and_another_takes_over_within_a_lease_of_its_death() 
     assert_eq!(retention_rounds(other).await?, 0.0);
     Ok(())
 }
+
+/// pgbench TPC-B with 8 clients for `secs` s through `replica`'s front door,
+/// in the background.
+fn tpcb_through(
+    replica: &Replica,
+    db: &TestDatabase,
+    secs: u32,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<std::process::Output>>> {
+    let (user, password) = login_of(db)?;
+    let pg = replica.process.pg_addr.expect("a front door");
+    let args: Vec<String> = [
+        "-h",
+        &pg.ip().to_string(),
+        "-p",
+        &pg.port().to_string(),
+        "-U",
+        &user,
+        "-n",
+        "-c",
+        "8",
+        "-j",
+        "2",
+        "-T",
+        &secs.to_string(),
+        "roll",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    Ok(tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        poolplane_tests::run_client("pgbench", &args, &password, Duration::from_secs(60)).await
+    }))
+}
+
+/// Awaits a pgbench run: no failed transaction; how many it processed.
+async fn processed_without_failure(
+    bench: tokio::task::JoinHandle<anyhow::Result<std::process::Output>>,
+) -> anyhow::Result<i64> {
+    let out = bench.await??;
+    let printed = poolplane_tests::text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(
+        printed.contains("number of failed transactions: 0 (0.000%)"),
+        "{printed}"
+    );
+    Ok(printed
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|n| n.split('/').next()?.trim().parse().ok())
+        .expect("pgbench's count"))
+}
+
+/// Stops `replica` (SIGTERM) and starts it again under the same id.
+async fn restart(replica: Replica, control: &TestDatabase) -> anyhow::Result<Replica> {
+    let Replica {
+        mut process, id, ..
+    } = replica;
+    process.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let status = process.wait_exit(Duration::from_secs(30)).await?;
+    assert_eq!(status.code(), Some(0), "{id} stopped cleanly");
+    self::replica(control, id).await
+}
+
+#[tokio::test]
+async fn a_rolling_restart_fails_no_transaction_on_the_replicas_that_stay_up() -> anyhow::Result<()>
+{
+    let control = TestPg::database().await?;
+    let db = TestPg::database().await?;
+    let a = replica(&control, "a").await?;
+    let b = replica(&control, "b").await?;
+    let c = replica(&control, "c").await?;
+    a.sdk.create_pool("roll", db.url(), sized(2, 4)).await?;
+    for r in [&b, &c] {
+        wait_until(
+            Duration::from_secs(1),
+            "the pool on every replica",
+            || async { r.sdk.get_pool("roll").await.is_ok() },
+        )
+        .await?;
+    }
+    let (user, password) = login_of(&db)?;
+    let pg = a.process.pg_addr.expect("a front door");
+    let init = poolplane_tests::run_client(
+        "pgbench",
+        &[
+            "-h",
+            &pg.ip().to_string(),
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            &user,
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "roll",
+        ],
+        &password,
+        Duration::from_secs(60),
+    )
+    .await?;
+    assert!(init.status.success(), "{}", poolplane_tests::text(&init));
+
+    // C restarts while A and B serve; then A restarts while B and C serve.
+    let (on_a, on_b) = (tpcb_through(&a, &db, 6)?, tpcb_through(&b, &db, 6)?);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let c = restart(c, &control).await?;
+    assert!(c.sdk.get_pool("roll").await.is_ok(), "restored on c");
+    let mut done = processed_without_failure(on_a).await?;
+    done += processed_without_failure(on_b).await?;
+    let (on_b, on_c) = (tpcb_through(&b, &db, 6)?, tpcb_through(&c, &db, 6)?);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let a = restart(a, &control).await?;
+    done += processed_without_failure(on_b).await?;
+    done += processed_without_failure(on_c).await?;
+
+    // Every transaction pgbench counted committed, and no definition was lost.
+    let history: i64 = db
+        .connect()
+        .await?
+        .query_one("SELECT count(*) FROM pgbench_history", &[])
+        .await?
+        .get(0);
+    assert_eq!(history, done);
+    for r in [&a, &b, &c] {
+        let pool = r.sdk.get_pool("roll").await?;
+        assert_eq!(pool.config.and_then(|c| c.max_connections), Some(4));
+    }
+    Ok(())
+}
