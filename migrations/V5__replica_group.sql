@@ -85,3 +85,18 @@ RETURNS TABLE (
            max(s.current_size)::bigint
     FROM s GROUP BY s.pool_name
 $$;
+
+-- Each server's connection budget split among the live replicas: one row per
+-- (server, replica), changed only under a transaction-level advisory lock of
+-- the server, so that the allocations of a server never sum above its budget.
+CREATE TABLE budget_allocations (
+    server     text        NOT NULL,
+    replica    text        NOT NULL,
+    allocation integer     NOT NULL CHECK (allocation >= 0),
+    -- Connections checked out plus checkouts waiting, in this replica's pools there.
+    demand     integer     NOT NULL,
+    -- The sum of this replica's pools' min_connections there.
+    min_total  integer     NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (server, replica)
+);

@@ -595,6 +595,9 @@ async fn open_registry(
             .with_max_pools(config.max_pools)
             .with_connection_reserve(config.connection_reserve),
     );
+    // Budgets come from the group's allocation from the start (restored pools
+    // connect once it is given, right after the group's tasks start).
+    registry.join_group();
     let restored = registry.restore().await?;
     if let (true, Some(pg)) = (config.demo, embedded) {
         crate::demo::set_up(pg, &registry, &config.data_dir)

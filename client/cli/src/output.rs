@@ -349,29 +349,32 @@ impl Printer {
                         "leader": r.leader,
                         "pools": r.pools,
                         "lease_ms": r.lease_ms,
+                        "allocated": r.allocated,
                         "this_replica": r.this_replica,
                     }));
                 }
             }
             Format::Table => {
                 say!(
-                    "{:<20} {:<22} {:<22} {:<6} {:<7} {:>6}  HEARTBEAT",
+                    "{:<20} {:<22} {:<22} {:<6} {:<7} {:>6} {:>9}  HEARTBEAT",
                     "ID",
                     "GRPC",
                     "FRONT DOOR",
                     "ALIVE",
                     "LEADER",
-                    "POOLS"
+                    "POOLS",
+                    "ALLOCATED"
                 );
                 for r in all {
                     say!(
-                        "{:<20} {:<22} {:<22} {:<6} {:<7} {:>6}  {}",
+                        "{:<20} {:<22} {:<22} {:<6} {:<7} {:>6} {:>9}  {}",
                         format!("{}{}", clean(&r.id), if r.this_replica { " *" } else { "" }),
                         clean(&r.grpc_address),
                         clean(&r.pg_address),
                         if r.alive { "yes" } else { "GONE" },
                         if r.leader { "leader" } else { "" },
                         r.pools,
+                        r.allocated,
                         local_time(r.heartbeat_at.as_ref())
                     );
                 }

@@ -38,6 +38,8 @@ pub(crate) trait Member: Send + Sync {
     fn set_share(&self, share: u32);
     /// Closed pools leave the budget.
     fn is_closed(&self) -> bool;
+    /// Its demand now: connections checked out plus checkouts waiting.
+    fn demand(&self) -> u32;
 }
 
 /// A budget that is not known yet (no connection has reported the server's
@@ -170,14 +172,16 @@ pub struct BudgetRefusal {
     pub others_min: u32,
     /// The min_connections asked for.
     pub min: u32,
+    /// The live replicas of the group the budget is split among (1 alone).
+    pub replicas: u32,
 }
 
 impl std::fmt::Display for BudgetRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "min_connections {} does not fit the connection budget of {}: {} = max_connections {} \
-             - reserved {} - connection reserve {}, and the other pools there keep {} as their \
+            "min_connections {} does not fit the connection budget of {}: {} = (max_connections {} \
+             - reserved {} - connection reserve {}){}, and the other pools there keep {} as their \
              min_connections",
             self.min,
             self.server,
@@ -185,6 +189,14 @@ impl std::fmt::Display for BudgetRefusal {
             self.max_connections,
             self.reserved_connections,
             self.reserve,
+            if self.replicas > 1 {
+                format!(
+                    " / {} live replicas, each holding every pool's min",
+                    self.replicas
+                )
+            } else {
+                String::new()
+            },
             self.others_min
         )
     }
@@ -195,8 +207,20 @@ pub struct ServerBudget {
     server: ServerKey,
     reserve: u32,
     limits: Mutex<Option<ServerLimits>>,
-    /// The budget in connections ([`UNKNOWN`] until read).
+    /// The budget in connections ([`UNKNOWN`] until read): what the server
+    /// allows, capped by this replica's allocation in its group.
     limit: AtomicU32,
+    /// What the server allows the pools ([`UNKNOWN`] until read).
+    available: AtomicU32,
+    /// This replica's allocation of the server in its group ([`UNKNOWN`]: none
+    /// yet, the whole budget).
+    allocation: AtomicU32,
+    /// Live replicas of the group (1 outside a group): each holds its pools'
+    /// min_connections.
+    replicas: AtomicU32,
+    /// Woken when the server's settings become known (the group's allocation
+    /// round is then wanted at once).
+    known: Mutex<Option<Arc<Notify>>>,
     /// Slots taken: connections open (or opening) in every pool here.
     in_use: AtomicU32,
     freed: Notify,
@@ -233,6 +257,10 @@ impl ServerBudget {
             reserve,
             limits: Mutex::new(None),
             limit: AtomicU32::new(UNKNOWN),
+            available: AtomicU32::new(UNKNOWN),
+            allocation: AtomicU32::new(UNKNOWN),
+            replicas: AtomicU32::new(1),
+            known: Mutex::new(None),
             in_use: AtomicU32::new(0),
             freed: Notify::new(),
             members: Mutex::new(Vec::new()),
@@ -271,7 +299,7 @@ impl ServerBudget {
             *known = Some(limits);
         }
         let limit = limits.available(self.reserve).max(1);
-        let before = self.limit.swap(limit, Ordering::AcqRel);
+        let before = self.available.swap(limit, Ordering::AcqRel);
         if before != limit {
             tracing::info!(
                 server = %self.server, limit,
@@ -281,6 +309,58 @@ impl ServerBudget {
                 "connection budget"
             );
         }
+        self.apply_limit();
+        if let Some(known) = &*self.known.lock().expect("known lock") {
+            known.notify_one();
+        }
+    }
+
+    /// Wakes `notify` when the server's settings become known (or change).
+    pub fn notify_when_known(&self, notify: Arc<Notify>) {
+        *self.known.lock().expect("known lock") = Some(notify);
+    }
+
+    /// The budget the server allows the pools (all replicas together), once known.
+    pub fn available(&self) -> Option<u32> {
+        let available = self.available.load(Ordering::Acquire);
+        (available != UNKNOWN).then_some(available)
+    }
+
+    /// Caps the budget at this replica's `allocation` in its group of
+    /// `replicas` live replicas (set by the group's allocation round; the
+    /// slots beyond it are not given).
+    pub fn set_allocation(&self, allocation: u32, replicas: u32) {
+        self.replicas.store(replicas.max(1), Ordering::Release);
+        if self.allocation.swap(allocation, Ordering::AcqRel) != allocation {
+            self.apply_limit();
+        }
+    }
+
+    /// This replica's allocation, if its group set one.
+    pub fn allocation(&self) -> Option<u32> {
+        let allocation = self.allocation.load(Ordering::Acquire);
+        (allocation != UNKNOWN).then_some(allocation)
+    }
+
+    /// The demand of the pools here: connections checked out plus waiting.
+    pub fn demand(&self) -> u32 {
+        self.members().iter().map(|m| m.demand()).sum()
+    }
+
+    /// The sum of the pools' min_connections.
+    pub fn min_total(&self) -> u32 {
+        self.members().iter().map(|m| m.min_connections()).sum()
+    }
+
+    /// The limit in force: the server's budget, capped by the allocation.
+    fn apply_limit(&self) {
+        let available = self.available.load(Ordering::Acquire);
+        let limit = if available == UNKNOWN {
+            UNKNOWN
+        } else {
+            available.min(self.allocation.load(Ordering::Acquire))
+        };
+        self.limit.store(limit, Ordering::Release);
         self.rebalance();
         self.freed.notify_waiters();
     }
@@ -340,7 +420,10 @@ impl ServerBudget {
         let Some(limits) = *self.limits.lock().expect("limits lock") else {
             return Ok(());
         };
-        let limit = self.limit.load(Ordering::Acquire);
+        // Every live replica of a group holds each pool's min: the server's
+        // budget is split among them.
+        let replicas = self.replicas.load(Ordering::Acquire).max(1);
+        let limit = limits.available(self.reserve).max(1) / replicas;
         let others_min: u32 = self
             .members()
             .iter()
@@ -358,6 +441,7 @@ impl ServerBudget {
             reserve: self.reserve,
             others_min,
             min,
+            replicas,
         })
     }
 

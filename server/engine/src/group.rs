@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ConnectionPoolService;
 use crate::leadership::Leadership;
-use crate::store::group::{DEFINITIONS_CHANNEL, Heartbeat, LEADER_LOCK};
+use crate::store::group::{Ask, DEFINITIONS_CHANNEL, Heartbeat, LEADER_LOCK};
 
 /// Who this server is in its group.
 #[derive(Debug, Clone)]
@@ -60,7 +60,9 @@ pub fn start(
     ));
 }
 
-/// Renews this replica's row every third of its lease; removes it at the end.
+/// Renews this replica's row every third of its lease, each time followed by
+/// an allocation round of every server's budget; removes its row and gives its
+/// allocations back at the end.
 async fn heartbeat(
     registry: Arc<ConnectionPoolService>,
     options: GroupOptions,
@@ -69,6 +71,13 @@ async fn heartbeat(
     token: CancellationToken,
 ) {
     let every = options.lease / 3;
+    registry.join_group();
+    // Since when the heartbeat has been renewed without a miss.
+    let mut fresh_since: Option<std::time::Instant> = None;
+    // Quick rounds while a budget waits for its first allocation (bounded: a
+    // replica given nothing because the others hold everything waits a
+    // third of a lease like the rest).
+    let mut quick = 0;
     loop {
         let beat = Heartbeat {
             id: &options.replica_id,
@@ -79,17 +88,74 @@ async fn heartbeat(
             leader: leadership.leads(),
             pools: u32::try_from(registry.pool_names().len()).unwrap_or(u32::MAX),
         };
-        if let Err(error) = registry.store().heartbeat(&beat).await {
-            tracing::warn!(%error, "replica heartbeat not renewed; will retry");
+        match registry.store().heartbeat(&beat).await {
+            Ok(()) => {
+                let since = *fresh_since.get_or_insert_with(std::time::Instant::now);
+                let may_forget = since.elapsed() >= options.lease;
+                let pending = allocate(&registry, &options.replica_id, may_forget).await;
+                if pending && quick < 20 {
+                    quick += 1;
+                    // A budget just learned its server's settings: its
+                    // allocation now rather than in a third of a lease.
+                    tokio::select! {
+                        () = token.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+            }
+            Err(error) => {
+                fresh_since = None;
+                tracing::warn!(%error, "replica heartbeat not renewed; will retry");
+            }
         }
         tokio::select! {
             () = token.cancelled() => break,
             () = tokio::time::sleep(every) => {}
+            () = registry.budgets_changed().notified() => quick = 0,
         }
     }
-    if let Err(error) = registry.store().leave_group(&options.replica_id).await {
+    let store = registry.store();
+    if let Err(error) = store.release_allocations(&options.replica_id).await {
+        tracing::warn!(%error, "allocations not given back at shutdown (the lease runs out)");
+    }
+    if let Err(error) = store.leave_group(&options.replica_id).await {
         tracing::warn!(%error, "replica row not removed at shutdown (its lease runs out)");
     }
+}
+
+/// One allocation round of every server's budget this replica has pools on;
+/// true if a budget still waits for its first allocation.
+async fn allocate(registry: &ConnectionPoolService, replica: &str, may_forget: bool) -> bool {
+    let mut pending = false;
+    for budget in registry.budgets() {
+        // Unknown until a first connection read the server's settings.
+        let Some(available) = budget.available() else {
+            continue;
+        };
+        let server = budget.server().to_string();
+        let ask = Ask {
+            server: &server,
+            replica,
+            available,
+            demand: budget.demand(),
+            min_total: budget.min_total(),
+            in_use: budget.in_use(),
+            may_forget,
+        };
+        match registry.store().allocate(&ask).await {
+            Ok(given) => {
+                if budget.allocation() != Some(given.allocation) {
+                    tracing::debug!(%server, allocation = given.allocation, replicas = given.replicas, "connection budget allocation");
+                }
+                budget.set_allocation(given.allocation, given.replicas);
+                pending |= given.allocation == 0 && ask.min_total + ask.demand > 0;
+            }
+            Err(error) => {
+                tracing::warn!(%server, %error, "allocation round failed; the last allocation stays");
+            }
+        }
+    }
+    pending
 }
 
 /// Follows the definitions other replicas change: LISTEN on their channel,

@@ -109,6 +109,9 @@ pub struct ConnectionPoolService {
     /// Whether this server leads the group's singleton jobs (automated tuning,
     /// the recorder's retention).
     leadership: Arc<crate::leadership::Leadership>,
+    /// A replica of a group: budgets come from the group's allocation.
+    grouped: std::sync::atomic::AtomicBool,
+    budgets_changed: Arc<tokio::sync::Notify>,
 }
 
 /// A name held in a set (a change under way, a load test running) until dropped.
@@ -259,6 +262,8 @@ impl ConnectionPoolService {
             running_load_tests: std::sync::Mutex::new(HashSet::new()),
             budgets: std::sync::Mutex::new(HashMap::new()),
             leadership: Arc::default(),
+            grouped: std::sync::atomic::AtomicBool::new(false),
+            budgets_changed: Arc::default(),
         }
     }
 
@@ -283,8 +288,41 @@ impl ConnectionPoolService {
             return budget;
         }
         let budget = ServerBudget::new(key.clone(), self.connection_reserve);
+        if self.grouped.load(std::sync::atomic::Ordering::Acquire) {
+            // In a group, a server's budget is what the group's allocation
+            // round gives, asked for as soon as the server's settings are
+            // known (until then, as outside a group, the first connection
+            // is not limited).
+            budget.notify_when_known(Arc::clone(&self.budgets_changed));
+            self.budgets_changed.notify_one();
+        }
         budgets.insert(key, Arc::downgrade(&budget));
         budget
+    }
+
+    /// The budget of every PostgreSQL server this registry's pools point at.
+    pub fn budgets(&self) -> Vec<Arc<ServerBudget>> {
+        let budgets = self.budgets.lock().expect("budgets lock");
+        budgets
+            .values()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect()
+    }
+
+    /// Marks this registry as a replica of a group: each server's budget is
+    /// what the group allocates to it.
+    pub fn join_group(&self) {
+        self.grouped
+            .store(true, std::sync::atomic::Ordering::Release);
+        for budget in self.budgets() {
+            budget.notify_when_known(Arc::clone(&self.budgets_changed));
+        }
+        self.budgets_changed.notify_one();
+    }
+
+    /// Woken when a server's budget appears (its allocation is wanted).
+    pub fn budgets_changed(&self) -> &tokio::sync::Notify {
+        &self.budgets_changed
     }
 
     /// The budgets of every server with pools, for the optimizer.

@@ -579,6 +579,7 @@ impl pool_service_server::PoolService for PoolService {
                 leader: r.leader && r.alive,
                 pools: r.pools,
                 lease_ms: u64::try_from(r.lease.as_millis()).unwrap_or(u64::MAX),
+                allocated: r.allocated,
             })
             .collect();
         Ok(Response::new(pb::ListReplicasResponse { replicas }))

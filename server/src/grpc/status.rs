@@ -166,6 +166,7 @@ mod tests {
             reserve: 5,
             others_min: 10,
             min: 17,
+            replicas: 1,
         }
     }
 

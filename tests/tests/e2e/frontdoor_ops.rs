@@ -647,8 +647,20 @@ fn pgbench_script(
     secs: u32,
     sql: &str,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<std::process::Output>>> {
-    let (user, password) = login_of(db)?;
     let pg = server.server().pg_addr().expect("front door");
+    pgbench_script_at(pg, db, pool, clients, secs, sql)
+}
+
+/// [`pgbench_script`] through the front door at `pg`.
+pub(crate) fn pgbench_script_at(
+    pg: std::net::SocketAddr,
+    db: &poolplane_tests::TestDatabase,
+    pool: &str,
+    clients: u32,
+    secs: u32,
+    sql: &str,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<std::process::Output>>> {
+    let (user, password) = login_of(db)?;
     let script = script_file(sql)?;
     let args: Vec<String> = vec![
         "-h".into(),

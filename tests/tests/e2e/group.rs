@@ -93,23 +93,9 @@ async fn a_definition_changed_on_one_replica_is_in_force_on_every_other_within_a
         created.elapsed()
     );
 
-    // Updated on B: in force on A and C within 1 s.
-    let change = PoolConfig {
-        max_connections: Some(3),
-        ..PoolConfig::default()
-    };
-    b.sdk.update_pool_config("shared", change).await?;
-    for r in [&a, &c] {
-        wait_until(
-            Duration::from_secs(1),
-            "the change on another replica",
-            || async { max_connections(r, "shared").await == Some(3) },
-        )
-        .await?;
-    }
-
     // Each replica records the pool's history under its id; the window's
-    // counters rise per replica, summed for the pool.
+    // counters rise per replica, summed for the pool (before any change
+    // rebuilds the pool and resets its counters).
     for r in [&a, &b, &c] {
         for _ in 0..5 {
             assert!(answers(r, &db, "shared").await);
@@ -138,6 +124,21 @@ async fn a_definition_changed_on_one_replica_is_in_force_on_every_other_within_a
     let (window, per_replica): (i64, i64) = (row.get(0), row.get(1));
     assert_eq!(window, per_replica, "acquires over the window");
     assert!(window > 0);
+
+    // Updated on B: in force on A and C within 1 s.
+    let change = PoolConfig {
+        max_connections: Some(3),
+        ..PoolConfig::default()
+    };
+    b.sdk.update_pool_config("shared", change).await?;
+    for r in [&a, &c] {
+        wait_until(
+            Duration::from_secs(1),
+            "the change on another replica",
+            || async { max_connections(r, "shared").await == Some(3) },
+        )
+        .await?;
+    }
 
     // Two replicas change it at once (each rebuilds the pool first): one wins,
     // the other is told, and every replica ends with the winner's config.
@@ -433,5 +434,145 @@ async fn a_rolling_restart_fails_no_transaction_on_the_replicas_that_stay_up() -
         let pool = r.sdk.get_pool("roll").await?;
         assert_eq!(pool.config.and_then(|c| c.max_connections), Some(4));
     }
+    Ok(())
+}
+
+/// pgbench running `SELECT pg_sleep(0.01)` with `clients` clients for `secs`
+/// s through `replica`'s front door to pool `split`, in the background.
+fn sleepers_through(
+    replica: &Replica,
+    db: &TestDatabase,
+    clients: u32,
+    secs: u32,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<std::process::Output>>> {
+    let pg = replica.process.pg_addr.expect("a front door");
+    crate::frontdoor_ops::pgbench_script_at(
+        pg,
+        db,
+        "split",
+        clients,
+        secs,
+        "SELECT pg_sleep(0.01);\n",
+    )
+}
+
+/// Each replica's allocation of the pools' server, from the control database.
+async fn allocations(
+    control: &tokio_postgres::Client,
+) -> anyhow::Result<std::collections::BTreeMap<String, i32>> {
+    Ok(control
+        .query("SELECT replica, allocation FROM budget_allocations", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+#[tokio::test]
+async fn three_replicas_never_open_more_than_their_servers_budget() -> anyhow::Result<()> {
+    let control = TestPg::database().await?;
+    let db = TestPg::database().await?;
+    // A budget of 30 for the server, whatever its max_connections.
+    let available: i32 = db
+        .connect()
+        .await?
+        .query_one(
+            "SELECT current_setting('max_connections')::int \
+             - current_setting('superuser_reserved_connections')::int \
+             - coalesce(current_setting('reserved_connections', true)::int, 0)",
+            &[],
+        )
+        .await?
+        .get(0);
+    let reserve = (available - 30).to_string();
+    let start = |id: &'static str| {
+        let (control, reserve) = (control.url().to_owned(), reserve.clone());
+        async move {
+            let process = ServerProcess::start(&[
+                "--database-url",
+                &control,
+                "--replica-id",
+                id,
+                "--replica-lease",
+                LEASE,
+                "--connection-reserve",
+                &reserve,
+            ])
+            .await?;
+            let sdk = PoolplaneClient::connect(process.addr.to_string()).await?;
+            anyhow::Ok(Replica { process, sdk, id })
+        }
+    };
+    let a = start("a").await?;
+    let b = start("b").await?;
+    let mut c = start("c").await?;
+    a.sdk.create_pool("split", db.url(), sized(1, 30)).await?;
+    for r in [&b, &c] {
+        wait_until(
+            Duration::from_secs(1),
+            "the pool on every replica",
+            || async { r.sdk.get_pool("split").await.is_ok() },
+        )
+        .await?;
+    }
+    let sampler = crate::frontdoor::PeakSampler::start(
+        db.connect().await?,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = 'poolplane:split'",
+    );
+    // A has twice the clients of B and of C.
+    let runs = [
+        sleepers_through(&a, &db, 16, 8)?,
+        sleepers_through(&b, &db, 8, 8)?,
+        sleepers_through(&c, &db, 8, 8)?,
+    ];
+    let control_db = control.connect().await?;
+    wait_until(Duration::from_secs(6), "allocations by demand", || async {
+        allocations(&control_db).await.is_ok_and(|all| {
+            let get = |id: &str| f64::from(all.get(id).copied().unwrap_or(0));
+            all.len() == 3
+                && get("b") > 0.0
+                && get("c") > 0.0
+                && get("a") >= 1.5 * get("b")
+                && get("a") >= 1.5 * get("c")
+        })
+    })
+    .await?;
+    let before = allocations(&control_db).await?;
+    assert!(before.values().sum::<i32>() <= 30, "{before:?}");
+    // ListReplicas shows each replica's allocation.
+    let listed: i64 = b
+        .sdk
+        .list_replicas()
+        .await?
+        .iter()
+        .map(|r| i64::from(r.allocated))
+        .sum();
+    assert!(listed > 0 && listed <= 30, "{listed}");
+
+    // kill -9 C: within its lease, A's and B's allocations grow into its share.
+    c.process.signal(nix::sys::signal::Signal::SIGKILL)?;
+    c.process.wait_exit(Duration::from_secs(10)).await?;
+    wait_until(Duration::from_secs(4), "C's share taken over", || async {
+        allocations(&control_db).await.is_ok_and(|all| {
+            !all.contains_key("c")
+                && all.get("a").copied().unwrap_or(0) + all.get("b").copied().unwrap_or(0)
+                    > before["a"] + before["b"]
+        })
+    })
+    .await?;
+    let [on_a, on_b, on_c] = runs;
+    for run in [on_a, on_b] {
+        let out = run.await??;
+        let printed = poolplane_tests::text(&out);
+        assert!(
+            printed.contains("number of failed transactions: 0 (0.000%)"),
+            "{printed}"
+        );
+    }
+    let _ = on_c.await;
+    let peak = sampler.finish().await?;
+    assert!(peak <= 30, "the group's backends peaked at {peak}");
+    assert!(peak >= 20, "the load used the budget: peak {peak}");
     Ok(())
 }

@@ -247,6 +247,10 @@ impl budget::Member for Shared {
     fn is_closed(&self) -> bool {
         Shared::is_closed(self)
     }
+
+    fn demand(&self) -> u32 {
+        self.checked_out.load(Ordering::Acquire) + self.gate.waiting()
+    }
 }
 
 /// How a pool starts: what it connects to, whether it must connect now, what

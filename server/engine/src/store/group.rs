@@ -36,6 +36,8 @@ pub struct Replica {
     pub leader: bool,
     /// Pools it serves.
     pub pools: u32,
+    /// Connections it may open, over every server's budget (its allocations).
+    pub allocated: u32,
 }
 
 /// What a replica writes with each heartbeat.
@@ -98,7 +100,9 @@ impl ControlStore {
             .await?
             .query(
                 "SELECT id, grpc_address, pg_address, started_at, heartbeat_at, lease_ms, \
-                 heartbeat_at + lease_ms * interval '1 millisecond' >= now(), leader, pools \
+                 heartbeat_at + lease_ms * interval '1 millisecond' >= now(), leader, pools, \
+                 (SELECT coalesce(sum(allocation), 0) FROM budget_allocations b \
+                  WHERE b.replica = replicas.id)::int4 \
                  FROM replicas ORDER BY id",
                 &[],
             )
@@ -116,6 +120,7 @@ impl ControlStore {
                 alive: row.get(6),
                 leader: row.get(7),
                 pools: u32::try_from(row.get::<_, i32>(8)).unwrap_or(0),
+                allocated: u32::try_from(row.get::<_, i32>(9)).unwrap_or(0),
             })
             .collect())
     }
@@ -146,5 +151,152 @@ impl ControlStore {
                 context: "connecting",
                 source,
             })
+    }
+}
+
+/// What a replica asks of one server's budget in an allocation round.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// The server (its budget's key).
+    pub server: &'a str,
+    /// The replica.
+    pub replica: &'a str,
+    /// The server's budget for all replicas together.
+    pub available: u32,
+    /// Connections checked out plus waiting in this replica's pools there.
+    pub demand: u32,
+    /// The sum of this replica's pools' min_connections there.
+    pub min_total: u32,
+    /// Connections this replica's pools hold there now.
+    pub in_use: u32,
+    /// Whether the rows of replicas whose lease ran out may be dropped (not
+    /// right after this replica itself was cut off from the control database:
+    /// the others' heartbeats are late for the same reason).
+    pub may_forget: bool,
+}
+
+/// What an allocation round gives a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allocation {
+    /// The connections this replica may open to the server.
+    pub allocation: u32,
+    /// The live replicas the budget is split among.
+    pub replicas: u32,
+}
+
+/// A replica's fair part of `available`: its min first, then the rest in
+/// proportion to demand (an equal part of it when nobody has demand).
+/// `others` are the other live replicas' (demand, min_total).
+pub fn fair_share(available: u32, demand: u32, min_total: u32, others: &[(u32, u32)]) -> u32 {
+    let mins: u64 = u64::from(min_total) + others.iter().map(|(_, m)| u64::from(*m)).sum::<u64>();
+    let rest = u64::from(available).saturating_sub(mins);
+    let demands: u64 = u64::from(demand) + others.iter().map(|(d, _)| u64::from(*d)).sum::<u64>();
+    let part = (rest * u64::from(demand))
+        .checked_div(demands)
+        .unwrap_or(rest / (others.len() as u64 + 1));
+    u32::try_from(u64::from(min_total) + part).unwrap_or(u32::MAX)
+}
+
+impl ControlStore {
+    /// One allocation round of one server's budget for one replica, in one
+    /// transaction under the server's advisory lock: the rows of gone
+    /// replicas are dropped; the replica gets its fair share, but only out of
+    /// what the others' allocations leave, and records at least what it holds
+    /// (so that no other replica grows into connections still open here).
+    /// Returns the limit to apply here and the live replicas.
+    pub async fn allocate(&self, ask: &Ask<'_>) -> Result<Allocation, Error> {
+        let mut conn = self.conn().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(query_error("starting an allocation round"))?;
+        let q = query_error("allocating a server's connection budget");
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('poolplane-budget:' || $1))",
+            &[&ask.server],
+        )
+        .await
+        .map_err(q)?;
+        if ask.may_forget {
+            tx.execute(
+                "DELETE FROM budget_allocations b WHERE b.server = $1 AND NOT EXISTS \
+                 (SELECT 1 FROM replicas r WHERE r.id = b.replica \
+                  AND r.heartbeat_at + r.lease_ms * interval '1 millisecond' >= now())",
+                &[&ask.server],
+            )
+            .await
+            .map_err(query_error("dropping gone replicas' allocations"))?;
+        }
+        let rows = tx
+            .query(
+                "SELECT allocation, demand, min_total FROM budget_allocations \
+                 WHERE server = $1 AND replica <> $2",
+                &[&ask.server, &ask.replica],
+            )
+            .await
+            .map_err(query_error("reading the other replicas' allocations"))?;
+        let count = |v: i32| u32::try_from(v).unwrap_or(0);
+        let others: Vec<(u32, u32)> = rows
+            .iter()
+            .map(|r| (count(r.get(1)), count(r.get(2))))
+            .collect();
+        let taken: u32 = rows.iter().map(|r| count(r.get(0))).sum();
+        let free = ask.available.saturating_sub(taken);
+        let fair = fair_share(ask.available, ask.demand, ask.min_total, &others);
+        let limit = fair.min(free);
+        let recorded = limit.max(ask.in_use.min(free));
+        let as_int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+        tx.execute(
+            "INSERT INTO budget_allocations (server, replica, allocation, demand, min_total) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (server, replica) DO UPDATE SET \
+             allocation = $3, demand = $4, min_total = $5, updated_at = now()",
+            &[
+                &ask.server,
+                &ask.replica,
+                &as_int(recorded),
+                &as_int(ask.demand),
+                &as_int(ask.min_total),
+            ],
+        )
+        .await
+        .map_err(query_error("recording the allocation"))?;
+        tx.commit()
+            .await
+            .map_err(query_error("committing an allocation round"))?;
+        Ok(Allocation {
+            allocation: limit,
+            replicas: u32::try_from(others.len() + 1).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// A replica that stops gives back its allocations.
+    pub async fn release_allocations(&self, replica: &str) -> Result<(), Error> {
+        self.conn()
+            .await?
+            .execute(
+                "DELETE FROM budget_allocations WHERE replica = $1",
+                &[&replica],
+            )
+            .await
+            .map_err(query_error("releasing the replica's allocations"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fair_share;
+
+    #[test]
+    fn shares_follow_demand_after_every_min() {
+        // Alone: the whole budget.
+        assert_eq!(fair_share(30, 5, 2, &[]), 30);
+        // Twice the demand of each of two others: half of what the mins leave.
+        assert_eq!(fair_share(30, 20, 2, &[(10, 2), (10, 2)]), 2 + 12);
+        assert_eq!(fair_share(30, 10, 2, &[(20, 2), (10, 2)]), 2 + 6);
+        // Nobody busy: equal parts.
+        assert_eq!(fair_share(30, 0, 0, &[(0, 0), (0, 0)]), 10);
+        // The mins alone exceed the budget: each keeps its min.
+        assert_eq!(fair_share(4, 3, 3, &[(1, 3)]), 3);
     }
 }
