@@ -576,3 +576,87 @@ async fn three_replicas_never_open_more_than_their_servers_budget() -> anyhow::R
     assert!(peak >= 20, "the load used the budget: peak {peak}");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_group_keeps_serving_through_a_restart_of_its_control_database() -> anyhow::Result<()> {
+    let mut control = poolplane::EmbeddedPg::start_temporary().await?;
+    let control_url = control.url("postgres");
+    let db = TestPg::database().await?;
+    let start = |id: &'static str| {
+        let control_url = control_url.clone();
+        async move {
+            let process = ServerProcess::start(&[
+                "--database-url",
+                &control_url,
+                "--replica-id",
+                id,
+                "--replica-lease",
+                LEASE,
+            ])
+            .await?;
+            let sdk = PoolplaneClient::connect(process.addr.to_string()).await?;
+            anyhow::Ok(Replica { process, sdk, id })
+        }
+    };
+    let a = start("a").await?;
+    let b = start("b").await?;
+    a.sdk.create_pool("steady", db.url(), sized(2, 4)).await?;
+    wait_until(Duration::from_secs(1), "the pool on b", || async {
+        b.sdk.get_pool("steady").await.is_ok()
+    })
+    .await?;
+    let through = |r: &Replica| {
+        let pg = r.process.pg_addr.expect("a front door");
+        crate::frontdoor_ops::pgbench_script_at(pg, &db, "steady", 4, 8, "SELECT 1;\n")
+    };
+    let runs = [through(&a)?, through(&b)?];
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The control database goes away and comes back; the pools' own database
+    // does not: their clients see nothing.
+    control.restart().await?;
+    for run in runs {
+        let out = run.await??;
+        let printed = poolplane_tests::text(&out);
+        assert!(out.status.success(), "{printed}");
+        assert!(
+            printed.contains("number of failed transactions: 0 (0.000%)"),
+            "{printed}"
+        );
+    }
+    // Coordination resumed: a pool created on B now reaches A, and the
+    // allocations of the pools' server still fit its budget.
+    b.sdk.create_pool("later", db.url(), sized(1, 2)).await?;
+    wait_until(Duration::from_secs(5), "the new pool on a", || async {
+        a.sdk.get_pool("later").await.is_ok()
+    })
+    .await?;
+    let listed = a.sdk.list_replicas().await?;
+    assert_eq!(listed.iter().filter(|r| r.alive).count(), 2, "{listed:?}");
+    assert_eq!(listed.iter().filter(|r| r.leader).count(), 1, "{listed:?}");
+    let rows = poolplane_tests::connect(&control_url)
+        .await?
+        .query(
+            "SELECT b.server, sum(b.allocation)::int8 FROM budget_allocations b GROUP BY b.server",
+            &[],
+        )
+        .await?;
+    let available: i64 = db
+        .connect()
+        .await?
+        .query_one(
+            "SELECT current_setting('max_connections')::int8 \
+             - current_setting('superuser_reserved_connections')::int8 - 5",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(!rows.is_empty());
+    for row in rows {
+        assert!(
+            row.get::<_, i64>(1) <= available,
+            "{:?}",
+            row.get::<_, String>(0)
+        );
+    }
+    Ok(())
+}
