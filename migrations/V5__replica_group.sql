@@ -100,3 +100,13 @@ CREATE TABLE budget_allocations (
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (server, replica)
 );
+
+-- Each replica's latest stats of each pool it serves (JSON), renewed with its
+-- heartbeat: what GetPoolStats answers for the whole group on request.
+CREATE TABLE replica_pool_stats (
+    replica    text        NOT NULL,
+    pool_name  text        NOT NULL,
+    stats      jsonb       NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (replica, pool_name)
+);

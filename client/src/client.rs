@@ -463,6 +463,16 @@ impl PoolplaneClient {
         Ok(response.clients)
     }
 
+    /// Pool `pool_name`'s stats on every live replica of the group (each
+    /// replica's latest, by id) and their total: (replicas, total).
+    pub async fn get_group_pool_stats(
+        &self,
+        pool_name: &str,
+    ) -> Result<(Vec<poolplane_proto::v1::ReplicaPoolStats>, PoolStats), Error> {
+        let response = self.pool_stats(pool_name, true).await?;
+        Ok((response.replicas, present(response.total, "total")?))
+    }
+
     /// The servers of the group sharing this server's control database, by id.
     pub async fn list_replicas(&self) -> Result<Vec<poolplane_proto::v1::Replica>, Error> {
         let response = self
@@ -539,13 +549,26 @@ impl PoolplaneClient {
         Ok(())
     }
 
-    pool_read!(
-        /// A pool's stats snapshot.
-        get_pool_stats,
-        GetPoolStatsRequest,
-        stats,
-        PoolStats
-    );
+    /// A pool's stats snapshot (on the replica that answers).
+    pub async fn get_pool_stats(&self, pool_name: &str) -> Result<PoolStats, Error> {
+        let response = self.pool_stats(pool_name, false).await?;
+        present(response.stats, "stats")
+    }
+
+    async fn pool_stats(
+        &self,
+        pool_name: &str,
+        group: bool,
+    ) -> Result<poolplane_proto::v1::GetPoolStatsResponse, Error> {
+        let request = GetPoolStatsRequest {
+            pool_name: pool_name.to_owned(),
+            group,
+        };
+        self.unary(Retry::Idempotent, request, |mut s, r| async move {
+            s.get_pool_stats(r).await
+        })
+        .await
+    }
 
     pool_read!(
         /// A pool's health.

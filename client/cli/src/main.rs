@@ -78,6 +78,10 @@ enum Command {
         /// Keep printing a snapshot every second.
         #[arg(long)]
         watch: bool,
+        /// Each replica's stats of the pool and the group's total (`NAME@replica`
+        /// rows, then `NAME (group)`).
+        #[arg(long, conflicts_with = "watch")]
+        group: bool,
     },
     /// A pool's health (all pools without NAME); --watch follows its events.
     Health {
@@ -488,6 +492,50 @@ async fn named_or_all(
     })
 }
 
+/// `poolctl stats`: a snapshot of each pool (all without `name`), followed
+/// every second (`watch`), or per replica with the group's total (`group`).
+async fn stats(
+    client: &PoolplaneClient,
+    name: Option<String>,
+    watch: bool,
+    group: bool,
+    out: &Printer,
+) -> anyhow::Result<()> {
+    if group {
+        out.stats(&group_stats(client, name).await?);
+    } else if watch {
+        let names: Vec<&str> = name.iter().map(String::as_str).collect();
+        let mut watch = client.watch_pool_stats(&names, 1000).await?;
+        while let Some(stats) = watch.next().await? {
+            out.stats(&[stats]);
+        }
+    } else {
+        let names = named_or_all(client, name).await?;
+        out.stats(&each(names, |n| async move { client.get_pool_stats(&n).await }).await?);
+    }
+    Ok(())
+}
+
+/// Each replica's stats of the pool (all pools without `name`), as
+/// `NAME@replica` rows, then the group's total as `NAME (group)`.
+async fn group_stats(
+    client: &PoolplaneClient,
+    name: Option<String>,
+) -> anyhow::Result<Vec<poolplane_client::proto::PoolStats>> {
+    let mut rows = Vec::new();
+    for n in named_or_all(client, name).await? {
+        let (replicas, mut total) = client.get_group_pool_stats(&n).await?;
+        for r in replicas {
+            let mut stats = r.stats.unwrap_or_default();
+            stats.pool_name = format!("{n}@{}", r.replica_id);
+            rows.push(stats);
+        }
+        total.pool_name = format!("{n} (group)");
+        rows.push(total);
+    }
+    Ok(rows)
+}
+
 /// The front door's operations: clients, pause, resume, reconnect, kill.
 async fn operate(client: &PoolplaneClient, command: Command, out: &Printer) -> anyhow::Result<()> {
     match command {
@@ -532,18 +580,7 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
     let client = connect(&cli).await?;
     match cli.command {
         Command::Pools(command) => pools(&client, command, out).await?,
-        Command::Stats { name, watch: false } => {
-            let names = named_or_all(&client, name).await?;
-            let client = &client;
-            out.stats(&each(names, |n| async move { client.get_pool_stats(&n).await }).await?);
-        }
-        Command::Stats { name, watch: true } => {
-            let names: Vec<&str> = name.iter().map(String::as_str).collect();
-            let mut watch = client.watch_pool_stats(&names, 1000).await?;
-            while let Some(stats) = watch.next().await? {
-                out.stats(&[stats]);
-            }
-        }
+        Command::Stats { name, watch, group } => stats(&client, name, watch, group, out).await?,
         Command::Health { name, watch: false } => {
             let names = named_or_all(&client, name).await?;
             let client = &client;

@@ -138,7 +138,7 @@ fn fill(total: u32, wants: &[u32]) -> Vec<u32> {
 }
 
 /// A pool's view of its budget, for stats.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BudgetStats {
     /// The server (`host:port`, comma-separated for several hosts).
     pub server: String,

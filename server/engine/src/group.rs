@@ -90,6 +90,7 @@ async fn heartbeat(
         };
         match registry.store().heartbeat(&beat).await {
             Ok(()) => {
+                publish_stats(&registry, &options.replica_id).await;
                 let since = *fresh_since.get_or_insert_with(std::time::Instant::now);
                 let may_forget = since.elapsed() >= options.lease;
                 let pending = allocate(&registry, &options.replica_id, may_forget).await;
@@ -120,6 +121,21 @@ async fn heartbeat(
     }
     if let Err(error) = store.leave_group(&options.replica_id).await {
         tracing::warn!(%error, "replica row not removed at shutdown (its lease runs out)");
+    }
+}
+
+/// Records this replica's stats of its pools (for the group's view).
+async fn publish_stats(registry: &ConnectionPoolService, replica: &str) {
+    let stats: Vec<(String, crate::PoolStats)> = registry
+        .pool_names()
+        .into_iter()
+        .filter_map(|name| {
+            let stats = registry.pool(&name).ok()?.pool_stats();
+            Some((name, stats))
+        })
+        .collect();
+    if let Err(error) = registry.store().publish_stats(replica, &stats).await {
+        tracing::warn!(%error, "pool stats not published to the group");
     }
 }
 

@@ -291,10 +291,45 @@ impl pool_service_server::PoolService for PoolService {
         &self,
         request: Request<pb::GetPoolStatsRequest>,
     ) -> Result<Response<pb::GetPoolStatsResponse>, Status> {
-        let name = request.into_inner().pool_name;
+        let request = request.into_inner();
+        let name = request.pool_name;
         let pool = self.pool(&name)?;
+        let own = pool.get_pool_stats().await;
+        let (mut replicas, mut total) = (Vec::new(), None);
+        if request.group {
+            let mut all = self
+                .registry
+                .store()
+                .group_stats(&name)
+                .await
+                .map_err(status::from_engine)?;
+            // This replica's own figures are live, not the last published.
+            let me = self.replica_id.clone().unwrap_or_default();
+            all.retain(|r| r.replica != me);
+            all.push(poolplane::store::group::ReplicaStats {
+                replica: me,
+                updated_at: std::time::SystemTime::now(),
+                stats: own.clone(),
+            });
+            all.sort_by(|a, b| a.replica.cmp(&b.replica));
+            let each: Vec<poolplane::PoolStats> = all.iter().map(|r| r.stats.clone()).collect();
+            total = Some(convert::stats_to_proto(
+                &name,
+                &poolplane::PoolStats::combine(&each),
+            ));
+            replicas = all
+                .into_iter()
+                .map(|r| pb::ReplicaPoolStats {
+                    taken_at: Some(convert::timestamp(r.updated_at)),
+                    stats: Some(convert::stats_to_proto(&name, &r.stats)),
+                    replica_id: r.replica,
+                })
+                .collect();
+        }
         Ok(Response::new(pb::GetPoolStatsResponse {
-            stats: Some(convert::stats_to_proto(&name, &pool.get_pool_stats().await)),
+            stats: Some(convert::stats_to_proto(&name, &own)),
+            replicas,
+            total,
         }))
     }
 

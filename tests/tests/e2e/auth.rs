@@ -98,7 +98,10 @@ async fn call(
         "GetPoolStats" => code(
             client
                 .get_pool_stats(request(
-                    pb::GetPoolStatsRequest { pool_name: pool() },
+                    pb::GetPoolStatsRequest {
+                        pool_name: pool(),
+                        ..Default::default()
+                    },
                     token,
                 ))
                 .await,

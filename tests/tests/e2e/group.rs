@@ -125,6 +125,31 @@ async fn a_definition_changed_on_one_replica_is_in_force_on_every_other_within_a
     assert_eq!(window, per_replica, "acquires over the window");
     assert!(window > 0);
 
+    // GetPoolStats for the group: each replica's row and their total.
+    wait_until(Duration::from_secs(5), "stats of every replica", || async {
+        b.sdk
+            .get_group_pool_stats("shared")
+            .await
+            .is_ok_and(|(each, _)| each.len() == 3)
+    })
+    .await?;
+    let (each, total) = b.sdk.get_group_pool_stats("shared").await?;
+    assert_eq!(
+        each.iter()
+            .map(|r| r.replica_id.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+    let sum = |f: fn(&poolplane_client::proto::PoolStats) -> u64| -> u64 {
+        each.iter()
+            .map(|r| f(r.stats.as_ref().expect("stats")))
+            .sum()
+    };
+    assert_eq!(total.connections as u64, sum(|s| u64::from(s.connections)));
+    assert_eq!(total.total_acquires, sum(|s| s.total_acquires));
+    assert_eq!(total.wire_transactions, sum(|s| s.wire_transactions));
+    assert!(total.wire_transactions >= 15, "{total:?}");
+
     // Updated on B: in force on A and C within 1 s.
     let change = PoolConfig {
         max_connections: Some(3),

@@ -4,10 +4,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A point-in-time view of a pool (`get_pool_stats()`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoolStats {
     /// Open connections (idle + in use).
     pub connections: u32,
@@ -59,7 +59,7 @@ pub struct PoolStats {
 
 /// How a pool's open connections are secured, and which host each is on (read
 /// from the server's pg_stat_ssl when each connection opens).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionSecurity {
     /// Open connections using TLS.
     pub tls_connections: u32,
@@ -71,6 +71,102 @@ pub struct ConnectionSecurity {
     pub tls_cipher: String,
     /// Open connections per server (`address:port`, or `socket` for a Unix socket).
     pub hosts: std::collections::BTreeMap<String, u32>,
+}
+
+impl PoolStats {
+    /// One pool's stats over several replicas of a group: connections,
+    /// clients and counters summed; utilization over the summed size; the
+    /// mean acquire time weighted by acquires, the percentiles the highest
+    /// replica's (an upper bound); min and max per replica, as configured.
+    pub fn combine(all: &[PoolStats]) -> PoolStats {
+        let Some(first) = all.first() else {
+            return PoolStats::empty();
+        };
+        let sum32 = |f: fn(&PoolStats) -> u32| all.iter().map(f).sum::<u32>();
+        let sum64 = |f: fn(&PoolStats) -> u64| all.iter().map(f).sum::<u64>();
+        let max = |f: fn(&PoolStats) -> f64| all.iter().map(f).fold(0.0, f64::max);
+        let (active, size) = (sum32(|s| s.active_connections), sum32(|s| s.current_size));
+        let acquires = sum64(|s| s.total_acquires);
+        let weighted: f64 = all
+            .iter()
+            .map(|s| s.avg_acquire_time_ms * s.total_acquires as f64)
+            .sum();
+        let mut security = ConnectionSecurity::default();
+        let mut wire = super::WireStats::default();
+        for s in all {
+            security.tls_connections += s.security.tls_connections;
+            security.plaintext_connections += s.security.plaintext_connections;
+            if !s.security.tls_version.is_empty() {
+                security.tls_version.clone_from(&s.security.tls_version);
+                security.tls_cipher.clone_from(&s.security.tls_cipher);
+            }
+            for (host, n) in &s.security.hosts {
+                *security.hosts.entry(host.clone()).or_default() += n;
+            }
+            wire.add(&s.wire);
+        }
+        PoolStats {
+            connections: sum32(|s| s.connections),
+            idle_connections: sum32(|s| s.idle_connections),
+            active_connections: active,
+            waiting_requests: sum32(|s| s.waiting_requests),
+            current_size: size,
+            min_connections: first.min_connections,
+            max_connections: first.max_connections,
+            utilization_rate: if size == 0 {
+                0.0
+            } else {
+                f64::from(active) / f64::from(size)
+            },
+            avg_acquire_time_ms: if acquires == 0 {
+                0.0
+            } else {
+                weighted / acquires as f64
+            },
+            p50_acquire_time_ms: max(|s| s.p50_acquire_time_ms),
+            p95_acquire_time_ms: max(|s| s.p95_acquire_time_ms),
+            p99_acquire_time_ms: max(|s| s.p99_acquire_time_ms),
+            total_acquires: acquires,
+            acquire_timeouts: sum64(|s| s.acquire_timeouts),
+            connection_errors: sum64(|s| s.connection_errors),
+            connections_created: sum64(|s| s.connections_created),
+            connections_closed: sum64(|s| s.connections_closed),
+            connections_recycled: sum64(|s| s.connections_recycled),
+            total_queries: sum64(|s| s.total_queries),
+            query_errors: sum64(|s| s.query_errors),
+            security,
+            budget: None,
+            wire,
+        }
+    }
+
+    fn empty() -> PoolStats {
+        PoolStats {
+            connections: 0,
+            idle_connections: 0,
+            active_connections: 0,
+            waiting_requests: 0,
+            current_size: 0,
+            min_connections: 0,
+            max_connections: 0,
+            utilization_rate: 0.0,
+            avg_acquire_time_ms: 0.0,
+            p50_acquire_time_ms: 0.0,
+            p95_acquire_time_ms: 0.0,
+            p99_acquire_time_ms: 0.0,
+            total_acquires: 0,
+            acquire_timeouts: 0,
+            connection_errors: 0,
+            connections_created: 0,
+            connections_closed: 0,
+            connections_recycled: 0,
+            total_queries: 0,
+            query_errors: 0,
+            security: ConnectionSecurity::default(),
+            budget: None,
+            wire: super::WireStats::default(),
+        }
+    }
 }
 
 /// One connection's side of [`ConnectionSecurity`].

@@ -47,7 +47,7 @@ pub struct WireCounters {
 }
 
 /// A snapshot of [`WireCounters`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WireStats {
     /// Clients connected now.
     pub clients: u64,
@@ -77,6 +77,26 @@ pub struct WireStats {
     pub binds: u64,
     /// Clients that logged in.
     pub logins: u64,
+}
+
+impl WireStats {
+    /// Adds `other`'s figures (one pool's over several replicas).
+    pub fn add(&mut self, other: &WireStats) {
+        self.clients += other.clients;
+        self.waiting += other.waiting;
+        self.pinned += other.pinned;
+        self.transactions += other.transactions;
+        self.queries += other.queries;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.assignments += other.assignments;
+        self.held_us += other.held_us;
+        self.wait_us += other.wait_us;
+        self.client_parses += other.client_parses;
+        self.server_parses += other.server_parses;
+        self.binds += other.binds;
+        self.logins += other.logins;
+    }
 }
 
 impl WireCounters {

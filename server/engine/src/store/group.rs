@@ -85,9 +85,11 @@ impl ControlStore {
 
     /// A replica that stops: its row goes (the others see it gone at once).
     pub async fn leave_group(&self, id: &str) -> Result<(), Error> {
-        self.conn()
-            .await?
-            .execute("DELETE FROM replicas WHERE id = $1", &[&id])
+        let conn = self.conn().await?;
+        conn.execute("DELETE FROM replica_pool_stats WHERE replica = $1", &[&id])
+            .await
+            .map_err(query_error("removing the replica's stats"))?;
+        conn.execute("DELETE FROM replicas WHERE id = $1", &[&id])
             .await
             .map_err(query_error("removing the replica's row"))?;
         Ok(())
@@ -280,6 +282,80 @@ impl ControlStore {
             .await
             .map_err(query_error("releasing the replica's allocations"))?;
         Ok(())
+    }
+}
+
+/// One replica's latest stats of a pool.
+#[derive(Debug, Clone)]
+pub struct ReplicaStats {
+    /// The replica.
+    pub replica: String,
+    /// When it recorded them.
+    pub updated_at: SystemTime,
+    /// The stats.
+    pub stats: crate::PoolStats,
+}
+
+impl ControlStore {
+    /// Records this replica's stats of each pool it serves (and forgets those
+    /// of pools it no longer has).
+    pub async fn publish_stats(
+        &self,
+        replica: &str,
+        stats: &[(String, crate::PoolStats)],
+    ) -> Result<(), Error> {
+        let names: Vec<&str> = stats.iter().map(|(n, _)| n.as_str()).collect();
+        let values: Vec<serde_json::Value> = stats
+            .iter()
+            .map(|(_, s)| serde_json::to_value(s).unwrap_or_default())
+            .collect();
+        let conn = self.conn().await?;
+        conn.execute(
+            "INSERT INTO replica_pool_stats (replica, pool_name, stats, updated_at) \
+             SELECT $1, n, s, now() FROM unnest($2::text[], $3::jsonb[]) AS u(n, s) \
+             ON CONFLICT (replica, pool_name) DO UPDATE SET stats = EXCLUDED.stats, \
+             updated_at = now()",
+            &[&replica, &names, &values],
+        )
+        .await
+        .map_err(query_error("publishing the replica's pool stats"))?;
+        conn.execute(
+            "DELETE FROM replica_pool_stats WHERE replica = $1 AND NOT pool_name = ANY($2)",
+            &[&replica, &names],
+        )
+        .await
+        .map_err(query_error(
+            "forgetting stats of pools the replica no longer has",
+        ))?;
+        Ok(())
+    }
+
+    /// The latest stats of `pool` from every live replica, by replica id.
+    pub async fn group_stats(&self, pool: &str) -> Result<Vec<ReplicaStats>, Error> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                "SELECT s.replica, s.updated_at, s.stats FROM replica_pool_stats s \
+                 JOIN replicas r ON r.id = s.replica \
+                 WHERE s.pool_name = $1 \
+                 AND r.heartbeat_at + r.lease_ms * interval '1 millisecond' >= now() \
+                 ORDER BY s.replica",
+                &[&pool],
+            )
+            .await
+            .map_err(query_error("reading the group's pool stats"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let stats = serde_json::from_value(row.get(2)).ok()?;
+                Some(ReplicaStats {
+                    replica: row.get(0),
+                    updated_at: row.get(1),
+                    stats,
+                })
+            })
+            .collect())
     }
 }
 
