@@ -635,6 +635,20 @@ impl PoolplaneClient {
         to: Option<std::time::SystemTime>,
         max_points: u32,
     ) -> Result<Vec<MetricsPoint>, Error> {
+        self.get_replica_metrics_history(pool_name, from, to, max_points, None)
+            .await
+    }
+
+    /// [`get_metrics_history`](Self::get_metrics_history) of one replica of
+    /// the group (`None`: every replica, summed per point).
+    pub async fn get_replica_metrics_history(
+        &self,
+        pool_name: &str,
+        from: Option<std::time::SystemTime>,
+        to: Option<std::time::SystemTime>,
+        max_points: u32,
+        replica: Option<&str>,
+    ) -> Result<Vec<MetricsPoint>, Error> {
         let response = self
             .unary(
                 Retry::Idempotent,
@@ -643,6 +657,7 @@ impl PoolplaneClient {
                     from: from.map(Into::into),
                     to: to.map(Into::into),
                     max_points,
+                    replica_id: replica.unwrap_or_default().to_owned(),
                 },
                 |mut s, r| async move { s.get_metrics_history(r).await },
             )

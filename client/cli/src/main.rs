@@ -166,6 +166,9 @@ enum Command {
         /// Show the pool's config changes (who, what, why) instead of metrics.
         #[arg(long)]
         changes: bool,
+        /// One replica of the group only (default: every replica, summed).
+        #[arg(long, conflicts_with = "changes")]
+        replica: Option<String>,
     },
 }
 
@@ -615,11 +618,13 @@ async fn run(cli: Cli, out: &Printer) -> anyhow::Result<()> {
             since,
             points,
             changes: false,
+            replica,
         } => {
             let to = SystemTime::now();
+            let from = Some(to - since);
             out.history(
                 &client
-                    .get_metrics_history(&name, Some(to - since), Some(to), points)
+                    .get_replica_metrics_history(&name, from, Some(to), points, replica.as_deref())
                     .await?,
             );
         }

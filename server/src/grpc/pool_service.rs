@@ -481,7 +481,13 @@ impl pool_service_server::PoolService for PoolService {
         };
         let store = self.registry.store();
         let read = store
-            .metrics_history(&request.pool_name, from, to, max_points)
+            .metrics_history(
+                &request.pool_name,
+                from,
+                to,
+                max_points,
+                (!request.replica_id.is_empty()).then_some(request.replica_id.as_str()),
+            )
             .await;
         let points = to_proto(read, convert::point_to_proto)?;
         Ok(Response::new(pb::GetMetricsHistoryResponse { points }))

@@ -498,8 +498,12 @@ impl ControlStore {
         from: SystemTime,
         to: SystemTime,
         max_points: u32,
+        replica: Option<&str>,
     ) -> Result<Vec<MetricsPoint>, Error> {
         let conn = self.conn().await?;
+        // Per replica first (its counters are its own), then summed over the
+        // replicas of the group: connections, waiting and queries add up;
+        // utilization and acquire times are averaged, peaks kept.
         let rows = conn
             .query(
                 "WITH samples AS ( \
@@ -507,12 +511,19 @@ impl ControlStore {
                           extract(epoch FROM $2::timestamptz), extract(epoch FROM $3::timestamptz) + 1e-6, \
                           $4::int4) AS bucket \
                    FROM connection_pool_metrics \
-                   WHERE pool_name = $1 AND recorded_at >= $2 AND recorded_at <= $3) \
-                 SELECT min(recorded_at), count(*), avg(utilization_rate), max(utilization_rate), \
-                        avg(avg_acquire_time_ms), max(p95_acquire_time_ms), avg(connections)::float8, \
-                        max(waiting_requests)::int8, (max(total_queries) - min(total_queries))::int8 \
-                 FROM samples GROUP BY bucket ORDER BY bucket",
-                &[&pool_name, &from, &to, &int(max_points.max(1))],
+                   WHERE pool_name = $1 AND recorded_at >= $2 AND recorded_at <= $3 \
+                   AND ($5::text IS NULL OR replica = $5)), \
+                 per AS ( \
+                   SELECT bucket, min(recorded_at) AS at, count(*) AS n, \
+                          avg(utilization_rate) AS u, max(utilization_rate) AS u_max, \
+                          avg(avg_acquire_time_ms) AS acquire, max(p95_acquire_time_ms) AS p95, \
+                          avg(connections) AS conns, max(waiting_requests) AS waiting, \
+                          max(total_queries) - min(total_queries) AS queries \
+                   FROM samples GROUP BY bucket, replica) \
+                 SELECT min(at), sum(n)::int8, avg(u), max(u_max), avg(acquire), max(p95), \
+                        sum(conns)::float8, sum(waiting)::int8, sum(queries)::int8 \
+                 FROM per GROUP BY bucket ORDER BY bucket",
+                &[&pool_name, &from, &to, &int(max_points.max(1)), &replica],
             )
             .await
             .map_err(query_error("reading the metrics history"))?;
