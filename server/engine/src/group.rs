@@ -88,12 +88,19 @@ async fn heartbeat(
             leader: leadership.leads(),
             pools: u32::try_from(registry.pool_names().len()).unwrap_or(u32::MAX),
         };
-        match registry.store().heartbeat(&beat).await {
+        // Each step bounded: a control database that hangs delays the next
+        // round, never stops the loop.
+        let beaten = tokio::time::timeout(every, registry.store().heartbeat(&beat))
+            .await
+            .unwrap_or(Err(crate::Error::ControlDatabaseTimeout));
+        match beaten {
             Ok(()) => {
-                publish_stats(&registry, &options.replica_id).await;
+                let _ = tokio::time::timeout(every, publish_stats(&registry, &options.replica_id))
+                    .await;
                 let since = *fresh_since.get_or_insert_with(std::time::Instant::now);
                 let may_forget = since.elapsed() >= options.lease;
-                let pending = allocate(&registry, &options.replica_id, may_forget).await;
+                let round = allocate(&registry, &options.replica_id, may_forget);
+                let pending = tokio::time::timeout(every, round).await.unwrap_or(false);
                 if pending && quick < 20 {
                     quick += 1;
                     // A budget just learned its server's settings: its
@@ -204,9 +211,11 @@ async fn follow_once(
         }
     });
     let _abort = AbortOnDrop(driver);
-    client
-        .batch_execute(&format!("LISTEN {DEFINITIONS_CHANNEL}"))
+    let sql = format!("LISTEN {DEFINITIONS_CHANNEL}");
+    let listen = client.batch_execute(&sql);
+    tokio::time::timeout(Duration::from_secs(10), listen)
         .await
+        .map_err(|_| crate::Error::ControlDatabaseTimeout)?
         .map_err(|source| crate::Error::ControlQuery {
             context: "listening for definition changes",
             source,
