@@ -336,23 +336,6 @@ impl ServerBudget {
         }
     }
 
-    /// Cut off from its group: this replica keeps only its pools'
-    /// min_connections here (what the others, forgetting it after its lease,
-    /// may then give away is not held), until an allocation round reaches the
-    /// group again. Returns whether the allocation was lowered.
-    pub fn fence(&self) -> bool {
-        let Some(allocation) = self.allocation() else {
-            return false;
-        };
-        let mins = self.min_total();
-        if allocation <= mins {
-            return false;
-        }
-        self.allocation.store(mins, Ordering::Release);
-        self.apply_limit();
-        true
-    }
-
     /// This replica's allocation, if its group set one.
     pub fn allocation(&self) -> Option<u32> {
         let allocation = self.allocation.load(Ordering::Acquire);

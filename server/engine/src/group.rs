@@ -78,9 +78,6 @@ async fn heartbeat(
     // replica given nothing because the others hold everything waits a
     // third of a lease like the rest).
     let mut quick = 0;
-    // The last renewed heartbeat: half a lease without one and this replica
-    // holds only its pools' mins (the others may forget it after a lease).
-    let mut renewed_at = std::time::Instant::now();
     loop {
         let beat = Heartbeat {
             id: &options.replica_id,
@@ -98,7 +95,6 @@ async fn heartbeat(
             .unwrap_or(Err(crate::Error::ControlDatabaseTimeout));
         match beaten {
             Ok(()) => {
-                renewed_at = std::time::Instant::now();
                 let _ = tokio::time::timeout(every, publish_stats(&registry, &options.replica_id))
                     .await;
                 let since = *fresh_since.get_or_insert_with(std::time::Instant::now);
@@ -118,15 +114,6 @@ async fn heartbeat(
             Err(error) => {
                 fresh_since = None;
                 tracing::warn!(%error, "replica heartbeat not renewed; will retry");
-                if renewed_at.elapsed() >= options.lease / 2 {
-                    let fenced = registry.budgets().iter().filter(|b| b.fence()).count();
-                    if fenced > 0 {
-                        tracing::warn!(
-                            servers = fenced,
-                            "cut off from the group: holding only the pools' min_connections until the control database answers"
-                        );
-                    }
-                }
             }
         }
         tokio::select! {

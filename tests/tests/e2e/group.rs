@@ -512,9 +512,11 @@ async fn allocations(
         .collect())
 }
 
-/// The `--connection-reserve` that leaves `budget` connections to the pools
-/// of `db`'s server, whatever its max_connections.
-async fn reserve_for(db: &TestDatabase, budget: i32) -> anyhow::Result<String> {
+#[tokio::test]
+async fn three_replicas_never_open_more_than_their_servers_budget() -> anyhow::Result<()> {
+    let control = TestPg::database().await?;
+    let db = TestPg::database().await?;
+    // A budget of 30 for the server, whatever its max_connections.
     let available: i32 = db
         .connect()
         .await?
@@ -526,41 +528,25 @@ async fn reserve_for(db: &TestDatabase, budget: i32) -> anyhow::Result<String> {
         )
         .await?
         .get(0);
-    Ok((available - budget).to_string())
-}
-
-/// The highest count of pool `split`'s backends, sampled every 20 ms.
-async fn split_backends(db: &TestDatabase) -> anyhow::Result<crate::frontdoor::PeakSampler> {
-    Ok(crate::frontdoor::PeakSampler::start(
-        db.connect().await?,
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-         AND application_name = 'poolplane:split'",
-    ))
-}
-
-/// A replica `id` on `control_url` with `--connection-reserve reserve`.
-async fn budgeted(control_url: &str, id: &'static str, reserve: &str) -> anyhow::Result<Replica> {
-    let process = ServerProcess::start(&[
-        "--database-url",
-        control_url,
-        "--replica-id",
-        id,
-        "--replica-lease",
-        LEASE,
-        "--connection-reserve",
-        reserve,
-    ])
-    .await?;
-    let sdk = PoolplaneClient::connect(process.addr.to_string()).await?;
-    Ok(Replica { process, sdk, id })
-}
-
-#[tokio::test]
-async fn three_replicas_never_open_more_than_their_servers_budget() -> anyhow::Result<()> {
-    let control = TestPg::database().await?;
-    let db = TestPg::database().await?;
-    let reserve = reserve_for(&db, 30).await?;
-    let start = |id: &'static str| budgeted(control.url(), id, &reserve);
+    let reserve = (available - 30).to_string();
+    let start = |id: &'static str| {
+        let (control, reserve) = (control.url().to_owned(), reserve.clone());
+        async move {
+            let process = ServerProcess::start(&[
+                "--database-url",
+                &control,
+                "--replica-id",
+                id,
+                "--replica-lease",
+                LEASE,
+                "--connection-reserve",
+                &reserve,
+            ])
+            .await?;
+            let sdk = PoolplaneClient::connect(process.addr.to_string()).await?;
+            anyhow::Ok(Replica { process, sdk, id })
+        }
+    };
     let a = start("a").await?;
     let b = start("b").await?;
     let mut c = start("c").await?;
@@ -573,7 +559,11 @@ async fn three_replicas_never_open_more_than_their_servers_budget() -> anyhow::R
         )
         .await?;
     }
-    let sampler = split_backends(&db).await?;
+    let sampler = crate::frontdoor::PeakSampler::start(
+        db.connect().await?,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = 'poolplane:split'",
+    );
     // A has twice the clients of B and of C.
     let runs = [
         sleepers_through(&a, &db, 16, 20)?,
@@ -616,15 +606,14 @@ async fn three_replicas_never_open_more_than_their_servers_budget() -> anyhow::R
         .sum();
     assert!(listed > 0 && listed <= 30, "{listed}");
 
-    // kill -9 C: after its lease, its allocation shrinks to its pools' mins
-    // (a replica cut off keeps those) and A's and B's grow into the rest.
+    // kill -9 C: within its lease, A's and B's allocations grow into its share.
     c.process.signal(nix::sys::signal::Signal::SIGKILL)?;
     c.process.wait_exit(Duration::from_secs(10)).await?;
     let killed = Instant::now();
     // Its lease is 2 s; the others' rounds run every third of theirs.
     wait_until(Duration::from_secs(6), "C's share taken over", || async {
         allocations(&control_db).await.is_ok_and(|all| {
-            all.get("c") == Some(&1)
+            !all.contains_key("c")
                 && all.get("a").copied().unwrap_or(0) + all.get("b").copied().unwrap_or(0)
                     > before["a"] + before["b"]
         })
@@ -731,65 +720,5 @@ async fn the_group_keeps_serving_through_a_restart_of_its_control_database() -> 
             row.get::<_, String>(0)
         );
     }
-    Ok(())
-}
-
-#[tokio::test]
-async fn a_replica_cut_off_from_the_control_database_holds_only_its_mins() -> anyhow::Result<()> {
-    let control = TestPg::database().await?;
-    let db = TestPg::database().await?;
-    let reserve = reserve_for(&db, 20).await?;
-    // C reaches the control database through a proxy the test cuts.
-    let url: tokio_postgres::Config = control.url().parse()?;
-    let port = url.get_ports().first().copied().unwrap_or(5432);
-    let proxy = poolplane_tests::FaultProxy::start(([127, 0, 0, 1], port).into()).await?;
-    let proxied = control
-        .url()
-        .replace(&format!(":{port}/"), &format!(":{}/", proxy.addr().port()));
-    let a = budgeted(control.url(), "a", &reserve).await?;
-    let c = budgeted(&proxied, "c", &reserve).await?;
-    a.sdk.create_pool("split", db.url(), sized(1, 20)).await?;
-    wait_until(Duration::from_secs(1), "the pool on c", || async {
-        c.sdk.get_pool("split").await.is_ok()
-    })
-    .await?;
-    let sampler = split_backends(&db).await?;
-    let runs = [
-        sleepers_through(&a, &db, 8, 15)?,
-        sleepers_through(&c, &db, 16, 15)?,
-    ];
-    let control_db = control.connect().await?;
-    wait_until(
-        Duration::from_secs(10),
-        "C holds the larger share",
-        || async {
-            allocations(&control_db).await.is_ok_and(|all| {
-                let (a, c) = (all.get("a").copied(), all.get("c").copied());
-                matches!((a, c), (Some(a), Some(c)) if a > 1 && c > a)
-            })
-        },
-    )
-    .await?;
-    // Cut off: C holds only its min after half a lease of failed heartbeats;
-    // A, after C's lease, grows into the rest, never past the budget.
-    proxy.cut();
-    wait_until(Duration::from_secs(6), "A grows into C's share", || async {
-        allocations(&control_db)
-            .await
-            .is_ok_and(|all| all.get("c") == Some(&1) && all.get("a").copied().unwrap_or(0) >= 15)
-    })
-    .await?;
-    let [on_a, on_c] = runs;
-    for run in [on_a, on_c] {
-        let out = run.await??;
-        let printed = poolplane_tests::text(&out);
-        assert!(
-            printed.contains("number of failed transactions: 0 (0.000%)"),
-            "the cut-off replica keeps serving too: {printed}"
-        );
-    }
-    let peak = sampler.finish().await?;
-    assert!(peak <= 20, "the group's backends peaked at {peak}");
-    proxy.restore();
     Ok(())
 }

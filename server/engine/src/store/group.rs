@@ -220,26 +220,14 @@ impl ControlStore {
         .await
         .map_err(q)?;
         if ask.may_forget {
-            // A replica silent for a lease keeps only its pools' mins (what it
-            // holds itself once cut off: it may still be serving); silent for
-            // ten leases, it is forgotten.
             tx.execute(
-                "UPDATE budget_allocations b SET allocation = least(b.allocation, b.min_total), \
-                 demand = 0 WHERE b.server = $1 AND NOT EXISTS \
+                "DELETE FROM budget_allocations b WHERE b.server = $1 AND NOT EXISTS \
                  (SELECT 1 FROM replicas r WHERE r.id = b.replica \
                   AND r.heartbeat_at + r.lease_ms * interval '1 millisecond' >= now())",
                 &[&ask.server],
             )
             .await
-            .map_err(query_error("shrinking gone replicas' allocations"))?;
-            tx.execute(
-                "DELETE FROM budget_allocations b WHERE b.server = $1 AND NOT EXISTS \
-                 (SELECT 1 FROM replicas r WHERE r.id = b.replica \
-                  AND r.heartbeat_at + 10 * r.lease_ms * interval '1 millisecond' >= now())",
-                &[&ask.server],
-            )
-            .await
-            .map_err(query_error("forgetting gone replicas' allocations"))?;
+            .map_err(query_error("dropping gone replicas' allocations"))?;
         }
         let rows = tx
             .query(
