@@ -402,6 +402,25 @@ async fn processed_without_failure(
         .expect("pgbench's count"))
 }
 
+/// Waits (30 s at most) until `pool` has run transactions through the front
+/// door of every replica in `replicas` (their pgbench runs are under way).
+async fn serving(replicas: &[&Replica], pool: &str) -> anyhow::Result<()> {
+    for r in replicas {
+        wait_until(
+            Duration::from_secs(30),
+            "transactions through the replica",
+            || async {
+                r.sdk
+                    .get_pool_stats(pool)
+                    .await
+                    .is_ok_and(|s| s.wire_transactions >= 20)
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Stops `replica` (SIGTERM) and starts it again under the same id.
 async fn restart(replica: Replica, control: &TestDatabase) -> anyhow::Result<Replica> {
     let Replica {
@@ -455,13 +474,13 @@ async fn a_rolling_restart_fails_no_transaction_on_the_replicas_that_stay_up() -
 
     // C restarts while A and B serve; then A restarts while B and C serve.
     let (on_a, on_b) = (tpcb_through(&a, &db, 6)?, tpcb_through(&b, &db, 6)?);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    serving(&[&a, &b], "roll").await?;
     let c = restart(c, &control).await?;
     assert!(c.sdk.get_pool("roll").await.is_ok(), "restored on c");
     let mut done = processed_without_failure(on_a).await?;
     done += processed_without_failure(on_b).await?;
     let (on_b, on_c) = (tpcb_through(&b, &db, 6)?, tpcb_through(&c, &db, 6)?);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    serving(&[&c], "roll").await?;
     let a = restart(a, &control).await?;
     done += processed_without_failure(on_b).await?;
     done += processed_without_failure(on_c).await?;
@@ -672,7 +691,7 @@ async fn the_group_keeps_serving_through_a_restart_of_its_control_database() -> 
         crate::frontdoor_ops::pgbench_script_at(pg, &db, "steady", 4, 8, "SELECT 1;\n")
     };
     let runs = [through(&a)?, through(&b)?];
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    serving(&[&a, &b], "steady").await?;
     // The control database goes away and comes back; the pools' own database
     // does not: their clients see nothing.
     control.restart().await?;
