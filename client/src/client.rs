@@ -593,14 +593,43 @@ impl PoolplaneClient {
         pool_names: &[&str],
         interval_ms: u32,
     ) -> Result<Watch<poolplane_proto::v1::WatchPoolStatsResponse, PoolStats>, Error> {
-        let response = self
+        let response = self.stats_stream(pool_names, interval_ms, false).await?;
+        Ok(Watch::new(response, |m| m.stats))
+    }
+
+    async fn stats_stream(
+        &self,
+        pool_names: &[&str],
+        interval_ms: u32,
+        group: bool,
+    ) -> Result<tonic::Response<Streaming<poolplane_proto::v1::WatchPoolStatsResponse>>, Error>
+    {
+        Ok(self
             .pool_service()
             .watch_pool_stats(self.request(WatchPoolStatsRequest {
                 pool_names: pool_names.iter().map(|n| (*n).to_owned()).collect(),
                 interval_ms,
+                group,
             }))
-            .await?;
-        Ok(Watch::new(response, |m| m.stats))
+            .await?)
+    }
+
+    /// As [`watch_pool_stats`](Self::watch_pool_stats), each snapshot with
+    /// the pool's row on every live replica of the group and the group's
+    /// total (`replicas`, `total`).
+    pub async fn watch_group_pool_stats(
+        &self,
+        pool_names: &[&str],
+        interval_ms: u32,
+    ) -> Result<
+        Watch<
+            poolplane_proto::v1::WatchPoolStatsResponse,
+            poolplane_proto::v1::WatchPoolStatsResponse,
+        >,
+        Error,
+    > {
+        let response = self.stats_stream(pool_names, interval_ms, true).await?;
+        Ok(Watch::new(response, Some))
     }
 
     /// The current health of `pool_names` (empty: every pool), then every event.

@@ -79,8 +79,8 @@ enum Command {
         #[arg(long)]
         watch: bool,
         /// Each replica's stats of the pool and the group's total (`NAME@replica`
-        /// rows, then `NAME (group)`).
-        #[arg(long, conflicts_with = "watch")]
+        /// rows, then `NAME (group)`); with --watch, every second.
+        #[arg(long)]
         group: bool,
     },
     /// A pool's health (all pools without NAME); --watch follows its events.
@@ -504,7 +504,14 @@ async fn stats(
     group: bool,
     out: &Printer,
 ) -> anyhow::Result<()> {
-    if group {
+    if group && watch {
+        let names: Vec<&str> = name.iter().map(String::as_str).collect();
+        let mut watch = client.watch_group_pool_stats(&names, 1000).await?;
+        while let Some(snapshot) = watch.next().await? {
+            let n = snapshot.stats.unwrap_or_default().pool_name;
+            out.stats(&group_rows(&n, snapshot.replicas, snapshot.total));
+        }
+    } else if group {
         out.stats(&group_stats(client, name).await?);
     } else if watch {
         let names: Vec<&str> = name.iter().map(String::as_str).collect();
@@ -527,16 +534,31 @@ async fn group_stats(
 ) -> anyhow::Result<Vec<poolplane_client::proto::PoolStats>> {
     let mut rows = Vec::new();
     for n in named_or_all(client, name).await? {
-        let (replicas, mut total) = client.get_group_pool_stats(&n).await?;
-        for r in replicas {
-            let mut stats = r.stats.unwrap_or_default();
-            stats.pool_name = format!("{n}@{}", r.replica_id);
-            rows.push(stats);
-        }
-        total.pool_name = format!("{n} (group)");
-        rows.push(total);
+        let (replicas, total) = client.get_group_pool_stats(&n).await?;
+        rows.extend(group_rows(&n, replicas, Some(total)));
     }
     Ok(rows)
+}
+
+/// Pool `name`'s rows over the group: `NAME@replica` each, then `NAME (group)`.
+fn group_rows(
+    name: &str,
+    replicas: Vec<poolplane_client::proto::ReplicaPoolStats>,
+    total: Option<poolplane_client::proto::PoolStats>,
+) -> Vec<poolplane_client::proto::PoolStats> {
+    let mut rows: Vec<_> = replicas
+        .into_iter()
+        .map(|r| {
+            let mut stats = r.stats.unwrap_or_default();
+            stats.pool_name = format!("{name}@{}", r.replica_id);
+            stats
+        })
+        .collect();
+    if let Some(mut total) = total {
+        total.pool_name = format!("{name} (group)");
+        rows.push(total);
+    }
+    rows
 }
 
 /// The front door's operations: clients, pause, resume, reconnect, kill.

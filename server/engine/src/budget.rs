@@ -46,6 +46,18 @@ pub(crate) trait Member: Send + Sync {
 /// settings): slots are not limited.
 pub(crate) const UNKNOWN: u32 = u32::MAX;
 
+/// The limit of a budget: what the server allows (`available`), capped by the
+/// group's `allocation` (an allocation made from what another replica read
+/// of the server holds before this one has read it); in a group with no
+/// allocation yet, one connection.
+fn group_limit(available: u32, allocation: u32, grouped: bool) -> u32 {
+    match (allocation, grouped) {
+        (UNKNOWN, false) => available,
+        (UNKNOWN, true) => available.min(1),
+        (allocation, _) => available.min(allocation),
+    }
+}
+
 /// The server's settings a budget comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerLimits {
@@ -215,9 +227,15 @@ pub struct ServerBudget {
     /// This replica's allocation of the server in its group ([`UNKNOWN`]: none
     /// yet, the whole budget).
     allocation: AtomicU32,
-    /// Live replicas of the group (1 outside a group): each holds its pools'
-    /// min_connections.
+    /// Replicas sharing the server's budget (1 outside a group), from its
+    /// allocation round: each holds its pools' min_connections.
     replicas: AtomicU32,
+    /// Live replicas of the group, from their heartbeats (a replica that has
+    /// no allocation here yet will hold the mins too).
+    live: AtomicU32,
+    /// Whether this server runs in a group: until the group's first
+    /// allocation, one connection only (the one that reads the settings).
+    grouped: AtomicBool,
     /// Woken when the server's settings become known (the group's allocation
     /// round is then wanted at once).
     known: Mutex<Option<Arc<Notify>>>,
@@ -260,6 +278,8 @@ impl ServerBudget {
             available: AtomicU32::new(UNKNOWN),
             allocation: AtomicU32::new(UNKNOWN),
             replicas: AtomicU32::new(1),
+            live: AtomicU32::new(1),
+            grouped: AtomicBool::new(false),
             known: Mutex::new(None),
             in_use: AtomicU32::new(0),
             freed: Notify::new(),
@@ -315,9 +335,15 @@ impl ServerBudget {
         }
     }
 
-    /// Wakes `notify` when the server's settings become known (or change).
-    pub fn notify_when_known(&self, notify: Arc<Notify>) {
+    /// Puts the budget under its group's allocation: until the first one,
+    /// a single connection (which reads the server's settings, so that the
+    /// group can split them); `notify` is woken when they become known (or
+    /// change).
+    pub fn join_group(&self, notify: Arc<Notify>) {
         *self.known.lock().expect("known lock") = Some(notify);
+        if !self.grouped.swap(true, Ordering::AcqRel) {
+            self.apply_limit();
+        }
     }
 
     /// The budget the server allows the pools (all replicas together), once known.
@@ -336,6 +362,28 @@ impl ServerBudget {
         }
     }
 
+    /// Cut off from its group: this replica keeps only its pools'
+    /// min_connections here (what the others, once its lease has run out,
+    /// leave it), until an allocation round reaches the group again. Returns
+    /// whether the allocation was lowered.
+    pub fn fence(&self) -> bool {
+        let Some(allocation) = self.allocation() else {
+            return false;
+        };
+        let mins = self.min_total();
+        if allocation <= mins {
+            return false;
+        }
+        self.allocation.store(mins, Ordering::Release);
+        self.apply_limit();
+        true
+    }
+
+    /// The group's live replicas, as the heartbeats tell.
+    pub fn set_live_replicas(&self, live: u32) {
+        self.live.store(live.max(1), Ordering::Release);
+    }
+
     /// This replica's allocation, if its group set one.
     pub fn allocation(&self) -> Option<u32> {
         let allocation = self.allocation.load(Ordering::Acquire);
@@ -352,14 +400,14 @@ impl ServerBudget {
         self.members().iter().map(|m| m.min_connections()).sum()
     }
 
-    /// The limit in force: the server's budget, capped by the allocation.
+    /// The limit in force: the server's budget, capped by the allocation (in
+    /// a group without one yet: the one connection that reads the settings).
     fn apply_limit(&self) {
-        let available = self.available.load(Ordering::Acquire);
-        let limit = if available == UNKNOWN {
-            UNKNOWN
-        } else {
-            available.min(self.allocation.load(Ordering::Acquire))
-        };
+        let limit = group_limit(
+            self.available.load(Ordering::Acquire),
+            self.allocation.load(Ordering::Acquire),
+            self.grouped.load(Ordering::Acquire),
+        );
         self.limit.store(limit, Ordering::Release);
         self.rebalance();
         self.freed.notify_waiters();
@@ -422,7 +470,11 @@ impl ServerBudget {
         };
         // Every live replica of a group holds each pool's min: the server's
         // budget is split among them.
-        let replicas = self.replicas.load(Ordering::Acquire).max(1);
+        let replicas = self
+            .replicas
+            .load(Ordering::Acquire)
+            .max(self.live.load(Ordering::Acquire))
+            .max(1);
         let limit = limits.available(self.reserve).max(1) / replicas;
         let others_min: u32 = self
             .members()
@@ -468,6 +520,8 @@ pub(crate) struct Membership {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn claim(min: u32, max: u32, size: u32, need: u32) -> Claim {
@@ -518,6 +572,45 @@ mod tests {
     fn mins_above_the_limit_are_still_given() {
         let s = shares(3, &[claim(2, 5, 2, 2), claim(2, 5, 2, 2)]);
         assert_eq!(s, vec![2, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_grouped_budget_opens_one_connection_before_its_allocation() {
+        let budget = ServerBudget::new(ServerKey::default(), 0);
+        budget.join_group(Arc::new(Notify::new()));
+        // Settings unknown, no allocation: the one connection that reads them.
+        assert_eq!(budget.limit(), Some(1));
+        let first = budget.slot().await;
+        let second = tokio::time::timeout(Duration::from_millis(50), budget.slot()).await;
+        assert!(second.is_err(), "a second slot before the allocation");
+        budget.observe(ServerLimits {
+            max_connections: 100,
+            reserved_connections: 3,
+        });
+        assert_eq!(budget.limit(), Some(1), "still no allocation");
+        budget.set_allocation(12, 2);
+        assert_eq!(budget.limit(), Some(12));
+        let more = budget.slot().await;
+        drop((first, more));
+        // Outside a group the budget is the server's from the first read.
+        let alone = ServerBudget::new(ServerKey::default(), 0);
+        assert_eq!(alone.limit(), None);
+        alone.observe(ServerLimits {
+            max_connections: 100,
+            reserved_connections: 3,
+        });
+        assert_eq!(alone.limit(), Some(97));
+    }
+
+    #[test]
+    fn an_allocation_from_the_group_caps_before_the_settings_are_read() {
+        assert_eq!(group_limit(UNKNOWN, 7, true), 7);
+        assert_eq!(group_limit(50, 7, true), 7);
+        assert_eq!(group_limit(5, 7, true), 5);
+        assert_eq!(group_limit(UNKNOWN, UNKNOWN, true), 1);
+        assert_eq!(group_limit(50, UNKNOWN, true), 1);
+        assert_eq!(group_limit(50, UNKNOWN, false), 50);
+        assert_eq!(group_limit(UNKNOWN, UNKNOWN, false), UNKNOWN);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! retention, automated tuning).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
@@ -44,11 +44,19 @@ pub fn start(
     let started_at = SystemTime::now();
     registry.store().set_replica(&options.replica_id);
     tracing::info!(replica = %options.replica_id, lease = ?options.lease, "a replica of the group on its control database");
+    let renewed = Arc::new(Renewed::default());
     tasks.spawn(heartbeat(
         Arc::clone(registry),
         options.clone(),
         started_at,
         Arc::clone(leadership),
+        Arc::clone(&renewed),
+        token.clone(),
+    ));
+    tasks.spawn(fence(
+        Arc::clone(registry),
+        options.lease,
+        renewed,
         token.clone(),
     ));
     tasks.spawn(follow(Arc::clone(registry), token.clone()));
@@ -68,12 +76,13 @@ async fn heartbeat(
     options: GroupOptions,
     started_at: SystemTime,
     leadership: Arc<Leadership>,
+    renewed: Arc<Renewed>,
     token: CancellationToken,
 ) {
     let every = options.lease / 3;
     registry.join_group();
     // Since when the heartbeat has been renewed without a miss.
-    let mut fresh_since: Option<std::time::Instant> = None;
+    let mut fresh_since: Option<Instant> = None;
     // Quick rounds while a budget waits for its first allocation (bounded: a
     // replica given nothing because the others hold everything waits a
     // third of a lease like the rest).
@@ -90,15 +99,22 @@ async fn heartbeat(
         };
         // Each step bounded: a control database that hangs delays the next
         // round, never stops the loop.
+        let sent_at = Instant::now();
         let beaten = tokio::time::timeout(every, registry.store().heartbeat(&beat))
             .await
             .unwrap_or(Err(crate::Error::ControlDatabaseTimeout));
         match beaten {
             Ok(()) => {
+                // The control database's clock stamped it after `sent_at`.
+                renewed.set(sent_at);
                 let _ = tokio::time::timeout(every, publish_stats(&registry, &options.replica_id))
                     .await;
-                let since = *fresh_since.get_or_insert_with(std::time::Instant::now);
+                let since = *fresh_since.get_or_insert_with(Instant::now);
                 let may_forget = since.elapsed() >= options.lease;
+                if may_forget {
+                    forget_gone(&registry, every).await;
+                }
+                registry.refresh_live_replicas().await;
                 let round = allocate(&registry, &options.replica_id, may_forget);
                 let pending = tokio::time::timeout(every, round).await.unwrap_or(false);
                 if pending && quick < 20 {
@@ -131,6 +147,76 @@ async fn heartbeat(
     }
 }
 
+/// When this replica's heartbeat was last renewed (the moment it was sent).
+#[derive(Debug)]
+struct Renewed(std::sync::Mutex<Instant>);
+
+impl Default for Renewed {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(Instant::now()))
+    }
+}
+
+impl Renewed {
+    fn set(&self, at: Instant) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = at;
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed()
+    }
+}
+
+/// Half a lease without a renewed heartbeat and this replica holds only its
+/// pools' mins on every server: after a whole lease the others count it gone
+/// and share the rest of its allocations among themselves, while a replica
+/// cut off from the control database alone may still be serving. Checked
+/// apart from the heartbeat, whose steps may hang up to their bound.
+async fn fence(
+    registry: Arc<ConnectionPoolService>,
+    lease: Duration,
+    renewed: Arc<Renewed>,
+    token: CancellationToken,
+) {
+    let check = (lease / 20).max(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(check) => {}
+        }
+        let silent = renewed.elapsed();
+        if silent < lease / 2 {
+            continue;
+        }
+        let fenced = registry.budgets().iter().filter(|b| b.fence()).count();
+        if fenced > 0 {
+            tracing::warn!(
+                servers = fenced,
+                silent = ?silent,
+                "cut off from the group: holding only the pools' min_connections until the control database answers"
+            );
+        }
+    }
+}
+
+/// Forgets replicas silent for ten leases (bounded like every step).
+async fn forget_gone(registry: &ConnectionPoolService, within: Duration) {
+    match tokio::time::timeout(within, registry.store().forget_gone_replicas()).await {
+        Ok(Ok(0)) | Err(_) => {}
+        Ok(Ok(n)) => tracing::info!(
+            replicas = n,
+            "gone replicas forgotten (silent for ten leases)"
+        ),
+        Ok(Err(error)) => tracing::warn!(%error, "gone replicas not forgotten; will retry"),
+    }
+}
+
 /// Records this replica's stats of its pools (for the group's view).
 async fn publish_stats(registry: &ConnectionPoolService, replica: &str) {
     let stats: Vec<(String, crate::PoolStats)> = registry
@@ -151,22 +237,22 @@ async fn publish_stats(registry: &ConnectionPoolService, replica: &str) {
 async fn allocate(registry: &ConnectionPoolService, replica: &str, may_forget: bool) -> bool {
     let mut pending = false;
     for budget in registry.budgets() {
-        // Unknown until a first connection read the server's settings.
-        let Some(available) = budget.available() else {
-            continue;
-        };
         let server = budget.server().to_string();
         let ask = Ask {
             server: &server,
             replica,
-            available,
+            // Unknown until a first connection read the server's settings.
+            available: budget.available(),
             demand: budget.demand(),
             min_total: budget.min_total(),
             in_use: budget.in_use(),
             may_forget,
         };
         match registry.store().allocate(&ask).await {
-            Ok(given) => {
+            // Nobody has read the server's budget: this replica's first
+            // connection (the one it may open) reads it.
+            Ok(None) => {}
+            Ok(Some(given)) => {
                 if budget.allocation() != Some(given.allocation) {
                     tracing::debug!(%server, allocation = given.allocation, replicas = given.replicas, "connection budget allocation");
                 }

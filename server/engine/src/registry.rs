@@ -111,6 +111,8 @@ pub struct ConnectionPoolService {
     leadership: Arc<crate::leadership::Leadership>,
     /// A replica of a group: budgets come from the group's allocation.
     grouped: std::sync::atomic::AtomicBool,
+    /// The group's live replicas as last read (each holds every pool's min).
+    live_replicas: std::sync::atomic::AtomicU32,
     budgets_changed: Arc<tokio::sync::Notify>,
 }
 
@@ -263,6 +265,7 @@ impl ConnectionPoolService {
             budgets: std::sync::Mutex::new(HashMap::new()),
             leadership: Arc::default(),
             grouped: std::sync::atomic::AtomicBool::new(false),
+            live_replicas: std::sync::atomic::AtomicU32::new(1),
             budgets_changed: Arc::default(),
         }
     }
@@ -290,10 +293,13 @@ impl ConnectionPoolService {
         let budget = ServerBudget::new(key.clone(), self.connection_reserve);
         if self.grouped.load(std::sync::atomic::Ordering::Acquire) {
             // In a group, a server's budget is what the group's allocation
-            // round gives, asked for as soon as the server's settings are
-            // known (until then, as outside a group, the first connection
-            // is not limited).
-            budget.notify_when_known(Arc::clone(&self.budgets_changed));
+            // round gives (from what another replica read of the server, or
+            // as soon as this one's first connection has read it).
+            budget.join_group(Arc::clone(&self.budgets_changed));
+            budget.set_live_replicas(
+                self.live_replicas
+                    .load(std::sync::atomic::Ordering::Acquire),
+            );
             self.budgets_changed.notify_one();
         }
         budgets.insert(key, Arc::downgrade(&budget));
@@ -315,9 +321,28 @@ impl ConnectionPoolService {
         self.grouped
             .store(true, std::sync::atomic::Ordering::Release);
         for budget in self.budgets() {
-            budget.notify_when_known(Arc::clone(&self.budgets_changed));
+            budget.join_group(Arc::clone(&self.budgets_changed));
         }
         self.budgets_changed.notify_one();
+    }
+
+    /// Reads how many replicas of the group are alive (each holds every
+    /// pool's min_connections: a new min is checked against the budget
+    /// divided among them). Outside a group, or when the control database
+    /// does not answer, the last count stays.
+    pub async fn refresh_live_replicas(&self) {
+        if !self.grouped.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let read = tokio::time::timeout(Duration::from_secs(2), self.store.live_replicas()).await;
+        let Ok(Ok(live)) = read else {
+            return;
+        };
+        self.live_replicas
+            .store(live, std::sync::atomic::Ordering::Release);
+        for budget in self.budgets() {
+            budget.set_live_replicas(live);
+        }
     }
 
     /// Woken when a server's budget appears (its allocation is wanted).
@@ -745,6 +770,7 @@ impl ConnectionPoolService {
         }
         // A known budget is checked before connecting; the first pool on a server
         // learns it with its first connection and is checked right after.
+        self.refresh_live_replicas().await;
         let budget = self.budget_for(&target);
         budget
             .check_min(&name, config.min_connections)
@@ -975,6 +1001,7 @@ impl ConnectionPoolService {
         let (pool, target, version) = self.entry_parts(name)?;
         let config = make(&pool.config())?;
         config.validate()?;
+        self.refresh_live_replicas().await;
         self.swap_config(name, &pool, target, config, Change::Store(version))
             .await
     }

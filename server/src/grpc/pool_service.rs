@@ -297,34 +297,15 @@ impl pool_service_server::PoolService for PoolService {
         let own = pool.get_pool_stats().await;
         let (mut replicas, mut total) = (Vec::new(), None);
         if request.group {
-            let mut all = self
+            let others = self
                 .registry
                 .store()
                 .group_stats(&name)
                 .await
                 .map_err(status::from_engine)?;
-            // This replica's own figures are live, not the last published.
-            let me = self.replica_id.clone().unwrap_or_default();
-            all.retain(|r| r.replica != me);
-            all.push(poolplane::store::group::ReplicaStats {
-                replica: me,
-                updated_at: std::time::SystemTime::now(),
-                stats: own.clone(),
-            });
-            all.sort_by(|a, b| a.replica.cmp(&b.replica));
-            let each: Vec<poolplane::PoolStats> = all.iter().map(|r| r.stats.clone()).collect();
-            total = Some(convert::stats_to_proto(
-                &name,
-                &poolplane::PoolStats::combine(&each),
-            ));
-            replicas = all
-                .into_iter()
-                .map(|r| pb::ReplicaPoolStats {
-                    taken_at: Some(convert::timestamp(r.updated_at)),
-                    stats: Some(convert::stats_to_proto(&name, &r.stats)),
-                    replica_id: r.replica,
-                })
-                .collect();
+            let me = self.replica_id.as_deref().unwrap_or_default();
+            let view = group_view(&name, me, &own, others);
+            (replicas, total) = (view.0, Some(view.1));
         }
         Ok(Response::new(pb::GetPoolStatsResponse {
             stats: Some(convert::stats_to_proto(&name, &own)),
@@ -389,6 +370,11 @@ impl pool_service_server::PoolService for PoolService {
             pending: Vec::new(),
             first: true,
             done: false,
+            group: request.group.then(|| GroupWatch {
+                me: self.replica_id.clone().unwrap_or_default(),
+                rows: std::collections::HashMap::new(),
+                read_at: None,
+            }),
             _guard: WatcherGuard::new(&self.watchers),
             _slot: slot,
         };
@@ -744,6 +730,8 @@ struct StatsWatch {
     /// The first snapshots go at once.
     first: bool,
     done: bool,
+    /// With the group's rows and total.
+    group: Option<GroupWatch>,
     _guard: WatcherGuard,
     _slot: StreamSlot,
 }
@@ -774,26 +762,112 @@ impl StatsWatch {
                     _ = self.tick.tick() => {}
                 }
             }
-            self.take_snapshots();
+            let names = self.names();
+            if let Some(group) = &mut self.group {
+                group.refresh(self.registry.store(), &names).await;
+            }
+            self.take_snapshots(&names);
             if self.pending.is_empty() && !self.named.is_empty() {
                 return None; // every watched pool was deleted
             }
         }
     }
 
-    fn take_snapshots(&mut self) {
-        let names = if self.named.is_empty() {
+    fn names(&self) -> Vec<String> {
+        if self.named.is_empty() {
             self.registry.pool_names()
         } else {
             self.named.iter().cloned().collect()
-        };
+        }
+    }
+
+    fn take_snapshots(&mut self, names: &[String]) {
         // Popped from the back: pushed in reverse, they go out in name order.
         for name in names.iter().rev() {
-            if let Ok(pool) = self.registry.pool(name) {
-                let stats = self.snapshots.of(name, &pool);
-                self.pending
-                    .push(pb::WatchPoolStatsResponse { stats: Some(stats) });
+            let Ok(pool) = self.registry.pool(name) else {
+                continue;
+            };
+            let snapshot = match &self.group {
+                None => pb::WatchPoolStatsResponse {
+                    stats: Some(self.snapshots.of(name, &pool)),
+                    ..Default::default()
+                },
+                Some(group) => {
+                    let own = pool.pool_stats();
+                    let others = group.rows.get(name).cloned().unwrap_or_default();
+                    let (replicas, total) = group_view(name, &group.me, &own, others);
+                    pb::WatchPoolStatsResponse {
+                        stats: Some(convert::stats_to_proto(name, &own)),
+                        replicas,
+                        total: Some(total),
+                    }
+                }
+            };
+            self.pending.push(snapshot);
+        }
+    }
+}
+
+/// A pool over the group: each live replica's row (this one's, `own`, live;
+/// the others' as they last published them) by replica id, and the total.
+fn group_view(
+    name: &str,
+    me: &str,
+    own: &poolplane::PoolStats,
+    mut all: Vec<poolplane::store::group::ReplicaStats>,
+) -> (Vec<pb::ReplicaPoolStats>, pb::PoolStats) {
+    all.retain(|r| r.replica != me);
+    all.push(poolplane::store::group::ReplicaStats {
+        replica: me.to_owned(),
+        updated_at: std::time::SystemTime::now(),
+        stats: own.clone(),
+    });
+    all.sort_by(|a, b| a.replica.cmp(&b.replica));
+    let each: Vec<poolplane::PoolStats> = all.iter().map(|r| r.stats.clone()).collect();
+    let total = convert::stats_to_proto(name, &poolplane::PoolStats::combine(&each));
+    let replicas = all
+        .into_iter()
+        .map(|r| pb::ReplicaPoolStats {
+            taken_at: Some(convert::timestamp(r.updated_at)),
+            stats: Some(convert::stats_to_proto(name, &r.stats)),
+            replica_id: r.replica,
+        })
+        .collect();
+    (replicas, total)
+}
+
+/// A stream of the group's stats: the other replicas' latest rows, read from
+/// the control database at most every [`GROUP_READ_EVERY`] (they are renewed
+/// with each heartbeat); kept when a read fails (their `taken_at` shows
+/// their age).
+#[derive(Debug)]
+struct GroupWatch {
+    me: String,
+    rows: std::collections::HashMap<String, Vec<poolplane::store::group::ReplicaStats>>,
+    read_at: Option<Instant>,
+}
+
+/// How often a group stream reads the other replicas' stats at most.
+const GROUP_READ_EVERY: Duration = Duration::from_millis(500);
+
+/// A group stream's bound on one read of the control database.
+const GROUP_READ_WITHIN: Duration = Duration::from_secs(2);
+
+impl GroupWatch {
+    async fn refresh(&mut self, store: &ControlStore, pools: &[String]) {
+        if self
+            .read_at
+            .is_some_and(|at| at.elapsed() < GROUP_READ_EVERY)
+        {
+            return;
+        }
+        self.read_at = Some(Instant::now());
+        match tokio::time::timeout(GROUP_READ_WITHIN, store.group_stats_of(pools)).await {
+            Ok(Ok(rows)) => self.rows = rows,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "group stats not read; the last ones stay");
             }
+            Err(_) => tracing::debug!("group stats not read in time; the last ones stay"),
         }
     }
 }

@@ -128,6 +128,7 @@ async fn call(
                     pb::WatchPoolStatsRequest {
                         pool_names: vec![pool()],
                         interval_ms: 100,
+                        group: false,
                     },
                     token,
                 ))

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use poolplane_client::PoolplaneClient;
-use poolplane_client::proto::PoolConfig;
+use poolplane_client::proto::{PoolConfig, WatchPoolStatsResponse};
 use poolplane_tests::{
     ServerProcess, TestDatabase, TestPg, http_get, login_of, metric_value, wait_until,
 };
@@ -17,28 +17,37 @@ use crate::frontdoor::sized;
 
 const LEASE: &str = "2s";
 
+/// The tests that put pgbench load on several replicas run one at a time
+/// (each alone keeps two cores busy).
+static LOADED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Replica {
     process: ServerProcess,
     sdk: PoolplaneClient,
     id: &'static str,
 }
 
-async fn replica(control: &TestDatabase, id: &'static str) -> anyhow::Result<Replica> {
-    let process = ServerProcess::start(&[
+/// A replica `id` of the group on `control_url` (lease [`LEASE`]), with
+/// `more` flags.
+async fn replica_on(control_url: &str, id: &'static str, more: &[&str]) -> anyhow::Result<Replica> {
+    let mut args = vec![
         "--database-url",
-        control.url(),
+        control_url,
         "--replica-id",
         id,
         "--replica-lease",
         LEASE,
-        "--metrics-retention",
-        "60s",
-        "--metrics-interval",
-        "200ms",
-    ])
-    .await?;
+    ];
+    args.extend_from_slice(more);
+    let process = ServerProcess::start(&args).await?;
     let sdk = PoolplaneClient::connect(process.addr.to_string()).await?;
     Ok(Replica { process, sdk, id })
+}
+
+/// A replica recording history every 200 ms.
+async fn replica(control: &TestDatabase, id: &'static str) -> anyhow::Result<Replica> {
+    let history = ["--metrics-retention", "60s", "--metrics-interval", "200ms"];
+    replica_on(control.url(), id, &history).await
 }
 
 /// Whether a front-door query on `pool` through `replica` answers.
@@ -169,6 +178,47 @@ async fn a_definition_changed_on_one_replica_is_in_force_on_every_other_within_a
     assert_eq!(total.total_acquires, sum(|s| s.total_acquires));
     assert_eq!(total.wire_transactions, sum(|s| s.wire_transactions));
 
+    // WatchPoolStats for the group (on C): each snapshot carries every
+    // replica's row and their total, and follows what the others serve.
+    let mut watch = c.sdk.watch_group_pool_stats(&["shared"], 200).await?;
+    let first = next_snapshot(&mut watch).await?;
+    let ids: Vec<&str> = first
+        .replicas
+        .iter()
+        .map(|r| r.replica_id.as_str())
+        .collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    let watched_total = first.total.clone().expect("a total");
+    let rows_sum: u64 = first
+        .replicas
+        .iter()
+        .map(|r| r.stats.as_ref().expect("stats").wire_transactions)
+        .sum();
+    assert_eq!(watched_total.wire_transactions, rows_sum);
+    assert!(rows_sum >= 15, "{rows_sum}");
+    for _ in 0..10 {
+        assert!(answers(&a, &db, "shared").await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let snapshot = next_snapshot(&mut watch).await?;
+        let on_a = snapshot
+            .replicas
+            .iter()
+            .find(|r| r.replica_id == "a")
+            .and_then(|r| r.stats.as_ref())
+            .map_or(0, |s| s.wire_transactions);
+        let total = snapshot.total.expect("a total").wire_transactions;
+        if total >= watched_total.wire_transactions + 10 && on_a >= 15 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A's transactions never reached C's watch"
+        );
+    }
+    drop(watch);
+
     // Updated on B: in force on A and C within 1 s.
     let change = PoolConfig {
         max_connections: Some(3),
@@ -225,6 +275,14 @@ async fn a_definition_changed_on_one_replica_is_in_force_on_every_other_within_a
         assert!(!answers(r, &db, "shared").await, "front door of {}", r.id);
     }
     Ok(())
+}
+
+/// The next snapshot of a group watch, within 5 s.
+async fn next_snapshot(
+    watch: &mut poolplane_client::Watch<WatchPoolStatsResponse, WatchPoolStatsResponse>,
+) -> anyhow::Result<WatchPoolStatsResponse> {
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.next()).await??;
+    next.ok_or_else(|| anyhow::anyhow!("the watch ended"))
 }
 
 fn metrics_addr(replica: &Replica) -> anyhow::Result<SocketAddr> {
@@ -435,6 +493,7 @@ async fn restart(replica: Replica, control: &TestDatabase) -> anyhow::Result<Rep
 #[tokio::test]
 async fn a_rolling_restart_fails_no_transaction_on_the_replicas_that_stay_up() -> anyhow::Result<()>
 {
+    let _one = LOADED.lock().await;
     let control = TestPg::database().await?;
     let db = TestPg::database().await?;
     let a = replica(&control, "a").await?;
@@ -531,11 +590,9 @@ async fn allocations(
         .collect())
 }
 
-#[tokio::test]
-async fn three_replicas_never_open_more_than_their_servers_budget() -> anyhow::Result<()> {
-    let control = TestPg::database().await?;
-    let db = TestPg::database().await?;
-    // A budget of 30 for the server, whatever its max_connections.
+/// The `--connection-reserve` that leaves `budget` connections to the pools
+/// of `db`'s server, whatever its max_connections.
+async fn reserve_for(db: &TestDatabase, budget: i32) -> anyhow::Result<String> {
     let available: i32 = db
         .connect()
         .await?
@@ -547,25 +604,30 @@ async fn three_replicas_never_open_more_than_their_servers_budget() -> anyhow::R
         )
         .await?
         .get(0);
-    let reserve = (available - 30).to_string();
-    let start = |id: &'static str| {
-        let (control, reserve) = (control.url().to_owned(), reserve.clone());
-        async move {
-            let process = ServerProcess::start(&[
-                "--database-url",
-                &control,
-                "--replica-id",
-                id,
-                "--replica-lease",
-                LEASE,
-                "--connection-reserve",
-                &reserve,
-            ])
-            .await?;
-            let sdk = PoolplaneClient::connect(process.addr.to_string()).await?;
-            anyhow::Ok(Replica { process, sdk, id })
-        }
-    };
+    Ok((available - budget).to_string())
+}
+
+/// The highest count of pool `split`'s backends, sampled every 20 ms.
+async fn split_backends(db: &TestDatabase) -> anyhow::Result<crate::frontdoor::PeakSampler> {
+    Ok(crate::frontdoor::PeakSampler::start(
+        db.connect().await?,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name = 'poolplane:split'",
+    ))
+}
+
+/// A replica `id` on `control_url` with `--connection-reserve reserve`.
+async fn budgeted(control_url: &str, id: &'static str, reserve: &str) -> anyhow::Result<Replica> {
+    replica_on(control_url, id, &["--connection-reserve", reserve]).await
+}
+
+#[tokio::test]
+async fn three_replicas_never_open_more_than_their_servers_budget() -> anyhow::Result<()> {
+    let _one = LOADED.lock().await;
+    let control = TestPg::database().await?;
+    let db = TestPg::database().await?;
+    let reserve = reserve_for(&db, 30).await?;
+    let start = |id: &'static str| budgeted(control.url(), id, &reserve);
     let a = start("a").await?;
     let b = start("b").await?;
     let mut c = start("c").await?;
@@ -578,11 +640,7 @@ async fn three_replicas_never_open_more_than_their_servers_budget() -> anyhow::R
         )
         .await?;
     }
-    let sampler = crate::frontdoor::PeakSampler::start(
-        db.connect().await?,
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-         AND application_name = 'poolplane:split'",
-    );
+    let sampler = split_backends(&db).await?;
     // A has twice the clients of B and of C.
     let runs = [
         sleepers_through(&a, &db, 16, 20)?,
@@ -593,9 +651,11 @@ async fn three_replicas_never_open_more_than_their_servers_budget() -> anyhow::R
     wait_until(Duration::from_secs(15), "allocations by demand", || async {
         allocations(&control_db).await.is_ok_and(|all| {
             let get = |id: &str| f64::from(all.get(id).copied().unwrap_or(0));
+            // B's and C's shares grown by their demand (not the 1 of their
+            // mins while A alone had demand), A's at least 1.5 times theirs.
             all.len() == 3
-                && get("b") > 0.0
-                && get("c") > 0.0
+                && get("b") >= 4.0
+                && get("c") >= 4.0
                 && get("a") >= 1.5 * get("b")
                 && get("a") >= 1.5 * get("c")
         })
@@ -625,19 +685,24 @@ async fn three_replicas_never_open_more_than_their_servers_budget() -> anyhow::R
         .sum();
     assert!(listed > 0 && listed <= 30, "{listed}");
 
-    // kill -9 C: within its lease, A's and B's allocations grow into its share.
+    // kill -9 C: after its lease, its allocation shrinks to its pools' mins
+    // (a replica cut off keeps those) and A's and B's grow into the rest.
     c.process.signal(nix::sys::signal::Signal::SIGKILL)?;
     c.process.wait_exit(Duration::from_secs(10)).await?;
     let killed = Instant::now();
     // Its lease is 2 s; the others' rounds run every third of theirs.
-    wait_until(Duration::from_secs(6), "C's share taken over", || async {
+    let taken_over = wait_until(Duration::from_secs(6), "C's share taken over", || async {
         allocations(&control_db).await.is_ok_and(|all| {
-            !all.contains_key("c")
+            all.get("c") == Some(&1)
                 && all.get("a").copied().unwrap_or(0) + all.get("b").copied().unwrap_or(0)
                     > before["a"] + before["b"]
         })
     })
-    .await?;
+    .await;
+    if let Err(error) = taken_over {
+        let now = allocations(&control_db).await?;
+        anyhow::bail!("{error:#}: allocations {before:?} before, {now:?} now");
+    }
     eprintln!(
         "C's share taken over {:?} after its death",
         killed.elapsed()
@@ -663,24 +728,8 @@ async fn the_group_keeps_serving_through_a_restart_of_its_control_database() -> 
     let mut control = poolplane::EmbeddedPg::start_temporary().await?;
     let control_url = control.url("postgres");
     let db = TestPg::database().await?;
-    let start = |id: &'static str| {
-        let control_url = control_url.clone();
-        async move {
-            let process = ServerProcess::start(&[
-                "--database-url",
-                &control_url,
-                "--replica-id",
-                id,
-                "--replica-lease",
-                LEASE,
-            ])
-            .await?;
-            let sdk = PoolplaneClient::connect(process.addr.to_string()).await?;
-            anyhow::Ok(Replica { process, sdk, id })
-        }
-    };
-    let a = start("a").await?;
-    let b = start("b").await?;
+    let a = replica_on(&control_url, "a", &[]).await?;
+    let b = replica_on(&control_url, "b", &[]).await?;
     a.sdk.create_pool("steady", db.url(), sized(2, 4)).await?;
     wait_until(Duration::from_secs(1), "the pool on b", || async {
         b.sdk.get_pool("steady").await.is_ok()
@@ -739,5 +788,80 @@ async fn the_group_keeps_serving_through_a_restart_of_its_control_database() -> 
             row.get::<_, String>(0)
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_cut_off_from_the_control_database_holds_only_its_mins() -> anyhow::Result<()> {
+    let _one = LOADED.lock().await;
+    let control = TestPg::database().await?;
+    let db = TestPg::database().await?;
+    let reserve = reserve_for(&db, 10).await?;
+    // C reaches the control database through a proxy the test cuts.
+    let url: tokio_postgres::Config = control.url().parse()?;
+    let port = url.get_ports().first().copied().unwrap_or(5432);
+    let proxy = poolplane_tests::FaultProxy::start(([127, 0, 0, 1], port).into()).await?;
+    let proxied = control
+        .url()
+        .replace(&format!(":{port}/"), &format!(":{}/", proxy.addr().port()));
+    let a = budgeted(control.url(), "a", &reserve).await?;
+    let c = budgeted(&proxied, "c", &reserve).await?;
+    a.sdk.create_pool("split", db.url(), sized(1, 10)).await?;
+    wait_until(Duration::from_secs(1), "the pool on c", || async {
+        c.sdk.get_pool("split").await.is_ok()
+    })
+    .await?;
+    let sampler = split_backends(&db).await?;
+    // Ten clients on each, each transaction 50 ms: either replica alone
+    // would use the whole budget of 10.
+    let slow = "SELECT pg_sleep(0.05);\n";
+    let through = |r: &Replica| {
+        let pg = r.process.pg_addr.expect("a front door");
+        crate::frontdoor_ops::pgbench_script_at(pg, &db, "split", 10, 12, slow)
+    };
+    let runs = [through(&a)?, through(&c)?];
+    let control_db = control.connect().await?;
+    wait_until(Duration::from_secs(10), "the budget split", || async {
+        allocations(&control_db).await.is_ok_and(|all| {
+            let (a, c) = (all.get("a").copied(), all.get("c").copied());
+            matches!((a, c), (Some(a), Some(c)) if a >= 3 && c >= 3)
+        })
+    })
+    .await?;
+    // Cut off: C holds only its min after half a lease of failed heartbeats;
+    // A, after C's lease, grows into the rest (and, with ten clients, uses
+    // it): had C kept its share, the two would open more than 10.
+    proxy.cut();
+    let cut = Instant::now();
+    wait_until(Duration::from_secs(6), "A grows into C's share", || async {
+        allocations(&control_db)
+            .await
+            .is_ok_and(|all| all.get("c") == Some(&1) && all.get("a") == Some(&9))
+    })
+    .await?;
+    eprintln!("A holds 9 of 10, {:?} after C was cut off", cut.elapsed());
+    let [on_a, on_c] = runs;
+    for run in [on_a, on_c] {
+        let out = run.await??;
+        let printed = poolplane_tests::text(&out);
+        assert!(
+            printed.contains("number of failed transactions: 0 (0.000%)"),
+            "the cut-off replica keeps serving too: {printed}"
+        );
+    }
+    let peak = sampler.finish().await?;
+    assert!(peak <= 10, "the group's backends peaked at {peak}");
+    assert!(peak >= 9, "the load used the budget: peak {peak}");
+    // Back in touch: C's next round finds room only as A gives it back.
+    proxy.restore();
+    wait_until(Duration::from_secs(6), "C heard again", || async {
+        c.sdk
+            .list_replicas()
+            .await
+            .is_ok_and(|all| all.iter().filter(|r| r.alive).count() == 2)
+    })
+    .await?;
+    let after = allocations(&control_db).await?;
+    assert!(after.values().sum::<i32>() <= 10, "{after:?}");
     Ok(())
 }

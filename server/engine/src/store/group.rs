@@ -127,6 +127,22 @@ impl ControlStore {
             .collect())
     }
 
+    /// How many replicas' heartbeats are within their lease.
+    pub async fn live_replicas(&self) -> Result<u32, Error> {
+        let live: i64 = self
+            .conn()
+            .await?
+            .query_one(
+                "SELECT count(*) FROM replicas \
+                 WHERE heartbeat_at + lease_ms * interval '1 millisecond' >= now()",
+                &[],
+            )
+            .await
+            .map_err(query_error("counting the live replicas"))?
+            .get(0);
+        Ok(u32::try_from(live).unwrap_or(u32::MAX))
+    }
+
     /// Each stored definition's name and version.
     pub async fn definition_versions(&self) -> Result<Vec<(String, i64)>, Error> {
         let rows = self
@@ -163,17 +179,18 @@ pub struct Ask<'a> {
     pub server: &'a str,
     /// The replica.
     pub replica: &'a str,
-    /// The server's budget for all replicas together.
-    pub available: u32,
+    /// The server's budget for all replicas together, as this replica read
+    /// it (none yet: what the others read is taken).
+    pub available: Option<u32>,
     /// Connections checked out plus waiting in this replica's pools there.
     pub demand: u32,
     /// The sum of this replica's pools' min_connections there.
     pub min_total: u32,
     /// Connections this replica's pools hold there now.
     pub in_use: u32,
-    /// Whether the rows of replicas whose lease ran out may be dropped (not
-    /// right after this replica itself was cut off from the control database:
-    /// the others' heartbeats are late for the same reason).
+    /// Whether the rows of replicas whose lease ran out may be shrunk to
+    /// their mins (not right after this replica itself was cut off from the
+    /// control database: the others' heartbeats are late for the same reason).
     pub may_forget: bool,
 }
 
@@ -201,12 +218,15 @@ pub fn fair_share(available: u32, demand: u32, min_total: u32, others: &[(u32, u
 
 impl ControlStore {
     /// One allocation round of one server's budget for one replica, in one
-    /// transaction under the server's advisory lock: the rows of gone
-    /// replicas are dropped; the replica gets its fair share, but only out of
-    /// what the others' allocations leave, and records at least what it holds
-    /// (so that no other replica grows into connections still open here).
-    /// Returns the limit to apply here and the live replicas.
-    pub async fn allocate(&self, ask: &Ask<'_>) -> Result<Allocation, Error> {
+    /// transaction under the server's advisory lock: a replica silent for its
+    /// lease keeps only its mins (what it holds itself once cut off: it may
+    /// still be serving), one silent for ten leases is forgotten; the replica
+    /// gets its fair share, but only out of what the others' allocations
+    /// leave, and records at least what it holds (so that no other replica
+    /// grows into connections still open here). Returns the limit to apply
+    /// here and the live replicas; none when neither this replica nor any
+    /// other has read the server's budget yet.
+    pub async fn allocate(&self, ask: &Ask<'_>) -> Result<Option<Allocation>, Error> {
         let mut conn = self.conn().await?;
         let tx = conn
             .transaction()
@@ -220,44 +240,48 @@ impl ControlStore {
         .await
         .map_err(q)?;
         if ask.may_forget {
-            tx.execute(
-                "DELETE FROM budget_allocations b WHERE b.server = $1 AND NOT EXISTS \
-                 (SELECT 1 FROM replicas r WHERE r.id = b.replica \
-                  AND r.heartbeat_at + r.lease_ms * interval '1 millisecond' >= now())",
-                &[&ask.server],
-            )
-            .await
-            .map_err(query_error("dropping gone replicas' allocations"))?;
+            forget_silent(&tx, ask.server).await?;
         }
         let rows = tx
             .query(
-                "SELECT allocation, demand, min_total FROM budget_allocations \
+                "SELECT allocation, demand, min_total, available FROM budget_allocations \
                  WHERE server = $1 AND replica <> $2",
                 &[&ask.server, &ask.replica],
             )
             .await
             .map_err(query_error("reading the other replicas' allocations"))?;
         let count = |v: i32| u32::try_from(v).unwrap_or(0);
+        // The least any replica read (they agree unless the server changed
+        // or their reserves differ): the budget is not overrun either way.
+        let read = rows
+            .iter()
+            .filter_map(|r| r.get::<_, Option<i32>>(3).map(count))
+            .chain(ask.available)
+            .min();
+        let Some(available) = read else {
+            return Ok(None);
+        };
         let others: Vec<(u32, u32)> = rows
             .iter()
             .map(|r| (count(r.get(1)), count(r.get(2))))
             .collect();
         let taken: u32 = rows.iter().map(|r| count(r.get(0))).sum();
-        let free = ask.available.saturating_sub(taken);
-        let fair = fair_share(ask.available, ask.demand, ask.min_total, &others);
+        let free = available.saturating_sub(taken);
+        let fair = fair_share(available, ask.demand, ask.min_total, &others);
         let limit = fair.min(free);
         let recorded = limit.max(ask.in_use.min(free));
         let as_int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
         tx.execute(
-            "INSERT INTO budget_allocations (server, replica, allocation, demand, min_total) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (server, replica) DO UPDATE SET \
-             allocation = $3, demand = $4, min_total = $5, updated_at = now()",
+            "INSERT INTO budget_allocations (server, replica, allocation, demand, min_total, \
+             available) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (server, replica) DO UPDATE \
+             SET allocation = $3, demand = $4, min_total = $5, available = $6, updated_at = now()",
             &[
                 &ask.server,
                 &ask.replica,
                 &as_int(recorded),
                 &as_int(ask.demand),
                 &as_int(ask.min_total),
+                &ask.available.map(as_int),
             ],
         )
         .await
@@ -265,10 +289,29 @@ impl ControlStore {
         tx.commit()
             .await
             .map_err(query_error("committing an allocation round"))?;
-        Ok(Allocation {
+        Ok(Some(Allocation {
             allocation: limit,
             replicas: u32::try_from(others.len() + 1).unwrap_or(u32::MAX),
-        })
+        }))
+    }
+
+    /// Forgets replicas silent for ten leases (their rows, stats and
+    /// allocations): the group lists them as gone until then.
+    pub async fn forget_gone_replicas(&self) -> Result<u64, Error> {
+        let conn = self.conn().await?;
+        let gone = "SELECT id FROM replicas \
+                    WHERE heartbeat_at + 10 * lease_ms * interval '1 millisecond' < now()";
+        for table in ["replica_pool_stats", "budget_allocations"] {
+            conn.execute(
+                &format!("DELETE FROM {table} WHERE replica IN ({gone})"),
+                &[],
+            )
+            .await
+            .map_err(query_error("forgetting gone replicas"))?;
+        }
+        conn.execute(&format!("DELETE FROM replicas WHERE id IN ({gone})"), &[])
+            .await
+            .map_err(query_error("forgetting gone replicas"))
     }
 
     /// A replica that stops gives back its allocations.
@@ -283,6 +326,38 @@ impl ControlStore {
             .map_err(query_error("releasing the replica's allocations"))?;
         Ok(())
     }
+}
+
+/// In an allocation round: replicas silent for their lease keep only their
+/// mins of `server` (a replica cut off alone holds no more, see
+/// [`crate::budget::ServerBudget::fence`]); silent for ten, nothing.
+async fn forget_silent(tx: &tokio_postgres::Transaction<'_>, server: &str) -> Result<(), Error> {
+    let silent = |leases: i32| {
+        format!(
+            "NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = b.replica \
+             AND r.heartbeat_at + {leases} * r.lease_ms * interval '1 millisecond' >= now())"
+        )
+    };
+    tx.execute(
+        &format!(
+            "UPDATE budget_allocations b SET allocation = least(b.allocation, b.min_total), \
+             demand = 0 WHERE b.server = $1 AND b.allocation > b.min_total AND {}",
+            silent(1)
+        ),
+        &[&server],
+    )
+    .await
+    .map_err(query_error("shrinking silent replicas' allocations"))?;
+    tx.execute(
+        &format!(
+            "DELETE FROM budget_allocations b WHERE b.server = $1 AND {}",
+            silent(10)
+        ),
+        &[&server],
+    )
+    .await
+    .map_err(query_error("forgetting gone replicas' allocations"))?;
+    Ok(())
 }
 
 /// One replica's latest stats of a pool.
@@ -332,30 +407,42 @@ impl ControlStore {
 
     /// The latest stats of `pool` from every live replica, by replica id.
     pub async fn group_stats(&self, pool: &str) -> Result<Vec<ReplicaStats>, Error> {
+        let mut all = self.group_stats_of(&[pool.to_owned()]).await?;
+        Ok(all.remove(pool).unwrap_or_default())
+    }
+
+    /// The latest stats of each of `pools` from every live replica, by pool
+    /// and replica id (in one query).
+    pub async fn group_stats_of(
+        &self,
+        pools: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<ReplicaStats>>, Error> {
         let rows = self
             .conn()
             .await?
             .query(
-                "SELECT s.replica, s.updated_at, s.stats FROM replica_pool_stats s \
+                "SELECT s.pool_name, s.replica, s.updated_at, s.stats FROM replica_pool_stats s \
                  JOIN replicas r ON r.id = s.replica \
-                 WHERE s.pool_name = $1 \
+                 WHERE s.pool_name = ANY($1) \
                  AND r.heartbeat_at + r.lease_ms * interval '1 millisecond' >= now() \
-                 ORDER BY s.replica",
-                &[&pool],
+                 ORDER BY s.pool_name, s.replica",
+                &[&pools],
             )
             .await
             .map_err(query_error("reading the group's pool stats"))?;
-        Ok(rows
-            .iter()
-            .filter_map(|row| {
-                let stats = serde_json::from_value(row.get(2)).ok()?;
-                Some(ReplicaStats {
-                    replica: row.get(0),
-                    updated_at: row.get(1),
-                    stats,
-                })
-            })
-            .collect())
+        let mut all: std::collections::HashMap<String, Vec<ReplicaStats>> =
+            std::collections::HashMap::new();
+        for row in &rows {
+            let Ok(stats) = serde_json::from_value(row.get(3)) else {
+                continue;
+            };
+            all.entry(row.get(0)).or_default().push(ReplicaStats {
+                replica: row.get(1),
+                updated_at: row.get(2),
+                stats,
+            });
+        }
+        Ok(all)
     }
 }
 
