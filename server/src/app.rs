@@ -106,7 +106,7 @@ fn join_group(
     tasks: &tokio_util::task::TaskTracker,
 ) -> Result<String, ServerError> {
     let replica_id = replica_id(config)?;
-    poolplane::group::start(
+    poolplane::group::join(
         registry,
         poolplane::group::GroupOptions {
             replica_id: replica_id.clone(),
@@ -395,7 +395,8 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<Self, ServerError> {
         config.check()?;
         let auth = Arc::new(authenticator(&config)?);
-        let allowlist = config.allowlist()?;
+        // Checked before anything starts (and read again by the registry).
+        config.allowlist()?;
         let tls = config.tls.as_ref().map(server_tls).transpose()?;
         let (embedded, database_url, store) = open_store(&config).await?;
         // The root of every cancellation token of the server. Its child `token`
@@ -410,9 +411,8 @@ impl Server {
         // The listeners first: an address in use fails the start before any pool
         // is restored or any background work starts.
         let listeners = Listeners::bind(&config).await?;
-        let (registry, restored) =
-            open_registry(&config, allowlist, &store, &root, &embedded).await?;
-        let background = start_background(&config, store, &registry, &listeners, (&token, &root))?;
+        let engine = open_engine(&config, store, (&root, &token), &embedded, &listeners);
+        let (registry, restored, background) = engine.await?;
         let recorder_status = Arc::clone(background.recorder.status());
         let control_database = conninfo::redact(&database_url);
         log_start(
@@ -577,34 +577,44 @@ async fn open_store(
     Ok((embedded, database_url, store))
 }
 
-/// The registry of pools on `store`, its stored pools restored (and the demo
-/// pool set up with `--demo`); returns it and how many pools were restored.
-async fn open_registry(
+/// The registry of pools on `store`, joined to its group (heartbeat and
+/// allocation rounds, until `token`) before its stored pools are restored,
+/// so that each connects within this replica's allocation (and the demo pool
+/// set up with `--demo`); then its background work. Returns it, how many
+/// pools were restored, and the background.
+async fn open_engine(
     config: &ServerConfig,
-    allowlist: TargetAllowlist,
-    store: &ControlStore,
-    root: &CancellationToken,
+    store: ControlStore,
+    (root, token): (&CancellationToken, &CancellationToken),
     embedded: &Option<EmbeddedPg>,
-) -> Result<(Arc<ConnectionPoolService>, usize), ServerError> {
+    listeners: &Listeners,
+) -> Result<(Arc<ConnectionPoolService>, usize, Background), ServerError> {
     // A replica leads the group's singleton jobs once it holds the group's lock.
     let registry = Arc::new(
         ConnectionPoolService::new(store.clone(), config.shutdown_grace)
             .with_leadership(Arc::new(poolplane::leadership::Leadership::new(false)))
             .with_parent_token(root)
-            .with_allowlist(allowlist)
+            .with_allowlist(config.allowlist()?)
             .with_max_pools(config.max_pools)
             .with_connection_reserve(config.connection_reserve),
     );
     // Budgets come from the group's allocation from the start (restored pools
-    // connect once it is given, right after the group's tasks start).
+    // connect once it is given: the heartbeat's rounds run already).
     registry.join_group();
+    let group = tokio_util::task::TaskTracker::new();
+    let pg = listeners
+        .pg
+        .as_ref()
+        .map(poolplane_wire::BoundFrontDoor::local_addr);
+    let replica_id = join_group(config, &registry, (listeners.grpc_addr, pg), token, &group)?;
     let restored = registry.restore().await?;
     if let (true, Some(pg)) = (config.demo, embedded) {
         crate::demo::set_up(pg, &registry, &config.data_dir)
             .await
             .map_err(|e| ServerError::Config(format!("--demo: {e}")))?;
     }
-    Ok((registry, restored))
+    let background = start_background(config, store, &registry, (token, root), (group, replica_id));
+    Ok((registry, restored, background))
 }
 
 /// The server's background work on its pools, owned by the serving task.
@@ -635,14 +645,15 @@ impl Background {
 
 /// The background work on `registry`'s pools: automated tuning (with
 /// `--auto-optimize-interval`, until `token`) and the metrics recorder on `store`
-/// (until its shutdown, or `root`).
+/// (until its shutdown, or `root`); the group's follower and bid for
+/// leadership on its `group` tracker.
 fn start_background(
     config: &ServerConfig,
     store: ControlStore,
     registry: &Arc<ConnectionPoolService>,
-    listeners: &Listeners,
     (token, root): (&CancellationToken, &CancellationToken),
-) -> Result<Background, ServerError> {
+    (group, replica_id): (tokio_util::task::TaskTracker, String),
+) -> Background {
     let tuning = config.auto_optimize_interval.map(|interval| {
         tracing::info!(?interval, "automated tuning on");
         tokio::spawn(Arc::clone(registry).auto_tune(interval, token.clone()))
@@ -657,18 +668,19 @@ fn start_background(
         },
         root,
     );
-    let group = tokio_util::task::TaskTracker::new();
-    let pg = listeners
-        .pg
-        .as_ref()
-        .map(poolplane_wire::BoundFrontDoor::local_addr);
-    let replica_id = join_group(config, registry, (listeners.grpc_addr, pg), token, &group)?;
-    Ok(Background {
+    poolplane::group::follow_and_lead(
+        registry,
+        config.replica.lease,
+        registry.leadership(),
+        token,
+        &group,
+    );
+    Background {
         recorder,
         tuning,
         group,
         replica_id,
-    })
+    }
 }
 
 /// The control database's URL: `--database-url`, or the embedded cluster's

@@ -20,6 +20,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -239,6 +240,8 @@ pub struct ServerBudget {
     /// Woken when the server's settings become known (the group's allocation
     /// round is then wanted at once).
     known: Mutex<Option<Arc<Notify>>>,
+    /// Woken by every allocation the group sets.
+    allocated: Notify,
     /// Slots taken: connections open (or opening) in every pool here.
     in_use: AtomicU32,
     freed: Notify,
@@ -281,6 +284,7 @@ impl ServerBudget {
             live: AtomicU32::new(1),
             grouped: AtomicBool::new(false),
             known: Mutex::new(None),
+            allocated: Notify::new(),
             in_use: AtomicU32::new(0),
             freed: Notify::new(),
             members: Mutex::new(Vec::new()),
@@ -360,6 +364,24 @@ impl ServerBudget {
         if self.allocation.swap(allocation, Ordering::AcqRel) != allocation {
             self.apply_limit();
         }
+        self.allocated.notify_waiters();
+    }
+
+    /// Waits up to `within` for the group's first allocation of this server
+    /// (at once outside a group, or once one is set).
+    pub async fn first_allocation(&self, within: Duration) {
+        let wait = async {
+            loop {
+                let allocated = self.allocated.notified();
+                tokio::pin!(allocated);
+                allocated.as_mut().enable();
+                if !self.grouped.load(Ordering::Acquire) || self.allocation().is_some() {
+                    return;
+                }
+                allocated.await;
+            }
+        };
+        let _ = tokio::time::timeout(within, wait).await;
     }
 
     /// Cut off from its group: this replica keeps only its pools'
@@ -449,7 +471,10 @@ impl ServerBudget {
     pub(crate) fn rebalance(&self) {
         let members = self.members();
         let limit = self.limit.load(Ordering::Acquire);
-        if limit == UNKNOWN {
+        // Waiting for the group's first allocation (a round away), the one
+        // slot is no share to size pools by: they wait for slots meanwhile.
+        let bootstrap = self.grouped.load(Ordering::Acquire) && self.allocation().is_none();
+        if limit == UNKNOWN || bootstrap {
             for m in &members {
                 m.set_share(UNKNOWN);
             }
@@ -520,8 +545,6 @@ pub(crate) struct Membership {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn claim(min: u32, max: u32, size: u32, need: u32) -> Claim {

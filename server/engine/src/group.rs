@@ -32,9 +32,10 @@ pub struct GroupOptions {
 /// while the listening connection was down are caught up by it).
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
-/// Starts the group's tasks on `tasks`, until `token`: the heartbeat, the
-/// follower of definition changes, and the bid for leadership.
-pub fn start(
+/// Joins the group: starts the heartbeat (with its allocation rounds) and the
+/// fence on `tasks`, until `token` — before any pool is restored, so that
+/// every pool connects within this replica's allocation from the start.
+pub fn join(
     registry: &Arc<ConnectionPoolService>,
     options: GroupOptions,
     leadership: &Arc<Leadership>,
@@ -59,10 +60,21 @@ pub fn start(
         renewed,
         token.clone(),
     ));
+}
+
+/// Once the stored pools are restored: follows the definitions the other
+/// replicas change and bids for leadership, on `tasks` until `token`.
+pub fn follow_and_lead(
+    registry: &Arc<ConnectionPoolService>,
+    lease: Duration,
+    leadership: &Arc<Leadership>,
+    token: &CancellationToken,
+    tasks: &TaskTracker,
+) {
     tasks.spawn(follow(Arc::clone(registry), token.clone()));
     tasks.spawn(lead(
         Arc::clone(registry),
-        options.lease,
+        lease,
         Arc::clone(leadership),
         token.clone(),
     ));

@@ -24,6 +24,11 @@ pub const DEFAULT_MAX_POOLS: usize = 1000;
 /// The window of history the optimizer reads.
 const OPTIMIZER_WINDOW: Duration = Duration::from_secs(3600);
 
+/// How long a new pool waits for its replica's first allocation of its
+/// server's budget (its group's control database answering slowly: the pool
+/// is returned without, and gets it with the next round).
+const FIRST_ALLOCATION_WITHIN: Duration = Duration::from_secs(2);
+
 /// Scaling events a performance summary carries.
 const RECENT_SCALING_EVENTS: u32 = 10;
 
@@ -785,6 +790,9 @@ impl ConnectionPoolService {
         )
         .await;
         let pool = Arc::new(self.unless_shutting_down(pool)?);
+        // In a group: the server's settings are known now, and the pool is
+        // ready once its replica's allocation of them is (a round away).
+        budget.first_allocation(FIRST_ALLOCATION_WITHIN).await;
         if let Err(refusal) = budget.check_min(&name, config.min_connections) {
             pool.close().await;
             return Err(Error::BudgetExceeded(refusal));

@@ -30,13 +30,23 @@ struct Replica {
 /// A replica `id` of the group on `control_url` (lease [`LEASE`]), with
 /// `more` flags.
 async fn replica_on(control_url: &str, id: &'static str, more: &[&str]) -> anyhow::Result<Replica> {
+    leased(control_url, id, LEASE, more).await
+}
+
+/// A replica `id` with its `lease`.
+async fn leased(
+    control_url: &str,
+    id: &'static str,
+    lease: &str,
+    more: &[&str],
+) -> anyhow::Result<Replica> {
     let mut args = vec![
         "--database-url",
         control_url,
         "--replica-id",
         id,
         "--replica-lease",
-        LEASE,
+        lease,
     ];
     args.extend_from_slice(more);
     let process = ServerProcess::start(&args).await?;
@@ -804,8 +814,11 @@ async fn a_replica_cut_off_from_the_control_database_holds_only_its_mins() -> an
     let proxied = control
         .url()
         .replace(&format!(":{port}/"), &format!(":{}/", proxy.addr().port()));
-    let a = budgeted(control.url(), "a", &reserve).await?;
-    let c = budgeted(&proxied, "c", &reserve).await?;
+    // A lease of 4 s: C holds only its min 2 s after its last heartbeat, A
+    // grows into the rest 4 s after it (2 s of margin on a loaded machine).
+    let reserve = ["--connection-reserve", &reserve];
+    let a = leased(control.url(), "a", "4s", &reserve).await?;
+    let c = leased(&proxied, "c", "4s", &reserve).await?;
     a.sdk.create_pool("split", db.url(), sized(1, 10)).await?;
     wait_until(Duration::from_secs(1), "the pool on c", || async {
         c.sdk.get_pool("split").await.is_ok()
@@ -817,7 +830,7 @@ async fn a_replica_cut_off_from_the_control_database_holds_only_its_mins() -> an
     let slow = "SELECT pg_sleep(0.05);\n";
     let through = |r: &Replica| {
         let pg = r.process.pg_addr.expect("a front door");
-        crate::frontdoor_ops::pgbench_script_at(pg, &db, "split", 10, 12, slow)
+        crate::frontdoor_ops::pgbench_script_at(pg, &db, "split", 10, 18, slow)
     };
     let runs = [through(&a)?, through(&c)?];
     let control_db = control.connect().await?;
@@ -833,11 +846,15 @@ async fn a_replica_cut_off_from_the_control_database_holds_only_its_mins() -> an
     // it): had C kept its share, the two would open more than 10.
     proxy.cut();
     let cut = Instant::now();
-    wait_until(Duration::from_secs(6), "A grows into C's share", || async {
-        allocations(&control_db)
-            .await
-            .is_ok_and(|all| all.get("c") == Some(&1) && all.get("a") == Some(&9))
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "A grows into C's share",
+        || async {
+            allocations(&control_db)
+                .await
+                .is_ok_and(|all| all.get("c") == Some(&1) && all.get("a") == Some(&9))
+        },
+    )
     .await?;
     eprintln!("A holds 9 of 10, {:?} after C was cut off", cut.elapsed());
     let [on_a, on_c] = runs;
@@ -854,7 +871,7 @@ async fn a_replica_cut_off_from_the_control_database_holds_only_its_mins() -> an
     assert!(peak >= 9, "the load used the budget: peak {peak}");
     // Back in touch: C's next round finds room only as A gives it back.
     proxy.restore();
-    wait_until(Duration::from_secs(6), "C heard again", || async {
+    wait_until(Duration::from_secs(10), "C heard again", || async {
         c.sdk
             .list_replicas()
             .await
