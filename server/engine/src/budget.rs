@@ -20,7 +20,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -47,14 +46,27 @@ pub(crate) trait Member: Send + Sync {
 /// settings): slots are not limited.
 pub(crate) const UNKNOWN: u32 = u32::MAX;
 
+/// How a budget stands with its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grouping {
+    /// Not in a group: the server's budget is this server's.
+    Alone,
+    /// Waiting for the group's first allocation round: no connection.
+    Awaiting,
+    /// No replica of the group has read the server's settings: one
+    /// connection, to read them.
+    Probing,
+}
+
 /// The limit of a budget: what the server allows (`available`), capped by the
 /// group's `allocation` (an allocation made from what another replica read
 /// of the server holds before this one has read it); in a group with no
-/// allocation yet, one connection.
-fn group_limit(available: u32, allocation: u32, grouped: bool) -> u32 {
-    match (allocation, grouped) {
-        (UNKNOWN, false) => available,
-        (UNKNOWN, true) => available.min(1),
+/// allocation yet, none, or the one connection that reads the settings.
+fn group_limit(available: u32, allocation: u32, grouping: Grouping) -> u32 {
+    match (allocation, grouping) {
+        (UNKNOWN, Grouping::Alone) => available,
+        (UNKNOWN, Grouping::Awaiting) => 0,
+        (UNKNOWN, Grouping::Probing) => available.min(1),
         (allocation, _) => available.min(allocation),
     }
 }
@@ -235,13 +247,14 @@ pub struct ServerBudget {
     /// no allocation here yet will hold the mins too).
     live: AtomicU32,
     /// Whether this server runs in a group: until the group's first
-    /// allocation, one connection only (the one that reads the settings).
+    /// allocation, no connection (or, when no replica has read the server's
+    /// settings, `probing`: the one that reads them).
     grouped: AtomicBool,
+    probing: AtomicBool,
     /// Woken when the server's settings become known (the group's allocation
     /// round is then wanted at once).
     known: Mutex<Option<Arc<Notify>>>,
-    /// Woken by every allocation the group sets.
-    allocated: Notify,
+
     /// Slots taken: connections open (or opening) in every pool here.
     in_use: AtomicU32,
     freed: Notify,
@@ -283,8 +296,8 @@ impl ServerBudget {
             replicas: AtomicU32::new(1),
             live: AtomicU32::new(1),
             grouped: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
             known: Mutex::new(None),
-            allocated: Notify::new(),
             in_use: AtomicU32::new(0),
             freed: Notify::new(),
             members: Mutex::new(Vec::new()),
@@ -339,13 +352,21 @@ impl ServerBudget {
         }
     }
 
-    /// Puts the budget under its group's allocation: until the first one,
-    /// a single connection (which reads the server's settings, so that the
-    /// group can split them); `notify` is woken when they become known (or
-    /// change).
+    /// Puts the budget under its group's allocation: until the first one, no
+    /// connection ([`Self::probe`] allows the one that reads the server's
+    /// settings when no replica has); `notify` is woken when they become
+    /// known (or change).
     pub fn join_group(&self, notify: Arc<Notify>) {
         *self.known.lock().expect("known lock") = Some(notify);
         if !self.grouped.swap(true, Ordering::AcqRel) {
+            self.apply_limit();
+        }
+    }
+
+    /// No replica of the group has read the server's settings: one
+    /// connection may open (to read them) before the first allocation.
+    pub fn probe(&self) {
+        if !self.probing.swap(true, Ordering::AcqRel) {
             self.apply_limit();
         }
     }
@@ -364,24 +385,11 @@ impl ServerBudget {
         if self.allocation.swap(allocation, Ordering::AcqRel) != allocation {
             self.apply_limit();
         }
-        self.allocated.notify_waiters();
     }
 
-    /// Waits up to `within` for the group's first allocation of this server
-    /// (at once outside a group, or once one is set).
-    pub async fn first_allocation(&self, within: Duration) {
-        let wait = async {
-            loop {
-                let allocated = self.allocated.notified();
-                tokio::pin!(allocated);
-                allocated.as_mut().enable();
-                if !self.grouped.load(Ordering::Acquire) || self.allocation().is_some() {
-                    return;
-                }
-                allocated.await;
-            }
-        };
-        let _ = tokio::time::timeout(within, wait).await;
+    /// Whether the budget waits for its group's first allocation.
+    pub fn awaits_allocation(&self) -> bool {
+        self.grouped.load(Ordering::Acquire) && self.allocation().is_none()
     }
 
     /// Cut off from its group: this replica keeps only its pools'
@@ -423,12 +431,20 @@ impl ServerBudget {
     }
 
     /// The limit in force: the server's budget, capped by the allocation (in
-    /// a group without one yet: the one connection that reads the settings).
+    /// a group without one yet: none, or the one that reads the settings).
     fn apply_limit(&self) {
+        let grouping = match (
+            self.grouped.load(Ordering::Acquire),
+            self.probing.load(Ordering::Acquire),
+        ) {
+            (false, _) => Grouping::Alone,
+            (true, false) => Grouping::Awaiting,
+            (true, true) => Grouping::Probing,
+        };
         let limit = group_limit(
             self.available.load(Ordering::Acquire),
             self.allocation.load(Ordering::Acquire),
-            self.grouped.load(Ordering::Acquire),
+            grouping,
         );
         self.limit.store(limit, Ordering::Release);
         self.rebalance();
@@ -473,8 +489,7 @@ impl ServerBudget {
         let limit = self.limit.load(Ordering::Acquire);
         // Waiting for the group's first allocation (a round away), the one
         // slot is no share to size pools by: they wait for slots meanwhile.
-        let bootstrap = self.grouped.load(Ordering::Acquire) && self.allocation().is_none();
-        if limit == UNKNOWN || bootstrap {
+        if limit == UNKNOWN || self.awaits_allocation() {
             for m in &members {
                 m.set_share(UNKNOWN);
             }
@@ -545,6 +560,8 @@ pub(crate) struct Membership {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn claim(min: u32, max: u32, size: u32, need: u32) -> Claim {
@@ -601,7 +618,12 @@ mod tests {
     async fn a_grouped_budget_opens_one_connection_before_its_allocation() {
         let budget = ServerBudget::new(ServerKey::default(), 0);
         budget.join_group(Arc::new(Notify::new()));
-        // Settings unknown, no allocation: the one connection that reads them.
+        // Before the group's first round: nothing.
+        assert_eq!(budget.limit(), Some(0));
+        let none = tokio::time::timeout(Duration::from_millis(50), budget.slot()).await;
+        assert!(none.is_err(), "a slot before the group's first round");
+        // Nobody has read the settings: the one connection that reads them.
+        budget.probe();
         assert_eq!(budget.limit(), Some(1));
         let first = budget.slot().await;
         let second = tokio::time::timeout(Duration::from_millis(50), budget.slot()).await;
@@ -627,13 +649,15 @@ mod tests {
 
     #[test]
     fn an_allocation_from_the_group_caps_before_the_settings_are_read() {
-        assert_eq!(group_limit(UNKNOWN, 7, true), 7);
-        assert_eq!(group_limit(50, 7, true), 7);
-        assert_eq!(group_limit(5, 7, true), 5);
-        assert_eq!(group_limit(UNKNOWN, UNKNOWN, true), 1);
-        assert_eq!(group_limit(50, UNKNOWN, true), 1);
-        assert_eq!(group_limit(50, UNKNOWN, false), 50);
-        assert_eq!(group_limit(UNKNOWN, UNKNOWN, false), UNKNOWN);
+        use Grouping::{Alone, Awaiting, Probing};
+        assert_eq!(group_limit(UNKNOWN, 7, Awaiting), 7);
+        assert_eq!(group_limit(50, 7, Probing), 7);
+        assert_eq!(group_limit(5, 7, Awaiting), 5);
+        assert_eq!(group_limit(UNKNOWN, UNKNOWN, Awaiting), 0);
+        assert_eq!(group_limit(UNKNOWN, UNKNOWN, Probing), 1);
+        assert_eq!(group_limit(50, UNKNOWN, Probing), 1);
+        assert_eq!(group_limit(50, UNKNOWN, Alone), 50);
+        assert_eq!(group_limit(UNKNOWN, UNKNOWN, Alone), UNKNOWN);
     }
 
     #[test]

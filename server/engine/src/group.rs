@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ConnectionPoolService;
 use crate::leadership::Leadership;
-use crate::store::group::{Ask, DEFINITIONS_CHANNEL, Heartbeat, LEADER_LOCK};
+use crate::store::group::{BUDGETS_CHANNEL, DEFINITIONS_CHANNEL, Heartbeat, LEADER_LOCK};
 
 /// Who this server is in its group.
 #[derive(Debug, Clone)]
@@ -27,6 +27,9 @@ pub struct GroupOptions {
     /// Its PostgreSQL front door's address.
     pub pg_address: Option<String>,
 }
+
+/// The least time between two rounds of the heartbeat woken early.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(100);
 
 /// How often every definition's version is compared (announcements missed
 /// while the listening connection was down are caught up by it).
@@ -147,7 +150,15 @@ async fn heartbeat(
         tokio::select! {
             () = token.cancelled() => break,
             () = tokio::time::sleep(every) => {}
-            () = registry.budgets_changed().notified() => quick = 0,
+            () = registry.budgets_changed().notified() => {
+                quick = 0;
+                // Woken by a budget or another replica's round: at most one
+                // round per MIN_ROUND_GAP however often.
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = tokio::time::sleep_until((sent_at + MIN_ROUND_GAP).into()) => {}
+                }
+            }
         }
     }
     let store = registry.store();
@@ -249,32 +260,7 @@ async fn publish_stats(registry: &ConnectionPoolService, replica: &str) {
 async fn allocate(registry: &ConnectionPoolService, replica: &str, may_forget: bool) -> bool {
     let mut pending = false;
     for budget in registry.budgets() {
-        let server = budget.server().to_string();
-        let ask = Ask {
-            server: &server,
-            replica,
-            // Unknown until a first connection read the server's settings.
-            available: budget.available(),
-            demand: budget.demand(),
-            min_total: budget.min_total(),
-            in_use: budget.in_use(),
-            may_forget,
-        };
-        match registry.store().allocate(&ask).await {
-            // Nobody has read the server's budget: this replica's first
-            // connection (the one it may open) reads it.
-            Ok(None) => {}
-            Ok(Some(given)) => {
-                if budget.allocation() != Some(given.allocation) {
-                    tracing::debug!(%server, allocation = given.allocation, replicas = given.replicas, "connection budget allocation");
-                }
-                budget.set_allocation(given.allocation, given.replicas);
-                pending |= given.allocation == 0 && ask.min_total + ask.demand > 0;
-            }
-            Err(error) => {
-                tracing::warn!(%server, %error, "allocation round failed; the last allocation stays");
-            }
-        }
+        pending |= registry.allocate_budget(&budget, replica, may_forget).await;
     }
     pending
 }
@@ -295,21 +281,32 @@ async fn follow(registry: Arc<ConnectionPoolService>, token: CancellationToken) 
 }
 
 async fn follow_once(
-    registry: &ConnectionPoolService,
+    registry: &Arc<ConnectionPoolService>,
     token: &CancellationToken,
 ) -> Result<(), crate::Error> {
     let (client, mut connection) = registry.store().direct_connection().await?;
     let (tx, mut announced) = tokio::sync::mpsc::unbounded_channel();
+    let rounds = Arc::clone(registry);
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(Ok(message)) = messages.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+            let tokio_postgres::AsyncMessage::Notification(n) = message else {
+                continue;
+            };
+            if n.channel() == BUDGETS_CHANNEL {
+                // Another replica lacks what it needs, or gave back what one
+                // waits for: this replica's round now.
+                let me = rounds.store().replica();
+                if n.payload().rsplit('\t').next() != Some(me) {
+                    rounds.budgets_changed().notify_one();
+                }
+            } else {
                 let _ = tx.send(n.payload().to_owned());
             }
         }
     });
     let _abort = AbortOnDrop(driver);
-    let sql = format!("LISTEN {DEFINITIONS_CHANNEL}");
+    let sql = format!("LISTEN {DEFINITIONS_CHANNEL}; LISTEN {BUDGETS_CHANNEL}");
     let listen = client.batch_execute(&sql);
     tokio::time::timeout(Duration::from_secs(10), listen)
         .await

@@ -24,9 +24,9 @@ pub const DEFAULT_MAX_POOLS: usize = 1000;
 /// The window of history the optimizer reads.
 const OPTIMIZER_WINDOW: Duration = Duration::from_secs(3600);
 
-/// How long a new pool waits for its replica's first allocation of its
-/// server's budget (its group's control database answering slowly: the pool
-/// is returned without, and gets it with the next round).
+/// How long CreatePool's allocation round for a server its replica has just
+/// read may take (its group's control database answering slowly: the pool is
+/// returned without, and gets it with the heartbeat's next round).
 const FIRST_ALLOCATION_WITHIN: Duration = Duration::from_secs(2);
 
 /// Scaling events a performance summary carries.
@@ -347,6 +347,59 @@ impl ConnectionPoolService {
             .store(live, std::sync::atomic::Ordering::Release);
         for budget in self.budgets() {
             budget.set_live_replicas(live);
+        }
+    }
+
+    /// One allocation round of `budget` for `replica` (also run by CreatePool for
+    /// a server this replica has just read, so that the new pool is sized by its
+    /// allocation); true if the budget is given nothing while it has demand.
+    pub(crate) async fn allocate_budget(
+        &self,
+        budget: &ServerBudget,
+        replica: &str,
+        may_forget: bool,
+    ) -> bool {
+        let server = budget.server().to_string();
+        let ask = crate::store::group::Ask {
+            server: &server,
+            replica,
+            // Unknown until a first connection read the server's settings.
+            available: budget.available(),
+            demand: budget.demand(),
+            min_total: budget.min_total(),
+            in_use: budget.in_use(),
+            may_forget,
+        };
+        match self.store.allocate(&ask).await {
+            // Nobody has read the server's budget: this replica's first
+            // connection (the one it may then open) reads it.
+            Ok(crate::store::group::Round::Unread) => {
+                budget.probe();
+                false
+            }
+            Ok(crate::store::group::Round::NotLive) => false,
+            Ok(crate::store::group::Round::Given(given)) => {
+                if budget.allocation() != Some(given.allocation) {
+                    tracing::debug!(%server, allocation = given.allocation, replicas = given.replicas, "connection budget allocation");
+                }
+                budget.set_allocation(given.allocation, given.replicas);
+                given.allocation == 0 && ask.min_total + ask.demand > 0
+            }
+            Err(error) => {
+                tracing::warn!(%server, %error, "allocation round failed; the last allocation stays");
+                false
+            }
+        }
+    }
+
+    /// In a group, a budget without an allocation yet gets one now (bounded:
+    /// a control database answering slowly leaves it to the heartbeat's next
+    /// round).
+    async fn allocate_now(&self, budget: &ServerBudget) {
+        if budget.awaits_allocation() {
+            let replica = self.store.replica().to_owned();
+            let round = self.allocate_budget(budget, &replica, false);
+            let _ = tokio::time::timeout(FIRST_ALLOCATION_WITHIN, round).await;
         }
     }
 
@@ -777,6 +830,9 @@ impl ConnectionPoolService {
         // learns it with its first connection and is checked right after.
         self.refresh_live_replicas().await;
         let budget = self.budget_for(&target);
+        // In a group: this replica's first allocation (or, when no replica has
+        // read the server yet, leave to open the connection that reads it).
+        self.allocate_now(&budget).await;
         budget
             .check_min(&name, config.min_connections)
             .map_err(Error::BudgetExceeded)?;
@@ -790,9 +846,9 @@ impl ConnectionPoolService {
         )
         .await;
         let pool = Arc::new(self.unless_shutting_down(pool)?);
-        // In a group: the server's settings are known now, and the pool is
-        // ready once its replica's allocation of them is (a round away).
-        budget.first_allocation(FIRST_ALLOCATION_WITHIN).await;
+        // The server's settings are known now: the pool is sized by this
+        // replica's allocation of them once this round has run.
+        self.allocate_now(&budget).await;
         if let Err(refusal) = budget.check_min(&name, config.min_connections) {
             pool.close().await;
             return Err(Error::BudgetExceeded(refusal));
@@ -1043,6 +1099,7 @@ impl ConnectionPoolService {
         change: Change,
     ) -> Result<PoolInfo, Error> {
         let budget = self.budget_for(&target);
+        self.allocate_now(&budget).await;
         budget
             .check_min(name, config.min_connections)
             .map_err(Error::BudgetExceeded)?;

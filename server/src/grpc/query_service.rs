@@ -89,7 +89,7 @@ impl QueryService {
             )]));
         }
         let pool = self.registry.pool(name).map_err(status::from_engine)?;
-        if !pool.is_healthy() {
+        if pool.refuses_callers() {
             let reason = pool
                 .health_snapshot()
                 .last_error

@@ -1297,7 +1297,7 @@ impl Session {
         if self.timeouts_on() {
             self.last_activity = Instant::now();
         }
-        if !pool.is_healthy() {
+        if pool.refuses_callers() {
             return Err(Checkout::Refused(
                 "57P03",
                 format!(

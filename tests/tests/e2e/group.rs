@@ -834,13 +834,17 @@ async fn a_replica_cut_off_from_the_control_database_holds_only_its_mins() -> an
     };
     let runs = [through(&a)?, through(&c)?];
     let control_db = control.connect().await?;
-    wait_until(Duration::from_secs(10), "the budget split", || async {
+    let split = wait_until(Duration::from_secs(10), "the budget split", || async {
         allocations(&control_db).await.is_ok_and(|all| {
             let (a, c) = (all.get("a").copied(), all.get("c").copied());
             matches!((a, c), (Some(a), Some(c)) if a >= 3 && c >= 3)
         })
     })
-    .await?;
+    .await;
+    if let Err(error) = split {
+        let now = allocations(&control_db).await?;
+        anyhow::bail!("{error:#}: allocations {now:?}");
+    }
     // Cut off: C holds only its min after half a lease of failed heartbeats;
     // A, after C's lease, grows into the rest (and, with ten clients, uses
     // it): had C kept its share, the two would open more than 10.

@@ -131,7 +131,13 @@ pub(crate) async fn monitor(
         }
         let _slot = match budget_slot(&shared, &settings, &token).await {
             Slot::Held(slot) => slot,
-            Slot::Busy => continue,
+            Slot::Busy => {
+                // Not connected yet (e.g. its replica waits for its allocation
+                // of the server): again as soon as a slot frees, not after an
+                // interval.
+                check_now = !shared.health.lock().expect("health lock").is_healthy;
+                continue;
+            }
             Slot::Cancelled => break,
         };
         let started = std::time::Instant::now();

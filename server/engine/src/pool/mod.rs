@@ -820,6 +820,16 @@ impl AdvancedConnectionPool {
         self.shared.health.lock().expect("health lock").is_healthy
     }
 
+    /// Whether callers are refused at once: unhealthy after a check that
+    /// failed. A pool not connected yet (just restored, or created by another
+    /// replica of the group and still waiting for its first connection or
+    /// allocation) is not: its callers wait for a connection within
+    /// acquire_timeout like any other.
+    pub fn refuses_callers(&self) -> bool {
+        let health = self.shared.health.lock().expect("health lock");
+        !health.is_healthy && health.last_check_at.is_some()
+    }
+
     /// Whether `config` can be applied to this pool live; if not (the ceiling, the
     /// acquire timeout, idle timeout or max lifetime change: bb8 fixes them at
     /// build), the pool must be rebuilt.

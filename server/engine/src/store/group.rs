@@ -12,6 +12,12 @@ use crate::Error;
 /// pool's name), by a trigger of `pool_definitions`.
 pub const DEFINITIONS_CHANNEL: &str = "poolplane_definitions";
 
+/// The channel an allocation round announces on when a replica lacks what it
+/// needs at least (its pools' mins, or one connection for its demand) or gives
+/// back what such a replica waits for (payload: server, tab, replica): the
+/// others run their round at once rather than in a third of a lease.
+pub const BUDGETS_CHANNEL: &str = "poolplane_budgets";
+
 /// The advisory lock whose holder leads the group's singleton jobs.
 pub const LEADER_LOCK: i64 = 0x706f_6f6c_706c_616e; // "poolplan"
 
@@ -194,6 +200,18 @@ pub struct Ask<'a> {
     pub may_forget: bool,
 }
 
+/// What an allocation round comes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// The replica's allocation.
+    Given(Allocation),
+    /// Neither this replica nor any other has read the server's budget yet.
+    Unread,
+    /// This replica's own heartbeat is not live: no allocation (the others
+    /// would shrink it).
+    NotLive,
+}
+
 /// What an allocation round gives a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Allocation {
@@ -224,21 +242,16 @@ impl ControlStore {
     /// gets its fair share, but only out of what the others' allocations
     /// leave, and records at least what it holds (so that no other replica
     /// grows into connections still open here). Returns the limit to apply
-    /// here and the live replicas; none when neither this replica nor any
-    /// other has read the server's budget yet.
-    pub async fn allocate(&self, ask: &Ask<'_>) -> Result<Option<Allocation>, Error> {
+    /// here and the live replicas (or why there is none).
+    pub async fn allocate(&self, ask: &Ask<'_>) -> Result<Round, Error> {
         let mut conn = self.conn().await?;
         let tx = conn
             .transaction()
             .await
             .map_err(query_error("starting an allocation round"))?;
-        let q = query_error("allocating a server's connection budget");
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtext('poolplane-budget:' || $1))",
-            &[&ask.server],
-        )
-        .await
-        .map_err(q)?;
+        if !lock_while_live(&tx, ask).await? {
+            return Ok(Round::NotLive);
+        }
         if ask.may_forget {
             forget_silent(&tx, ask.server).await?;
         }
@@ -259,7 +272,7 @@ impl ControlStore {
             .chain(ask.available)
             .min();
         let Some(available) = read else {
-            return Ok(None);
+            return Ok(Round::Unread);
         };
         let others: Vec<(u32, u32)> = rows
             .iter()
@@ -270,26 +283,26 @@ impl ControlStore {
         let fair = fair_share(available, ask.demand, ask.min_total, &others);
         let limit = fair.min(free);
         let recorded = limit.max(ask.in_use.min(free));
-        let as_int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
-        tx.execute(
-            "INSERT INTO budget_allocations (server, replica, allocation, demand, min_total, \
-             available) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (server, replica) DO UPDATE \
-             SET allocation = $3, demand = $4, min_total = $5, available = $6, updated_at = now()",
-            &[
-                &ask.server,
-                &ask.replica,
-                &as_int(recorded),
-                &as_int(ask.demand),
-                &as_int(ask.min_total),
-                &ask.available.map(as_int),
-            ],
-        )
-        .await
-        .map_err(query_error("recording the allocation"))?;
+        let before = record(&tx, ask, recorded).await?;
+        // What a replica needs at least: its mins, or one connection for demand.
+        let least = |demand: u32, min_total: u32| min_total.max(u32::from(demand > 0));
+        let short = limit < least(ask.demand, ask.min_total);
+        let gave_back = before.is_some_and(|b| recorded < b);
+        let someone_short = rows
+            .iter()
+            .any(|r| count(r.get(0)) < least(count(r.get(1)), count(r.get(2))));
+        if short || (gave_back && someone_short) {
+            tx.execute(
+                "SELECT pg_notify($1, $2 || E'\t' || $3)",
+                &[&BUDGETS_CHANNEL, &ask.server, &ask.replica],
+            )
+            .await
+            .map_err(query_error("announcing an allocation round"))?;
+        }
         tx.commit()
             .await
             .map_err(query_error("committing an allocation round"))?;
-        Ok(Some(Allocation {
+        Ok(Round::Given(Allocation {
             allocation: limit,
             replicas: u32::try_from(others.len() + 1).unwrap_or(u32::MAX),
         }))
@@ -326,6 +339,62 @@ impl ControlStore {
             .map_err(query_error("releasing the replica's allocations"))?;
         Ok(())
     }
+}
+
+/// Starts an allocation round: takes the server's advisory lock; whether the
+/// replica's own heartbeat is live (only a replica the others see alive holds
+/// an allocation: one whose row is not written yet, or lapsed, would be
+/// shrunk by the others).
+async fn lock_while_live(
+    tx: &tokio_postgres::Transaction<'_>,
+    ask: &Ask<'_>,
+) -> Result<bool, Error> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('poolplane-budget:' || $1))",
+        &[&ask.server],
+    )
+    .await
+    .map_err(query_error("allocating a server's connection budget"))?;
+    Ok(tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM replicas WHERE id = $1 \
+             AND heartbeat_at + lease_ms * interval '1 millisecond' >= now())",
+            &[&ask.replica],
+        )
+        .await
+        .map_err(query_error("reading the replica's own heartbeat"))?
+        .get(0))
+}
+
+/// Records the replica's allocation (`recorded`) with its demand, mins and
+/// what it read of the server; returns the allocation it had before.
+async fn record(
+    tx: &tokio_postgres::Transaction<'_>,
+    ask: &Ask<'_>,
+    recorded: u32,
+) -> Result<Option<u32>, Error> {
+    let as_int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    let before: Option<i32> = tx
+        .query_one(
+            "WITH before AS (SELECT allocation FROM budget_allocations \
+             WHERE server = $1 AND replica = $2) \
+             INSERT INTO budget_allocations (server, replica, allocation, demand, min_total, \
+             available) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (server, replica) DO UPDATE \
+             SET allocation = $3, demand = $4, min_total = $5, available = $6, updated_at = now() \
+             RETURNING (SELECT allocation FROM before)",
+            &[
+                &ask.server,
+                &ask.replica,
+                &as_int(recorded),
+                &as_int(ask.demand),
+                &as_int(ask.min_total),
+                &ask.available.map(as_int),
+            ],
+        )
+        .await
+        .map_err(query_error("recording the allocation"))?
+        .get(0);
+    Ok(before.map(|b| u32::try_from(b).unwrap_or(0)))
 }
 
 /// In an allocation round: replicas silent for their lease keep only their
