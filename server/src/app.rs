@@ -98,7 +98,7 @@ impl Default for Replica {
 
 /// Starts this server's part in its replica group (on the background's
 /// tracker, until `token`); returns its replica id.
-fn join_group(
+async fn join_group(
     config: &ServerConfig,
     registry: &Arc<ConnectionPoolService>,
     (grpc, pg): (SocketAddr, Option<SocketAddr>),
@@ -106,6 +106,7 @@ fn join_group(
     tasks: &tokio_util::task::TaskTracker,
 ) -> Result<String, ServerError> {
     let replica_id = replica_id(config)?;
+    refuse_taken_id(registry.store(), &replica_id, grpc).await?;
     poolplane::group::join(
         registry,
         poolplane::group::GroupOptions {
@@ -119,6 +120,31 @@ fn join_group(
         tasks,
     );
     Ok(replica_id)
+}
+
+/// Refuses an id a live replica at another address holds (two servers sharing
+/// one data directory, or one `--replica-id`): its heartbeat still advancing
+/// a third of a lease later tells a running server from a killed one whose
+/// lease has not run out (that one's row is taken over).
+async fn refuse_taken_id(
+    store: &ControlStore,
+    id: &str,
+    grpc: SocketAddr,
+) -> Result<(), ServerError> {
+    let Some((address, beat, lease)) = store.live_replica(id).await? else {
+        return Ok(());
+    };
+    if address == grpc.to_string() {
+        return Ok(());
+    }
+    tokio::time::sleep(lease / 3 + Duration::from_millis(500)).await;
+    match store.live_replica(id).await? {
+        Some((address, later, _)) if later > beat => Err(ServerError::Config(format!(
+            "--replica-id {id}: a running replica of the group has this id (gRPC {address}); \
+             give each server its own --replica-id or --data-dir"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The id this server has in its group: `--replica-id`, or the one kept in
@@ -606,7 +632,8 @@ async fn open_engine(
         .pg
         .as_ref()
         .map(poolplane_wire::BoundFrontDoor::local_addr);
-    let replica_id = join_group(config, &registry, (listeners.grpc_addr, pg), token, &group)?;
+    let replica_id =
+        join_group(config, &registry, (listeners.grpc_addr, pg), token, &group).await?;
     let restored = registry.restore().await?;
     if let (true, Some(pg)) = (config.demo, embedded) {
         crate::demo::set_up(pg, &registry, &config.data_dir)

@@ -886,3 +886,37 @@ async fn a_replica_cut_off_from_the_control_database_holds_only_its_mins() -> an
     assert!(after.values().sum::<i32>() <= 10, "{after:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_second_server_with_a_running_replicas_id_is_refused() -> anyhow::Result<()> {
+    let control = TestPg::database().await?;
+    let mut first = replica_on(control.url(), "twin", &[]).await?;
+    // Same id (one --replica-id, or one data directory): refused, naming it.
+    let Err(refused) = replica_on(control.url(), "twin", &[]).await else {
+        anyhow::bail!("a second replica with a running replica's id started");
+    };
+    let text = format!("{refused:#}");
+    assert!(
+        text.contains("--replica-id twin: a running replica of the group has this id"),
+        "{text}"
+    );
+    assert_eq!(first.sdk.list_replicas().await?.len(), 1);
+    // Killed, its row still within its lease: a new server takes the id over.
+    first.process.signal(nix::sys::signal::Signal::SIGKILL)?;
+    first.process.wait_exit(Duration::from_secs(10)).await?;
+    let second = replica_on(control.url(), "twin", &[]).await?;
+    let address = second.process.addr.to_string();
+    wait_until(
+        Duration::from_secs(5),
+        "the id's row taken over",
+        || async {
+            second
+                .sdk
+                .list_replicas()
+                .await
+                .is_ok_and(|all| all.len() == 1 && all[0].grpc_address == address)
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -133,6 +133,28 @@ impl ControlStore {
             .collect())
     }
 
+    /// The gRPC address, last heartbeat and lease of the live replica called
+    /// `id`, if there is one.
+    pub async fn live_replica(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, SystemTime, Duration)>, Error> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                "SELECT grpc_address, heartbeat_at, lease_ms FROM replicas WHERE id = $1 \
+                 AND heartbeat_at + lease_ms * interval '1 millisecond' >= now()",
+                &[&id],
+            )
+            .await
+            .map_err(query_error("reading a replica's row"))?;
+        Ok(row.map(|row| {
+            let lease = u64::try_from(row.get::<_, i64>(2)).unwrap_or(0);
+            (row.get(0), row.get(1), Duration::from_millis(lease))
+        }))
+    }
+
     /// How many replicas' heartbeats are within their lease.
     pub async fn live_replicas(&self) -> Result<u32, Error> {
         let live: i64 = self
