@@ -160,7 +160,7 @@ async fn reset_and_discard_all_clear_a_clients_settings() -> anyhow::Result<()> 
 }
 
 /// A client whose notifications (and connection's end) the test reads.
-async fn listening_client(
+pub(crate) async fn listening_client(
     url: &str,
 ) -> anyhow::Result<(
     tokio_postgres::Client,

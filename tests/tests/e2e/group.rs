@@ -542,9 +542,31 @@ async fn a_rolling_restart_fails_no_transaction_on_the_replicas_that_stay_up() -
     assert!(init.status.success(), "{}", poolplane_tests::text(&init));
 
     // C restarts while A and B serve; then A restarts while B and C serve.
+    // (A replica that stops announces the allocations it gives back.)
+    let (listener, mut announced) =
+        crate::frontdoor_session::listening_client(control.url()).await?;
+    listener.batch_execute("LISTEN poolplane_budgets").await?;
     let (on_a, on_b) = (tpcb_through(&a, &db, 6)?, tpcb_through(&b, &db, 6)?);
     serving(&[&a, &b], "roll").await?;
-    let c = restart(c, &control).await?;
+    let Replica { mut process, .. } = c;
+    process.signal(nix::sys::signal::Signal::SIGTERM)?;
+    assert_eq!(
+        process.wait_exit(Duration::from_secs(30)).await?.code(),
+        Some(0)
+    );
+    // Before any new C runs: the stopped one's announcement.
+    let from_c = async {
+        while let Some(n) = announced.recv().await {
+            if n.payload().ends_with("\tc") {
+                return Some(n.payload().to_owned());
+            }
+        }
+        None
+    };
+    let released = tokio::time::timeout(Duration::from_secs(10), from_c).await?;
+    let server = db.server_addr()?.to_string();
+    assert_eq!(released, Some(format!("{server}\tc")));
+    let c = replica(&control, "c").await?;
     assert!(c.sdk.get_pool("roll").await.is_ok(), "restored on c");
     let mut done = processed_without_failure(on_a).await?;
     done += processed_without_failure(on_b).await?;

@@ -349,13 +349,17 @@ impl ControlStore {
             .map_err(query_error("forgetting gone replicas"))
     }
 
-    /// A replica that stops gives back its allocations.
+    /// A replica that stops gives back its allocations (and says so).
     pub async fn release_allocations(&self, replica: &str) -> Result<(), Error> {
+        // Announced per server (at once, in the same statement): the others
+        // grow into what it gave back in their next round, run now.
         self.conn()
             .await?
             .execute(
-                "DELETE FROM budget_allocations WHERE replica = $1",
-                &[&replica],
+                "WITH released AS (DELETE FROM budget_allocations WHERE replica = $1 \
+                 RETURNING server) \
+                 SELECT pg_notify($2, server || E'\t' || $1) FROM released",
+                &[&replica, &BUDGETS_CHANNEL],
             )
             .await
             .map_err(query_error("releasing the replica's allocations"))?;
