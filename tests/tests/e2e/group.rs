@@ -60,6 +60,26 @@ async fn replica(control: &TestDatabase, id: &'static str) -> anyhow::Result<Rep
     replica_on(control.url(), id, &history).await
 }
 
+/// Creates `pool` on `db` through `on`; the `others` have it within 1 s.
+async fn create_everywhere(
+    on: &Replica,
+    others: &[&Replica],
+    db: &TestDatabase,
+    pool: &str,
+    config: PoolConfig,
+) -> anyhow::Result<()> {
+    on.sdk.create_pool(pool, db.url(), config).await?;
+    for r in others {
+        wait_until(
+            Duration::from_secs(1),
+            "the pool on another replica",
+            || async { r.sdk.get_pool(pool).await.is_ok() },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Whether a front-door query on `pool` through `replica` answers.
 async fn answers(replica: &Replica, db: &TestDatabase, pool: &str) -> bool {
     let Some(pg) = replica.process.pg_addr else {
@@ -94,16 +114,8 @@ async fn a_definition_changed_on_one_replica_is_in_force_on_every_other_within_a
     let c = replica(&control, "c").await?;
 
     // Created on A: B's and C's gRPC and front door serve it within 1 s.
-    a.sdk.create_pool("shared", db.url(), sized(1, 2)).await?;
     let created = Instant::now();
-    for r in [&b, &c] {
-        wait_until(
-            Duration::from_secs(1),
-            "the pool on another replica",
-            || async { r.sdk.get_pool("shared").await.is_ok() },
-        )
-        .await?;
-    }
+    create_everywhere(&a, &[&b, &c], &db, "shared", sized(1, 2)).await?;
     for r in [&a, &b, &c] {
         assert!(answers(r, &db, "shared").await, "front door of {}", r.id);
     }
@@ -509,15 +521,7 @@ async fn a_rolling_restart_fails_no_transaction_on_the_replicas_that_stay_up() -
     let a = replica(&control, "a").await?;
     let b = replica(&control, "b").await?;
     let c = replica(&control, "c").await?;
-    a.sdk.create_pool("roll", db.url(), sized(2, 4)).await?;
-    for r in [&b, &c] {
-        wait_until(
-            Duration::from_secs(1),
-            "the pool on every replica",
-            || async { r.sdk.get_pool("roll").await.is_ok() },
-        )
-        .await?;
-    }
+    create_everywhere(&a, &[&b, &c], &db, "roll", sized(2, 4)).await?;
     let (user, password) = login_of(&db)?;
     let pg = a.process.pg_addr.expect("a front door");
     let init = poolplane_tests::run_client(
@@ -663,15 +667,7 @@ async fn three_replicas_never_open_more_than_their_servers_budget() -> anyhow::R
     let a = start("a").await?;
     let b = start("b").await?;
     let mut c = start("c").await?;
-    a.sdk.create_pool("split", db.url(), sized(1, 30)).await?;
-    for r in [&b, &c] {
-        wait_until(
-            Duration::from_secs(1),
-            "the pool on every replica",
-            || async { r.sdk.get_pool("split").await.is_ok() },
-        )
-        .await?;
-    }
+    create_everywhere(&a, &[&b, &c], &db, "split", sized(1, 30)).await?;
     let sampler = split_backends(&db).await?;
     // A has twice the clients of B and of C.
     let runs = [
@@ -762,11 +758,7 @@ async fn the_group_keeps_serving_through_a_restart_of_its_control_database() -> 
     let db = TestPg::database().await?;
     let a = replica_on(&control_url, "a", &[]).await?;
     let b = replica_on(&control_url, "b", &[]).await?;
-    a.sdk.create_pool("steady", db.url(), sized(2, 4)).await?;
-    wait_until(Duration::from_secs(1), "the pool on b", || async {
-        b.sdk.get_pool("steady").await.is_ok()
-    })
-    .await?;
+    create_everywhere(&a, &[&b], &db, "steady", sized(2, 4)).await?;
     let through = |r: &Replica| {
         let pg = r.process.pg_addr.expect("a front door");
         crate::frontdoor_ops::pgbench_script_at(pg, &db, "steady", 4, 8, "SELECT 1;\n")
@@ -841,11 +833,7 @@ async fn a_replica_cut_off_from_the_control_database_holds_only_its_mins() -> an
     let reserve = ["--connection-reserve", &reserve];
     let a = leased(control.url(), "a", "4s", &reserve).await?;
     let c = leased(&proxied, "c", "4s", &reserve).await?;
-    a.sdk.create_pool("split", db.url(), sized(1, 10)).await?;
-    wait_until(Duration::from_secs(1), "the pool on c", || async {
-        c.sdk.get_pool("split").await.is_ok()
-    })
-    .await?;
+    create_everywhere(&a, &[&c], &db, "split", sized(1, 10)).await?;
     let sampler = split_backends(&db).await?;
     // Ten clients on each, each transaction 50 ms: either replica alone
     // would use the whole budget of 10.

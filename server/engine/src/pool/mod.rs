@@ -655,11 +655,7 @@ impl AdvancedConnectionPool {
             current_size,
             min_connections: settings.min_connections,
             max_connections: settings.max_connections,
-            utilization_rate: if current_size == 0 {
-                0.0
-            } else {
-                f64::from(active) / f64::from(current_size)
-            },
+            utilization_rate: stats::utilization(active, current_size),
             avg_acquire_time_ms: c.acquire_time.mean_ms(),
             p50_acquire_time_ms: p50,
             p95_acquire_time_ms: p95,

@@ -73,6 +73,15 @@ pub struct ConnectionSecurity {
     pub hosts: std::collections::BTreeMap<String, u32>,
 }
 
+/// Connections in use over the pool's size (0 for a pool of size 0).
+pub(crate) fn utilization(active: u32, size: u32) -> f64 {
+    if size == 0 {
+        0.0
+    } else {
+        f64::from(active) / f64::from(size)
+    }
+}
+
 impl PoolStats {
     /// One pool's stats over several replicas of a group: connections,
     /// clients and counters summed; utilization over the summed size; the
@@ -113,11 +122,7 @@ impl PoolStats {
             current_size: size,
             min_connections: first.min_connections,
             max_connections: first.max_connections,
-            utilization_rate: if size == 0 {
-                0.0
-            } else {
-                f64::from(active) / f64::from(size)
-            },
+            utilization_rate: utilization(active, size),
             avg_acquire_time_ms: if acquires == 0 {
                 0.0
             } else {
